@@ -1,0 +1,1 @@
+"""Rules, the alert state machine, the durable outbox and the notifiers."""

@@ -1,0 +1,154 @@
+"""HTTP API (aiohttp): health, Prometheus metrics, status, record ingest and lookup.
+
+aiohttp's AppRunner serves inside our own event loop and TaskGroup without taking over signal
+handling, which uvicorn's server does.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from prometheus_client import CollectorRegistry
+
+    from lookout.clock import Clock
+    from lookout.monitor.config import ApiConfig
+    from lookout.monitor.pipeline import Pipeline
+    from lookout.monitor.store import Store
+
+log = structlog.get_logger(__name__)
+_OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class ApiDeps:
+    pipeline: Pipeline
+    store: Store
+    registry: CollectorRegistry
+    clock: Clock
+    bus_connected: Callable[[], bool]
+    status: Callable[[], dict[str, Any]]
+    max_payload_bytes: int
+
+
+class ApiServer:
+    def __init__(self, cfg: ApiConfig, deps: ApiDeps) -> None:
+        self._cfg = cfg
+        self._deps = deps
+        self._token = cfg.token.get_secret_value().encode() if cfg.token else None
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application(
+            middlewares=[self._auth], client_max_size=self._deps.max_payload_bytes + 1
+        )
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/api/v1/status", self._status)
+        app.router.add_post("/api/v1/records", self._post_records)
+        app.router.add_get("/api/v1/records/{record_id}", self._get_record)
+        app.router.add_get("/api/v1/rejected", self._rejected)
+        return app
+
+    async def __aenter__(self) -> ApiServer:
+        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._cfg.host, self._cfg.port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            raise OSError(f"cannot listen on {self._cfg.bind}: {exc.strerror}") from exc
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else self._cfg.port
+        log.info("api_listening", bind=f"{self._cfg.host}:{self.port}")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if self._token is not None and request.path not in _OPEN_PATHS:
+            given = request.headers.get("Authorization", "").removeprefix("Bearer ").encode()
+            if not hmac.compare_digest(given, self._token):
+                return web.json_response(
+                    {"error": "unauthorized: send Authorization: Bearer <api.token>"},
+                    status=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+        return await handler(request)
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        bus = self._deps.bus_connected()
+        store = await self._deps.store.writable()
+        ready = bus and store
+        body = {"ready": ready, "bus_connected": bus, "store_writable": store}
+        return web.json_response(body, status=200 if ready else 503)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(self._deps.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _status(self, request: web.Request) -> web.Response:
+        return web.json_response(self._deps.status())
+
+    async def _post_records(self, request: web.Request) -> web.Response:
+        payload = await request.read()
+        result = self._deps.pipeline.process_payload(payload, None, "http", self._deps.clock.now())
+        body = {
+            "accepted": result.accepted,
+            "duplicates": result.duplicates,
+            "rejected": [{"reason": r, "detail": d} for r, d in result.rejected],
+        }
+        status = 400 if result.rejected and not (result.accepted or result.duplicates) else 200
+        return web.json_response(body, status=status)
+
+    async def _get_record(self, request: web.Request) -> web.Response:
+        record = await self._deps.store.get_record(request.match_info["record_id"])
+        if record is None:
+            return web.json_response(
+                {"error": "no such record (only a sample of ok records is kept)"}, status=404
+            )
+        return web.json_response(record)
+
+    async def _rejected(self, request: web.Request) -> web.Response:
+        try:
+            limit = min(int(request.query.get("limit", "100")), 1000)
+        except ValueError:
+            return web.json_response({"error": "limit must be an integer"}, status=400)
+        samples = await self._deps.store.rejected(limit)
+        return web.json_response(
+            [
+                {
+                    "at": s.at,
+                    "source": s.source,
+                    "reason": s.reason,
+                    "detail": s.detail,
+                    "sample": s.sample.decode("utf-8", errors="replace"),
+                }
+                for s in samples
+            ]
+        )

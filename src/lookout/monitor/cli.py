@@ -1,0 +1,197 @@
+"""The `lookout` command line (typer)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+from rich.table import Table
+
+from lookout.errors import LookoutError
+from lookout.monitor.config import Settings, load_settings, masked_dump
+
+app = typer.Typer(
+    name="lookout",
+    help="Watch LLM applications in production.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console()
+err = Console(stderr=True)
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", envvar="LOOKOUT_CONFIG", help="YAML config file."),
+]
+
+
+def _settings(config: Path | None, **overrides: Any) -> Settings:
+    try:
+        settings = load_settings(config)
+    except LookoutError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    if overrides:
+        settings = settings.model_copy(update=overrides)
+    return settings
+
+
+@app.command()
+def run(
+    config: ConfigOpt = None,
+    embedded_broker: Annotated[
+        bool, typer.Option("--embedded-broker", help="Start an in-process MQTT broker.")
+    ] = False,
+) -> None:
+    """Run the daemon (until SIGTERM or Ctrl-C)."""
+    from lookout.monitor.daemon import Daemon
+    from lookout.monitor.logs import configure_logging
+
+    settings = _settings(config)
+    if embedded_broker:
+        settings = settings.model_copy(
+            update={"bus": settings.bus.model_copy(update={"embedded": True})}
+        )
+    configure_logging(settings.log_level)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await Daemon(settings).run(stop)
+
+    failed: list[BaseException] = []
+    try:
+        asyncio.run(main())
+    except* (LookoutError, OSError) as group:
+        failed.extend(group.exceptions)
+    for exc in failed:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command("check-config")
+def check_config(
+    file: Annotated[Path, typer.Argument(help="The YAML file to check.")],
+) -> None:
+    """Validate a config file and print the effective config, secrets masked."""
+    settings = _settings(file)
+    console.print(yaml.safe_dump(masked_dump(settings), sort_keys=False), highlight=False)
+    err.print(f"[green]ok:[/green] {file} is valid")
+
+
+@app.command()
+def replay(
+    file: Annotated[Path, typer.Argument(help="JSONL: one record or array of records a line.")],
+    config: ConfigOpt = None,
+    topic: Annotated[
+        str | None, typer.Option(help="Topic the lines are treated as arriving on.")
+    ] = None,
+    keep: Annotated[
+        bool, typer.Option("--keep", help="Write sampled records to the configured store.")
+    ] = False,
+) -> None:
+    """Process a file as if it came from the bus, then print a report."""
+    from lookout.monitor.replay import run_replay
+
+    if not file.is_file():
+        err.print(f"[red]error:[/red] {file} is not a file")
+        raise typer.Exit(2)
+    settings = _settings(config)
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    ) as progress:
+        task = progress.add_task(f"replaying {file.name}", total=file.stat().st_size)
+        report = asyncio.run(
+            run_replay(
+                settings, file, topic=topic, keep=keep,
+                progress=lambda done: progress.update(task, completed=done),
+            )
+        )  # fmt: skip
+    _print_report(report)
+    if report.accepted == 0 and report.rejected_total:
+        raise typer.Exit(1)
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _print_report(report: Any) -> None:
+    summary = Table(title="replay", show_header=False)
+    summary.add_row("lines", str(report.lines))
+    summary.add_row("records accepted", str(report.accepted))
+    summary.add_row("duplicates ignored", str(report.duplicates))
+    summary.add_row("records rejected", str(report.rejected_total))
+    for reason, count in sorted(report.rejected.items()):
+        summary.add_row(f"  {reason}", str(count))
+    rate = report.accepted / report.elapsed_s if report.elapsed_s else 0.0
+    summary.add_row("processing rate", f"{rate:,.0f} records/s")
+    console.print(summary)
+    if report.series:
+        console.print(_series_table(report.series, "series over the file's time span"))
+
+
+def _series_table(series: list[Any], title: str) -> Table:
+    table = Table(title=title)
+    for col in ("app", "model", "count", "qps", "err %", "p50 s", "p95 s", "p99 s", "ttft p95",
+                "tok/s", "gen tok/s p50", "tok/req", "cost/h"):  # fmt: skip
+        table.add_column(col, justify="left" if col in ("app", "model") else "right")
+
+    def get(s: Any, name: str) -> Any:
+        return s[name] if isinstance(s, dict) else getattr(s, name)
+
+    for s in sorted(series, key=lambda s: (get(s, "app") == "*", get(s, "app"), get(s, "model"))):
+        er = get(s, "error_rate")
+        table.add_row(
+            get(s, "app"), get(s, "model"), str(get(s, "count")), _fmt(get(s, "qps")),
+            _fmt(er * 100 if er is not None else None, 1), _fmt(get(s, "latency_p50")),
+            _fmt(get(s, "latency_p95")), _fmt(get(s, "latency_p99")), _fmt(get(s, "ttft_p95")),
+            _fmt(get(s, "tps"), 1), _fmt(get(s, "gen_tps_p50"), 1),
+            _fmt(get(s, "tokens_per_request"), 1), _fmt(get(s, "cost_per_hour"), 4),
+        )  # fmt: skip
+    return table
+
+
+@app.command()
+def status(config: ConfigOpt = None) -> None:
+    """Show a running daemon's current series."""
+    settings = _settings(config)
+    host = "127.0.0.1" if settings.api.host in ("0.0.0.0", "::") else settings.api.host  # noqa: S104
+    url = f"http://{host}:{settings.api.port}/api/v1/status"
+    headers = {}
+    if settings.api.token is not None:
+        headers["Authorization"] = f"Bearer {settings.api.token.get_secret_value()}"
+    try:
+        response = httpx.get(url, headers=headers, timeout=5.0)
+        response.raise_for_status()
+    except httpx.HTTPError as exc:
+        err.print(f"[red]error:[/red] no daemon answering at {url}: {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    body = response.json()
+    bus = "connected" if body["bus"]["connected"] else "[red]not connected[/red]"
+    console.print(f"lookout {body['version']}: bus {bus}, queue {body['ingest']['queue_depth']}")
+    window = f"last {body['window_s']:.0f} s"
+    console.print(_series_table(body["series"], window) if body["series"] else "no records yet")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,370 @@
+"""Configuration: one YAML file, `LOOKOUT_` environment overrides, secrets as SecretStr.
+
+Precedence, highest first: environment (`LOOKOUT_BUS__URL`), the YAML file, defaults.
+Secret values may come from the environment, `${VAR}` in the YAML, `${file:/path}` or
+`${cred:NAME}` (a file in systemd's `$CREDENTIALS_DIRECTORY`, see `LoadCredential=`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlparse
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from lookout.errors import ConfigError
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+def parse_duration_s(value: object) -> float:
+    """`10s`, `5m`, `7d`, `250ms` or a bare number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or a string such as 10s, 5m, 7d")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match:
+            return float(match.group(1)) * _UNIT_S[match.group(2) or "s"]
+    raise ValueError(f"invalid duration {value!r}: use e.g. 10s, 5m, 2h, 7d")
+
+
+DurationS = Annotated[float, BeforeValidator(parse_duration_s), Field(gt=0)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BusConfig(_Section):
+    url: str = "mqtt://127.0.0.1:1883"
+    username: str | None = None
+    password: SecretStr | None = None
+    topics: list[str] = Field(default_factory=lambda: ["llm/records/#"], min_length=1)
+    qos: Literal[0, 1] = 1
+    client_id: str = "lookout"
+    shared_group: str | None = None
+    persistent_session: bool = True
+    embedded: bool = False
+    protocol: Literal["3.1.1", "5"] = "3.1.1"
+    session_expiry_s: DurationS = 7 * 86400.0
+    keepalive_s: int = Field(default=30, ge=5)
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    tls_insecure: bool = False
+    max_payload_bytes: int = Field(default=1024 * 1024, ge=1024)
+    queue_size: int = Field(default=10_000, ge=10)
+    reconnect_min_s: DurationS = 0.5
+    reconnect_max_s: DurationS = 30.0
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, v: str) -> str:
+        parsed = urlparse(v)
+        if parsed.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+            raise ValueError("bus.url must start with mqtt:// or mqtts://")
+        if not parsed.hostname:
+            raise ValueError("bus.url needs a host, e.g. mqtt://127.0.0.1:1883")
+        return v
+
+    @property
+    def host(self) -> str:
+        return urlparse(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        parsed = urlparse(self.url)
+        return parsed.port or (8883 if self.tls else 1883)
+
+    @property
+    def tls(self) -> bool:
+        return urlparse(self.url).scheme in ("mqtts", "ssl")
+
+
+def default_store_url() -> str:
+    """`/var/lib/lookout` where we may write there (root, or systemd's StateDirectory)."""
+    state_dir = os.environ.get("STATE_DIRECTORY")
+    if state_dir:
+        return f"sqlite:///{Path(state_dir.split(':')[0]) / 'lookout.db'}"
+    system = Path("/var/lib/lookout")
+    if os.access(system, os.W_OK) or (not system.exists() and os.access(system.parent, os.W_OK)):
+        return f"sqlite:///{system / 'lookout.db'}"
+    xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return f"sqlite:///{Path(xdg) / 'lookout' / 'lookout.db'}"
+
+
+class StoreConfig(_Section):
+    url: str = Field(default_factory=default_store_url)
+    record_sample_rate: float = Field(default=0.1, ge=0.0, le=1.0)
+    retention: DurationS = 7 * 86400.0
+    rejected_keep: int = Field(default=10_000, ge=0)
+    rejected_sample_bytes: int = Field(default=4096, ge=64)
+    queue_size: int = Field(default=50_000, ge=100)
+    flush_interval_s: DurationS = 1.0
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, v: str) -> str:
+        if not (v.startswith("sqlite:///") or v.startswith(("postgresql://", "postgres://"))):
+            raise ValueError("store.url must be sqlite:///PATH or postgresql://...")
+        return v
+
+
+class ApiConfig(_Section):
+    bind: str = "127.0.0.1:8321"
+    token: SecretStr | None = None
+    external_url: str | None = None
+
+    @property
+    def host(self) -> str:
+        host = self.bind.rsplit(":", 1)[0]
+        return host.strip("[]") or "0.0.0.0"  # noqa: S104
+
+    @property
+    def port(self) -> int:
+        return int(self.bind.rsplit(":", 1)[1])
+
+    @property
+    def loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    @model_validator(mode="after")
+    def _token_off_loopback(self) -> ApiConfig:
+        if ":" not in self.bind or not self.bind.rsplit(":", 1)[1].isdigit():
+            raise ValueError("api.bind must be HOST:PORT, e.g. 127.0.0.1:8321")
+        if not self.loopback and self.token is None:
+            raise ValueError(
+                f"api.token is required when api.bind ({self.bind}) is not a loopback address"
+            )
+        return self
+
+
+class Price(_Section):
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+
+
+class MetricsConfig(_Section):
+    max_apps: int = Field(default=50, ge=1)
+    max_models: int = Field(default=50, ge=1)
+    bucket_s: DurationS = 10.0
+    max_window: DurationS = 3600.0
+    default_window: DurationS = 300.0
+    dedupe_ids: int = Field(default=100_000, ge=0)
+    max_metadata_bytes: int = Field(default=16_384, ge=0)
+    max_text_chars: int = Field(default=200_000, ge=1)
+
+
+class EmbedderConfig(_Section):
+    kind: Literal["hashing", "sentence-transformers", "langchain"] = "hashing"
+    model: str | None = None
+    spec: str | None = None
+
+
+class ReferenceConfig(_Section):
+    auto_size: int = Field(default=1000, ge=10)
+
+
+class DriftConfig(_Section):
+    window: int = Field(default=200, ge=5)
+    ert: float = Field(default=10_000, gt=1)
+
+
+class OodConfig(_Section):
+    fpr: float = Field(default=0.01, gt=0, lt=1)
+
+
+_FIELDS: list[Literal["prompt", "response"]] = ["prompt", "response"]
+
+
+class DetectorsConfig(_Section):
+    sample_rate: float = Field(default=1.0, ge=0.0, le=1.0)
+    fields: list[Literal["prompt", "response"]] = Field(default_factory=_FIELDS.copy)
+    embedder: EmbedderConfig = EmbedderConfig()
+    reference: ReferenceConfig = ReferenceConfig()
+    drift: DriftConfig = DriftConfig()
+    ood: OodConfig = OodConfig()
+
+
+class JudgeConfig(_Section):
+    enabled: bool = False
+    model: str | None = None
+    base_url: str | None = None
+    api_key: SecretStr | None = None
+    schedule: dict[str, str] = Field(default_factory=lambda: {"interval": "15m"})
+    sample_size: int = Field(default=20, ge=1)
+    criteria: list[str] = Field(default_factory=lambda: ["helpfulness", "harmfulness"])
+    custom_criteria: dict[str, str] = Field(default_factory=dict)
+    max_tokens_per_day: int = Field(default=200_000, ge=0)
+
+
+class ChannelConfig(_Section):
+    kind: Literal["slack", "webhook"]
+    webhook_url: SecretStr | None = None
+    token: SecretStr | None = None
+    channel: str | None = None
+    url: str | None = None
+    secret: SecretStr | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout_s: DurationS = 10.0
+
+
+class RuleConfig(_Section):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    name: str
+    metric: str
+    where: dict[str, str] = Field(default_factory=dict)
+    window: DurationS = 300.0
+    op: Literal[">", ">=", "<", "<="] = ">"
+    threshold: float
+    for_s: DurationS | None = Field(default=None, alias="for")
+    severity: Literal["info", "warning", "critical"] = "warning"
+    channels: list[str] = Field(default_factory=list)
+    summary: str = ""
+
+
+def _default_prices() -> dict[str, Price]:
+    return {"gpt-4o-mini": Price(input=0.00015, output=0.0006)}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="LOOKOUT_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    bus: BusConfig = BusConfig()
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    api: ApiConfig = ApiConfig()
+    eval_interval: DurationS = 10.0
+    prices: dict[str, Price] = Field(default_factory=_default_prices)
+    metrics: MetricsConfig = MetricsConfig()
+    detectors: DetectorsConfig = DetectorsConfig()
+    judge: JudgeConfig = JudgeConfig()
+    channels: dict[str, ChannelConfig] = Field(default_factory=dict)
+    rules: list[RuleConfig] = Field(default_factory=list)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The YAML file arrives as init kwargs; the environment must win over it.
+        return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _check_references(self) -> Settings:
+        for rule in self.rules:
+            for channel in rule.channels:
+                if channel not in self.channels:
+                    raise ValueError(f"rule {rule.name!r} names unknown channel {channel!r}")
+        return self
+
+
+_VAR = re.compile(r"\$\{([^}]+)\}")
+
+
+def _expand(value: str, path: str) -> str:
+    def repl(match: re.Match[str]) -> str:
+        ref = match.group(1)
+        if ref.startswith("file:"):
+            return _read_secret_file(Path(ref[5:]), path)
+        if ref.startswith("cred:"):
+            cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+            if not cred_dir:
+                raise ConfigError(f"{path}: ${{{ref}}} needs $CREDENTIALS_DIRECTORY (systemd)")
+            return _read_secret_file(Path(cred_dir) / ref[5:], path)
+        if ref not in os.environ:
+            raise ConfigError(f"{path}: environment variable {ref} is not set")
+        return os.environ[ref]
+
+    return _VAR.sub(repl, value)
+
+
+def _read_secret_file(file: Path, path: str) -> str:
+    try:
+        return file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read secret file {file}: {exc.strerror}") from exc
+
+
+def _expand_tree(node: Any, path: str = "") -> Any:
+    if isinstance(node, dict):
+        return {k: _expand_tree(v, f"{path}.{k}" if path else str(k)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_expand_tree(v, f"{path}[{i}]") for i, v in enumerate(node)]
+    if isinstance(node, str):
+        return _expand(node, path)
+    return node
+
+
+def _format_errors(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{loc}: unknown key")
+        else:
+            lines.append(f"{loc}: {err['msg']}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def load_settings(path: str | Path | None = None) -> Settings:
+    """Load the YAML file at `path` (or `$LOOKOUT_CONFIG`), or defaults when there is none."""
+    if path is None:
+        path = os.environ.get("LOOKOUT_CONFIG") or None
+    data: dict[str, Any] = {}
+    if path is not None:
+        file = Path(path)
+        try:
+            raw = yaml.safe_load(file.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {file}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {file} is not valid YAML: {exc}") from exc
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {file} must hold a mapping at the top level")
+        data = _expand_tree(raw)
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc)) from exc
+
+
+def masked_dump(settings: Settings) -> dict[str, Any]:
+    """The effective configuration with every secret shown as `**********`."""
+    dumped: dict[str, Any] = settings.model_dump(mode="json", by_alias=True)
+    return dumped

@@ -1,0 +1,175 @@
+"""The composition root: builds every component from the settings and runs them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from typing import Any
+
+import structlog
+from prometheus_client import CollectorRegistry
+
+from lookout import __version__
+from lookout.clock import Clock, SystemClock
+from lookout.monitor.api import ApiDeps, ApiServer
+from lookout.monitor.broker import EmbeddedBroker
+from lookout.monitor.config import Settings
+from lookout.monitor.ingest import IngestQueue
+from lookout.monitor.mqtt_source import MqttSource
+from lookout.monitor.pipeline import Pipeline
+from lookout.monitor.prom import IngestMetrics, WindowCollector
+from lookout.monitor.records import DecodeLimits
+from lookout.monitor.store import RollupPoint, Store, open_store
+from lookout.monitor.systemd import Notifier
+from lookout.monitor.windows import Price, PriceTable, WindowedMetrics, WindowStats
+
+log = structlog.get_logger(__name__)
+ROLLUP_S = 60
+
+
+def build_windows(
+    settings: Settings,
+    started_at: float,
+    *,
+    bucket_s: float | None = None,
+    max_window_s: float | None = None,
+) -> WindowedMetrics:
+    m = settings.metrics
+    prices = PriceTable({name: Price(p.input, p.output) for name, p in settings.prices.items()})
+    return WindowedMetrics(
+        prices,
+        bucket_s=bucket_s or m.bucket_s,
+        max_window_s=max_window_s or max(m.max_window, m.default_window),
+        max_apps=m.max_apps,
+        max_models=m.max_models,
+        started_at=started_at,
+    )
+
+
+def decode_limits(settings: Settings) -> DecodeLimits:
+    return DecodeLimits(
+        max_payload_bytes=settings.bus.max_payload_bytes,
+        max_metadata_bytes=settings.metrics.max_metadata_bytes,
+        max_text_chars=settings.metrics.max_text_chars,
+    )
+
+
+def rollup_points(stats: list[WindowStats], minute: int) -> list[RollupPoint]:
+    return [
+        RollupPoint(minute, s.app, s.model, name, value)
+        for s in stats
+        for name, value in s.series().items()
+        if value is not None
+    ]
+
+
+def stats_json(stats: WindowStats) -> dict[str, Any]:
+    return {"app": stats.app, "model": stats.model, "count": stats.count,
+            "errors": stats.errors, **stats.series()}  # fmt: skip
+
+
+class Daemon:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        registry: CollectorRegistry | None = None,
+        notifier: Notifier | None = None,
+        drain_timeout_s: float = 3.0,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        self.notifier = notifier or Notifier()
+        self.prom = IngestMetrics(self.registry)
+        self.windows = build_windows(settings, self.clock.now())
+        self.store: Store = open_store(settings.store, self.prom, self.clock)
+        self.pipeline = Pipeline(
+            self.windows,
+            self.prom,
+            self.store,
+            decode_limits(settings),
+            sample_rate=settings.store.record_sample_rate,
+            dedupe_ids=settings.metrics.dedupe_ids,
+        )
+        self.queue = IngestQueue(settings.bus.queue_size, self.prom)
+        self.source = MqttSource(settings.bus, self.queue, self.prom)
+        self.api: ApiServer | None = None
+        self.ready = asyncio.Event()
+        self._drain_timeout_s = drain_timeout_s
+        self._last_rollup_minute = int(self.clock.now() // ROLLUP_S) * ROLLUP_S
+        self.registry.register(WindowCollector(self.current_stats))
+
+    def current_stats(self) -> list[WindowStats]:
+        return self.windows.query(self.settings.metrics.default_window, self.clock.now())
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "now": self.clock.now(),
+            "window_s": self.settings.metrics.default_window,
+            "bus": {"connected": self.source.connected.is_set(), "topics": self.source.topics()},
+            "ingest": {"queue_depth": len(self.queue), "paused": self.queue.paused},
+            "series": [stats_json(s) for s in self.current_stats()],
+        }
+
+    def write_rollups(self, now: float) -> int:
+        """Write the per-minute rollups of every minute completed since the last call."""
+        written = 0
+        complete = int(now // ROLLUP_S) * ROLLUP_S
+        minute = self._last_rollup_minute
+        while minute < complete:
+            stats = self.windows.range(minute, minute + ROLLUP_S, now)
+            points = rollup_points(stats, minute)
+            self.store.put_rollups(points)
+            written += len(points)
+            minute += ROLLUP_S
+        self._last_rollup_minute = max(minute, complete)
+        self.windows.prune(now)
+        return written
+
+    async def _rollup_loop(self) -> None:
+        while True:
+            now = self.clock.now()
+            # A few seconds past the minute, so records stamped at its end are in.
+            await asyncio.sleep(math.ceil(now / ROLLUP_S) * ROLLUP_S - now + 2.0)
+            self.write_rollups(self.clock.now())
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until `stop` is set, then drain the queue and flush the store."""
+        s = self.settings
+        deps = ApiDeps(
+            pipeline=self.pipeline,
+            store=self.store,
+            registry=self.registry,
+            clock=self.clock,
+            bus_connected=self.source.connected.is_set,
+            status=self.status,
+            max_payload_bytes=s.bus.max_payload_bytes * 2,
+        )
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(self.store)
+            if s.bus.embedded:
+                await stack.enter_async_context(EmbeddedBroker(s.bus))
+            self.api = await stack.enter_async_context(ApiServer(s.api, deps))
+            async with asyncio.TaskGroup() as tg:
+                tasks = [
+                    tg.create_task(self.queue.run(self.pipeline, self.clock), name="ingest"),
+                    tg.create_task(self._rollup_loop(), name="rollups"),
+                    tg.create_task(self.notifier.watchdog(), name="watchdog"),
+                ]
+                async with self.source:
+                    self.ready.set()
+                    self.notifier.ready()
+                    log.info("lookout_started", version=__version__, store=s.store.url,
+                             api=s.api.bind, bus=s.bus.url)  # fmt: skip
+                    await stop.wait()
+                    log.info("lookout_stopping", queued=len(self.queue))
+                    self.notifier.stopping()
+                    await self.source.stop(self._drain_timeout_s)
+                for task in tasks:
+                    task.cancel()
+            self.write_rollups(self.clock.now())
+        log.info("lookout_stopped")

@@ -1,0 +1,105 @@
+"""The bounded queue between the network and processing, and the task that drains it.
+
+Sources offer messages without awaiting; when the queue reaches its capacity the source is told
+to pause reading its socket (back-pressure reaches the broker through TCP and, at QoS 1,
+through unacknowledged messages), and to resume once the queue is half empty. A message is
+acknowledged to the broker only after it has been processed, so a crash loses nothing at QoS 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from typing import NamedTuple
+
+import structlog
+
+from lookout.clock import Clock
+from lookout.monitor.pipeline import Pipeline
+from lookout.monitor.prom import IngestMetrics
+
+log = structlog.get_logger(__name__)
+
+_CHUNK = 256
+
+
+class Inbound(NamedTuple):
+    topic: str
+    payload: bytes
+    ack: Callable[[], None] | None
+
+
+class IngestQueue:
+    def __init__(self, capacity: int, prom: IngestMetrics) -> None:
+        self.capacity = capacity
+        # Readers may deliver a few messages already decoded from the socket after a pause.
+        self._hard_limit = capacity * 2
+        self._items: deque[Inbound] = deque()
+        self._prom = prom
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._progress = asyncio.Event()
+        self._pause: Callable[[], None] | None = None
+        self._resume: Callable[[], None] | None = None
+        self.paused = False
+
+    def set_flow_control(self, pause: Callable[[], None], resume: Callable[[], None]) -> None:
+        self._pause, self._resume = pause, resume
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def offer(self, item: Inbound) -> None:
+        items = self._items
+        if len(items) >= self._hard_limit:
+            # Not acknowledged: at QoS 1 the broker redelivers it after reconnecting.
+            self._prom.dropped.labels("ingest").inc()
+            return
+        items.append(item)
+        self._idle.clear()
+        self._wake.set()
+        if not self.paused and len(items) >= self.capacity and self._pause is not None:
+            self.paused = True
+            self._prom.paused.inc()
+            self._pause()
+
+    async def wait_idle(self) -> None:
+        """Until every offered message has been processed."""
+        await self._idle.wait()
+
+    async def wait_progress(self) -> None:
+        """Until the next chunk of messages has been processed."""
+        await self._progress.wait()
+
+    def _signal_progress(self) -> None:
+        self._progress.set()
+        self._progress = asyncio.Event()
+
+    async def run(self, pipeline: Pipeline, clock: Clock) -> None:
+        """Process messages until cancelled."""
+        items = self._items
+        prom = self._prom
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while items:
+                now = clock.now()
+                for _ in range(min(_CHUNK, len(items))):
+                    item = items.popleft()
+                    try:
+                        pipeline.process_payload(item.payload, item.topic, "mqtt", now)
+                    except Exception:
+                        # A bug must not stop ingest. No payload in logs: prompts may hold PII.
+                        log.exception("ingest_failed", topic=item.topic, size=len(item.payload))
+                    if item.ack is not None:
+                        item.ack()
+                prom.queue_depth.set(len(items))
+                self._signal_progress()
+                if self.paused and len(items) <= self.capacity // 2 and self._resume is not None:
+                    self.paused = False
+                    self._resume()
+                if items:
+                    await asyncio.sleep(0)  # let the network and the API in between chunks
+            self._idle.set()

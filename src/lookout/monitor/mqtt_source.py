@@ -1,0 +1,250 @@
+"""MQTT source on aiomqtt 2.x: persistent QoS 1 session, back-pressure, reconnect with backoff.
+
+aiomqtt owns the connection (TLS, auth, MQTT 5 properties). Its message iterator wraps every
+message in an asyncio task (most of its per-message cost, PERF_NOTES), and its queue drops
+when full; so `_LookoutClient` takes messages straight from paho's callback into our bounded
+`IngestQueue`, acknowledges them manually after processing, and pauses the socket reader
+when the queue is full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import ssl
+from typing import TYPE_CHECKING, Any
+
+import aiomqtt
+import paho.mqtt.client as paho
+import structlog
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from lookout.monitor.ingest import Inbound, IngestQueue
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from lookout.monitor.config import BusConfig
+    from lookout.monitor.prom import IngestMetrics
+
+log = structlog.get_logger(__name__)
+
+
+class _LookoutClient(aiomqtt.Client):
+    """aiomqtt client whose messages go to an IngestQueue, acked after processing."""
+
+    def __init__(self, queue: IngestQueue, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._ingest = queue
+        self._paho: paho.Client = self._client
+        self._paho.manual_ack_set(True)
+        self._reader_fd = -1
+        self._live = True
+
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        ack = None
+        if message.qos > 0:
+            mid, qos = message.mid, message.qos
+
+            def ack() -> None:
+                # After a reconnect the mid belongs to a new session: the broker redelivers.
+                if self._live:
+                    self._paho.ack(mid, qos)
+
+        self._ingest.offer(Inbound(message.topic, bytes(message.payload), ack))
+
+    def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        super()._on_socket_open(client, userdata, sock)
+        self._reader_fd = sock.fileno()
+
+    def _read(self) -> None:
+        # The same reader aiomqtt installs, re-added when back-pressure lifts.
+        try:
+            while True:
+                self._paho.loop_read()
+                sock = self._paho.socket()
+                if sock is not None and hasattr(sock, "pending") and sock.pending() > 0:
+                    continue
+                break
+        except Exception as exc:
+            if not self._disconnected.done():
+                self._disconnected.set_exception(exc)
+
+    def pause_reading(self) -> None:
+        if self._reader_fd >= 0:
+            self._loop.remove_reader(self._reader_fd)
+
+    def resume_reading(self) -> None:
+        if self._reader_fd >= 0 and self._live:
+            self._loop.add_reader(self._reader_fd, self._read)
+
+    def retire(self) -> None:
+        self._live = False
+
+    async def wait_disconnected(self) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.shield(self._disconnected)
+
+
+def _tls_context(cfg: BusConfig) -> ssl.SSLContext | None:
+    if not cfg.tls:
+        return None
+    ctx = ssl.create_default_context(cafile=cfg.ca_file)
+    if cfg.cert_file:
+        ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
+    if cfg.tls_insecure:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def backoff_s(attempt: int, low_s: float, high_s: float, rng: random.Random) -> float:
+    """Capped exponential backoff with full jitter."""
+    ceiling: float = min(high_s, low_s * 2.0 ** min(attempt, 30))
+    return low_s + rng.random() * (ceiling - low_s)
+
+
+class MqttSource:
+    """Subscribes and feeds the ingest queue until stopped; reconnects forever."""
+
+    def __init__(
+        self,
+        cfg: BusConfig,
+        queue: IngestQueue,
+        prom: IngestMetrics,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._cfg = cfg
+        self._queue = queue
+        self._prom = prom
+        self._rng = rng or random.Random()
+        self.connected = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._client: _LookoutClient | None = None
+        self._group: asyncio.TaskGroup | None = None
+        queue.set_flow_control(self._pause, self._resume)
+
+    def _pause(self) -> None:
+        if self._client is not None:
+            self._client.pause_reading()
+
+    def _resume(self) -> None:
+        if self._client is not None:
+            self._client.resume_reading()
+
+    def topics(self) -> list[str]:
+        group = self._cfg.shared_group
+        return [f"$share/{group}/{t}" if group else t for t in self._cfg.topics]
+
+    def _new_client(self) -> _LookoutClient:
+        cfg = self._cfg
+        v5 = cfg.protocol == "5" or cfg.shared_group is not None
+        kwargs: dict[str, Any] = {}
+        if v5:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            if cfg.persistent_session:
+                props.SessionExpiryInterval = int(cfg.session_expiry_s)
+            kwargs["properties"] = props
+            kwargs["clean_start"] = not cfg.persistent_session
+        else:
+            kwargs["clean_session"] = not cfg.persistent_session
+        return _LookoutClient(
+            self._queue,
+            cfg.host,
+            cfg.port,
+            username=cfg.username,
+            password=cfg.password.get_secret_value() if cfg.password else None,
+            identifier=cfg.client_id,
+            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
+            keepalive=cfg.keepalive_s,
+            timeout=10.0,
+            tls_context=_tls_context(cfg),
+            **kwargs,
+        )
+
+    async def __aenter__(self) -> MqttSource:
+        self._group = asyncio.TaskGroup()
+        await self._group.__aenter__()
+        self._group.create_task(self._run(), name="mqtt-source")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+        if self._group is not None:
+            await self._group.__aexit__(exc_type, exc, tb)
+
+    async def stop(self, drain_timeout_s: float = 3.0) -> None:
+        """Stop reading, let the queue drain (acking each message), then disconnect."""
+        if self._stopping.is_set():
+            return
+        self._pause()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._queue.wait_idle(), timeout=drain_timeout_s)
+        self._stopping.set()
+
+    async def _run(self) -> None:
+        attempt = 0
+        warned = False
+        where = f"{self._cfg.host}:{self._cfg.port}"
+        while not self._stopping.is_set():
+            client = self._new_client()
+            try:
+                async with client:
+                    self._client = client
+                    subscriptions: list[tuple[str, int]] = [
+                        (t, self._cfg.qos) for t in self.topics()
+                    ]
+                    await client.subscribe(subscriptions)
+                    attempt, warned = 0, False
+                    self.connected.set()
+                    self._prom.bus_connected.set(1)
+                    log.info("bus_connected", broker=where, topics=self.topics())
+                    if self._queue.paused:
+                        client.pause_reading()
+                    waits = [
+                        asyncio.ensure_future(self._stopping.wait()),
+                        asyncio.ensure_future(client.wait_disconnected()),
+                    ]
+                    try:
+                        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        for waiter in waits:
+                            waiter.cancel()
+                    if not self._stopping.is_set():
+                        raise aiomqtt.MqttError("connection lost")
+            except aiomqtt.MqttError as exc:
+                client.retire()
+                self._mark_down()
+                self._prom.bus_reconnects.inc()
+                if not warned:
+                    warned = True
+                    log.error(
+                        "bus_unreachable",
+                        broker=where,
+                        error=str(exc),
+                        hint="start an MQTT broker there (e.g. mosquitto), or run "
+                        "`lookout run --embedded-broker`; retrying with backoff",
+                    )
+                delay = backoff_s(
+                    attempt, self._cfg.reconnect_min_s, self._cfg.reconnect_max_s, self._rng
+                )
+                attempt += 1
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+            finally:
+                client.retire()
+                self._client = None
+        self._mark_down()
+
+    def _mark_down(self) -> None:
+        if self.connected.is_set():
+            log.warning("bus_disconnected")
+        self.connected.clear()
+        self._prom.bus_connected.set(0)

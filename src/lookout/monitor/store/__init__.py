@@ -1,0 +1,78 @@
+"""The store interface; `open_store` picks an implementation from the URL's scheme."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from lookout.errors import ConfigError
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from lookout.clock import Clock
+    from lookout.monitor.config import StoreConfig
+    from lookout.monitor.prom import IngestMetrics
+    from lookout.monitor.records import Record, Rejection
+
+
+@dataclass(frozen=True, slots=True)
+class RollupPoint:
+    minute: int  # epoch seconds of the minute's start
+    app: str
+    model: str
+    series: str
+    value: float
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedSample:
+    at: float
+    source: str
+    reason: str
+    detail: str
+    sample: bytes
+
+
+class Store(Protocol):
+    """Durable state. `put_*` never block the event loop: they buffer, a task writes batches."""
+
+    async def __aenter__(self) -> Store: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    def put_record(self, record: Record, cost: float) -> None: ...
+
+    def put_rejected(self, rejection: Rejection, source: str, at: float) -> None: ...
+
+    def put_rollups(self, points: list[RollupPoint]) -> None: ...
+
+    async def flush(self) -> None: ...
+
+    async def get_record(self, record_id: str) -> dict[str, Any] | None: ...
+
+    async def rollups(
+        self, since: float, app: str | None = None, series: str | None = None
+    ) -> list[RollupPoint]: ...
+
+    async def rejected(self, limit: int = 100) -> list[RejectedSample]: ...
+
+    async def count_records(self) -> int: ...
+
+    async def writable(self) -> bool: ...
+
+
+def open_store(cfg: StoreConfig, metrics: IngestMetrics, clock: Clock) -> Store:
+    if cfg.url.startswith("sqlite:///"):
+        from lookout.monitor.store.sqlite import SqliteStore
+
+        return SqliteStore(cfg, metrics, clock)
+    raise ConfigError(
+        f"store.url {cfg.url.split('@')[-1]!r}: PostgreSQL support is not in this release; "
+        "use sqlite:///PATH"
+    )

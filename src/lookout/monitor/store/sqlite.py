@@ -1,0 +1,271 @@
+"""SQLite store (WAL): one writer thread, batched writes, retention.
+
+Every database call runs on one dedicated thread, so the event loop never waits on disk and
+SQLite's single-writer rule holds by construction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import structlog
+
+from lookout.errors import StoreError
+from lookout.monitor.store import RejectedSample, RollupPoint
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import TracebackType
+
+    from lookout.clock import Clock
+    from lookout.monitor.config import StoreConfig
+    from lookout.monitor.prom import IngestMetrics
+    from lookout.monitor.records import Record, Rejection
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    id TEXT PRIMARY KEY, ts REAL NOT NULL, received_at REAL NOT NULL, app TEXT NOT NULL,
+    model TEXT NOT NULL, provider TEXT, status TEXT NOT NULL, latency_ms REAL, ttft_ms REAL,
+    input_tokens INTEGER, output_tokens INTEGER, cost REAL, prompt TEXT, response TEXT,
+    error TEXT, user_id TEXT, session_id TEXT, metadata TEXT, ood_score REAL, flags TEXT
+);
+CREATE INDEX IF NOT EXISTS records_app_ts ON records (app, ts);
+CREATE INDEX IF NOT EXISTS records_received ON records (received_at);
+CREATE TABLE IF NOT EXISTS rollups (
+    minute INTEGER NOT NULL, app TEXT NOT NULL, model TEXT NOT NULL, series TEXT NOT NULL,
+    value REAL NOT NULL, PRIMARY KEY (minute, app, model, series)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rejected (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, source TEXT NOT NULL,
+    reason TEXT NOT NULL, detail TEXT NOT NULL, sample BLOB NOT NULL
+);
+"""
+_RECORD_COLUMNS = (
+    "id, ts, received_at, app, model, provider, status, latency_ms, ttft_ms, input_tokens, "
+    "output_tokens, cost, prompt, response, error, user_id, session_id, metadata"
+)
+_FLUSH_AT_ROWS = 2000
+_PRUNE_EVERY_S = 60.0
+
+
+class SqliteStore:
+    def __init__(self, cfg: StoreConfig, metrics: IngestMetrics, clock: Clock) -> None:
+        self._cfg = cfg
+        # sqlite:///var/lib/lookout/lookout.db is the absolute path /var/lib/lookout/lookout.db.
+        self._path = Path("/" + cfg.url.removeprefix("sqlite://").lstrip("/"))
+        self._metrics = metrics
+        self._clock = clock
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lookout-sqlite")
+        self._db: sqlite3.Connection | None = None
+        self._records: list[tuple[Any, ...]] = []
+        self._rejected: list[tuple[Any, ...]] = []
+        self._rollups: list[tuple[Any, ...]] = []
+        self._pending = 0
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._task_group: asyncio.TaskGroup | None = None
+        self._flush_lock = asyncio.Lock()
+        self._last_prune = 0.0
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    def _open(self) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA busy_timeout=5000")
+        db.executescript(_SCHEMA)
+        self._db = db
+
+    async def __aenter__(self) -> SqliteStore:
+        try:
+            await self._run(self._open)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"cannot open SQLite store at {self._path}: {exc}") from exc
+        self._task_group = asyncio.TaskGroup()
+        await self._task_group.__aenter__()
+        self._task_group.create_task(self._flusher(), name="store-flusher")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._task_group is not None:
+            await self._task_group.__aexit__(exc_type, exc, tb)
+        await self.flush()
+        db = self._db
+        if db is not None:
+            await self._run(db.close)
+        self._executor.shutdown(wait=True)
+
+    async def _flusher(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self._cfg.flush_interval_s)
+            self._wake.clear()
+            await self.flush()
+            now = self._clock.now()
+            if now - self._last_prune >= _PRUNE_EVERY_S:
+                self._last_prune = now
+                await self.prune(now)
+
+    def _admit(self) -> bool:
+        if self._pending >= self._cfg.queue_size:
+            self._metrics.dropped.labels("store").inc()
+            return False
+        self._pending += 1
+        if self._pending >= _FLUSH_AT_ROWS:
+            self._wake.set()
+        return True
+
+    def put_record(self, record: Record, cost: float) -> None:
+        if self._admit():
+            r = record
+            self._records.append(
+                (r.id, r.ts, r.received_at, r.app, r.model, r.provider, r.status, r.latency_ms,
+                 r.ttft_ms, r.input_tokens, r.output_tokens, cost, r.prompt, r.response, r.error,
+                 r.user_id, r.session_id, r.metadata)
+            )  # fmt: skip
+
+    def put_rejected(self, rejection: Rejection, source: str, at: float) -> None:
+        if self._admit():
+            sample = rejection.sample[: self._cfg.rejected_sample_bytes]
+            self._rejected.append((at, source, rejection.reason.value, rejection.detail, sample))
+
+    def put_rollups(self, points: list[RollupPoint]) -> None:
+        for p in points:
+            if self._admit():
+                self._rollups.append((p.minute, p.app, p.model, p.series, p.value))
+
+    async def flush(self) -> None:
+        async with self._flush_lock:
+            records, rejected, rollups = self._records, self._rejected, self._rollups
+            if not (records or rejected or rollups):
+                return
+            self._records, self._rejected, self._rollups = [], [], []
+            self._pending = 0
+            try:
+                await self._run(lambda: self._write(records, rejected, rollups))
+            except sqlite3.Error as exc:
+                self._metrics.store_errors.inc()
+                self._metrics.dropped.labels("store").inc(
+                    len(records) + len(rejected) + len(rollups)
+                )
+                log.error("store_write_failed", error=str(exc), rows=len(records))
+                return
+            self._metrics.store_writes.labels("records").inc(len(records))
+            self._metrics.store_writes.labels("rejected").inc(len(rejected))
+            self._metrics.store_writes.labels("rollups").inc(len(rollups))
+
+    def _write(
+        self,
+        records: list[tuple[Any, ...]],
+        rejected: list[tuple[Any, ...]],
+        rollups: list[tuple[Any, ...]],
+    ) -> None:
+        db = self._conn()
+        with db:
+            db.execute("BEGIN")
+            if records:
+                db.executemany(
+                    f"INSERT OR IGNORE INTO records ({_RECORD_COLUMNS}) "
+                    f"VALUES ({','.join('?' * 18)})",
+                    records,
+                )
+            if rejected:
+                db.executemany(
+                    "INSERT INTO rejected (at, source, reason, detail, sample) VALUES (?,?,?,?,?)",
+                    rejected,
+                )
+            if rollups:
+                db.executemany("INSERT OR REPLACE INTO rollups VALUES (?,?,?,?,?)", rollups)
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StoreError("store is not open")
+        return self._db
+
+    async def prune(self, now: float) -> None:
+        cutoff = now - self._cfg.retention
+        keep = self._cfg.rejected_keep
+
+        def work() -> None:
+            db = self._conn()
+            with db:
+                db.execute("BEGIN")
+                db.execute("DELETE FROM records WHERE received_at < ?", (cutoff,))
+                db.execute("DELETE FROM rollups WHERE minute < ?", (cutoff,))
+                db.execute(
+                    "DELETE FROM rejected WHERE id <= (SELECT MAX(id) FROM rejected) - ?", (keep,)
+                )
+
+        try:
+            await self._run(work)
+        except sqlite3.Error as exc:
+            log.error("store_prune_failed", error=str(exc))
+
+    async def get_record(self, record_id: str) -> dict[str, Any] | None:
+        def work() -> dict[str, Any] | None:
+            cur = self._conn().execute("SELECT * FROM records WHERE id = ?", (record_id,))
+            row = cur.fetchone()
+            if row is None:
+                return None
+            return dict(zip([c[0] for c in cur.description], row, strict=True))
+
+        return await self._run(work)
+
+    async def rollups(
+        self, since: float, app: str | None = None, series: str | None = None
+    ) -> list[RollupPoint]:
+        sql = "SELECT minute, app, model, series, value FROM rollups WHERE minute >= ?"
+        args: list[Any] = [since]
+        if app is not None:
+            sql += " AND app = ?"
+            args.append(app)
+        if series is not None:
+            sql += " AND series = ?"
+            args.append(series)
+        sql += " ORDER BY minute"
+        rows = await self._run(lambda: self._conn().execute(sql, args).fetchall())
+        return [RollupPoint(*row) for row in rows]
+
+    async def rejected(self, limit: int = 100) -> list[RejectedSample]:
+        sql = "SELECT at, source, reason, detail, sample FROM rejected ORDER BY id DESC LIMIT ?"
+        rows = await self._run(lambda: self._conn().execute(sql, (limit,)).fetchall())
+        return [RejectedSample(*row) for row in rows]
+
+    async def count_records(self) -> int:
+        row = await self._run(
+            lambda: self._conn().execute("SELECT COUNT(*) FROM records").fetchone()
+        )
+        return int(row[0])
+
+    async def writable(self) -> bool:
+        def probe() -> bool:
+            with self._conn() as db:
+                db.execute("BEGIN IMMEDIATE")
+            return True
+
+        try:
+            return await asyncio.wait_for(self._run(probe), timeout=2.0)
+        except (sqlite3.Error, StoreError, TimeoutError):
+            return False

@@ -1,0 +1,330 @@
+"""Sliding-window service metrics per app and model, in bounded memory.
+
+Time is cut into fixed buckets (10 s by default). Each (app, model) cell keeps one bucket per
+slot of the longest window: counters plus t-digests (fastdigest, mergeable, 0.1 us per update).
+A window query merges the buckets it covers; per-app, per-model and overall series are merged
+from the cells at query time, so the per-record path touches exactly one bucket.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields
+
+from fastdigest import TDigest
+
+ALL = "*"
+OTHER = "other"
+_CENTROIDS = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    input_per_1k: float
+    output_per_1k: float
+
+
+class _Bucket:
+    __slots__ = (
+        "cost",
+        "count",
+        "errors",
+        "gen_tps",
+        "index",
+        "latency_s",
+        "output_tokens",
+        "token_records",
+        "tokens",
+        "ttft_s",
+    )
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.count = 0
+        self.errors = 0
+        self.output_tokens = 0
+        self.tokens = 0
+        self.token_records = 0
+        self.cost = 0.0
+        self.latency_s: TDigest | None = None
+        self.ttft_s: TDigest | None = None
+        self.gen_tps: TDigest | None = None
+
+
+class _Cell:
+    __slots__ = ("buckets", "current")
+
+    def __init__(self, slots: int) -> None:
+        self.buckets: list[_Bucket | None] = [None] * slots
+        self.current: _Bucket | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WindowStats:
+    """One scope's series over one window. Quantiles and ratios are None without data."""
+
+    app: str
+    model: str
+    count: int
+    errors: int
+    qps: float
+    tps: float
+    error_rate: float | None
+    latency_p50: float | None
+    latency_p95: float | None
+    latency_p99: float | None
+    ttft_p95: float | None
+    gen_tps_p50: float | None
+    tokens_per_request: float | None
+    cost_per_hour: float
+
+    def series(self) -> dict[str, float | None]:
+        skip = {"app", "model", "count", "errors"}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
+
+
+SERIES_NAMES: tuple[str, ...] = tuple(
+    f.name for f in fields(WindowStats) if f.name not in {"app", "model", "count", "errors"}
+)
+
+
+class _Acc:
+    """Merges buckets of one scope."""
+
+    __slots__ = ("cost", "count", "errors", "gen", "lat", "out", "tok", "tokrec", "ttft")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.errors = 0
+        self.out = 0
+        self.tok = 0
+        self.tokrec = 0
+        self.cost = 0.0
+        self.lat = TDigest(max_centroids=_CENTROIDS)
+        self.ttft = TDigest(max_centroids=_CENTROIDS)
+        self.gen = TDigest(max_centroids=_CENTROIDS)
+
+    def add(self, b: _Bucket) -> None:
+        self.count += b.count
+        self.errors += b.errors
+        self.out += b.output_tokens
+        self.tok += b.tokens
+        self.tokrec += b.token_records
+        self.cost += b.cost
+        if b.latency_s is not None:
+            self.lat.merge_inplace(b.latency_s)
+        if b.ttft_s is not None:
+            self.ttft.merge_inplace(b.ttft_s)
+        if b.gen_tps is not None:
+            self.gen.merge_inplace(b.gen_tps)
+
+    def stats(self, app: str, model: str, duration_s: float) -> WindowStats:
+        def q(d: TDigest, p: float) -> float | None:
+            return None if d.is_empty() else float(d.quantile(p))
+
+        duration_s = max(duration_s, 1e-9)
+        return WindowStats(
+            app=app,
+            model=model,
+            count=self.count,
+            errors=self.errors,
+            qps=self.count / duration_s,
+            tps=self.out / duration_s,
+            error_rate=self.errors / self.count if self.count else None,
+            latency_p50=q(self.lat, 0.5),
+            latency_p95=q(self.lat, 0.95),
+            latency_p99=q(self.lat, 0.99),
+            ttft_p95=q(self.ttft, 0.95),
+            gen_tps_p50=q(self.gen, 0.5),
+            tokens_per_request=self.tok / self.tokrec if self.tokrec else None,
+            cost_per_hour=self.cost / duration_s * 3600.0,
+        )
+
+
+class LabelFolder:
+    """Caps label cardinality: values past the cap fold into `other`."""
+
+    def __init__(self, max_values: int) -> None:
+        self._max = max_values
+        self._seen: dict[str, str] = {}
+
+    def fold(self, value: str) -> str:
+        folded = self._seen.get(value)
+        if folded is None:
+            folded = value if len(self._seen) < self._max else OTHER
+            if len(self._seen) < self._max * 4:
+                # Remember overflow values too, up to a bound, to keep the lookup cheap.
+                self._seen[value] = folded
+        return folded
+
+
+class PriceTable:
+    """Per-1k-token prices; a versioned model name (gpt-4o-mini-2024-07-18) matches its prefix."""
+
+    def __init__(self, prices: Mapping[str, Price]) -> None:
+        self._prices = dict(prices)
+        self._cache: dict[str, Price | None] = {}
+
+    def lookup(self, model: str) -> Price | None:
+        if model in self._cache:
+            return self._cache[model]
+        best: Price | None = self._prices.get(model)
+        if best is None:
+            matches = [m for m in self._prices if model.startswith(m)]
+            if matches:
+                best = self._prices[max(matches, key=len)]
+        if len(self._cache) < 10_000:
+            self._cache[model] = best
+        return best
+
+
+class WindowedMetrics:
+    """Bounded sliding windows. Not thread-safe: owned by the ingest loop."""
+
+    def __init__(
+        self,
+        prices: PriceTable,
+        *,
+        bucket_s: float = 10.0,
+        max_window_s: float = 900.0,
+        max_apps: int = 50,
+        max_models: int = 50,
+        max_cells: int = 500,
+        started_at: float = 0.0,
+    ) -> None:
+        self.bucket_s = bucket_s
+        self.max_window_s = max_window_s
+        self._slots = math.ceil(max_window_s / bucket_s) + 1
+        self._prices = prices
+        self.apps = LabelFolder(max_apps)
+        self.models = LabelFolder(max_models)
+        self._max_cells = max_cells
+        self._cells: dict[tuple[str, str], _Cell] = {}
+        self.started_at = started_at
+
+    def labels_for(self, app: str, model: str) -> tuple[str, str]:
+        key = (self.apps.fold(app), self.models.fold(model))
+        if key not in self._cells and len(self._cells) >= self._max_cells:
+            return (OTHER, OTHER)
+        return key
+
+    def observe(
+        self,
+        key: tuple[str, str],
+        now: float,
+        *,
+        error: bool,
+        latency_ms: float | None,
+        ttft_ms: float | None,
+        input_tokens: int | None,
+        output_tokens: int | None,
+    ) -> float:
+        """Count one record at `now` under folded labels `key`; returns its cost."""
+        cell = self._cells.get(key)
+        if cell is None:
+            cell = self._cells[key] = _Cell(self._slots)
+        index = int(now // self.bucket_s)
+        bucket = cell.current
+        if bucket is None or bucket.index != index:
+            bucket = self._bucket(cell, index)
+        bucket.count += 1
+        if error:
+            bucket.errors += 1
+        if latency_ms is not None:
+            if bucket.latency_s is None:
+                bucket.latency_s = TDigest(max_centroids=_CENTROIDS)
+            bucket.latency_s.update(latency_ms / 1000.0)
+        if ttft_ms is not None:
+            if bucket.ttft_s is None:
+                bucket.ttft_s = TDigest(max_centroids=_CENTROIDS)
+            bucket.ttft_s.update(ttft_ms / 1000.0)
+        cost = 0.0
+        if input_tokens is not None or output_tokens is not None:
+            tin = input_tokens or 0
+            tout = output_tokens or 0
+            bucket.tokens += tin + tout
+            bucket.token_records += 1
+            bucket.output_tokens += tout
+            price = self._prices.lookup(key[1] if key[1] != OTHER else "")
+            if price is not None:
+                cost = tin / 1000.0 * price.input_per_1k + tout / 1000.0 * price.output_per_1k
+                bucket.cost += cost
+            if tout and latency_ms:
+                gen_ms = latency_ms - ttft_ms if ttft_ms and latency_ms > ttft_ms else latency_ms
+                if bucket.gen_tps is None:
+                    bucket.gen_tps = TDigest(max_centroids=_CENTROIDS)
+                bucket.gen_tps.update(tout / (gen_ms / 1000.0))
+        return cost
+
+    def _bucket(self, cell: _Cell, index: int) -> _Bucket:
+        slot = index % self._slots
+        bucket = cell.buckets[slot]
+        if bucket is None or bucket.index != index:
+            if bucket is not None and bucket.index > index:
+                # A record older than the ring (replay out of order): count it in the oldest
+                # bucket we still hold rather than overwrite newer data.
+                return bucket
+            bucket = cell.buckets[slot] = _Bucket(index)
+        if cell.current is None or index >= cell.current.index:
+            cell.current = bucket
+        return bucket
+
+    def query(
+        self, window_s: float, now: float, where: Mapping[str, str] | None = None
+    ) -> list[WindowStats]:
+        """Stats for every scope over the window ending at `now`."""
+        window_s = min(window_s, self.max_window_s)
+        # Up to the end of the bucket holding `now`, so a record stamped `now` is in.
+        end = (math.floor(now / self.bucket_s) + 1) * self.bucket_s
+        return self.range(now - window_s, end, now, where)
+
+    def range(
+        self, start: float, end: float, now: float, where: Mapping[str, str] | None = None
+    ) -> list[WindowStats]:
+        """Stats over buckets whose start lies in [start, end): per cell, app, model, all."""
+        first = math.ceil(start / self.bucket_s - 1e-9)
+        last = math.ceil(end / self.bucket_s - 1e-9) - 1
+        duration = max(min(end, now) - max(first * self.bucket_s, self.started_at), 0.0)
+        scopes: dict[tuple[str, str], _Acc] = {}
+        for (app, model), cell in self._cells.items():
+            if where and not _matches(where, app, model):
+                continue
+            buckets = [b for b in cell.buckets if b is not None and first <= b.index <= last]
+            if not buckets:
+                continue
+            for scope in ((app, model), (app, ALL), (ALL, model), (ALL, ALL)):
+                acc = scopes.get(scope)
+                if acc is None:
+                    acc = scopes[scope] = _Acc()
+                for b in buckets:
+                    acc.add(b)
+        return [acc.stats(app, model, duration) for (app, model), acc in scopes.items()]
+
+    def prune(self, now: float) -> None:
+        """Forget cells with no bucket left inside the longest window."""
+        oldest = int((now - self.max_window_s) // self.bucket_s)
+        for key in [k for k, c in self._cells.items() if not _live(c, oldest)]:
+            del self._cells[key]
+
+    def time_span(self) -> tuple[float, float] | None:
+        """Start of the oldest and end of the newest bucket held, if any."""
+        indexes = [b.index for c in self._cells.values() for b in c.buckets if b is not None]
+        if not indexes:
+            return None
+        return min(indexes) * self.bucket_s, (max(indexes) + 1) * self.bucket_s
+
+    def cell_count(self) -> int:
+        return len(self._cells)
+
+
+def _live(cell: _Cell, oldest: int) -> bool:
+    return any(b is not None and b.index >= oldest for b in cell.buckets)
+
+
+def _matches(where: Mapping[str, str], app: str, model: str) -> bool:
+    return where.get("app", app) == app and where.get("model", model) == model
+
+
+def stats_by_scope(stats: Iterable[WindowStats]) -> dict[tuple[str, str], WindowStats]:
+    return {(s.app, s.model): s for s in stats}

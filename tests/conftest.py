@@ -1,0 +1,177 @@
+"""Shared fixtures: the real Mosquitto on loopback, private brokers, a running daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import socket
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+
+from lookout.monitor.config import Settings
+from lookout.monitor.daemon import Daemon
+
+SYSTEM_BROKER = ("127.0.0.1", 1883)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout_s: float = 10.0) -> None:
+    """Block until something accepts on 127.0.0.1:port (broker start-up)."""
+    import time
+
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"nothing listening on port {port}")
+
+
+class PrivateBroker:
+    """A Mosquitto of the test's own, so it can be stopped and restarted.
+
+    Configured as docs/deploy.md recommends: persistence and a queue limit that loses nothing.
+    """
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.conf = workdir / "mosquitto.conf"
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "persistence true\n"
+            f"persistence_location {workdir}/\n"
+            "max_queued_messages 0\n"
+            "max_inflight_messages 100\n"
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self.proc = subprocess.Popen(
+            [binary, "-c", str(self.conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_port(self.port)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+
+@pytest.fixture
+def private_broker(tmp_path: Path) -> Iterator[PrivateBroker]:
+    broker = PrivateBroker(tmp_path)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def topic_root() -> str:
+    """A topic tree no other test uses: llm/records/<unique app>."""
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+def make_settings(tmp_path: Path, topic_app: str, **overrides: Any) -> Settings:
+    bus = {
+        "url": "mqtt://127.0.0.1:1883",
+        "topics": [f"llm/records/{topic_app}/#", f"llm/records/{topic_app}"],
+        "client_id": f"lookout-test-{uuid.uuid4().hex[:8]}",
+        "reconnect_min_s": 0.05,
+        "reconnect_max_s": 0.5,
+    }
+    bus.update(overrides.pop("bus", {}))
+    store = {"url": f"sqlite:///{tmp_path}/lookout.db", "record_sample_rate": 1.0}
+    store.update(overrides.pop("store", {}))
+    api = {"bind": "127.0.0.1:0"}
+    api.update(overrides.pop("api", {}))
+    return Settings(bus=bus, store=store, api=api, **overrides)
+
+
+@pytest.fixture
+def settings_for(tmp_path: Path, topic_root: str) -> Callable[..., Settings]:
+    def build(**overrides: Any) -> Settings:
+        return make_settings(tmp_path, topic_root, **overrides)
+
+    return build
+
+
+@contextlib.asynccontextmanager
+async def running(daemon: Daemon, *, wait_bus: bool = True) -> AsyncIterator[Daemon]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(daemon.run(stop))
+    try:
+        ready = asyncio.ensure_future(daemon.ready.wait())
+        await asyncio.wait([ready, task], timeout=15, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            task.result()
+        if wait_bus:
+            await asyncio.wait_for(daemon.source.connected.wait(), 15)
+        yield daemon
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)
+
+
+async def eventually(
+    check: Callable[[], bool] | Callable[[], Awaitable[bool]],
+    daemon: Daemon | None = None,
+    timeout_s: float = 15.0,
+) -> None:
+    """Await until `check()` holds, re-checking after each processed chunk (no fixed sleeps)."""
+
+    async def loop() -> None:
+        while True:
+            result = check()
+            if not isinstance(result, bool):
+                result = await result
+            if result:
+                return
+            if daemon is not None:
+                await daemon.queue.wait_progress()
+            else:
+                await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(loop(), timeout_s)
+
+
+async def publish(
+    payloads: list[bytes], topic: str, port: int = 1883, qos: int = 1
+) -> None:
+    async with aiomqtt.Client("127.0.0.1", port, identifier=f"pub-{uuid.uuid4().hex[:8]}") as c:
+        for payload in payloads:
+            await c.publish(topic, payload, qos=qos)
+
+
+def sample_value(daemon: Daemon, name: str, labels: dict[str, str] | None = None) -> float:
+    value = daemon.registry.get_sample_value(name, labels or {})
+    return 0.0 if value is None else value
+
+
+@pytest.fixture(autouse=True)
+def _no_systemd_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LOOKOUT_CONFIG"):
+        monkeypatch.delenv(name, raising=False)

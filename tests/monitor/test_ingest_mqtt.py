@@ -1,0 +1,124 @@
+"""Ingest through a real Mosquitto on loopback, each test on its own topic."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from lookout.monitor.config import Settings
+from lookout.monitor.daemon import Daemon
+from lookout.monitor.pipeline import IngestResult
+from tests.conftest import eventually, publish, running, sample_value
+
+
+def records_total(d: Daemon) -> float:
+    return sum(
+        sample_value(d, "lookout_records_total", {"app": a, "model": m, "status": s})
+        for a in ("shop", "bot", "default")
+        for m in ("gpt-4o-mini", "unknown")
+        for s in ("ok", "error")
+    )
+
+
+def rejected(d: Daemon, reason: str) -> float:
+    return sample_value(d, "lookout_records_rejected_total", {"reason": reason})
+
+
+async def test_bad_payloads_are_counted_and_sampled_while_good_records_flow(
+    settings_for: Callable[..., Settings], topic_root: str
+) -> None:
+    daemon = Daemon(settings_for())
+    good = {"app": "shop", "model": "gpt-4o-mini", "latency_ms": 250, "output_tokens": 5}
+    payloads = [
+        json.dumps(good).encode(),
+        b"{this is not json",
+        b'{"prompt": "caf\xc3\x28"}',
+        json.dumps({"app": "shop", "latency_ms": "fast"}).encode(),
+        json.dumps({"app": "shop", "latency_ms": -4}).encode(),
+        b'{"prompt": "' + b"x" * (1024 * 1024) + b'"}',
+        json.dumps([good, {"app": "shop", "input_tokens": -1}, good, "nope"]).encode(),
+    ]
+    async with running(daemon) as d:
+        await publish(payloads, f"llm/records/{topic_root}/x")
+        await eventually(lambda: records_total(d) >= 3 and rejected(d, "not_an_object") >= 1, d)
+        assert records_total(d) == 3
+        assert rejected(d, "invalid_json") == 1
+        assert rejected(d, "invalid_utf8") == 1
+        assert rejected(d, "wrong_type") == 1
+        assert rejected(d, "negative_value") == 2
+        assert rejected(d, "too_large") == 1
+        assert rejected(d, "not_an_object") == 1
+        await d.store.flush()
+        samples = await d.store.rejected(limit=50)
+        assert sorted(s.reason for s in samples) == sorted(
+            ["invalid_json", "invalid_utf8", "wrong_type", "negative_value", "negative_value",
+             "too_large", "not_an_object"]  # fmt: skip
+        )
+        assert all(s.source == "mqtt" and s.sample for s in samples)
+        # The daemon is still healthy and counting.
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{d.api.port}") as http:  # type: ignore[union-attr]
+            body = (await http.get("/api/v1/rejected")).json()
+            assert len(body) == 7
+            status = (await http.get("/api/v1/status")).json()
+        shop = next(s for s in status["series"] if s["app"] == "shop" and s["model"] == "*")
+        assert shop["count"] == 3
+        assert shop["latency_p50"] == 0.25
+
+
+async def test_app_comes_from_the_topic_and_series_appear_in_metrics(
+    settings_for: Callable[..., Settings], topic_root: str
+) -> None:
+    daemon = Daemon(settings_for())
+    records = [
+        {"model": "gpt-4o-mini", "latency_ms": 1000 + i, "input_tokens": 10, "output_tokens": 4}
+        for i in range(20)
+    ]
+    async with running(daemon) as d:
+        await publish([json.dumps(records).encode()], f"llm/records/{topic_root}")
+        labels = {"app": topic_root, "model": "gpt-4o-mini", "status": "ok"}
+        await eventually(lambda: sample_value(d, "lookout_records_total", labels) == 20, d)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{d.api.port}") as http:  # type: ignore[union-attr]
+            text = (await http.get("/metrics")).text
+        assert f'lookout_tokens_total{{app="{topic_root}",direction="output",model="gpt-4o-mini"}} 80.0' in text
+        assert (
+            f'lookout_request_latency_seconds_count{{app="{topic_root}",model="gpt-4o-mini"}} 20.0'
+            in text
+        )
+        assert f'lookout_latency_p95_seconds{{app="{topic_root}",model="*"}}' in text
+
+
+async def test_redelivered_duplicates_are_ignored(
+    settings_for: Callable[..., Settings], topic_root: str
+) -> None:
+    daemon = Daemon(settings_for())
+    payload = json.dumps({"id": "same-id", "app": "bot", "latency_ms": 10}).encode()
+    async with running(daemon) as d:
+        await publish([payload, payload, payload], f"llm/records/{topic_root}")
+        await eventually(lambda: sample_value(d, "lookout_records_duplicate_total") == 2, d)
+        labels = {"app": "bot", "model": "unknown", "status": "ok"}
+        assert sample_value(d, "lookout_records_total", labels) == 1
+
+
+async def test_back_pressure_not_loss_when_processing_falls_behind(
+    settings_for: Callable[..., Settings], topic_root: str
+) -> None:
+    daemon = Daemon(settings_for(bus={"queue_size": 10}, store={"record_sample_rate": 0.0}))
+    process = daemon.pipeline.process_payload
+
+    def slow_process(*args: Any, **kwargs: Any) -> IngestResult:
+        time.sleep(0.001)  # CPU-heavy processing, slower than the network
+        return process(*args, **kwargs)
+
+    daemon.pipeline.process_payload = slow_process  # type: ignore[method-assign]
+    n = 1000
+    payloads = [json.dumps({"app": "bot", "latency_ms": i}).encode() for i in range(n)]
+    async with running(daemon) as d:
+        await publish(payloads, f"llm/records/{topic_root}", qos=1)
+        labels = {"app": "bot", "model": "unknown", "status": "ok"}
+        await eventually(lambda: sample_value(d, "lookout_records_total", labels) == n, d)
+        assert sample_value(d, "lookout_dropped_total", {"queue": "ingest"}) == 0
+        assert len(d.queue) == 0
