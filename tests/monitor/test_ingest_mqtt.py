@@ -55,8 +55,15 @@ async def test_bad_payloads_are_counted_and_sampled_while_good_records_flow(
         await d.store.flush()
         samples = await d.store.rejected(limit=50)
         assert sorted(s.reason for s in samples) == sorted(
-            ["invalid_json", "invalid_utf8", "wrong_type", "negative_value", "negative_value",
-             "too_large", "not_an_object"]  # fmt: skip
+            [
+                "invalid_json",
+                "invalid_utf8",
+                "wrong_type",
+                "negative_value",
+                "negative_value",
+                "too_large",
+                "not_an_object",
+            ]
         )
         assert all(s.source == "mqtt" and s.sample for s in samples)
         # The daemon is still healthy and counting.
@@ -83,7 +90,8 @@ async def test_app_comes_from_the_topic_and_series_appear_in_metrics(
         await eventually(lambda: sample_value(d, "lookout_records_total", labels) == 20, d)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{d.api.port}") as http:  # type: ignore[union-attr]
             text = (await http.get("/metrics")).text
-        assert f'lookout_tokens_total{{app="{topic_root}",direction="output",model="gpt-4o-mini"}} 80.0' in text
+        out = f'app="{topic_root}",direction="output",model="gpt-4o-mini"'
+        assert f"lookout_tokens_total{{{out}}} 80.0" in text
         assert (
             f'lookout_request_latency_seconds_count{{app="{topic_root}",model="gpt-4o-mini"}} 20.0'
             in text

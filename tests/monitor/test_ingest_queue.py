@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import random
+from functools import partial
+from typing import cast
 
 from prometheus_client import CollectorRegistry
 
 from lookout.clock import FakeClock
 from lookout.monitor.ingest import Inbound, IngestQueue
 from lookout.monitor.pipeline import Pipeline
+from lookout.monitor.prices import PriceTable
 from lookout.monitor.prom import IngestMetrics
 from lookout.monitor.records import DecodeLimits
-from lookout.monitor.store import RollupPoint
-from lookout.monitor.windows import PriceTable, WindowedMetrics
+from lookout.monitor.store import RollupPoint, Store
+from lookout.monitor.windows import WindowedMetrics
 
 
 class ListStore:
@@ -35,9 +38,15 @@ class ListStore:
 def make_pipeline(prom: IngestMetrics) -> tuple[Pipeline, ListStore]:
     store = ListStore()
     pipeline = Pipeline(
-        WindowedMetrics(PriceTable({})), prom, store, DecodeLimits(),  # type: ignore[arg-type]
-        sample_rate=1.0, dedupe_ids=100, rng=random.Random(1),
-    )  # fmt: skip
+        WindowedMetrics(),
+        PriceTable({}),
+        prom,
+        cast(Store, store),
+        DecodeLimits(),
+        sample_rate=1.0,
+        dedupe_ids=100,
+        rng=random.Random(1),
+    )
     return pipeline, store
 
 
@@ -48,7 +57,7 @@ async def test_full_queue_pauses_source_and_drained_queue_resumes_it() -> None:
     queue.set_flow_control(lambda: events.append("pause"), lambda: events.append("resume"))
     acked: list[int] = []
     for i in range(6):
-        queue.offer(Inbound("llm/records/a", b'{"id": "r%d"}' % i, lambda i=i: acked.append(i)))
+        queue.offer(Inbound("llm/records/a", b'{"id": "r%d"}' % i, partial(acked.append, i)))
     assert events == ["pause"] and queue.paused
     pipeline, store = make_pipeline(prom)
     runner = asyncio.create_task(queue.run(pipeline, FakeClock()))
@@ -65,7 +74,7 @@ async def test_past_the_hard_limit_messages_are_dropped_unacked_and_counted() ->
     queue = IngestQueue(capacity=2, prom=prom)
     acked: list[int] = []
     for i in range(7):
-        queue.offer(Inbound("t", b"{}", lambda i=i: acked.append(i)))
+        queue.offer(Inbound("t", b"{}", partial(acked.append, i)))
     assert len(queue) == 4
     assert registry.get_sample_value("lookout_dropped_total", {"queue": "ingest"}) == 3
     assert acked == []

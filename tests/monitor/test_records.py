@@ -6,13 +6,15 @@ import json
 
 import pytest
 
-from lookout.monitor.records import DecodeLimits, RejectReason, decode_payload
+from lookout.monitor.records import Decoded, DecodeLimits, RejectReason, decode_payload
 
 NOW = 1_700_000_000.0
 LIMITS = DecodeLimits(max_payload_bytes=4096, max_metadata_bytes=64, max_text_chars=500)
 
 
-def dec(obj: object, topic: str | None = "llm/records/shop", limits: DecodeLimits = LIMITS):
+def dec(
+    obj: object, topic: str | None = "llm/records/shop", limits: DecodeLimits = LIMITS
+) -> Decoded:
     payload = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
     return decode_payload(payload, topic, NOW, limits)
 
@@ -20,20 +22,36 @@ def dec(obj: object, topic: str | None = "llm/records/shop", limits: DecodeLimit
 def test_full_record_decodes_every_field() -> None:
     out = dec(
         {
-            "id": "r1", "ts": "2024-05-01T12:00:00Z", "app": "bot", "model": "gpt-4o-mini",
-            "provider": "openai", "prompt": "hi", "response": "hello", "latency_ms": 812.5,
-            "ttft_ms": 120, "input_tokens": 10, "output_tokens": 3, "status": "ok",
-            "user_id": "u", "session_id": "s", "metadata": {"k": [1, 2]},
-        }  # fmt: skip
+            "id": "r1",
+            "ts": "2024-05-01T12:00:00Z",
+            "app": "bot",
+            "model": "gpt-4o-mini",
+            "provider": "openai",
+            "prompt": "hi",
+            "response": "hello",
+            "latency_ms": 812.5,
+            "ttft_ms": 120,
+            "input_tokens": 10,
+            "output_tokens": 3,
+            "status": "ok",
+            "user_id": "u",
+            "session_id": "s",
+            "metadata": {"k": [1, 2]},
+        }
     )
     assert out.rejections == []
     [r] = out.records
     assert (r.id, r.app, r.model, r.provider, r.prompt, r.response) == (
-        "r1", "bot", "gpt-4o-mini", "openai", "hi", "hello",
-    )  # fmt: skip
+        "r1",
+        "bot",
+        "gpt-4o-mini",
+        "openai",
+        "hi",
+        "hello",
+    )
     assert r.ts == 1714564800.0
     assert (r.latency_ms, r.ttft_ms, r.input_tokens, r.output_tokens) == (812.5, 120, 10, 3)
-    assert r.status == "ok" and r.id_given
+    assert r.status == "ok"
     assert json.loads(r.metadata or "") == {"k": [1, 2]}
     assert (r.user_id, r.session_id) == ("u", "s")
 
@@ -44,7 +62,7 @@ def test_defaults_come_from_topic_and_receive_time() -> None:
     assert r.model == "unknown"
     assert r.ts == NOW
     assert r.status == "ok"
-    assert not r.id_given and len(r.id) == 32
+    assert r.id is None
 
 
 def test_app_defaults_to_default_off_the_records_tree() -> None:
@@ -55,9 +73,11 @@ def test_app_defaults_to_default_off_the_records_tree() -> None:
 def test_otel_genai_aliases() -> None:
     [r] = dec(
         {
-            "gen_ai.request.model": "claude-3", "gen_ai.system": "anthropic",
-            "gen_ai.usage.input_tokens": 7, "gen_ai.usage.output_tokens": 9,
-        }  # fmt: skip
+            "gen_ai.request.model": "claude-3",
+            "gen_ai.system": "anthropic",
+            "gen_ai.usage.input_tokens": 7,
+            "gen_ai.usage.output_tokens": 9,
+        }
     ).records
     assert (r.model, r.provider, r.input_tokens, r.output_tokens) == ("claude-3", "anthropic", 7, 9)
     [r] = dec({"gen_ai.provider.name": "aws.bedrock"}).records

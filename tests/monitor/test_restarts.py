@@ -50,7 +50,9 @@ async def test_restarting_lookout_while_publishing_loses_no_record(
     async with running(second) as d2:
         await asyncio.wait_for(publisher, 60)
         assert sent.is_set()
-        await eventually(lambda: sample_value(d2, "lookout_records_total", ok) >= n - processed_first, d2)
+        await eventually(
+            lambda: sample_value(d2, "lookout_records_total", ok) >= n - processed_first, d2
+        )
         await d2.store.flush()
         assert await d2.store.count_records() == n
 

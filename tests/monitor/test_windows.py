@@ -6,22 +6,33 @@ import random
 
 import pytest
 
-from lookout.monitor.windows import ALL, OTHER, Price, PriceTable, WindowedMetrics, stats_by_scope
+from lookout.monitor.prices import Price, PriceTable
+from lookout.monitor.windows import ALL, OTHER, WindowedMetrics, stats_by_scope
 
 T0 = 1_700_000_000.0  # a multiple of 10 s: bucket edges fall on round numbers
 PRICES = PriceTable({"gpt-4o-mini": Price(0.00015, 0.0006), "gpt-4o": Price(0.0025, 0.01)})
 
 
 def windows(**kw: float) -> WindowedMetrics:
-    return WindowedMetrics(PRICES, bucket_s=10.0, max_window_s=300.0, started_at=T0, **kw)  # type: ignore[arg-type]
+    return WindowedMetrics(bucket_s=10.0, max_window_s=300.0, started_at=T0, **kw)  # type: ignore[arg-type]
 
 
-def observe(w: WindowedMetrics, now: float, app: str = "bot", model: str = "gpt-4o-mini",
-            **kw: object) -> float:  # fmt: skip
-    args = {"error": False, "latency_ms": None, "ttft_ms": None, "input_tokens": None,
-            "output_tokens": None}  # fmt: skip
-    args.update(kw)
-    return w.observe(w.labels_for(app, model), now, **args)  # type: ignore[arg-type]
+def observe(
+    w: WindowedMetrics,
+    now: float,
+    app: str = "bot",
+    model: str = "gpt-4o-mini",
+    *,
+    error: bool = False,
+    latency_ms: float | None = None,
+    ttft_ms: float | None = None,
+    input_tokens: int | None = None,
+    output_tokens: int | None = None,
+) -> float:
+    cost = PRICES.cost(model, input_tokens, output_tokens)
+    key = w.labels_for(app, model)
+    w.observe(key, now, error, latency_ms, ttft_ms, input_tokens, output_tokens, cost)
+    return cost
 
 
 def test_known_stream_matches_hand_computed_values() -> None:
@@ -30,9 +41,14 @@ def test_known_stream_matches_hand_computed_values() -> None:
     # 100 input + 20 output tokens each; every 10th request an error.
     for i in range(60):
         observe(
-            w, T0 + i, error=(i % 10 == 9), latency_ms=(i + 1) * 1000.0, ttft_ms=100.0,
-            input_tokens=100, output_tokens=20,
-        )  # fmt: skip
+            w,
+            T0 + i,
+            error=(i % 10 == 9),
+            latency_ms=(i + 1) * 1000.0,
+            ttft_ms=100.0,
+            input_tokens=100,
+            output_tokens=20,
+        )
     now = T0 + 60
     s = stats_by_scope(w.query(60, now))[("bot", "gpt-4o-mini")]
     assert s.count == 60 and s.errors == 6
@@ -63,8 +79,16 @@ def test_scopes_per_app_per_model_and_overall() -> None:
     assert by[(ALL, ALL)].error_rate == pytest.approx(1 / 3)
     assert by[("b", "gpt-4o")].latency_p50 == pytest.approx(0.5)
     assert by[(ALL, ALL)].latency_p50 == pytest.approx(0.3)
-    assert set(by) == {("a", "gpt-4o"), ("a", "gpt-4o-mini"), ("b", "gpt-4o"), ("a", ALL),
-                       ("b", ALL), (ALL, "gpt-4o"), (ALL, "gpt-4o-mini"), (ALL, ALL)}  # fmt: skip
+    assert set(by) == {
+        ("a", "gpt-4o"),
+        ("a", "gpt-4o-mini"),
+        ("b", "gpt-4o"),
+        ("a", ALL),
+        ("b", ALL),
+        (ALL, "gpt-4o"),
+        (ALL, "gpt-4o-mini"),
+        (ALL, ALL),
+    }
 
 
 def test_window_slides_old_buckets_out() -> None:
@@ -95,7 +119,7 @@ def test_versioned_model_names_take_their_family_price() -> None:
 
 
 def test_label_cardinality_folds_into_other() -> None:
-    w = WindowedMetrics(PRICES, bucket_s=10.0, max_window_s=60.0, max_apps=3, max_models=2)
+    w = WindowedMetrics(bucket_s=10.0, max_window_s=60.0, max_apps=3, max_models=2)
     for i in range(10):
         observe(w, T0, app=f"app{i}", model=f"m{i}")
     apps = {s.app for s in w.query(60, T0 + 1)}

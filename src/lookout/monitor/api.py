@@ -7,6 +7,7 @@ handling, which uvicorn's server does.
 from __future__ import annotations
 
 import hmac
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from lookout.monitor.records import RejectReason
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -123,7 +126,10 @@ class ApiServer:
             "duplicates": result.duplicates,
             "rejected": [{"reason": r, "detail": d} for r, d in result.rejected],
         }
-        status = 400 if result.rejected and not (result.accepted or result.duplicates) else 200
+        status = 200
+        if result.rejected and not (result.accepted or result.duplicates):
+            too_large = result.rejected[0][0] == RejectReason.TOO_LARGE.value
+            status = 413 if too_large else 400
         return web.json_response(body, status=status)
 
     async def _get_record(self, request: web.Request) -> web.Response:
@@ -132,6 +138,8 @@ class ApiServer:
             return web.json_response(
                 {"error": "no such record (only a sample of ok records is kept)"}, status=404
             )
+        if record.get("metadata"):
+            record["metadata"] = json.loads(record["metadata"])
         return web.json_response(record)
 
     async def _rejected(self, request: web.Request) -> web.Response:

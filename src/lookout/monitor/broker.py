@@ -28,9 +28,10 @@ class EmbeddedBroker:
         self._bind = f"{cfg.host}:{cfg.port}"
         self._config: dict[str, Any] = {
             "listeners": {"default": {"type": "tcp", "bind": self._bind}},
-            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {
-                "allow_anonymous": True}},
-        }  # fmt: skip
+            "plugins": {
+                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}
+            },
+        }
         self._broker: Broker | None = None
 
     async def __aenter__(self) -> EmbeddedBroker:

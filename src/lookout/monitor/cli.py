@@ -119,10 +119,13 @@ def replay(
         task = progress.add_task(f"replaying {file.name}", total=file.stat().st_size)
         report = asyncio.run(
             run_replay(
-                settings, file, topic=topic, keep=keep,
+                settings,
+                file,
+                topic=topic,
+                keep=keep,
                 progress=lambda done: progress.update(task, completed=done),
             )
-        )  # fmt: skip
+        )
     _print_report(report)
     if report.accepted == 0 and report.rejected_total:
         raise typer.Exit(1)
@@ -149,8 +152,21 @@ def _print_report(report: Any) -> None:
 
 def _series_table(series: list[Any], title: str) -> Table:
     table = Table(title=title)
-    for col in ("app", "model", "count", "qps", "err %", "p50 s", "p95 s", "p99 s", "ttft p95",
-                "tok/s", "gen tok/s p50", "tok/req", "cost/h"):  # fmt: skip
+    for col in (
+        "app",
+        "model",
+        "count",
+        "qps",
+        "err %",
+        "p50 s",
+        "p95 s",
+        "p99 s",
+        "ttft p95",
+        "tok/s",
+        "gen tok/s p50",
+        "tok/req",
+        "cost/h",
+    ):
         table.add_column(col, justify="left" if col in ("app", "model") else "right")
 
     def get(s: Any, name: str) -> Any:
@@ -159,12 +175,20 @@ def _series_table(series: list[Any], title: str) -> Table:
     for s in sorted(series, key=lambda s: (get(s, "app") == "*", get(s, "app"), get(s, "model"))):
         er = get(s, "error_rate")
         table.add_row(
-            get(s, "app"), get(s, "model"), str(get(s, "count")), _fmt(get(s, "qps")),
-            _fmt(er * 100 if er is not None else None, 1), _fmt(get(s, "latency_p50")),
-            _fmt(get(s, "latency_p95")), _fmt(get(s, "latency_p99")), _fmt(get(s, "ttft_p95")),
-            _fmt(get(s, "tps"), 1), _fmt(get(s, "gen_tps_p50"), 1),
-            _fmt(get(s, "tokens_per_request"), 1), _fmt(get(s, "cost_per_hour"), 4),
-        )  # fmt: skip
+            get(s, "app"),
+            get(s, "model"),
+            str(get(s, "count")),
+            _fmt(get(s, "qps")),
+            _fmt(er * 100 if er is not None else None, 1),
+            _fmt(get(s, "latency_p50")),
+            _fmt(get(s, "latency_p95")),
+            _fmt(get(s, "latency_p99")),
+            _fmt(get(s, "ttft_p95")),
+            _fmt(get(s, "tps"), 1),
+            _fmt(get(s, "gen_tps_p50"), 1),
+            _fmt(get(s, "tokens_per_request"), 1),
+            _fmt(get(s, "cost_per_hour"), 4),
+        )
     return table
 
 

@@ -158,8 +158,14 @@ class LookoutCallbackHandler(BaseCallbackHandler):
         self._max = max_in_flight
         self._lock = threading.Lock()
 
-    def _start(self, run_id: UUID, prompt: str | None, messages: list[dict[str, str]] | None,
-               serialized: dict[str, Any], kwargs: dict[str, Any]) -> None:  # fmt: skip
+    def _start(
+        self,
+        run_id: UUID,
+        prompt: str | None,
+        messages: list[dict[str, str]] | None,
+        serialized: dict[str, Any],
+        kwargs: dict[str, Any],
+    ) -> None:
         record: dict[str, Any] = {
             "id": str(run_id),
             "ts": time.time(),
@@ -181,12 +187,19 @@ class LookoutCallbackHandler(BaseCallbackHandler):
             while len(self._runs) > self._max:
                 self._runs.popitem(last=False)
 
-    def on_llm_start(self, serialized: dict[str, Any], prompts: list[str], *, run_id: UUID,
-                     **kwargs: Any) -> None:  # fmt: skip
+    def on_llm_start(
+        self, serialized: dict[str, Any], prompts: list[str], *, run_id: UUID, **kwargs: Any
+    ) -> None:
         self._start(run_id, prompts[-1] if prompts else None, None, serialized, kwargs)
 
-    def on_chat_model_start(self, serialized: dict[str, Any], messages: list[list[BaseMessage]],
-                            *, run_id: UUID, **kwargs: Any) -> None:  # fmt: skip
+    def on_chat_model_start(
+        self,
+        serialized: dict[str, Any],
+        messages: list[list[BaseMessage]],
+        *,
+        run_id: UUID,
+        **kwargs: Any,
+    ) -> None:
         turns = messages[-1] if messages else []
         wire = [{"role": _role(m), "content": _message_text(m)} for m in turns]
         self._start(run_id, None, wire, serialized, kwargs)

@@ -18,11 +18,12 @@ from lookout.monitor.config import Settings
 from lookout.monitor.ingest import IngestQueue
 from lookout.monitor.mqtt_source import MqttSource
 from lookout.monitor.pipeline import Pipeline
+from lookout.monitor.prices import Price, PriceTable
 from lookout.monitor.prom import IngestMetrics, WindowCollector
 from lookout.monitor.records import DecodeLimits
 from lookout.monitor.store import RollupPoint, Store, open_store
 from lookout.monitor.systemd import Notifier
-from lookout.monitor.windows import Price, PriceTable, WindowedMetrics, WindowStats
+from lookout.monitor.windows import WindowedMetrics, WindowStats
 
 log = structlog.get_logger(__name__)
 ROLLUP_S = 60
@@ -36,14 +37,27 @@ def build_windows(
     max_window_s: float | None = None,
 ) -> WindowedMetrics:
     m = settings.metrics
-    prices = PriceTable({name: Price(p.input, p.output) for name, p in settings.prices.items()})
     return WindowedMetrics(
-        prices,
         bucket_s=bucket_s or m.bucket_s,
         max_window_s=max_window_s or max(m.max_window, m.default_window),
         max_apps=m.max_apps,
         max_models=m.max_models,
         started_at=started_at,
+    )
+
+
+def build_pipeline(
+    settings: Settings, windows: WindowedMetrics, prom: IngestMetrics, store: Store
+) -> Pipeline:
+    prices = PriceTable({name: Price(p.input, p.output) for name, p in settings.prices.items()})
+    return Pipeline(
+        windows,
+        prices,
+        prom,
+        store,
+        decode_limits(settings),
+        sample_rate=settings.store.record_sample_rate,
+        dedupe_ids=settings.metrics.dedupe_ids,
     )
 
 
@@ -65,8 +79,13 @@ def rollup_points(stats: list[WindowStats], minute: int) -> list[RollupPoint]:
 
 
 def stats_json(stats: WindowStats) -> dict[str, Any]:
-    return {"app": stats.app, "model": stats.model, "count": stats.count,
-            "errors": stats.errors, **stats.series()}  # fmt: skip
+    return {
+        "app": stats.app,
+        "model": stats.model,
+        "count": stats.count,
+        "errors": stats.errors,
+        **stats.series(),
+    }
 
 
 class Daemon:
@@ -86,14 +105,7 @@ class Daemon:
         self.prom = IngestMetrics(self.registry)
         self.windows = build_windows(settings, self.clock.now())
         self.store: Store = open_store(settings.store, self.prom, self.clock)
-        self.pipeline = Pipeline(
-            self.windows,
-            self.prom,
-            self.store,
-            decode_limits(settings),
-            sample_rate=settings.store.record_sample_rate,
-            dedupe_ids=settings.metrics.dedupe_ids,
-        )
+        self.pipeline = build_pipeline(settings, self.windows, self.prom, self.store)
         self.queue = IngestQueue(settings.bus.queue_size, self.prom)
         self.source = MqttSource(settings.bus, self.queue, self.prom)
         self.api: ApiServer | None = None
@@ -111,7 +123,11 @@ class Daemon:
             "now": self.clock.now(),
             "window_s": self.settings.metrics.default_window,
             "bus": {"connected": self.source.connected.is_set(), "topics": self.source.topics()},
-            "ingest": {"queue_depth": len(self.queue), "paused": self.queue.paused},
+            "ingest": {
+                "processed_messages": self.queue.processed,
+                "queue_depth": len(self.queue),
+                "paused": self.queue.paused,
+            },
             "series": [stats_json(s) for s in self.current_stats()],
         }
 
@@ -163,8 +179,13 @@ class Daemon:
                 async with self.source:
                     self.ready.set()
                     self.notifier.ready()
-                    log.info("lookout_started", version=__version__, store=s.store.url,
-                             api=s.api.bind, bus=s.bus.url)  # fmt: skip
+                    log.info(
+                        "lookout_started",
+                        version=__version__,
+                        store=s.store.url,
+                        api=s.api.bind,
+                        bus=s.bus.url,
+                    )
                     await stop.wait()
                     log.info("lookout_stopping", queued=len(self.queue))
                     self.notifier.stopping()

@@ -44,6 +44,7 @@ class IngestQueue:
         self._pause: Callable[[], None] | None = None
         self._resume: Callable[[], None] | None = None
         self.paused = False
+        self.processed = 0  # messages processed since start
 
     def set_flow_control(self, pause: Callable[[], None], resume: Callable[[], None]) -> None:
         self._pause, self._resume = pause, resume
@@ -86,7 +87,8 @@ class IngestQueue:
             self._wake.clear()
             while items:
                 now = clock.now()
-                for _ in range(min(_CHUNK, len(items))):
+                chunk = min(_CHUNK, len(items))
+                for _ in range(chunk):
                     item = items.popleft()
                     try:
                         pipeline.process_payload(item.payload, item.topic, "mqtt", now)
@@ -95,6 +97,7 @@ class IngestQueue:
                         log.exception("ingest_failed", topic=item.topic, size=len(item.payload))
                     if item.ack is not None:
                         item.ack()
+                self.processed += chunk
                 prom.queue_depth.set(len(items))
                 self._signal_progress()
                 if self.paused and len(items) <= self.capacity // 2 and self._resume is not None:

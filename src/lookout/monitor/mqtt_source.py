@@ -244,7 +244,7 @@ class MqttSource:
         self._mark_down()
 
     def _mark_down(self) -> None:
-        if self.connected.is_set():
+        if self.connected.is_set() and not self._stopping.is_set():
             log.warning("bus_disconnected")
         self.connected.clear()
         self._prom.bus_connected.set(0)

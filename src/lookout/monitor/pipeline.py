@@ -6,6 +6,7 @@ import random
 from collections import deque
 from dataclasses import dataclass
 
+from lookout.monitor.prices import PriceTable
 from lookout.monitor.prom import IngestMetrics
 from lookout.monitor.records import DecodeLimits, Record, decode_payload
 from lookout.monitor.store import Store
@@ -38,12 +39,15 @@ class IngestResult:
     accepted: int
     duplicates: int
     rejected: list[tuple[str, str]]  # (reason, detail)
+    first_ts: float | None = None  # earliest and latest accepted record time
+    last_ts: float | None = None
 
 
 class Pipeline:
     def __init__(
         self,
         windows: WindowedMetrics,
+        prices: PriceTable,
         prom: IngestMetrics,
         store: Store,
         limits: DecodeLimits,
@@ -53,11 +57,13 @@ class Pipeline:
         rng: random.Random | None = None,
     ) -> None:
         self.windows = windows
+        self._prices = prices
         self._prom = prom
         self._store = store
         self._limits = limits
         self._sample_rate = sample_rate
         self._recent = RecentIds(dedupe_ids)
+        self._totals = prom.totals
         self._random = (rng or random.Random()).random
 
     def process_payload(
@@ -70,7 +76,8 @@ class Pipeline:
         event_time: bool = False,
     ) -> IngestResult:
         """Process one message. With `event_time`, windows follow each record's own ts (replay)."""
-        self._prom.messages.labels(source).inc()
+        messages = self._totals.messages
+        messages[source] = messages.get(source, 0) + 1
         decoded = decode_payload(payload, topic, now, self._limits)
         rejected = []
         for rejection in decoded.rejections:
@@ -83,34 +90,39 @@ class Pipeline:
                 accepted += 1
             else:
                 duplicates += 1
-        return IngestResult(accepted, duplicates, rejected)
+        if not (event_time and decoded.records):
+            return IngestResult(accepted, duplicates, rejected)
+        stamps = [r.ts for r in decoded.records]
+        return IngestResult(accepted, duplicates, rejected, min(stamps), max(stamps))
 
     def process_record(self, record: Record, now: float) -> bool:
         """Count one record; False when it is a redelivery of one already counted."""
-        if record.id_given and self._recent.seen(record.id):
+        if record.id is not None and self._recent.seen(record.id):
             self._prom.duplicates.inc()
             return False
         key = self.windows.labels_for(record.app, record.model)
         error = record.status == "error"
-        cost = self.windows.observe(
-            key,
-            now,
-            error=error,
-            latency_ms=record.latency_ms,
-            ttft_ms=record.ttft_ms,
-            input_tokens=record.input_tokens,
-            output_tokens=record.output_tokens,
+        latency_ms = record.latency_ms
+        input_tokens = record.input_tokens
+        output_tokens = record.output_tokens
+        cost = 0.0
+        if input_tokens or output_tokens:
+            cost = self._prices.cost(record.model, input_tokens, output_tokens)
+        self.windows.observe(
+            key, now, error, latency_ms, record.ttft_ms, input_tokens, output_tokens, cost
         )
-        children = self._prom.children(*key)
-        (children.errors if error else children.ok).inc()
-        if record.latency_ms is not None:
-            children.latency.observe(record.latency_ms / 1000.0)
-        if record.input_tokens:
-            children.input_tokens.inc(record.input_tokens)
-        if record.output_tokens:
-            children.output_tokens.inc(record.output_tokens)
-        if cost:
-            children.cost.inc(cost)
+        totals = self._totals.get(key)
+        if error:
+            totals.errors += 1
+        else:
+            totals.ok += 1
+        if latency_ms is not None:
+            totals.observe_latency(latency_ms / 1000.0)
+        if input_tokens:
+            totals.input_tokens += input_tokens
+        if output_tokens:
+            totals.output_tokens += output_tokens
+        totals.cost += cost
         if error or self._random() < self._sample_rate:
             self._store.put_record(record, cost)
         return True

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterable
+from itertools import accumulate
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from lookout.monitor.windows import SERIES_NAMES, WindowStats
@@ -28,47 +35,95 @@ _SERIES_UNITS = {
 assert set(_SERIES_UNITS) == set(SERIES_NAMES)
 
 
-class _RecordChildren:
-    """The label children of one (app, model), cached: 1.6 us per record instead of 3.5."""
+class KeyTotals:
+    """Running totals of one (app, model): plain attributes, bumped without locks."""
 
-    __slots__ = ("cost", "errors", "input_tokens", "latency", "ok", "output_tokens")
+    __slots__ = (
+        "cost",
+        "errors",
+        "input_tokens",
+        "latency_buckets",
+        "latency_sum",
+        "ok",
+        "output_tokens",
+    )
 
-    def __init__(self, m: IngestMetrics, app: str, model: str) -> None:
-        self.ok = m.records.labels(app, model, "ok")
-        self.errors = m.records.labels(app, model, "error")
-        self.input_tokens = m.tokens.labels(app, model, "input")
-        self.output_tokens = m.tokens.labels(app, model, "output")
-        self.latency = m.latency.labels(app, model)
-        self.cost = m.cost.labels(app, model)
+    def __init__(self) -> None:
+        self.ok = 0
+        self.errors = 0
+        self.input_tokens = 0
+        self.output_tokens = 0
+        self.cost = 0.0
+        self.latency_sum = 0.0
+        self.latency_buckets = [0] * (len(LATENCY_BUCKETS_S) + 1)  # the last is +Inf
+
+    def observe_latency(self, seconds: float) -> None:
+        self.latency_buckets[bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
+        self.latency_sum += seconds
+
+
+class RecordTotals(Collector):
+    """The per-record counters and latency histogram.
+
+    The ingest loop is single-threaded, so it keeps plain totals and this collector turns them
+    into Prometheus families at scrape time: about 0.3 us per record instead of the ~5 us that
+    six locked prometheus-client updates cost.
+    """
+
+    def __init__(self) -> None:
+        self._keys: dict[tuple[str, str], KeyTotals] = {}
+        self.messages: dict[str, int] = {}
+
+    def get(self, key: tuple[str, str]) -> KeyTotals:
+        totals = self._keys.get(key)
+        if totals is None:
+            totals = self._keys[key] = KeyTotals()
+        return totals
+
+    def collect(self) -> Iterable[Metric]:
+        records = CounterMetricFamily(
+            "lookout_records", "Records accepted", labels=["app", "model", "status"]
+        )
+        tokens = CounterMetricFamily(
+            "lookout_tokens", "Tokens reported", labels=["app", "model", "direction"]
+        )
+        cost = CounterMetricFamily(
+            "lookout_cost", "Cost from the price table", labels=["app", "model"]
+        )
+        latency = HistogramMetricFamily(
+            "lookout_request_latency_seconds",
+            "End-to-end LLM request latency",
+            labels=["app", "model"],
+        )
+        messages = CounterMetricFamily(
+            "lookout_messages_received", "Messages received", labels=["source"]
+        )
+        bounds = [*(str(b) for b in LATENCY_BUCKETS_S), "+Inf"]
+        for (app, model), t in list(self._keys.items()):
+            records.add_metric([app, model, "ok"], t.ok)
+            records.add_metric([app, model, "error"], t.errors)
+            tokens.add_metric([app, model, "input"], t.input_tokens)
+            tokens.add_metric([app, model, "output"], t.output_tokens)
+            cost.add_metric([app, model], t.cost)
+            cumulative = list(accumulate(t.latency_buckets))
+            latency.add_metric(
+                [app, model], list(zip(bounds, cumulative, strict=True)), t.latency_sum
+            )
+        for source, count in list(self.messages.items()):
+            messages.add_metric([source], count)
+        return [records, tokens, cost, latency, messages]
 
 
 class IngestMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self.records = Counter(
-            "lookout_records", "Records accepted", ["app", "model", "status"], registry=registry
-        )
-        self.tokens = Counter(
-            "lookout_tokens", "Tokens reported", ["app", "model", "direction"], registry=registry
-        )
-        self.cost = Counter(
-            "lookout_cost", "Cost from the price table", ["app", "model"], registry=registry
-        )
-        self.latency = Histogram(
-            "lookout_request_latency_seconds",
-            "End-to-end LLM request latency",
-            ["app", "model"],
-            buckets=LATENCY_BUCKETS_S,
-            registry=registry,
-        )
+        self.totals = RecordTotals()
+        registry.register(self.totals)
         self.rejected = Counter(
             "lookout_records_rejected", "Records rejected", ["reason"], registry=registry
         )
         self.duplicates = Counter(
             "lookout_records_duplicate", "Redelivered records ignored (same id)", registry=registry
-        )
-        self.messages = Counter(
-            "lookout_messages_received", "Messages received", ["source"], registry=registry
         )
         self.dropped = Counter(
             "lookout_dropped",
@@ -96,14 +151,6 @@ class IngestMetrics:
         self.store_errors = Counter(
             "lookout_store_errors", "Store write batches that failed", registry=registry
         )
-        self._children: dict[tuple[str, str], _RecordChildren] = {}
-
-    def children(self, app: str, model: str) -> _RecordChildren:
-        key = (app, model)
-        c = self._children.get(key)
-        if c is None:
-            c = self._children[key] = _RecordChildren(self, app, model)
-        return c
 
 
 class WindowCollector(Collector):

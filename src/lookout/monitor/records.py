@@ -8,7 +8,6 @@ fails is it split, so one bad record never costs the good ones in the same messa
 from __future__ import annotations
 
 import enum
-import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -31,12 +30,12 @@ class RejectReason(enum.StrEnum):
     TOO_LARGE = "too_large"
 
 
-class Message(msgspec.Struct, frozen=True):
+class Message(msgspec.Struct, frozen=True, gc=False):
     role: str
     content: str | list[dict[str, Any]] | None = None
 
 
-class WireRecord(msgspec.Struct, frozen=True):
+class WireRecord(msgspec.Struct, frozen=True, gc=False):
     """One record as apps send it; aliases are resolved by `normalize`."""
 
     id: ShortStr | None = None
@@ -67,10 +66,14 @@ class WireRecord(msgspec.Struct, frozen=True):
     )
 
 
-class Record(msgspec.Struct):
-    """A validated record with every alias resolved and every default applied."""
+class Record(msgspec.Struct, gc=False):
+    """A validated record with every alias resolved and every default applied.
 
-    id: str
+    `id` is None when the app sent none; the store gives a stored record a fresh one (most
+    records are never stored, so the hot path does not pay for a UUID).
+    """
+
+    id: str | None
     ts: float
     app: str
     model: str
@@ -87,7 +90,6 @@ class Record(msgspec.Struct):
     user_id: str | None = None
     session_id: str | None = None
     metadata: str | None = None
-    id_given: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,58 +166,75 @@ def _prompt_of(wire: WireRecord) -> str | None:
     return None
 
 
+_topic_apps: dict[str, str | None] = {}
+
+
 def app_from_topic(topic: str | None) -> str | None:
-    if topic and topic.startswith(TOPIC_PREFIX):
-        level = topic[len(TOPIC_PREFIX) :].split("/", 1)[0]
-        return level[:256] or None
-    return None
+    """The level after `llm/records/`; memoised, since a deployment has few topics."""
+    if topic is None:
+        return None
+    app = _topic_apps.get(topic, "")
+    if app != "":
+        return app
+    app = None
+    if topic.startswith(TOPIC_PREFIX):
+        app = topic[len(TOPIC_PREFIX) :].split("/", 1)[0][:256] or None
+    if len(_topic_apps) < 10_000:
+        _topic_apps[topic] = app
+    return app
 
 
 def normalize(
     wire: WireRecord, topic_app: str | None, received_at: float, limits: DecodeLimits
 ) -> Record:
+    # Hot path: positional construction is ~6x cheaper than keywords for a 17-field Struct.
     meta = wire.metadata
     metadata: str | None = None
     if len(meta):
-        if len(meta) > limits.max_metadata_bytes:
+        raw = bytes(meta)
+        if len(raw) > limits.max_metadata_bytes:
             raise InvalidRecord(
                 RejectReason.TOO_LARGE,
-                f"metadata is {len(meta)} bytes, over the limit of {limits.max_metadata_bytes}",
+                f"metadata is {len(raw)} bytes, over the limit of {limits.max_metadata_bytes}",
             )
-        if bytes(meta)[:1] != b"{":
+        if raw[:1] != b"{":
             raise InvalidRecord(RejectReason.WRONG_TYPE, "metadata must be an object")
-        metadata = bytes(meta).decode("utf-8")
-    prompt = _prompt_of(wire)
-    for name, text in (("prompt", prompt), ("response", wire.response), ("error", wire.error)):
-        if text is not None and len(text) > limits.max_text_chars:
-            raise InvalidRecord(
-                RejectReason.TOO_LARGE,
-                f"{name} has {len(text)} characters, over the limit of {limits.max_text_chars}",
-            )
-    status = wire.status or ("error" if wire.error is not None else "ok")
-    input_tokens = wire.input_tokens if wire.input_tokens is not None else wire.gen_ai_input_tokens
-    output_tokens = (
-        wire.output_tokens if wire.output_tokens is not None else wire.gen_ai_output_tokens
-    )
+        metadata = raw.decode("utf-8")
+    prompt = wire.prompt
+    if prompt is None and wire.messages:
+        prompt = _prompt_of(wire)
+    response = wire.response
+    error = wire.error
+    max_chars = limits.max_text_chars
+    if (
+        (prompt is not None and len(prompt) > max_chars)
+        or (response is not None and len(response) > max_chars)
+        or (error is not None and len(error) > max_chars)
+    ):
+        raise InvalidRecord(
+            RejectReason.TOO_LARGE, f"prompt, response or error over {max_chars} characters"
+        )
+    ts = wire.ts
+    input_tokens = wire.input_tokens
+    output_tokens = wire.output_tokens
     return Record(
-        id=wire.id or uuid.uuid4().hex,
-        id_given=wire.id is not None,
-        ts=_parse_ts(wire.ts, received_at),
-        app=wire.app or topic_app or "default",
-        model=wire.model or wire.gen_ai_request_model or "unknown",
-        provider=wire.provider or wire.gen_ai_provider_name or wire.gen_ai_system,
-        prompt=prompt,
-        response=wire.response,
-        latency_ms=wire.latency_ms,
-        ttft_ms=wire.ttft_ms,
-        input_tokens=input_tokens,
-        output_tokens=output_tokens,
-        status=status,
-        error=wire.error,
-        user_id=wire.user_id,
-        session_id=wire.session_id,
-        metadata=metadata,
-        received_at=received_at,
+        wire.id,
+        ts if type(ts) is float and 0.0 <= ts < 1e11 else _parse_ts(ts, received_at),
+        wire.app or topic_app or "default",
+        wire.model or wire.gen_ai_request_model or "unknown",
+        wire.status or ("ok" if error is None else "error"),
+        received_at,
+        wire.provider or wire.gen_ai_provider_name or wire.gen_ai_system,
+        prompt,
+        response,
+        wire.latency_ms,
+        wire.ttft_ms,
+        input_tokens if input_tokens is not None else wire.gen_ai_input_tokens,
+        output_tokens if output_tokens is not None else wire.gen_ai_output_tokens,
+        error,
+        wire.user_id,
+        wire.session_id,
+        metadata,
     )
 
 

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from lookout.clock import SystemClock
 from lookout.monitor.config import Settings
-from lookout.monitor.daemon import build_windows, decode_limits
+from lookout.monitor.daemon import build_pipeline, build_windows
 from lookout.monitor.pipeline import Pipeline
 from lookout.monitor.prom import IngestMetrics
 from lookout.monitor.store import Store, open_store
@@ -70,16 +70,20 @@ async def replay_file(
         report.duplicates += result.duplicates
         for reason, _detail in result.rejected:
             report.rejected[reason] += 1
+        if result.first_ts is not None and result.last_ts is not None:
+            report.first_ts = min(result.first_ts, report.first_ts or result.first_ts)
+            report.last_ts = max(result.last_ts, report.last_ts or result.last_ts)
         if report.lines % 1000 == 0:
             if progress is not None:
                 progress(done)
             await store.flush()
     await store.flush()
     report.elapsed_s = time.perf_counter() - started
-    span = windows.time_span()
-    if span is not None:
-        report.first_ts, report.last_ts = span
-        report.series = windows.range(report.first_ts, report.last_ts, report.last_ts)
+    if report.first_ts is not None and report.last_ts is not None:
+        # Rates over the records' own time span, not the coarse buckets'.
+        windows.started_at = report.first_ts
+        end = report.last_ts + REPLAY_BUCKET_S
+        report.series = windows.range(report.first_ts - REPLAY_BUCKET_S, end, report.last_ts)
     return report
 
 
@@ -101,13 +105,8 @@ async def run_replay(
         if not keep:
             store_cfg = store_cfg.model_copy(update={"url": f"sqlite:///{tmp}/replay.db"})
         store = open_store(store_cfg, prom, SystemClock())
-        pipeline = Pipeline(
-            windows,
-            prom,
-            store,
-            decode_limits(settings),
-            sample_rate=store_cfg.record_sample_rate,
-            dedupe_ids=settings.metrics.dedupe_ids,
+        pipeline = build_pipeline(
+            settings.model_copy(update={"store": store_cfg}), windows, prom, store
         )
         async with store:
             return await replay_file(path, pipeline, store, topic=topic, progress=progress)

@@ -19,12 +19,6 @@ OTHER = "other"
 _CENTROIDS = 100
 
 
-@dataclass(frozen=True, slots=True)
-class Price:
-    input_per_1k: float
-    output_per_1k: float
-
-
 class _Bucket:
     __slots__ = (
         "cost",
@@ -123,7 +117,7 @@ class _Acc:
         def q(d: TDigest, p: float) -> float | None:
             return None if d.is_empty() else float(d.quantile(p))
 
-        duration_s = max(duration_s, 1e-9)
+        duration_s = max(duration_s, 1.0)  # no rate explosions in the first second
         return WindowStats(
             app=app,
             model=model,
@@ -159,32 +153,11 @@ class LabelFolder:
         return folded
 
 
-class PriceTable:
-    """Per-1k-token prices; a versioned model name (gpt-4o-mini-2024-07-18) matches its prefix."""
-
-    def __init__(self, prices: Mapping[str, Price]) -> None:
-        self._prices = dict(prices)
-        self._cache: dict[str, Price | None] = {}
-
-    def lookup(self, model: str) -> Price | None:
-        if model in self._cache:
-            return self._cache[model]
-        best: Price | None = self._prices.get(model)
-        if best is None:
-            matches = [m for m in self._prices if model.startswith(m)]
-            if matches:
-                best = self._prices[max(matches, key=len)]
-        if len(self._cache) < 10_000:
-            self._cache[model] = best
-        return best
-
-
 class WindowedMetrics:
     """Bounded sliding windows. Not thread-safe: owned by the ingest loop."""
 
     def __init__(
         self,
-        prices: PriceTable,
         *,
         bucket_s: float = 10.0,
         max_window_s: float = 900.0,
@@ -196,31 +169,38 @@ class WindowedMetrics:
         self.bucket_s = bucket_s
         self.max_window_s = max_window_s
         self._slots = math.ceil(max_window_s / bucket_s) + 1
-        self._prices = prices
         self.apps = LabelFolder(max_apps)
         self.models = LabelFolder(max_models)
         self._max_cells = max_cells
         self._cells: dict[tuple[str, str], _Cell] = {}
+        self._folded: dict[tuple[str, str], tuple[str, str]] = {}
         self.started_at = started_at
 
     def labels_for(self, app: str, model: str) -> tuple[str, str]:
-        key = (self.apps.fold(app), self.models.fold(model))
-        if key not in self._cells and len(self._cells) >= self._max_cells:
-            return (OTHER, OTHER)
+        """The bounded label pair a record's (app, model) is counted under."""
+        raw = (app, model)
+        key = self._folded.get(raw)
+        if key is None:
+            key = (self.apps.fold(app), self.models.fold(model))
+            if key not in self._cells and len(self._cells) >= self._max_cells:
+                key = (OTHER, OTHER)
+            if len(self._folded) < self._max_cells * 4:
+                self._folded[raw] = key
         return key
 
-    def observe(
+    def observe(  # noqa: PLR0917 - positional on the hot path: keywords cost ~1 us here
         self,
         key: tuple[str, str],
         now: float,
-        *,
         error: bool,
         latency_ms: float | None,
         ttft_ms: float | None,
         input_tokens: int | None,
         output_tokens: int | None,
-    ) -> float:
-        """Count one record at `now` under folded labels `key`; returns its cost."""
+        cost: float,
+        /,
+    ) -> None:
+        """Count one record at `now` under folded labels `key`."""
         cell = self._cells.get(key)
         if cell is None:
             cell = self._cells[key] = _Cell(self._slots)
@@ -239,23 +219,18 @@ class WindowedMetrics:
             if bucket.ttft_s is None:
                 bucket.ttft_s = TDigest(max_centroids=_CENTROIDS)
             bucket.ttft_s.update(ttft_ms / 1000.0)
-        cost = 0.0
+        bucket.cost += cost
         if input_tokens is not None or output_tokens is not None:
             tin = input_tokens or 0
             tout = output_tokens or 0
             bucket.tokens += tin + tout
             bucket.token_records += 1
             bucket.output_tokens += tout
-            price = self._prices.lookup(key[1] if key[1] != OTHER else "")
-            if price is not None:
-                cost = tin / 1000.0 * price.input_per_1k + tout / 1000.0 * price.output_per_1k
-                bucket.cost += cost
             if tout and latency_ms:
                 gen_ms = latency_ms - ttft_ms if ttft_ms and latency_ms > ttft_ms else latency_ms
                 if bucket.gen_tps is None:
                     bucket.gen_tps = TDigest(max_centroids=_CENTROIDS)
                 bucket.gen_tps.update(tout / (gen_ms / 1000.0))
-        return cost
 
     def _bucket(self, cell: _Cell, index: int) -> _Bucket:
         slot = index % self._slots
@@ -306,13 +281,6 @@ class WindowedMetrics:
         oldest = int((now - self.max_window_s) // self.bucket_s)
         for key in [k for k, c in self._cells.items() if not _live(c, oldest)]:
             del self._cells[key]
-
-    def time_span(self) -> tuple[float, float] | None:
-        """Start of the oldest and end of the newest bucket held, if any."""
-        indexes = [b.index for c in self._cells.values() for b in c.buckets if b is not None]
-        if not indexes:
-            return None
-        return min(indexes) * self.bucket_s, (max(indexes) + 1) * self.bucket_s
 
     def cell_count(self) -> int:
         return len(self._cells)

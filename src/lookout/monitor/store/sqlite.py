@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -74,6 +75,8 @@ class SqliteStore:
         self._task_group: asyncio.TaskGroup | None = None
         self._flush_lock = asyncio.Lock()
         self._last_prune = 0.0
+        self._id_prefix = uuid.uuid4().hex[:16]
+        self._id_seq = 0
 
     @property
     def path(self) -> Path:
@@ -137,14 +140,36 @@ class SqliteStore:
             self._wake.set()
         return True
 
+    def _new_id(self) -> str:
+        # A random per-process prefix and a counter: unique, and far cheaper than uuid4.
+        self._id_seq += 1
+        return f"{self._id_prefix}{self._id_seq:x}"
+
     def put_record(self, record: Record, cost: float) -> None:
         if self._admit():
             r = record
             self._records.append(
-                (r.id, r.ts, r.received_at, r.app, r.model, r.provider, r.status, r.latency_ms,
-                 r.ttft_ms, r.input_tokens, r.output_tokens, cost, r.prompt, r.response, r.error,
-                 r.user_id, r.session_id, r.metadata)
-            )  # fmt: skip
+                (
+                    r.id or self._new_id(),
+                    r.ts,
+                    r.received_at,
+                    r.app,
+                    r.model,
+                    r.provider,
+                    r.status,
+                    r.latency_ms,
+                    r.ttft_ms,
+                    r.input_tokens,
+                    r.output_tokens,
+                    cost,
+                    r.prompt,
+                    r.response,
+                    r.error,
+                    r.user_id,
+                    r.session_id,
+                    r.metadata,
+                )
+            )
 
     def put_rejected(self, rejection: Rejection, source: str, at: float) -> None:
         if self._admit():

@@ -1,0 +1,3 @@
+from lookout.monitor.cli import main
+
+main()

@@ -1,0 +1,88 @@
+"""HTTP API: ingest, lookup, status, health, and the bearer token."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import aiomqtt
+import httpx
+
+from lookout.monitor.config import Settings
+from lookout.monitor.daemon import Daemon
+from tests.conftest import eventually, free_port, running, sample_value
+
+
+def client(d: Daemon, token: str | None = None) -> httpx.AsyncClient:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.AsyncClient(base_url=f"http://127.0.0.1:{d.api.port}", headers=headers)  # type: ignore[union-attr]
+
+
+async def test_post_records_same_format_and_read_one_back(
+    settings_for: Callable[..., Settings],
+) -> None:
+    async with running(Daemon(settings_for())) as d, client(d) as http:
+        batch = [
+            {
+                "id": "h1",
+                "app": "web",
+                "model": "gpt-4o-mini",
+                "prompt": "p",
+                "response": "r",
+                "latency_ms": 420,
+                "metadata": {"tenant": "acme"},
+            },
+            {"id": "h2", "app": "web", "latency_ms": -1},
+        ]
+        r = await http.post("/api/v1/records", content=json.dumps(batch))
+        assert r.status_code == 200
+        body = r.json()
+        assert body["accepted"] == 1
+        assert body["rejected"][0]["reason"] == "negative_value"
+        await d.store.flush()
+        got = (await http.get("/api/v1/records/h1")).json()
+        assert (got["app"], got["prompt"], got["response"], got["latency_ms"]) == (
+            "web",
+            "p",
+            "r",
+            420.0,
+        )
+        assert got["metadata"] == {"tenant": "acme"}
+        assert (await http.get("/api/v1/records/nope")).status_code == 404
+        bad = await http.post("/api/v1/records", content=b"{oops")
+        assert bad.status_code == 400 and bad.json()["rejected"][0]["reason"] == "invalid_json"
+        huge = await http.post("/api/v1/records", content=b"[" + b" " * (1024 * 1024) + b"]")
+        assert huge.status_code == 413
+        assert sample_value(d, "lookout_records_rejected_total", {"reason": "too_large"}) == 1
+        status = (await http.get("/api/v1/status")).json()
+        assert status["bus"]["connected"] is True
+        web = next(s for s in status["series"] if s["app"] == "web" and s["model"] == "*")
+        assert web["count"] == 1 and web["latency_p95"] == 0.42
+
+
+async def test_token_protects_everything_but_health(settings_for: Callable[..., Settings]) -> None:
+    settings = settings_for(api={"bind": "127.0.0.1:0", "token": "sesame"})
+    async with running(Daemon(settings)) as d:
+        async with client(d) as anonymous:
+            assert (await anonymous.get("/healthz")).status_code == 200
+            assert (await anonymous.get("/readyz")).status_code == 200
+            for path in ("/metrics", "/api/v1/status", "/api/v1/records/x"):
+                assert (await anonymous.get(path)).status_code == 401
+            assert (await anonymous.post("/api/v1/records", content=b"{}")).status_code == 401
+        async with client(d, "wrong") as wrong:
+            assert (await wrong.get("/api/v1/status")).status_code == 401
+        async with client(d, "sesame") as ok:
+            assert (await ok.get("/api/v1/status")).status_code == 200
+            assert (await ok.post("/api/v1/records", content=b"{}")).json()["accepted"] == 1
+
+
+async def test_embedded_broker_needs_nothing_else(
+    settings_for: Callable[..., Settings], topic_root: str
+) -> None:
+    port = free_port()
+    settings = settings_for(bus={"url": f"mqtt://127.0.0.1:{port}", "embedded": True})
+    async with running(Daemon(settings)) as d:
+        async with aiomqtt.Client("127.0.0.1", port, identifier="app") as app:
+            await app.publish(f"llm/records/{topic_root}", b'{"latency_ms": 3}', qos=1)
+        labels = {"app": topic_root, "model": "unknown", "status": "ok"}
+        await eventually(lambda: sample_value(d, "lookout_records_total", labels) == 1, d)
