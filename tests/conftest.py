@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -39,6 +40,21 @@ def wait_port(port: int, timeout_s: float = 10.0) -> None:
     raise TimeoutError(f"nothing listening on port {port}")
 
 
+def mosquitto_listener(port: int) -> str:
+    """Config lines for a loopback listener; as root, stay root to read the test's files."""
+    lines = f"listener {port} 127.0.0.1\n"
+    if os.geteuid() == 0:
+        lines += "user root\n"
+    return lines
+
+
+def start_mosquitto(conf: Path, port: int) -> subprocess.Popen[bytes]:
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    proc = subprocess.Popen([binary, "-c", str(conf)], stderr=subprocess.DEVNULL)
+    wait_port(port)
+    return proc
+
+
 class PrivateBroker:
     """A Mosquitto of the test's own, so it can be stopped and restarted.
 
@@ -50,8 +66,7 @@ class PrivateBroker:
         self.workdir = workdir
         self.conf = workdir / "mosquitto.conf"
         self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
+            mosquitto_listener(self.port) + "allow_anonymous true\n"
             "persistence true\n"
             f"persistence_location {workdir}/\n"
             "max_queued_messages 0\n"
@@ -64,13 +79,7 @@ class PrivateBroker:
         return f"mqtt://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        self.proc = subprocess.Popen(
-            [binary, "-c", str(self.conf)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_port(self.port)
+        self.proc = start_mosquitto(self.conf, self.port)
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import aiomqtt
 import httpx
@@ -86,3 +91,34 @@ async def test_embedded_broker_needs_nothing_else(
             await app.publish(f"llm/records/{topic_root}", b'{"latency_ms": 3}', qos=1)
         labels = {"app": topic_root, "model": "unknown", "status": "ok"}
         await eventually(lambda: sample_value(d, "lookout_records_total", labels) == 1, d)
+
+
+async def test_status_command_shows_a_running_daemons_series(
+    settings_for: Callable[..., Settings], tmp_path: Path
+) -> None:
+    async with running(Daemon(settings_for(api={"bind": "127.0.0.1:0", "token": "t0k"}))) as d:
+        async with client(d, "t0k") as http:
+            body = {"app": "cli-app", "model": "gpt-4o-mini", "latency_ms": 1500}
+            await http.post("/api/v1/records", content=json.dumps(body))
+        config = tmp_path / "status.yaml"
+        config.write_text(f"api: {{bind: '127.0.0.1:{d.api.port}', token: t0k}}\n")  # type: ignore[union-attr]
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "lookout", "status", "--config", str(config),
+            stdout=asyncio.subprocess.PIPE, env={**os.environ, "COLUMNS": "200"},
+        )  # fmt: skip
+        out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    text = out.decode()
+    assert proc.returncode == 0
+    assert "bus connected" in text
+    assert "cli-app" in text and "1.500" in text
+
+
+def test_status_command_says_when_no_daemon_answers(tmp_path: Path) -> None:
+    config = tmp_path / "status.yaml"
+    config.write_text(f"api: {{bind: '127.0.0.1:{free_port()}'}}\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "lookout", "status", "--config", str(config)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "no daemon answering" in proc.stderr

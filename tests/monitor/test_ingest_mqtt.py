@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -12,7 +13,7 @@ import httpx
 from lookout.monitor.config import Settings
 from lookout.monitor.daemon import Daemon
 from lookout.monitor.pipeline import IngestResult
-from tests.conftest import eventually, publish, running, sample_value
+from tests.conftest import eventually, make_settings, publish, running, sample_value
 
 
 def records_total(d: Daemon) -> float:
@@ -130,3 +131,26 @@ async def test_back_pressure_not_loss_when_processing_falls_behind(
         await eventually(lambda: sample_value(d, "lookout_records_total", labels) == n, d)
         assert sample_value(d, "lookout_dropped_total", {"queue": "ingest"}) == 0
         assert len(d.queue) == 0
+
+
+async def test_shared_subscription_splits_records_between_instances(
+    tmp_path: Path, topic_root: str
+) -> None:
+    group = f"g{topic_root}"
+    one = Daemon(make_settings(tmp_path / "one", topic_root, bus={"shared_group": group}))
+    two = Daemon(make_settings(tmp_path / "two", topic_root, bus={"shared_group": group}))
+    payloads = [json.dumps({"id": f"r{i}", "app": "bot"}).encode() for i in range(200)]
+    ok = {"app": "bot", "model": "unknown", "status": "ok"}
+
+    def total() -> float:
+        return sample_value(one, "lookout_records_total", ok) + sample_value(
+            two, "lookout_records_total", ok
+        )
+
+    async with running(one), running(two):
+        assert one.source.topics() == [f"$share/{group}/llm/records/{topic_root}/#"]
+        await publish(payloads, f"llm/records/{topic_root}")
+        await eventually(lambda: total() == 200)
+    # Each record went to exactly one instance, and both took a share.
+    assert sample_value(one, "lookout_records_total", ok) > 0
+    assert sample_value(two, "lookout_records_total", ok) > 0

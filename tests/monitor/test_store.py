@@ -1,0 +1,91 @@
+"""SQLite store: sampled records, per-minute rollups, retention, bounded rejected samples."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from lookout.clock import FakeClock
+from lookout.monitor.config import Settings
+from lookout.monitor.daemon import Daemon
+from lookout.monitor.prom import IngestMetrics
+from lookout.monitor.records import DecodeLimits, decode_payload
+from lookout.monitor.store.sqlite import SqliteStore
+
+T0 = 1_700_000_040.0  # on a minute boundary
+
+
+def settings(tmp_path: Path, **store: object) -> Settings:
+    return Settings.model_validate(
+        {"store": {"url": f"sqlite:///{tmp_path}/s.db", **store}, "api": {"bind": "127.0.0.1:0"}}
+    )
+
+
+async def test_sample_rate_keeps_a_share_of_ok_records_and_every_error(tmp_path: Path) -> None:
+    clock = FakeClock(T0)
+    daemon = Daemon(settings(tmp_path, record_sample_rate=0.2), clock=clock)
+    daemon.pipeline._random = random.Random(3).random
+    async with daemon.store:
+        for i in range(1000):
+            error = ', "error": "boom"' if i % 10 == 0 else ""
+            payload = f'{{"id": "r{i}", "latency_ms": 5{error}}}'.encode()
+            daemon.pipeline.process_payload(payload, "llm/records/a", "mqtt", clock.now())
+        await daemon.store.flush()
+        with sqlite3.connect(tmp_path / "s.db") as db:
+            errors = db.execute("SELECT COUNT(*) FROM records WHERE status='error'").fetchone()[0]
+            oks = db.execute("SELECT COUNT(*) FROM records WHERE status='ok'").fetchone()[0]
+    assert errors == 100
+    assert 140 <= oks <= 220  # 20% of 900
+
+
+async def test_every_completed_minute_is_rolled_up(tmp_path: Path) -> None:
+    clock = FakeClock(T0)
+    daemon = Daemon(settings(tmp_path), clock=clock)
+    async with daemon.store:
+        for second in range(150):  # two and a half minutes, one request a second
+            payload = b'{"app": "shop", "latency_ms": %d, "output_tokens": 10}' % (second * 10)
+            daemon.pipeline.process_payload(payload, None, "mqtt", clock.now())
+            clock.advance(1)
+        daemon.write_rollups(clock.now())
+        await daemon.store.flush()
+        points = await daemon.store.rollups(T0, app="shop", series="qps")
+        latency = await daemon.store.rollups(T0, app="*", series="latency_p50")
+    by_minute = {(p.minute, p.model): p.value for p in points}
+    assert by_minute[(int(T0), "*")] == 1.0
+    assert by_minute[(int(T0) + 60, "*")] == 1.0
+    assert (int(T0) + 120, "*") not in by_minute  # the minute still running is not written
+    # median of 0, 10, ..., 590 ms is 295 ms; of 600, ..., 1190 ms is 895 ms
+    assert [p.value for p in latency if p.model == "*"] == pytest.approx([0.295, 0.895], abs=0.005)
+
+
+async def test_retention_and_rejected_bound(tmp_path: Path) -> None:
+    clock = FakeClock(T0)
+    cfg = settings(tmp_path, retention="1h", rejected_keep=5).store
+    store = SqliteStore(cfg, IngestMetrics(CollectorRegistry()), clock)
+    async with store:
+        old = decode_payload(b'[{"id": "old"}, {"latency_ms": -1}]', None, T0, DecodeLimits())
+        for record in old.records:
+            store.put_record(record, 0.0)
+        for _ in range(12):
+            store.put_rejected(old.rejections[0], "mqtt", T0)
+        new = decode_payload(b'{"id": "new"}', None, T0 + 7200, DecodeLimits())
+        store.put_record(new.records[0], 0.0)
+        await store.flush()
+        await store.prune(T0 + 7200)
+        assert await store.get_record("old") is None
+        assert (await store.get_record("new")) is not None
+        assert len(await store.rejected(limit=100)) == 5
+
+
+async def test_store_buffer_is_bounded_and_drops_are_counted(tmp_path: Path) -> None:
+    registry = CollectorRegistry()
+    cfg = settings(tmp_path, queue_size=100).store
+    store = SqliteStore(cfg, IngestMetrics(registry), FakeClock(T0))
+    records = decode_payload(b"[" + b",".join([b"{}"] * 150) + b"]", None, T0, DecodeLimits())
+    for record in records.records:  # not opened: nothing flushes, the buffer fills
+        store.put_record(record, 0.0)
+    assert registry.get_sample_value("lookout_dropped_total", {"queue": "store"}) == 50
