@@ -101,7 +101,6 @@ async def bare(port: int, qos: int, expect: int, client_id: str) -> dict[str, An
 async def lookout(port: int, qos: int, expect: int, batch: int, client_id: str) -> dict[str, Any]:
     from lookout.monitor.config import Settings
     from lookout.monitor.daemon import Daemon
-    from lookout.monitor.ingest import IngestQueue
     from lookout.monitor.logs import configure_logging
 
     configure_logging("warning")
@@ -115,13 +114,21 @@ async def lookout(port: int, qos: int, expect: int, batch: int, client_id: str) 
         }
     )  # fmt: skip
 
-    async def measure(queue: IngestQueue) -> dict[str, Any]:
+    async def measure(daemon: Daemon) -> dict[str, Any]:
+        queue = daemon.queue
         result: dict[str, Any] = {}
         while queue.processed == 0:
             await queue.wait_progress()
         t0, c0, first = time.perf_counter(), cpu_s(), queue.processed
         while queue.processed < expect:
-            await queue.wait_progress()
+            try:
+                await asyncio.wait_for(queue.wait_progress(), 30)
+            except TimeoutError:
+                raise SystemExit(
+                    f"lookout stalled at {queue.processed} of {expect} messages: "
+                    f"{json.dumps(daemon.status()['ingest'])}, "
+                    f"reconnects {daemon.prom.bus_reconnects._value.get()}"
+                ) from None
             if "rss_100k_mb" not in result and queue.processed * batch >= 100_000:
                 result["rss_100k_mb"] = rss_mb()
         result.update(elapsed_s=time.perf_counter() - t0, cpu_s=cpu_s() - c0, first=first)
@@ -131,7 +138,7 @@ async def lookout(port: int, qos: int, expect: int, batch: int, client_id: str) 
     async def session(drain: bool) -> dict[str, Any]:
         daemon = Daemon(settings)
         # Watching starts before the daemon does: it drains the backlog from its first chunk.
-        watcher = asyncio.create_task(measure(daemon.queue)) if drain else None
+        watcher = asyncio.create_task(measure(daemon)) if drain else None
         stop = asyncio.Event()
         runner = asyncio.create_task(daemon.run(stop))
         await asyncio.wait_for(daemon.source.connected.wait(), 20)
@@ -233,9 +240,10 @@ def run_one(  # noqa: PLR0917
     sub.stdin.write("GO\n")
     sub.stdin.flush()
     out, _ = sub.communicate(timeout=900)
-    result: dict[str, Any] = json.loads(
-        next(x for x in out.splitlines() if x.startswith("RESULT "))[7:]
-    )
+    lines = [x for x in out.splitlines() if x.startswith("RESULT ")]
+    if not lines:
+        raise RuntimeError(f"{role} subscriber failed:\n{out[-3000:]}")
+    result: dict[str, Any] = json.loads(lines[0][7:])
     counted = messages - result["first"]
     result["msg_per_s"] = counted / result["elapsed_s"]
     result["records_per_s"] = result["msg_per_s"] * batch

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from lookout.monitor.prom import IngestMetrics
 
 log = structlog.get_logger(__name__)
+_READ_BURST = 256  # packets read per wake-up of the socket reader
+_SUBACK_TIMEOUT_S = 600.0
 
 
 class _LookoutClient(aiomqtt.Client):
@@ -42,6 +44,7 @@ class _LookoutClient(aiomqtt.Client):
         self._paho.manual_ack_set(True)
         self._reader_fd = -1
         self._live = True
+        self._delivered = 0
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         ack = None
@@ -53,21 +56,30 @@ class _LookoutClient(aiomqtt.Client):
                 if self._live:
                     self._paho.ack(mid, qos)
 
+        self._delivered += 1
         self._ingest.offer(Inbound(message.topic, bytes(message.payload), ack))
 
     def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         super()._on_socket_open(client, userdata, sock)
         self._reader_fd = sock.fileno()
+        # Replace aiomqtt's reader, which takes one packet per loop iteration, with one that
+        # takes a burst, so the ingest task processes messages in chunks rather than one by
+        # one. Scheduled after aiomqtt's own add_reader, so this one wins.
+        self._loop.call_soon_threadsafe(self._loop.add_reader, self._reader_fd, self._read)
 
     def _read(self) -> None:
-        # The same reader aiomqtt installs, re-added when back-pressure lifts.
+        paho_client = self._paho
         try:
-            while True:
-                self._paho.loop_read()
-                sock = self._paho.socket()
+            for _ in range(_READ_BURST):
+                before = self._delivered
+                rc = paho_client.loop_read()
+                sock = paho_client.socket()
                 if sock is not None and hasattr(sock, "pending") and sock.pending() > 0:
-                    continue
-                break
+                    continue  # TLS: decrypted bytes wait in the SSL object, not the socket
+                if rc != paho.MQTT_ERR_SUCCESS or self._delivered == before:
+                    break  # nothing more to read now, or the link is gone
+                if self._ingest.paused:
+                    break
         except Exception as exc:
             if not self._disconnected.done():
                 self._disconnected.set_exception(exc)
@@ -198,14 +210,16 @@ class MqttSource:
             try:
                 async with client:
                     self._client = client
-                    subscriptions: list[tuple[str, int]] = [
-                        (t, self._cfg.qos) for t in self.topics()
-                    ]
-                    await client.subscribe(subscriptions)
                     attempt, warned = 0, False
                     self.connected.set()
                     self._prom.bus_connected.set(1)
                     log.info("bus_connected", broker=where, topics=self.topics())
+                    subscriptions: list[tuple[str, int]] = [
+                        (t, self._cfg.qos) for t in self.topics()
+                    ]
+                    # A resumed session's backlog arrives before the SUBACK, and is processed
+                    # while we wait: a long backlog is no reason to drop the connection.
+                    await client.subscribe(subscriptions, timeout=_SUBACK_TIMEOUT_S)
                     if self._queue.paused:
                         client.pause_reading()
                     waits = [
