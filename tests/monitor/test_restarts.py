@@ -102,3 +102,17 @@ async def test_unreachable_broker_logs_one_clear_line_and_keeps_retrying(
     out = capsys.readouterr().out
     assert out.count("bus_unreachable") == 1
     assert "--embedded-broker" in out
+
+
+async def test_stopping_right_after_connecting_is_prompt(
+    settings_for: Callable[..., Settings],
+) -> None:
+    # The stop pauses reading, so a SUBACK still on its way can never arrive: the source
+    # must not wait for it.
+    for _ in range(5):
+        daemon = Daemon(settings_for())
+        stop = asyncio.Event()
+        task = asyncio.create_task(daemon.run(stop))
+        await asyncio.wait_for(daemon.source.connected.wait(), 15)
+        stop.set()
+        await asyncio.wait_for(task, 5)

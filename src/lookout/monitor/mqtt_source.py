@@ -45,6 +45,8 @@ class _LookoutClient(aiomqtt.Client):
         self._reader_fd = -1
         self._live = True
         self._delivered = 0
+        # The reason for a disconnect is logged by the source; mark it retrieved here.
+        self._disconnected.add_done_callback(_retrieve_exception)
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         ack = None
@@ -96,8 +98,12 @@ class _LookoutClient(aiomqtt.Client):
         self._live = False
 
     async def wait_disconnected(self) -> None:
-        with contextlib.suppress(Exception):
-            await asyncio.shield(self._disconnected)
+        await asyncio.wait([self._disconnected])
+
+
+def _retrieve_exception(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _tls_context(cfg: BusConfig) -> ssl.SSLContext | None:
@@ -207,37 +213,24 @@ class MqttSource:
         where = f"{self._cfg.host}:{self._cfg.port}"
         while not self._stopping.is_set():
             client = self._new_client()
+            linked = False
             try:
                 async with client:
                     self._client = client
+                    linked = True
                     attempt, warned = 0, False
                     self.connected.set()
                     self._prom.bus_connected.set(1)
                     log.info("bus_connected", broker=where, topics=self.topics())
-                    subscriptions: list[tuple[str, int]] = [
-                        (t, self._cfg.qos) for t in self.topics()
-                    ]
-                    # A resumed session's backlog arrives before the SUBACK, and is processed
-                    # while we wait: a long backlog is no reason to drop the connection.
-                    await client.subscribe(subscriptions, timeout=_SUBACK_TIMEOUT_S)
                     if self._queue.paused:
                         client.pause_reading()
-                    waits = [
-                        asyncio.ensure_future(self._stopping.wait()),
-                        asyncio.ensure_future(client.wait_disconnected()),
-                    ]
-                    try:
-                        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-                    finally:
-                        for waiter in waits:
-                            waiter.cancel()
-                    if not self._stopping.is_set():
-                        raise aiomqtt.MqttError("connection lost")
+                    await self._serve(client)
             except aiomqtt.MqttError as exc:
                 client.retire()
                 self._mark_down()
                 self._prom.bus_reconnects.inc()
-                if not warned:
+                # A lost link was logged as bus_disconnected; say "unreachable" once per outage.
+                if not (warned or linked or self._stopping.is_set()):
                     warned = True
                     log.error(
                         "bus_unreachable",
@@ -256,6 +249,29 @@ class MqttSource:
                 client.retire()
                 self._client = None
         self._mark_down()
+
+    async def _serve(self, client: _LookoutClient) -> None:
+        """Subscribe, then hold the connection until stopped or disconnected."""
+        subscriptions: list[tuple[str, int]] = [(t, self._cfg.qos) for t in self.topics()]
+        # A resumed session's backlog arrives before the SUBACK and is processed while we
+        # wait, so the SUBACK may take long; a stop or a lost link must not wait for it.
+        subscribe = asyncio.ensure_future(
+            client.subscribe(subscriptions, timeout=_SUBACK_TIMEOUT_S)
+        )
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        disconnected = asyncio.ensure_future(client.wait_disconnected())
+        try:
+            done, _ = await asyncio.wait(
+                [subscribe, stopping, disconnected], return_when=asyncio.FIRST_COMPLETED
+            )
+            if subscribe in done:
+                subscribe.result()  # a refused or timed-out subscription raises MqttError
+                await asyncio.wait([stopping, disconnected], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in (subscribe, stopping, disconnected):
+                waiter.cancel()
+        if not self._stopping.is_set():
+            raise aiomqtt.MqttError("connection lost")
 
     def _mark_down(self) -> None:
         if self.connected.is_set() and not self._stopping.is_set():
