@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
-from typing import NamedTuple
+from collections.abc import Callable, Coroutine
+from typing import Any, Literal, NamedTuple
 
 import structlog
 
@@ -70,9 +70,13 @@ class IngestQueue:
         """Until every offered message has been processed."""
         await self._idle.wait()
 
-    async def wait_progress(self) -> None:
-        """Until the next chunk of messages has been processed."""
-        await self._progress.wait()
+    def wait_progress(self) -> Coroutine[Any, Any, Literal[True]]:
+        """Until the next chunk of messages has been processed.
+
+        Not a coroutine function on purpose: the event is taken when this is called, so a
+        chunk finished before the caller gets to await (say, inside wait_for) still counts.
+        """
+        return self._progress.wait()
 
     def _signal_progress(self) -> None:
         self._progress.set()
