@@ -78,3 +78,20 @@ async def test_past_the_hard_limit_messages_are_dropped_unacked_and_counted() ->
     assert len(queue) == 4
     assert registry.get_sample_value("lookout_dropped_total", {"queue": "ingest"}) == 3
     assert acked == []
+
+
+async def test_queue_is_bounded_in_bytes_too() -> None:
+    prom = IngestMetrics(CollectorRegistry())
+    queue = IngestQueue(capacity=1000, prom=prom, capacity_bytes=1024 * 1024)
+    events: list[str] = []
+    queue.set_flow_control(lambda: events.append("pause"), lambda: events.append("resume"))
+    big = b"[" + b"{}," * 100_000 + b"{}]"  # ~300 KB: a large batch
+    for _ in range(4):
+        queue.offer(Inbound("llm/records/a", big, None))
+    assert events == ["pause"] and len(queue) == 4
+    pipeline, _store = make_pipeline(prom)
+    runner = asyncio.create_task(queue.run(pipeline, FakeClock()))
+    await asyncio.wait_for(queue.wait_idle(), 30)
+    runner.cancel()
+    assert events == ["pause", "resume"]
+    assert queue.queued_bytes == 0

@@ -72,6 +72,7 @@ class BusConfig(_Section):
     tls_insecure: bool = False
     max_payload_bytes: int = Field(default=1024 * 1024, ge=1024)
     queue_size: int = Field(default=10_000, ge=10)
+    queue_bytes: int = Field(default=16 * 1024 * 1024, ge=1024 * 1024)
     reconnect_min_s: DurationS = 0.5
     reconnect_max_s: DurationS = 30.0
 
@@ -118,6 +119,7 @@ class StoreConfig(_Section):
     rejected_keep: int = Field(default=10_000, ge=0)
     rejected_sample_bytes: int = Field(default=4096, ge=64)
     queue_size: int = Field(default=50_000, ge=100)
+    buffer_bytes: int = Field(default=8 * 1024 * 1024, ge=1024 * 1024)
     flush_interval_s: DurationS = 1.0
 
     @field_validator("url")

@@ -106,7 +106,7 @@ class Daemon:
         self.windows = build_windows(settings, self.clock.now())
         self.store: Store = open_store(settings.store, self.prom, self.clock)
         self.pipeline = build_pipeline(settings, self.windows, self.prom, self.store)
-        self.queue = IngestQueue(settings.bus.queue_size, self.prom)
+        self.queue = IngestQueue(settings.bus.queue_size, self.prom, settings.bus.queue_bytes)
         self.source = MqttSource(settings.bus, self.queue, self.prom)
         self.api: ApiServer | None = None
         self.ready = asyncio.Event()

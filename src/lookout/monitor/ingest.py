@@ -22,6 +22,7 @@ from lookout.monitor.prom import IngestMetrics
 log = structlog.get_logger(__name__)
 
 _CHUNK = 256
+_CHUNK_RECORDS = 1024
 
 
 class Inbound(NamedTuple):
@@ -31,10 +32,12 @@ class Inbound(NamedTuple):
 
 
 class IngestQueue:
-    def __init__(self, capacity: int, prom: IngestMetrics) -> None:
+    def __init__(
+        self, capacity: int, prom: IngestMetrics, capacity_bytes: int = 16 * 1024 * 1024
+    ) -> None:
         self.capacity = capacity
-        # Readers may deliver a few messages already decoded from the socket after a pause.
-        self._hard_limit = capacity * 2
+        self.capacity_bytes = capacity_bytes
+        self.queued_bytes = 0
         self._items: deque[Inbound] = deque()
         self._prom = prom
         self._wake = asyncio.Event()
@@ -54,17 +57,22 @@ class IngestQueue:
 
     def offer(self, item: Inbound) -> None:
         items = self._items
-        if len(items) >= self._hard_limit:
+        # Past twice the capacity (a reader may deliver a few messages after a pause), drop.
+        if len(items) >= 2 * self.capacity or self.queued_bytes >= 2 * self.capacity_bytes:
             # Not acknowledged: at QoS 1 the broker redelivers it after reconnecting.
             self._prom.dropped.labels("ingest").inc()
             return
         items.append(item)
+        self.queued_bytes += len(item.payload)
         self._idle.clear()
         self._wake.set()
-        if not self.paused and len(items) >= self.capacity and self._pause is not None:
+        if not self.paused and self._pause is not None and self._full():
             self.paused = True
             self._prom.paused.inc()
             self._pause()
+
+    def _full(self) -> bool:
+        return len(self._items) >= self.capacity or self.queued_bytes >= self.capacity_bytes
 
     async def wait_idle(self) -> None:
         """Until every offered message has been processed."""
@@ -91,11 +99,16 @@ class IngestQueue:
             self._wake.clear()
             while items:
                 now = clock.now()
-                chunk = min(_CHUNK, len(items))
-                for _ in range(chunk):
+                chunk = records = 0
+                # A chunk ends after _CHUNK messages or _CHUNK_RECORDS records (batches), so
+                # the store's flusher, the network and the API get the loop every few ms.
+                while items and chunk < _CHUNK and records < _CHUNK_RECORDS:
                     item = items.popleft()
+                    self.queued_bytes -= len(item.payload)
+                    chunk += 1
                     try:
-                        pipeline.process_payload(item.payload, item.topic, "mqtt", now)
+                        result = pipeline.process_payload(item.payload, item.topic, "mqtt", now)
+                        records += result.accepted + result.duplicates + len(result.rejected)
                     except Exception:
                         # A bug must not stop ingest. No payload in logs: prompts may hold PII.
                         log.exception("ingest_failed", topic=item.topic, size=len(item.payload))
@@ -104,7 +117,11 @@ class IngestQueue:
                 self.processed += chunk
                 prom.queue_depth.set(len(items))
                 self._signal_progress()
-                if self.paused and len(items) <= self.capacity // 2 and self._resume is not None:
+                half_empty = (
+                    len(items) <= self.capacity // 2
+                    and self.queued_bytes <= self.capacity_bytes // 2
+                )
+                if self.paused and half_empty and self._resume is not None:
                     self.paused = False
                     self._resume()
                 if items:
