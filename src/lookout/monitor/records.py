@@ -322,8 +322,3 @@ def _reason_for_item(exc: msgspec.ValidationError) -> RejectReason:
     if str(exc).startswith("Expected `object`"):
         return RejectReason.NOT_AN_OBJECT
     return _reason_for(exc)
-
-
-def encode_record(record: Record) -> bytes:
-    """The record back on the wire format (used by replay reports and the client)."""
-    return msgspec.json.encode(record)
