@@ -135,7 +135,9 @@ class Daemon:
         """Write the per-minute rollups of every minute completed since the last call."""
         written = 0
         complete = int(now // ROLLUP_S) * ROLLUP_S
-        minute = self._last_rollup_minute
+        # Minutes older than the longest window hold no data any more (after a long pause).
+        oldest = complete - int(self.windows.max_window_s // ROLLUP_S) * ROLLUP_S
+        minute = max(self._last_rollup_minute, oldest)
         while minute < complete:
             stats = self.windows.range(minute, minute + ROLLUP_S, now)
             points = rollup_points(stats, minute)

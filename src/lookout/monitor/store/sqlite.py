@@ -89,10 +89,6 @@ class SqliteStore:
         self._id_prefix = uuid.uuid4().hex[:16]
         self._id_seq = 0
 
-    @property
-    def path(self) -> Path:
-        return self._path
-
     async def _run(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
