@@ -27,6 +27,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from lookout.alerts.rules import RULE_LABELS, RULE_SERIES
 from lookout.errors import ConfigError
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
@@ -244,9 +245,26 @@ class RuleConfig(_Section):
     op: Literal[">", ">=", "<", "<="] = ">"
     threshold: float
     for_s: DurationS | None = Field(default=None, alias="for")
+    keep_firing_for: DurationS | None = None
+    repeat_interval: DurationS = 4 * 3600.0
+    no_data: Literal["ok", "keep", "alert"] = "ok"
+    min_samples: int = Field(default=1, ge=1)
     severity: Literal["info", "warning", "critical"] = "warning"
     channels: list[str] = Field(default_factory=list)
+    group_by: list[str] = Field(default_factory=lambda: ["app"])
     summary: str = ""
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _known_names(self) -> RuleConfig:
+        if self.metric not in RULE_SERIES:
+            known = ", ".join(sorted(RULE_SERIES))
+            raise ValueError(f"rule {self.name!r}: unknown metric {self.metric!r} (known: {known})")
+        for label in [*self.where, *self.group_by]:
+            if label not in RULE_LABELS:
+                known = ", ".join(sorted(RULE_LABELS))
+                raise ValueError(f"rule {self.name!r}: unknown label {label!r} (known: {known})")
+        return self
 
 
 def _default_prices() -> dict[str, Price]:
