@@ -182,3 +182,43 @@ def sample_value(daemon: Daemon, name: str, labels: dict[str, str] | None = None
 def _no_systemd_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LOOKOUT_CONFIG"):
         monkeypatch.delenv(name, raising=False)
+
+
+class Receiver:
+    """A real HTTP server on loopback that records what it is sent and answers from a script."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        self.script: list[tuple[int, dict[str, str]]] = []  # answers, in order; then 200
+        self.received = asyncio.Event()
+        self.url = ""
+        self._runner: Any = None
+
+    async def start(self) -> None:
+        from aiohttp import web
+
+        async def handle(request: web.Request) -> web.Response:
+            self.requests.append((dict(request.headers), await request.read()))
+            self.received.set()
+            status, headers = self.script.pop(0) if self.script else (200, {})
+            return web.Response(status=status, headers=headers, text="ok")
+
+        app = web.Application()
+        app.router.add_post("/hook", handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}/hook"
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    r = Receiver()
+    await r.start()
+    yield r
+    await r.stop()
