@@ -77,8 +77,9 @@ async def test_username_and_password(
         assert not d.source.connected.is_set()
     right = settings_for(bus={"url": url, "username": "lookout", "password": "s3cret"})
     async with running(Daemon(right)) as d:
-        async with aiomqtt.Client("127.0.0.1", auth_broker, username="lookout",
-                                  password="s3cret", identifier="app") as app:
+        async with aiomqtt.Client(
+            "127.0.0.1", auth_broker, username="lookout", password="s3cret", identifier="app"
+        ) as app:
             await app.publish(f"llm/records/{topic_root}", b'{"latency_ms": 1}', qos=1)
         labels = {"app": topic_root, "model": "unknown", "status": "ok"}
         await eventually(lambda: sample_value(d, "lookout_records_total", labels) == 1, d)

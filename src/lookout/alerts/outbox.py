@@ -1,0 +1,150 @@
+"""The durable outbox: a notification is committed to disk before any attempt to send it.
+
+SQLite with `synchronous=FULL` on a connection of its own (one thread), so a notification that
+`enqueue` returned for survives kill -9 and a power cut; a worker then sends, retries with capped
+jittered backoff, and marks it delivered, failed (a final answer) or expired (too old).
+Enqueueing the same (channel, idempotency key) twice keeps one row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+import random
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import TracebackType
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, channel TEXT NOT NULL, idempotency_key TEXT NOT NULL,
+    payload TEXT NOT NULL, created_at REAL NOT NULL, next_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0, status TEXT NOT NULL DEFAULT 'pending',
+    last_error TEXT, done_at REAL, UNIQUE (channel, idempotency_key)
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (status, next_at);
+"""
+
+
+class OutboxStatus(enum.StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    id: int
+    channel: str
+    idempotency_key: str
+    payload: dict[str, Any]
+    created_at: float
+    attempts: int
+
+
+def next_try_s(
+    attempts: int, rng: random.Random, *, base_s: float = 1.0, cap_s: float = 300.0,
+    retry_after_s: float | None = None,
+) -> float:  # fmt: skip
+    """Seconds until the next try: capped exponential with jitter, never before Retry-After."""
+    backoff = min(cap_s, base_s * 2.0 ** min(attempts, 30)) * (0.5 + rng.random() / 2)
+    if retry_after_s is not None:
+        return max(backoff, min(retry_after_s, 3600.0))
+    return backoff
+
+
+class SqliteOutbox:
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lookout-outbox")
+        self._db: sqlite3.Connection | None = None
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    def _open(self) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")  # an acknowledged enqueue survives a crash
+        db.execute("PRAGMA busy_timeout=5000")
+        db.executescript(_SCHEMA)
+        self._db = db
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise RuntimeError("outbox is not open")
+        return self._db
+
+    async def __aenter__(self) -> SqliteOutbox:
+        await self._run(self._open)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._db is not None:
+            await self._run(self._db.close)
+        self._executor.shutdown(wait=True)
+
+    async def enqueue(
+        self, channel: str, idempotency_key: str, payload: dict[str, Any], now: float
+    ) -> None:
+        body = json.dumps(payload, separators=(",", ":"))
+        sql = (
+            "INSERT OR IGNORE INTO outbox (channel, idempotency_key, payload, created_at, next_at)"
+            " VALUES (?, ?, ?, ?, ?)"
+        )
+        await self._run(
+            lambda: self._conn().execute(sql, (channel, idempotency_key, body, now, now))
+        )
+
+    async def due(self, now: float, limit: int = 100) -> list[OutboxItem]:
+        sql = (
+            "SELECT id, channel, idempotency_key, payload, created_at, attempts FROM outbox"
+            " WHERE status = 'pending' AND next_at <= ? ORDER BY id LIMIT ?"
+        )
+        rows = await self._run(lambda: self._conn().execute(sql, (now, limit)).fetchall())
+        return [OutboxItem(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5]) for r in rows]
+
+    async def next_due_at(self) -> float | None:
+        sql = "SELECT MIN(next_at) FROM outbox WHERE status = 'pending'"
+        row = await self._run(lambda: self._conn().execute(sql).fetchone())
+        return None if row[0] is None else float(row[0])
+
+    async def finish(self, item_id: int, status: OutboxStatus, now: float, error: str = "") -> None:
+        sql = "UPDATE outbox SET status = ?, done_at = ?, last_error = ?, attempts = attempts + 1 WHERE id = ?"
+        await self._run(
+            lambda: self._conn().execute(sql, (status.value, now, error or None, item_id))
+        )
+
+    async def retry_at(self, item_id: int, next_at: float, error: str) -> None:
+        sql = "UPDATE outbox SET next_at = ?, attempts = attempts + 1, last_error = ? WHERE id = ?"
+        await self._run(lambda: self._conn().execute(sql, (next_at, error, item_id)))
+
+    async def expire(self, older_than: float, now: float) -> int:
+        sql = (
+            "UPDATE outbox SET status = 'expired', done_at = ? WHERE status = 'pending'"
+            " AND created_at < ?"
+        )
+        cur = await self._run(lambda: self._conn().execute(sql, (now, older_than)))
+        return cur.rowcount
+
+    async def depth(self) -> tuple[int, float | None]:
+        """Pending notifications and the creation time of the oldest."""
+        sql = "SELECT COUNT(*), MIN(created_at) FROM outbox WHERE status = 'pending'"
+        count, oldest = await self._run(lambda: self._conn().execute(sql).fetchone())
+        return int(count), oldest
