@@ -126,7 +126,10 @@ class SqliteOutbox:
         return None if row[0] is None else float(row[0])
 
     async def finish(self, item_id: int, status: OutboxStatus, now: float, error: str = "") -> None:
-        sql = "UPDATE outbox SET status = ?, done_at = ?, last_error = ?, attempts = attempts + 1 WHERE id = ?"
+        sql = (
+            "UPDATE outbox SET status = ?, done_at = ?, last_error = ?, attempts = attempts + 1"
+            " WHERE id = ?"
+        )
         await self._run(
             lambda: self._conn().execute(sql, (status.value, now, error or None, item_id))
         )
