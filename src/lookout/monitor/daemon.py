@@ -5,13 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+from pathlib import Path
 from typing import Any
 
+import httpx
 import structlog
 from prometheus_client import CollectorRegistry
 
 from lookout import __version__
+from lookout.alerts.engine import AlertEngine, ChannelNotifier
+from lookout.alerts.outbox import SqliteOutbox
+from lookout.alerts.webhook import WebhookNotifier
 from lookout.clock import Clock, SystemClock
+from lookout.errors import ConfigError
 from lookout.monitor.api import ApiDeps, ApiServer
 from lookout.monitor.broker import EmbeddedBroker
 from lookout.monitor.config import Settings
@@ -109,6 +115,7 @@ class Daemon:
         self.queue = IngestQueue(settings.bus.queue_size, self.prom, settings.bus.queue_bytes)
         self.source = MqttSource(settings.bus, self.queue, self.prom)
         self.api: ApiServer | None = None
+        self.alerts: AlertEngine | None = None
         self.ready = asyncio.Event()
         self._drain_timeout_s = drain_timeout_s
         self._last_rollup_minute = int(self.clock.now() // ROLLUP_S) * ROLLUP_S
@@ -155,6 +162,30 @@ class Daemon:
             await asyncio.sleep(math.ceil(now / ROLLUP_S) * ROLLUP_S - now + 2.0)
             self.write_rollups(self.clock.now())
 
+    async def _alert_engine(self, stack: contextlib.AsyncExitStack) -> AlertEngine:
+        s = self.settings
+        if not s.store.url.startswith("sqlite:///"):
+            raise ConfigError("alert rules need the SQLite store for their outbox in this release")
+        outbox_path = Path("/" + s.store.url.removeprefix("sqlite://").lstrip("/"))
+        outbox = await stack.enter_async_context(SqliteOutbox(outbox_path))
+        http = await stack.enter_async_context(httpx.AsyncClient())
+        notifiers: dict[str, ChannelNotifier] = {}
+        for name, channel in s.channels.items():
+            if channel.kind == "webhook" and channel.url:
+                secret = channel.secret.get_secret_value() if channel.secret else None
+                notifiers[name] = WebhookNotifier(
+                    http, channel.url, secret=secret, headers=channel.headers,
+                    timeout_s=channel.timeout_s,
+                )  # fmt: skip
+            else:
+                log.error("channel_unsupported", channel=name, kind=channel.kind,
+                          hint="this release delivers to webhook channels only")  # fmt: skip
+        return AlertEngine(
+            s.rules, notifiers, windows=self.windows, outbox=outbox, clock=self.clock,
+            registry=self.registry, eval_interval_s=s.eval_interval,
+            external_url=s.api.external_url or "",
+        )  # fmt: skip
+
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then drain the queue and flush the store."""
         s = self.settings
@@ -172,6 +203,8 @@ class Daemon:
             if s.bus.embedded:
                 await stack.enter_async_context(EmbeddedBroker(s.bus))
             self.api = await stack.enter_async_context(ApiServer(s.api, deps))
+            if s.rules:
+                self.alerts = await stack.enter_async_context(await self._alert_engine(stack))
             async with asyncio.TaskGroup() as tg:
                 tasks = [
                     tg.create_task(self.queue.run(self.pipeline, self.clock), name="ingest"),
