@@ -82,3 +82,25 @@ async def test_a_failing_receiver_gets_it_once_delivered_with_one_key(
                             {"channel": "hook", "outcome": "retry"}) == 2  # fmt: skip
     assert len(receiver.requests) == 3
     assert len({h["Idempotency-Key"] for h, _ in receiver.requests}) == 1
+
+
+async def test_alert_state_survives_a_restart(
+    settings_for: Callable[..., Settings], receiver: Receiver
+) -> None:
+    settings = alerting_settings(settings_for, receiver)
+    rules = [settings.rules[0].model_copy(update={"no_data": "keep"})]
+    settings = settings.model_copy(update={"rules": rules})
+    async with running(Daemon(settings)) as d:
+        await post(d, [{"app": "bot", "error": "boom"}])
+        await asyncio.wait_for(receiver.received.wait(), 15)
+    again = Daemon(settings)
+    async with running(again) as d2:
+        assert d2.alerts is not None
+        d2.alerts.evaluated.clear()
+        await asyncio.wait_for(d2.alerts.evaluated.wait(), 15)
+        [alert] = d2.alerts.alerts()
+        assert alert.state.value == "firing"
+        assert sample_value(d2, "lookout_alerts_firing", {"rule": "errors"}) == 1
+    # Restored, not re-fired: one notification (a send cut short by the stop may be retried,
+    # at least once, under the same idempotency key).
+    assert len({h["Idempotency-Key"] for h, _ in receiver.requests}) == 1

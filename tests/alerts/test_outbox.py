@@ -65,3 +65,15 @@ def test_backoff_is_capped_jittered_and_honours_retry_after() -> None:
     assert all(0.5 * min(300, 2**n) <= d <= min(300, 2**n) for n, d in enumerate(delays))
     assert max(delays) <= 300
     assert next_try_s(0, rng, retry_after_s=42) == 42
+
+
+async def test_alert_states_round_trip(tmp_path: Path) -> None:
+    from lookout.alerts.state import Alert, AlertState, Timing, step
+
+    fired, _ = step(Alert("r", (("app", "bot"),)), True, 3.5, T0, timing=Timing())
+    async with SqliteOutbox(tmp_path / "a.db") as outbox:
+        await outbox.save_alerts([fired])
+        await outbox.save_alerts([fired])
+    async with SqliteOutbox(tmp_path / "a.db") as outbox:
+        [loaded] = await outbox.load_alerts()
+    assert loaded == fired and loaded.state is AlertState.FIRING

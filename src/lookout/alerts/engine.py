@@ -90,6 +90,8 @@ class AlertEngine:
         )
 
     async def __aenter__(self) -> AlertEngine:
+        for alert in await self._outbox.load_alerts():
+            self._alerts[(alert.rule, alert.labels)] = alert
         self._group = asyncio.TaskGroup()
         await self._group.__aenter__()
         self._tasks = [
@@ -108,6 +110,8 @@ class AlertEngine:
             task.cancel()
         if self._group is not None:
             await self._group.__aexit__(exc_type, exc, tb)
+        # An evaluation cut short by the stop may not have saved its changes.
+        await self._outbox.save_alerts(list(self._alerts.values()))
 
     def alerts(self) -> list[Alert]:
         return list(self._alerts.values())
@@ -121,6 +125,7 @@ class AlertEngine:
     async def evaluate(self, now: float) -> list[Notification]:
         """One evaluation of every rule at `now`; returns the notifications it enqueued."""
         sent: list[Notification] = []
+        changed: list[Alert] = []
         for rule in self._rules:
             spec = Rule(rule.name, rule.metric, rule.threshold, rule.op, rule.where,
                         rule.min_samples)  # fmt: skip
@@ -134,15 +139,21 @@ class AlertEngine:
             firing = 0
             for labels, obs in observations.items():
                 key = (rule.name, labels)
-                alert = self._alerts.get(key) or Alert(rule=rule.name, labels=labels)
-                alert, note = step(alert, obs.breached, obs.value, now, timing=timing,
+                before = self._alerts.get(key) or Alert(rule=rule.name, labels=labels)
+                alert, note = step(before, obs.breached, obs.value, now, timing=timing,
                                    no_data=NoData(rule.no_data))  # fmt: skip
                 self._alerts[key] = alert
                 firing += alert.state is AlertState.FIRING
                 if note is not None:
+                    # State first: a crash after this re-sends at most, never forgets.
+                    await self._outbox.save_alerts([alert])
                     await self._enqueue(rule, note, now)
                     sent.append(note)
+                elif alert.state is not before.state:
+                    changed.append(alert)
             self._firing.labels(rule.name).set(firing)
+        if changed:
+            await self._outbox.save_alerts(changed)
         return sent
 
     async def _enqueue(self, rule: RuleConfig, note: Notification, now: float) -> None:

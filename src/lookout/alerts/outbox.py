@@ -14,9 +14,11 @@ import json
 import random
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
+
+from lookout.alerts.state import Alert, AlertState
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -32,6 +34,9 @@ CREATE TABLE IF NOT EXISTS outbox (
     last_error TEXT, done_at REAL, UNIQUE (channel, idempotency_key)
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (status, next_at);
+CREATE TABLE IF NOT EXISTS alert_states (
+    fingerprint TEXT PRIMARY KEY, rule TEXT NOT NULL, state TEXT NOT NULL
+);
 """
 
 
@@ -145,6 +150,29 @@ class SqliteOutbox:
         )
         cur = await self._run(lambda: self._conn().execute(sql, (now, older_than)))
         return cur.rowcount
+
+    async def save_alerts(self, alerts: list[Alert]) -> None:
+        """Upsert alert states, so a restart neither re-fires nor forgets a firing alert."""
+        rows = [(a.fingerprint, a.rule, json.dumps(asdict(a))) for a in alerts]
+
+        def work() -> None:
+            db = self._conn()
+            with db:
+                db.execute("BEGIN")
+                db.executemany("INSERT OR REPLACE INTO alert_states VALUES (?, ?, ?)", rows)
+
+        await self._run(work)
+
+    async def load_alerts(self) -> list[Alert]:
+        sql = "SELECT state FROM alert_states"
+        rows = await self._run(lambda: self._conn().execute(sql).fetchall())
+        alerts = []
+        for (state,) in rows:
+            fields = json.loads(state)
+            fields["labels"] = tuple(tuple(pair) for pair in fields["labels"])
+            fields["state"] = AlertState(fields["state"])
+            alerts.append(Alert(**fields))
+        return alerts
 
     async def depth(self) -> tuple[int, float | None]:
         """Pending notifications and the creation time of the oldest."""
