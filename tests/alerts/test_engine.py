@@ -54,6 +54,13 @@ async def test_a_breach_fires_a_signed_webhook_then_resolves(
         assert verify("k", headers["X-Lookout-Timestamp"], body, headers["X-Lookout-Signature"])
         sent = json.loads(body)
         assert sent["status"] == "firing"
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{d.api.port}") as http:  # type: ignore[union-attr]
+            [listed] = (await http.get("/api/v1/alerts")).json()
+        assert (listed["rule"], listed["state"], listed["labels"]["app"]) == (
+            "errors",
+            "firing",
+            "bot",
+        )
         assert sent["commonAnnotations"]["summary"] == "error rate 100% (bot)"
         receiver.received.clear()
         await post(d, [{"app": "bot"}] * 10)  # error rate 3/13: resolved

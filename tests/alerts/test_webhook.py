@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sys
+from pathlib import Path
 
 import httpx
 
@@ -66,3 +69,19 @@ async def test_retryable_and_final_answers(receiver: Receiver) -> None:
 def test_retry_after_as_http_date() -> None:
     assert retry_after_s("Wed, 15 Nov 2023 00:00:10 GMT", 1700006400.0) == 10.0
     assert retry_after_s("soon", T0) is None
+
+
+async def test_notify_test_command_reports_the_receivers_answer(
+    receiver: Receiver, tmp_path: Path
+) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(f"channels:\n  hook: {{kind: webhook, url: '{receiver.url}', secret: s}}\n")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "lookout", "notify-test", "hook", "--config", str(config),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0 and b"delivered to hook: HTTP 200" in out
+    [(headers, body)] = receiver.requests
+    assert verify("s", headers["X-Lookout-Timestamp"], body, headers["X-Lookout-Signature"])
+    assert json.loads(body)["alerts"][0]["labels"]["alertname"] == "lookout-test"

@@ -41,6 +41,7 @@ class ApiDeps:
     clock: Clock
     bus_connected: Callable[[], bool]
     status: Callable[[], dict[str, Any]]
+    alerts: Callable[[], list[dict[str, Any]]]
     max_payload_bytes: int
 
 
@@ -63,6 +64,7 @@ class ApiServer:
         app.router.add_post("/api/v1/records", self._post_records)
         app.router.add_get("/api/v1/records/{record_id}", self._get_record)
         app.router.add_get("/api/v1/rejected", self._rejected)
+        app.router.add_get("/api/v1/alerts", self._alerts)
         return app
 
     async def __aenter__(self) -> ApiServer:
@@ -117,6 +119,9 @@ class ApiServer:
 
     async def _status(self, request: web.Request) -> web.Response:
         return web.json_response(self._deps.status())
+
+    async def _alerts(self, request: web.Request) -> web.Response:
+        return web.json_response(self._deps.alerts())
 
     async def _post_records(self, request: web.Request) -> web.Response:
         payload = await request.read()

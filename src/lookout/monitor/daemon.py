@@ -138,6 +138,26 @@ class Daemon:
             "series": [stats_json(s) for s in self.current_stats()],
         }
 
+    def alerts_json(self) -> list[dict[str, Any]]:
+        """Firing, pending and resolved alerts (resolved ones until their rule fires again)."""
+        if self.alerts is None:
+            return []
+        order = {"firing": 0, "pending": 1, "resolved": 2}
+        listed = [
+            {
+                "rule": a.rule,
+                "labels": dict(a.labels),
+                "state": a.state.value,
+                "value": a.value,
+                "fingerprint": a.fingerprint,
+                "active_since": a.active_since,
+                "resolved_at": a.resolved_at,
+            }
+            for a in self.alerts.alerts()
+            if a.state.value in order
+        ]
+        return sorted(listed, key=lambda a: (order[a["state"]], a["rule"]))
+
     def write_rollups(self, now: float) -> int:
         """Write the per-minute rollups of every minute completed since the last call."""
         written = 0
@@ -196,6 +216,7 @@ class Daemon:
             clock=self.clock,
             bus_connected=self.source.connected.is_set,
             status=self.status,
+            alerts=self.alerts_json,
             max_payload_bytes=s.bus.max_payload_bytes * 2,
         )
         async with contextlib.AsyncExitStack() as stack:
