@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 
@@ -37,6 +40,10 @@ def alerting_settings(settings_for: Callable[..., Settings], receiver: Receiver)
             ],
         }
     )
+
+
+def api(d: Daemon) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=f"http://127.0.0.1:{d.api.port}")  # type: ignore[union-attr]
 
 
 async def post(d: Daemon, records: list[dict[str, object]]) -> None:
@@ -111,3 +118,52 @@ async def test_alert_state_survives_a_restart(
     # Restored, not re-fired: one notification (a send cut short by the stop may be retried,
     # at least once, under the same idempotency key).
     assert len({h["Idempotency-Key"] for h, _ in receiver.requests}) == 1
+
+
+async def test_a_silence_mutes_notifications_but_not_state(
+    settings_for: Callable[..., Settings], receiver: Receiver
+) -> None:
+    bad_body = {"matchers": {"app": "bot"}, "duration": "-5m"}
+    body = {"rule": "errors", "matchers": {"app": "bot"}, "duration": "1h", "comment": "deploy"}
+    async with running(Daemon(alerting_settings(settings_for, receiver))) as d, api(d) as http:
+        assert (await http.post("/api/v1/silences", json=bad_body)).status_code == 400
+        made = await http.post("/api/v1/silences", json=body)
+        assert made.status_code == 201
+        silence_id = made.json()["id"]
+        await post(d, [{"app": "bot", "error": "boom"}])
+        silenced = {"channel": "hook", "outcome": "silenced"}
+        await eventually(lambda: sample_value(d, "lookout_notifications_total", silenced) == 1)
+        [alert] = (await http.get("/api/v1/alerts")).json()
+        assert alert["state"] == "firing"
+        [listed] = (await http.get("/api/v1/silences")).json()
+        assert listed["comment"] == "deploy"
+        assert (await http.delete(f"/api/v1/silences/{silence_id}")).status_code == 200
+        assert (await http.delete(f"/api/v1/silences/{silence_id}")).status_code == 404
+    assert receiver.requests == []
+
+
+async def test_silence_command_applies_to_a_running_daemon(
+    settings_for: Callable[..., Settings], receiver: Receiver, tmp_path: Path
+) -> None:
+    settings = alerting_settings(settings_for, receiver)
+    config = tmp_path / "cli.yaml"
+    config.write_text(f"store: {{url: '{settings.store.url}'}}\n")
+
+    async def cli(*args: str) -> str:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "lookout", "silence", *args, "--config", str(config),
+            stdout=asyncio.subprocess.PIPE, env={**os.environ, "COLUMNS": "200"},
+        )  # fmt: skip
+        out, _ = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 0
+        return out.decode()
+
+    async with running(Daemon(settings)) as d:
+        added = await cli("add", "--match", "app=bot", "--for", "30m", "--comment", "maintenance")
+        silence_id = added.split()[1]
+        assert "maintenance" in await cli("list")
+        await post(d, [{"app": "bot", "error": "boom"}])
+        silenced = {"channel": "hook", "outcome": "silenced"}
+        await eventually(lambda: sample_value(d, "lookout_notifications_total", silenced) == 1)
+        assert f"silence {silence_id} expired" in await cli("expire", silence_id)
+    assert receiver.requests == []

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from lookout.durations import parse_duration_s
 from lookout.errors import ConfigError
-from lookout.monitor.config import load_settings, parse_duration_s
+from lookout.monitor.config import load_settings
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 

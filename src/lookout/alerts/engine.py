@@ -126,6 +126,9 @@ class AlertEngine:
         """One evaluation of every rule at `now`; returns the notifications it enqueued."""
         sent: list[Notification] = []
         changed: list[Alert] = []
+        # Read every time: `lookout silence add` from another process applies within one
+        # evaluation interval.
+        silences = await self._outbox.silences(active_at=now)
         for rule in self._rules:
             spec = Rule(rule.name, rule.metric, rule.threshold, rule.op, rule.where,
                         rule.min_samples)  # fmt: skip
@@ -147,6 +150,13 @@ class AlertEngine:
                 if note is not None:
                     # State first: a crash after this re-sends at most, never forgets.
                     await self._outbox.save_alerts([alert])
+                    label_map = dict(labels)
+                    if any(x.mutes(rule.name, label_map, now) for x in silences):
+                        for channel in rule.channels:
+                            self._sent.labels(channel, "silenced").inc()
+                        log.info("alert_silenced", rule=rule.name, labels=label_map,
+                                 kind=note.kind.value)  # fmt: skip
+                        continue
                     await self._enqueue(rule, note, now)
                     sent.append(note)
                 elif alert.state is not before.state:

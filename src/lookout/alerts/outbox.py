@@ -13,12 +13,14 @@ import enum
 import json
 import random
 import sqlite3
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from lookout.alerts.state import Alert, AlertState
+from lookout.durations import parse_duration_s
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -34,6 +36,10 @@ CREATE TABLE IF NOT EXISTS outbox (
     last_error TEXT, done_at REAL, UNIQUE (channel, idempotency_key)
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (status, next_at);
+CREATE TABLE IF NOT EXISTS silences (
+    id TEXT PRIMARY KEY, rule TEXT, matchers TEXT NOT NULL, starts_at REAL NOT NULL,
+    ends_at REAL NOT NULL, comment TEXT NOT NULL DEFAULT ''
+);
 CREATE TABLE IF NOT EXISTS alert_states (
     fingerprint TEXT PRIMARY KEY, rule TEXT NOT NULL, state TEXT NOT NULL
 );
@@ -55,6 +61,49 @@ class OutboxItem:
     payload: dict[str, Any]
     created_at: float
     attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Silence:
+    """Mutes notifications (not state) of alerts whose rule and labels match, until `ends_at`."""
+
+    id: str
+    rule: str | None  # None: any rule
+    matchers: dict[str, str]
+    starts_at: float
+    ends_at: float
+    comment: str = ""
+
+    def mutes(self, rule: str, labels: dict[str, str], now: float) -> bool:
+        if not self.starts_at <= now < self.ends_at:
+            return False
+        if self.rule is not None and self.rule != rule:
+            return False
+        return all(labels.get(k) == v for k, v in self.matchers.items())
+
+
+def silence_from_request(body: object, now: float) -> Silence:
+    """A silence from `{"rule"?, "matchers"?, "duration"? | "ends_at"?, "comment"?}`."""
+    if not isinstance(body, dict):
+        raise ValueError("a silence is a JSON object")
+    rule = body.get("rule")
+    matchers = body.get("matchers", {})
+    if rule is not None and not isinstance(rule, str):
+        raise ValueError("rule must be a string")
+    if not isinstance(matchers, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in matchers.items()
+    ):
+        raise ValueError("matchers must map label names to values")
+    if rule is None and not matchers:
+        raise ValueError("a silence needs a rule, matchers, or both")
+    if "ends_at" in body:
+        ends_at = float(body["ends_at"])
+    else:
+        ends_at = now + parse_duration_s(body.get("duration", "1h"))
+    if ends_at <= now:
+        raise ValueError("the silence would end before it starts")
+    comment = str(body.get("comment", ""))[:500]
+    return Silence(uuid.uuid4().hex[:12], rule, matchers, now, ends_at, comment)
 
 
 def next_try_s(
@@ -173,6 +222,29 @@ class SqliteOutbox:
             fields["state"] = AlertState(fields["state"])
             alerts.append(Alert(**fields))
         return alerts
+
+    async def add_silence(self, silence: Silence) -> None:
+        sql = "INSERT INTO silences VALUES (?, ?, ?, ?, ?, ?)"
+        args = (silence.id, silence.rule, json.dumps(silence.matchers), silence.starts_at,
+                silence.ends_at, silence.comment)  # fmt: skip
+        await self._run(lambda: self._conn().execute(sql, args))
+
+    async def silences(self, active_at: float | None = None) -> list[Silence]:
+        """All silences, or those in force at `active_at`."""
+        sql = "SELECT id, rule, matchers, starts_at, ends_at, comment FROM silences"
+        args: tuple[float, ...] = ()
+        if active_at is not None:
+            sql += " WHERE starts_at <= ? AND ends_at > ?"
+            args = (active_at, active_at)
+        rows = await self._run(
+            lambda: self._conn().execute(sql + " ORDER BY ends_at", args).fetchall()
+        )
+        return [Silence(r[0], r[1], json.loads(r[2]), r[3], r[4], r[5]) for r in rows]
+
+    async def expire_silence(self, silence_id: str, now: float) -> bool:
+        sql = "UPDATE silences SET ends_at = ? WHERE id = ? AND ends_at > ?"
+        cur = await self._run(lambda: self._conn().execute(sql, (now, silence_id, now)))
+        return cur.rowcount > 0
 
     async def depth(self) -> tuple[int, float | None]:
         """Pending notifications and the creation time of the oldest."""

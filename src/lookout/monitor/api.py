@@ -9,13 +9,14 @@ from __future__ import annotations
 import hmac
 import json
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from lookout.alerts.outbox import SqliteOutbox, silence_from_request
 from lookout.monitor.records import RejectReason
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ class ApiDeps:
     bus_connected: Callable[[], bool]
     status: Callable[[], dict[str, Any]]
     alerts: Callable[[], list[dict[str, Any]]]
+    outbox: Callable[[], SqliteOutbox | None]
     max_payload_bytes: int
 
 
@@ -65,6 +67,9 @@ class ApiServer:
         app.router.add_get("/api/v1/records/{record_id}", self._get_record)
         app.router.add_get("/api/v1/rejected", self._rejected)
         app.router.add_get("/api/v1/alerts", self._alerts)
+        app.router.add_get("/api/v1/silences", self._list_silences)
+        app.router.add_post("/api/v1/silences", self._add_silence)
+        app.router.add_delete("/api/v1/silences/{silence_id}", self._expire_silence)
         return app
 
     async def __aenter__(self) -> ApiServer:
@@ -122,6 +127,35 @@ class ApiServer:
 
     async def _alerts(self, request: web.Request) -> web.Response:
         return web.json_response(self._deps.alerts())
+
+    def _silence_book(self) -> SqliteOutbox:
+        outbox = self._deps.outbox()
+        if outbox is None:
+            raise web.HTTPConflict(
+                text=json.dumps({"error": "no alert rules are configured"}),
+                content_type="application/json",
+            )
+        return outbox
+
+    async def _list_silences(self, request: web.Request) -> web.Response:
+        silences = await self._silence_book().silences()
+        return web.json_response([asdict(x) for x in silences])
+
+    async def _add_silence(self, request: web.Request) -> web.Response:
+        book = self._silence_book()
+        try:
+            silence = silence_from_request(await request.json(), self._deps.clock.now())
+        except (ValueError, TypeError) as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        await book.add_silence(silence)
+        return web.json_response(asdict(silence), status=201)
+
+    async def _expire_silence(self, request: web.Request) -> web.Response:
+        book = self._silence_book()
+        now = self._deps.clock.now()
+        if not await book.expire_silence(request.match_info["silence_id"], now):
+            return web.json_response({"error": "no such active silence"}, status=404)
+        return web.json_response({"expired": True})
 
     async def _post_records(self, request: web.Request) -> web.Response:
         payload = await request.read()

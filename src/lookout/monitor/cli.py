@@ -237,6 +237,100 @@ async def _send_test(spec: Any, channel: str, external_url: str) -> Any:
         return await notifier.send(payload, note.idempotency_key, now)
 
 
+silence_app = typer.Typer(help="Mute notifications (not alert state) for a while.")
+app.add_typer(silence_app, name="silence")
+
+
+def _silence_book(settings: Settings) -> Any:
+    from lookout.alerts.outbox import SqliteOutbox
+    from lookout.monitor.store import sqlite_path
+
+    if not settings.store.url.startswith("sqlite:///"):
+        err.print("[red]error:[/red] silences live in the SQLite store in this release")
+        raise typer.Exit(2)
+    return SqliteOutbox(sqlite_path(settings.store.url))
+
+
+@silence_app.command("add")
+def silence_add(
+    rule: Annotated[str | None, typer.Option(help="Only this rule's alerts.")] = None,
+    match: Annotated[
+        list[str] | None, typer.Option("--match", "-m", help="LABEL=VALUE, repeatable.")
+    ] = None,
+    duration: Annotated[str, typer.Option("--for", help="How long, e.g. 2h.")] = "1h",
+    comment: Annotated[str, typer.Option(help="Why, for the next person on call.")] = "",
+    config: ConfigOpt = None,
+) -> None:
+    """Add a silence; a running daemon applies it within one eval_interval."""
+    import time
+
+    from lookout.alerts.outbox import silence_from_request
+
+    matchers = {}
+    for pair in match or []:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            err.print(f"[red]error:[/red] --match {pair!r}: use LABEL=VALUE")
+            raise typer.Exit(2)
+        matchers[name] = value
+    body = {"rule": rule, "matchers": matchers, "duration": duration, "comment": comment}
+    try:
+        silence = silence_from_request(body, time.time())
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+    async def add() -> None:
+        async with _silence_book(_settings(config)) as book:
+            await book.add_silence(silence)
+
+    asyncio.run(add())
+    console.print(f"silence {silence.id} until {_when(silence.ends_at)}", highlight=False)
+
+
+@silence_app.command("list")
+def silence_list(config: ConfigOpt = None) -> None:
+    """Silences in force now."""
+    import time
+
+    async def active() -> list[Any]:
+        async with _silence_book(_settings(config)) as book:
+            return list(await book.silences(active_at=time.time()))
+
+    silences = asyncio.run(active())
+    table = Table(title="active silences")
+    for col in ("id", "rule", "matchers", "until", "comment"):
+        table.add_column(col)
+    for x in silences:
+        matchers = ", ".join(f"{k}={v}" for k, v in x.matchers.items())
+        table.add_row(x.id, x.rule or "*", matchers or "*", _when(x.ends_at), x.comment)
+    console.print(table if silences else "no active silences")
+
+
+@silence_app.command("expire")
+def silence_expire(
+    silence_id: Annotated[str, typer.Argument(help="The id `silence add` printed.")],
+    config: ConfigOpt = None,
+) -> None:
+    """End a silence now."""
+    import time
+
+    async def expire() -> bool:
+        async with _silence_book(_settings(config)) as book:
+            return bool(await book.expire_silence(silence_id, time.time()))
+
+    if not asyncio.run(expire()):
+        err.print(f"[red]error:[/red] no active silence {silence_id!r}")
+        raise typer.Exit(1)
+    console.print(f"silence {silence_id} expired")
+
+
+def _when(ts: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 @app.command()
 def status(config: ConfigOpt = None) -> None:
     """Show a running daemon's current series."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -27,7 +26,7 @@ from lookout.monitor.pipeline import Pipeline
 from lookout.monitor.prices import Price, PriceTable
 from lookout.monitor.prom import IngestMetrics, WindowCollector
 from lookout.monitor.records import DecodeLimits
-from lookout.monitor.store import RollupPoint, Store, open_store
+from lookout.monitor.store import RollupPoint, Store, open_store, sqlite_path
 from lookout.monitor.systemd import Notifier
 from lookout.monitor.windows import WindowedMetrics, WindowStats
 
@@ -116,6 +115,7 @@ class Daemon:
         self.source = MqttSource(settings.bus, self.queue, self.prom)
         self.api: ApiServer | None = None
         self.alerts: AlertEngine | None = None
+        self.outbox: SqliteOutbox | None = None
         self.ready = asyncio.Event()
         self._drain_timeout_s = drain_timeout_s
         self._last_rollup_minute = int(self.clock.now() // ROLLUP_S) * ROLLUP_S
@@ -186,8 +186,8 @@ class Daemon:
         s = self.settings
         if not s.store.url.startswith("sqlite:///"):
             raise ConfigError("alert rules need the SQLite store for their outbox in this release")
-        outbox_path = Path("/" + s.store.url.removeprefix("sqlite://").lstrip("/"))
-        outbox = await stack.enter_async_context(SqliteOutbox(outbox_path))
+        outbox = await stack.enter_async_context(SqliteOutbox(sqlite_path(s.store.url)))
+        self.outbox = outbox
         http = await stack.enter_async_context(httpx.AsyncClient())
         notifiers: dict[str, ChannelNotifier] = {}
         for name, channel in s.channels.items():
@@ -217,6 +217,7 @@ class Daemon:
             bus_connected=self.source.connected.is_set,
             status=self.status,
             alerts=self.alerts_json,
+            outbox=lambda: self.outbox,
             max_payload_bytes=s.bus.max_payload_bytes * 2,
         )
         async with contextlib.AsyncExitStack() as stack:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from lookout.errors import ConfigError
@@ -65,6 +66,11 @@ class Store(Protocol):
     async def count_records(self) -> int: ...
 
     async def writable(self) -> bool: ...
+
+
+def sqlite_path(url: str) -> Path:
+    """sqlite:///var/lib/lookout/lookout.db is the absolute path /var/lib/lookout/lookout.db."""
+    return Path("/" + url.removeprefix("sqlite://").lstrip("/"))
 
 
 def open_store(cfg: StoreConfig, metrics: IngestMetrics, clock: Clock) -> Store:

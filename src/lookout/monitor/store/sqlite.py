@@ -11,14 +11,13 @@ import contextlib
 import sqlite3
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 import structlog
 
 from lookout.errors import StoreError
-from lookout.monitor.store import RejectedSample, RollupPoint
+from lookout.monitor.store import RejectedSample, RollupPoint, sqlite_path
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -70,8 +69,7 @@ _PRUNE_EVERY_S = 60.0
 class SqliteStore:
     def __init__(self, cfg: StoreConfig, metrics: IngestMetrics, clock: Clock) -> None:
         self._cfg = cfg
-        # sqlite:///var/lib/lookout/lookout.db is the absolute path /var/lib/lookout/lookout.db.
-        self._path = Path("/" + cfg.url.removeprefix("sqlite://").lstrip("/"))
+        self._path = sqlite_path(cfg.url)
         self._metrics = metrics
         self._clock = clock
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lookout-sqlite")
