@@ -187,7 +187,8 @@ def _no_systemd_env(monkeypatch: pytest.MonkeyPatch) -> None:
 class Receiver:
     """A real HTTP server on loopback that records what it is sent and answers from a script."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
+        self.port = port
         self.requests: list[tuple[dict[str, str], bytes]] = []
         self.script: list[tuple[int, dict[str, str]]] = []  # answers, in order; then 200
         self.received = asyncio.Event()
@@ -207,7 +208,7 @@ class Receiver:
         app.router.add_post("/hook", handle)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.url = f"http://127.0.0.1:{port}/hook"
