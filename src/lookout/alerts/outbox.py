@@ -8,25 +8,21 @@ Enqueueing the same (channel, idempotency key) twice keeps one row.
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import json
 import random
-import sqlite3
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from lookout.alerts.state import Alert, AlertState
 from lookout.durations import parse_duration_s
+from lookout.sqlite_thread import SqliteThread
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
     from types import TracebackType
 
-T = TypeVar("T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -119,29 +115,13 @@ def next_try_s(
 
 class SqliteOutbox:
     def __init__(self, path: Path) -> None:
-        self._path = path
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lookout-outbox")
-        self._db: sqlite3.Connection | None = None
-
-    async def _run(self, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
-
-    def _open(self) -> None:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")  # an acknowledged enqueue survives a crash
-        db.execute("PRAGMA busy_timeout=5000")
-        db.executescript(_SCHEMA)
-        self._db = db
-
-    def _conn(self) -> sqlite3.Connection:
-        if self._db is None:
-            raise RuntimeError("outbox is not open")
-        return self._db
+        # synchronous=FULL: an enqueue that returned survives a crash or a power cut.
+        self._sql = SqliteThread(path, schema=_SCHEMA, synchronous="FULL", name="lookout-outbox")
+        self._run = self._sql.run
+        self._conn = self._sql.conn
 
     async def __aenter__(self) -> SqliteOutbox:
-        await self._run(self._open)
+        await self._sql.open()
         return self
 
     async def __aexit__(
@@ -150,9 +130,7 @@ class SqliteOutbox:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._db is not None:
-            await self._run(self._db.close)
-        self._executor.shutdown(wait=True)
+        await self._sql.close()
 
     async def enqueue(
         self, channel: str, idempotency_key: str, payload: dict[str, Any], now: float

@@ -10,17 +10,16 @@ import asyncio
 import contextlib
 import sqlite3
 import uuid
-from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import structlog
 
 from lookout.errors import StoreError
 from lookout.monitor.store import RejectedSample, RollupPoint, sqlite_path
+from lookout.sqlite_thread import SqliteThread
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
     from types import TracebackType
 
     from lookout.clock import Clock
@@ -29,7 +28,6 @@ if TYPE_CHECKING:
     from lookout.monitor.records import Record, Rejection
 
 log = structlog.get_logger(__name__)
-T = TypeVar("T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -69,11 +67,13 @@ _PRUNE_EVERY_S = 60.0
 class SqliteStore:
     def __init__(self, cfg: StoreConfig, metrics: IngestMetrics, clock: Clock) -> None:
         self._cfg = cfg
-        self._path = sqlite_path(cfg.url)
+        self._sql = SqliteThread(
+            sqlite_path(cfg.url), schema=_SCHEMA, synchronous="NORMAL", name="lookout-sqlite"
+        )
+        self._run = self._sql.run
+        self._conn = self._sql.conn
         self._metrics = metrics
         self._clock = clock
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lookout-sqlite")
-        self._db: sqlite3.Connection | None = None
         self._records: list[bytes] = []
         self._rejected: list[tuple[Any, ...]] = []
         self._rollups: list[tuple[Any, ...]] = []
@@ -87,23 +87,11 @@ class SqliteStore:
         self._id_prefix = uuid.uuid4().hex[:16]
         self._id_seq = 0
 
-    async def _run(self, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
-
-    def _open(self) -> None:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute("PRAGMA busy_timeout=5000")
-        db.executescript(_SCHEMA)
-        self._db = db
-
     async def __aenter__(self) -> SqliteStore:
         try:
-            await self._run(self._open)
+            await self._sql.open()
         except (sqlite3.Error, OSError) as exc:
-            raise StoreError(f"cannot open SQLite store at {self._path}: {exc}") from exc
+            raise StoreError(f"cannot open SQLite store at {self._sql.path}: {exc}") from exc
         self._task_group = asyncio.TaskGroup()
         await self._task_group.__aenter__()
         self._task_group.create_task(self._flusher(), name="store-flusher")
@@ -120,10 +108,7 @@ class SqliteStore:
         if self._task_group is not None:
             await self._task_group.__aexit__(exc_type, exc, tb)
         await self.flush()
-        db = self._db
-        if db is not None:
-            await self._run(db.close)
-        self._executor.shutdown(wait=True)
+        await self._sql.close()
 
     async def _flusher(self) -> None:
         while not self._stop.is_set():
@@ -219,11 +204,6 @@ class SqliteStore:
                 )
             if rollups:
                 db.executemany("INSERT OR REPLACE INTO rollups VALUES (?,?,?,?,?)", rollups)
-
-    def _conn(self) -> sqlite3.Connection:
-        if self._db is None:
-            raise StoreError("store is not open")
-        return self._db
 
     async def prune(self, now: float) -> None:
         cutoff = now - self._cfg.retention
