@@ -7,7 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lookout.alerts.outbox import OutboxStatus, SqliteOutbox, next_try_s
+from lookout.alerts.outbox import OutboxStatus, SqliteOutbox
+from lookout.backoff import backoff_s
 
 T0 = 1_700_000_000.0
 
@@ -61,10 +62,10 @@ asyncio.run(main())
 
 def test_backoff_is_capped_jittered_and_honours_retry_after() -> None:
     rng = random.Random(1)
-    delays = [next_try_s(n, rng) for n in range(12)]
+    delays = [backoff_s(n, rng, base_s=1.0, cap_s=300.0) for n in range(12)]
     assert all(0.5 * min(300, 2**n) <= d <= min(300, 2**n) for n, d in enumerate(delays))
     assert max(delays) <= 300
-    assert next_try_s(0, rng, retry_after_s=42) == 42
+    assert backoff_s(0, rng, base_s=1.0, cap_s=300.0, retry_after_s=42) == 42
 
 
 async def test_alert_states_round_trip(tmp_path: Path) -> None:

@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from lookout.alerts.outbox import OutboxStatus, SqliteOutbox, next_try_s
+from lookout.alerts.outbox import OutboxStatus, SqliteOutbox
 from lookout.alerts.rules import Observation, Rule, observe
 from lookout.alerts.state import Alert, AlertState, NoData, Notification, Timing, step
 from lookout.alerts.webhook import Outcome, alertmanager_payload
+from lookout.backoff import backoff_s
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -206,7 +207,10 @@ class AlertEngine:
                 await self._outbox.finish(item.id, OutboxStatus.DELIVERED, now)
                 self._sent.labels(item.channel, "delivered").inc()
             elif outcome.retry:
-                delay = next_try_s(item.attempts, self._rng, retry_after_s=outcome.retry_after_s)
+                delay = backoff_s(
+                    item.attempts, self._rng, base_s=1.0, cap_s=300.0,
+                    retry_after_s=outcome.retry_after_s,
+                )  # fmt: skip
                 await self._outbox.retry_at(item.id, now + delay, outcome.detail)
                 self._sent.labels(item.channel, "retry").inc()
             else:

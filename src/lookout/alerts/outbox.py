@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import enum
 import json
-import random
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -100,17 +99,6 @@ def silence_from_request(body: object, now: float) -> Silence:
         raise ValueError("the silence would end before it starts")
     comment = str(body.get("comment", ""))[:500]
     return Silence(uuid.uuid4().hex[:12], rule, matchers, now, ends_at, comment)
-
-
-def next_try_s(
-    attempts: int, rng: random.Random, *, base_s: float = 1.0, cap_s: float = 300.0,
-    retry_after_s: float | None = None,
-) -> float:  # fmt: skip
-    """Seconds until the next try: capped exponential with jitter, never before Retry-After."""
-    backoff = min(cap_s, base_s * 2.0 ** min(attempts, 30)) * (0.5 + rng.random() / 2)
-    if retry_after_s is not None:
-        return max(backoff, min(retry_after_s, 3600.0))
-    return backoff
 
 
 class SqliteOutbox:

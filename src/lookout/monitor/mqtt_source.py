@@ -21,6 +21,7 @@ import structlog
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from lookout.backoff import backoff_s
 from lookout.monitor.ingest import Inbound, IngestQueue
 
 if TYPE_CHECKING:
@@ -116,12 +117,6 @@ def _tls_context(cfg: BusConfig) -> ssl.SSLContext | None:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     return ctx
-
-
-def backoff_s(attempt: int, low_s: float, high_s: float, rng: random.Random) -> float:
-    """Capped exponential backoff with full jitter."""
-    ceiling: float = min(high_s, low_s * 2.0 ** min(attempt, 30))
-    return low_s + rng.random() * (ceiling - low_s)
 
 
 class MqttSource:
@@ -240,8 +235,9 @@ class MqttSource:
                         "`lookout run --embedded-broker`; retrying with backoff",
                     )
                 delay = backoff_s(
-                    attempt, self._cfg.reconnect_min_s, self._cfg.reconnect_max_s, self._rng
-                )
+                    attempt, self._rng,
+                    base_s=self._cfg.reconnect_min_s, cap_s=self._cfg.reconnect_max_s,
+                )  # fmt: skip
                 attempt += 1
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), timeout=delay)
