@@ -64,6 +64,15 @@ class AlertEngine:
         external_url: str = "",
     ) -> None:
         self._rules = rules
+        # Built once: the pure rule and timing each rule config stands for.
+        self._specs = [
+            (
+                Rule(r.name, r.metric, r.threshold, r.op, r.where, r.min_samples),
+                Timing(r.for_s or 0.0, r.keep_firing_for or 0.0, r.repeat_interval),
+            )
+            for r in rules
+        ]
+        self._next_expiry_at = 0.0
         self._notifiers = notifiers
         self._windows = windows
         self._outbox = outbox
@@ -130,10 +139,7 @@ class AlertEngine:
         # Read every time: `lookout silence add` from another process applies within one
         # evaluation interval.
         silences = await self._outbox.silences(active_at=now)
-        for rule in self._rules:
-            spec = Rule(rule.name, rule.metric, rule.threshold, rule.op, rule.where,
-                        rule.min_samples)  # fmt: skip
-            timing = Timing(rule.for_s or 0.0, rule.keep_firing_for or 0.0, rule.repeat_interval)
+        for rule, (spec, timing) in zip(self._rules, self._specs, strict=True):
             stats = self._windows.query(rule.window, now)
             observations = {o.labels: o for o in observe(spec, stats)}
             # Alerts whose scope has gone quiet get a no-data observation.
@@ -192,10 +198,12 @@ class AlertEngine:
             self._wake_delivery.clear()
 
     async def deliver_due(self, now: float) -> None:
-        expired = await self._outbox.expire(older_than=now - _MAX_AGE_S, now=now)
-        if expired:
-            log.error("notifications_expired", count=expired, max_age_s=_MAX_AGE_S)
-            self._sent.labels("*", "expired").inc(expired)
+        if now >= self._next_expiry_at:  # a write: once a minute is plenty for a 24 h limit
+            self._next_expiry_at = now + 60.0
+            expired = await self._outbox.expire(older_than=now - _MAX_AGE_S, now=now)
+            if expired:
+                log.error("notifications_expired", count=expired, max_age_s=_MAX_AGE_S)
+                self._sent.labels("*", "expired").inc(expired)
         for item in await self._outbox.due(now):
             notifier = self._notifiers.get(item.channel)
             if notifier is None:
