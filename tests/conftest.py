@@ -185,33 +185,52 @@ def _no_systemd_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 class Receiver:
-    """A real HTTP server on loopback that records what it is sent and answers from a script."""
+    """A real HTTP server on loopback that records what it is sent and answers from a script.
+
+    `script` answers in order, then 200 "ok"; `respond` (if set) answers instead, from the path
+    and body; `hold` (if set) keeps each answer back until it is set.
+    """
 
     def __init__(self, port: int = 0) -> None:
         self.port = port
         self.requests: list[tuple[dict[str, str], bytes]] = []
-        self.script: list[tuple[int, dict[str, str]]] = []  # answers, in order; then 200
+        self.paths: list[str] = []
+        self.script: list[tuple[int, dict[str, str]]] = []
+        self.respond: Callable[[str, bytes], tuple[int, dict[str, str], str]] | None = None
+        self.hold: asyncio.Event | None = None
         self.received = asyncio.Event()
+        self.arrived = asyncio.Event()  # set when a request arrives, before any hold
         self.url = ""
+        self.base_url = ""
         self._runner: Any = None
 
     async def start(self) -> None:
         from aiohttp import web
 
         async def handle(request: web.Request) -> web.Response:
-            self.requests.append((dict(request.headers), await request.read()))
+            body = await request.read()
+            self.arrived.set()
+            if self.hold is not None:
+                await self.hold.wait()
+            self.requests.append((dict(request.headers), body))
+            self.paths.append(request.path)
             self.received.set()
-            status, headers = self.script.pop(0) if self.script else (200, {})
-            return web.Response(status=status, headers=headers, text="ok")
+            if self.respond is not None:
+                status, headers, text = self.respond(request.path, body)
+            else:
+                status, headers = self.script.pop(0) if self.script else (200, {})
+                text = "ok"
+            return web.Response(status=status, headers=headers, text=text)
 
         app = web.Application()
-        app.router.add_post("/hook", handle)
+        app.router.add_post("/{tail:.*}", handle)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.port)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}/hook"
+        self.base_url = f"http://127.0.0.1:{port}"
+        self.url = f"{self.base_url}/hook"
 
     async def stop(self) -> None:
         await self._runner.cleanup()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -15,10 +15,19 @@ T = TypeVar("T")
 
 class SqliteThread:
     def __init__(
-        self, path: Path, *, schema: str, synchronous: Literal["NORMAL", "FULL"], name: str
+        self,
+        path: Path,
+        *,
+        schema: str,
+        synchronous: Literal["NORMAL", "FULL"],
+        name: str,
+        added_columns: Sequence[tuple[str, str, str]] = (),
     ) -> None:
+        """`added_columns`: (table, column, declaration) that later versions added to a table;
+        a database made by an earlier version gets them before `schema` runs."""
         self.path = path
         self._schema = schema
+        self._added_columns = added_columns
         self._synchronous = synchronous
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
         self._db: sqlite3.Connection | None = None
@@ -29,6 +38,10 @@ class SqliteThread:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={self._synchronous}")
         db.execute("PRAGMA busy_timeout=5000")
+        for table, column, declaration in self._added_columns:
+            present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+            if present and column not in present:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
         db.executescript(self._schema)
         self._db = db
 

@@ -20,19 +20,68 @@ async def test_enqueue_is_idempotent_and_survives_reopening(tmp_path: Path) -> N
         await outbox.enqueue("pager-hook", "fp:firing:1", {"status": "firing"}, T0)
         await outbox.enqueue("oncall-slack", "fp:firing:1", {"status": "firing"}, T0)
     async with SqliteOutbox(db) as outbox:
-        due = await outbox.due(T0)
-        assert [(i.channel, i.payload) for i in due] == [
-            ("pager-hook", {"status": "firing"}), ("oncall-slack", {"status": "firing"}),
-        ]  # fmt: skip
-        await outbox.retry_at(due[0].id, T0 + 30, "500")
-        await outbox.finish(due[1].id, OutboxStatus.DELIVERED, T0 + 1)
-        assert await outbox.due(T0 + 10) == []
-        assert await outbox.next_due_at() == T0 + 30
-        [again] = await outbox.due(T0 + 30)
+        [hook] = await outbox.due("pager-hook", T0)
+        [slack] = await outbox.due("oncall-slack", T0)
+        assert hook.payload == slack.payload == {"status": "firing"}
+        await outbox.retry_at(hook.id, T0 + 30, "500")
+        await outbox.finish(slack.id, OutboxStatus.DELIVERED, T0 + 1)
+        assert await outbox.due("pager-hook", T0 + 10) == []
+        assert await outbox.next_due_at("pager-hook") == T0 + 30
+        assert await outbox.next_due_at("oncall-slack") is None
+        [again] = await outbox.due("pager-hook", T0 + 30)
         assert again.attempts == 1
         assert await outbox.depth() == (1, T0)
-        assert await outbox.expire(older_than=T0 + 1, now=T0 + 3600) == 1
+        assert await outbox.expire("oncall-slack", older_than=T0 + 1, now=T0 + 3600) == 0
+        assert await outbox.expire("pager-hook", older_than=T0 + 1, now=T0 + 3600) == 1
         assert await outbox.depth() == (0, None)
+
+
+async def test_a_resolved_never_overtakes_the_firing_it_follows(tmp_path: Path) -> None:
+    async with SqliteOutbox(tmp_path / "lookout.db") as outbox:
+        await outbox.enqueue("hook", "a:firing", {"status": "firing"}, T0, ordering_key="a")
+        await outbox.enqueue("hook", "b:firing", {"status": "firing"}, T0, ordering_key="b")
+        await outbox.enqueue("hook", "a:resolved", {"status": "resolved"}, T0 + 5, ordering_key="a")
+        due = await outbox.due("hook", T0 + 5)
+        assert [i.idempotency_key for i in due] == ["a:firing", "b:firing"]
+        # The firing one waits to retry: its resolution waits behind it, other lines do not.
+        await outbox.retry_at(due[0].id, T0 + 60, "connect refused")
+        await outbox.finish(due[1].id, OutboxStatus.DELIVERED, T0 + 5)
+        assert await outbox.due("hook", T0 + 10) == []
+        assert await outbox.next_due_at("hook") == T0 + 60
+        [first] = await outbox.due("hook", T0 + 60)
+        assert first.idempotency_key == "a:firing"
+        await outbox.finish(first.id, OutboxStatus.DELIVERED, T0 + 60)
+        [then] = await outbox.due("hook", T0 + 60)
+        assert then.idempotency_key == "a:resolved"
+
+
+async def test_an_outbox_from_an_earlier_version_is_upgraded_in_place(tmp_path: Path) -> None:
+    import sqlite3
+
+    db = tmp_path / "old.db"
+    with sqlite3.connect(db) as old:
+        old.execute(
+            "CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, channel TEXT NOT NULL,"
+            " idempotency_key TEXT NOT NULL, payload TEXT NOT NULL, created_at REAL NOT NULL,"
+            " next_at REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,"
+            " status TEXT NOT NULL DEFAULT 'pending', last_error TEXT, done_at REAL,"
+            " UNIQUE (channel, idempotency_key))"
+        )
+        old.execute(
+            "INSERT INTO outbox (channel, idempotency_key, payload, created_at, next_at)"
+            " VALUES ('hook', 'k0', '{}', 1.0, 1.0)"
+        )
+    async with SqliteOutbox(db) as outbox:
+        await outbox.enqueue("hook", "k1", {}, 2.0, ordering_key="x")
+        assert [i.idempotency_key for i in await outbox.due("hook", 3.0)] == ["k0", "k1"]
+
+
+async def test_failing_notifications_of_a_channel_no_longer_configured(tmp_path: Path) -> None:
+    async with SqliteOutbox(tmp_path / "lookout.db") as outbox:
+        await outbox.enqueue("gone", "k1", {}, T0)
+        await outbox.enqueue("hook", "k2", {}, T0)
+        assert await outbox.fail_unknown_channels(["hook"], T0) == 1
+        assert await outbox.depth() == (1, T0)
 
 
 def test_an_enqueue_survives_kill_9(tmp_path: Path) -> None:
@@ -53,7 +102,7 @@ asyncio.run(main())
 
     async def check() -> list[str]:
         async with SqliteOutbox(db) as outbox:
-            return [i.idempotency_key for i in await outbox.due(2.0)]
+            return [i.idempotency_key for i in await outbox.due("hook", 2.0)]
 
     import asyncio
 

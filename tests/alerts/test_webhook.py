@@ -9,8 +9,9 @@ from pathlib import Path
 
 import httpx
 
+from lookout.alerts.payload import NotifiedAlert, alertmanager_payload
 from lookout.alerts.state import Alert, Timing, step
-from lookout.alerts.webhook import WebhookNotifier, alertmanager_payload, retry_after_s, verify
+from lookout.alerts.webhook import WebhookNotifier, retry_after_s, verify
 from tests.conftest import Receiver, free_port
 
 T0 = 1_700_000_000.0
@@ -20,10 +21,10 @@ def firing() -> tuple[dict[str, object], str]:
     alert = Alert(rule="high-latency", labels=(("app", "bot"), ("model", "*")))
     _, note = step(alert, True, 2.7, T0, timing=Timing())
     assert note is not None
+    item = NotifiedAlert(note, severity="critical", summary="p95 2.70s > 2s (bot)", threshold=2.0)
     payload = alertmanager_payload(
-        note, receiver="pager-hook", severity="critical", summary="p95 2.70s > 2s (bot)",
-        external_url="http://lookout.local", threshold=2.0,
-    )  # fmt: skip
+        [item], receiver="pager-hook", external_url="http://lookout.local"
+    )
     return payload, note.idempotency_key
 
 

@@ -139,3 +139,13 @@ def test_check_config_fails_with_the_key_path(tmp_path: Path) -> None:
     )
     assert out.returncode == 2
     assert "store.sample: unknown key" in out.stderr
+
+
+def test_an_incomplete_channel_is_an_error_naming_it(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("channels:\n  team: {kind: slack, token: xoxb-1}\n")
+    with pytest.raises(ConfigError, match=r"channels\.team.*needs `webhook_url`, or `token`"):
+        load_settings(f)
+    f.write_text("channels:\n  hook: {kind: webhook}\n")
+    with pytest.raises(ConfigError, match=r"channels\.hook.*needs `url`"):
+        load_settings(f)

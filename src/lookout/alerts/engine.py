@@ -1,26 +1,35 @@
 """Evaluates the rules every `eval_interval`, drives the alert states, and delivers what they
 call for through the durable outbox.
 
-An async context manager owning two tasks: the evaluator (windows -> observations -> state
-machine -> outbox) and the delivery worker (outbox -> notifier, with retries).
+An async context manager owning its tasks under one TaskGroup: the evaluator (windows ->
+observations -> state machine -> outbox) and one delivery worker per channel.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import random
+import hashlib
+from collections import defaultdict
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from lookout.alerts.outbox import OutboxStatus, SqliteOutbox
+from lookout.alerts.delivery import ChannelDelivery, ChannelNotifier
+from lookout.alerts.outbox import SqliteOutbox
+from lookout.alerts.payload import NotifiedAlert, alertmanager_payload
 from lookout.alerts.rules import Observation, Rule, observe
-from lookout.alerts.state import Alert, AlertState, NoData, Notification, Timing, step
-from lookout.alerts.webhook import Outcome, alertmanager_payload
-from lookout.backoff import backoff_s
+from lookout.alerts.state import (
+    Alert,
+    AlertState,
+    NoData,
+    Notification,
+    NotificationKind,
+    Timing,
+    step,
+)
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -30,11 +39,9 @@ if TYPE_CHECKING:
     from lookout.monitor.windows import WindowedMetrics
 
 log = structlog.get_logger(__name__)
-_MAX_AGE_S = 24 * 3600.0
+_MAX_AGE_S = 24 * 3600.0  # a channel without its own max_age
 
-
-class ChannelNotifier(Protocol):
-    async def send(self, payload: dict[str, Any], idempotency_key: str, now: float) -> Outcome: ...
+__all__ = ["AlertEngine", "ChannelNotifier", "render"]
 
 
 class _SafeDict(dict[str, Any]):
@@ -46,7 +53,7 @@ def render(template: str, values: Mapping[str, Any]) -> str:
     """A rule's summary with {value}, {threshold} and labels filled; unknown fields stay as is."""
     try:
         return template.format_map(_SafeDict(values))
-    except (ValueError, IndexError):
+    except (ValueError, IndexError, TypeError):
         return template
 
 
@@ -62,6 +69,8 @@ class AlertEngine:
         registry: CollectorRegistry,
         eval_interval_s: float,
         external_url: str = "",
+        max_age_s: Mapping[str, float] | None = None,
+        drain_timeout_s: float = 1.5,
     ) -> None:
         self._rules = rules
         # Built once: the pure rule and timing each rule config stands for.
@@ -73,17 +82,19 @@ class AlertEngine:
             for r in rules
         ]
         self._next_expiry_at = 0.0
-        self._notifiers = notifiers
-        self._windows = windows
         self._outbox = outbox
+        self._windows = windows
         self._clock = clock
         self._eval_interval_s = eval_interval_s
-        self._external_url = external_url
+        self._external_url = external_url.rstrip("/")
+        self._drain_timeout_s = drain_timeout_s
+        self._max_age_s = {name: (max_age_s or {}).get(name, _MAX_AGE_S) for name in notifiers}
+        self._started_at = clock.now()
         self._alerts: dict[tuple[str, tuple[tuple[str, str], ...]], Alert] = {}
-        self._rng = random.Random()
-        self._wake_delivery = asyncio.Event()
+        self._stopping = asyncio.Event()
         self._group: asyncio.TaskGroup | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._evaluator: asyncio.Task[None] | None = None
+        self._workers: list[asyncio.Task[None]] = []
         self.evaluated = asyncio.Event()
         self._firing = Gauge("lookout_alerts_firing", "Alerts firing", ["rule"], registry=registry)
         self._sent = Counter(
@@ -98,15 +109,34 @@ class AlertEngine:
             "Age of the oldest undelivered notification",
             registry=registry,
         )
+        self.deliveries = {
+            name: ChannelDelivery(
+                name,
+                notifier,
+                outbox=outbox,
+                clock=clock,
+                counter=self._sent,
+                after_pass=self._update_depth,
+            )
+            for name, notifier in notifiers.items()
+        }
 
     async def __aenter__(self) -> AlertEngine:
+        now = self._clock.now()
+        self._started_at = now
         for alert in await self._outbox.load_alerts():
             self._alerts[(alert.rule, alert.labels)] = alert
+        orphans = await self._outbox.fail_unknown_channels(list(self.deliveries), now)
+        if orphans:
+            log.error("notifications_failed_no_channel", count=orphans,
+                      hint="their channel is no longer configured")  # fmt: skip
+            self._sent.labels("*", "failed").inc(orphans)
         self._group = asyncio.TaskGroup()
         await self._group.__aenter__()
-        self._tasks = [
-            self._group.create_task(self._evaluate_forever(), name="alert-evaluator"),
-            self._group.create_task(self._deliver_forever(), name="alert-delivery"),
+        self._evaluator = self._group.create_task(self._evaluate_forever(), name="alert-evaluator")
+        self._workers = [
+            self._group.create_task(d.run(self._stopping), name=f"alert-delivery-{d.channel}")
+            for d in self.deliveries.values()
         ]
         return self
 
@@ -116,8 +146,16 @@ class AlertEngine:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        for task in self._tasks:
-            task.cancel()
+        self._stopping.set()
+        if self._evaluator is not None:
+            self._evaluator.cancel()
+        for delivery in self.deliveries.values():
+            delivery.wake.set()
+        # A send under way may finish (or it would be sent again after the restart).
+        if self._workers:
+            _, late = await asyncio.wait(self._workers, timeout=self._drain_timeout_s)
+            for task in late:
+                task.cancel()
         if self._group is not None:
             await self._group.__aexit__(exc_type, exc, tb)
         # An evaluation cut short by the stop may not have saved its changes.
@@ -128,9 +166,18 @@ class AlertEngine:
 
     async def _evaluate_forever(self) -> None:
         while True:
-            await self.evaluate(self._clock.now())
+            now = self._clock.now()
+            await self.evaluate(now)
+            await self._housekeeping(now)
             self.evaluated.set()
             await asyncio.sleep(self._eval_interval_s)
+
+    def _no_data(self, rule: RuleConfig, now: float) -> NoData:
+        # The windows start empty: until one window has passed since the start, missing data
+        # says nothing about the app, so it neither resolves nor raises anything.
+        if now - self._started_at < rule.window:
+            return NoData.KEEP
+        return NoData(rule.no_data)
 
     async def evaluate(self, now: float) -> list[Notification]:
         """One evaluation of every rule at `now`; returns the notifications it enqueued."""
@@ -146,85 +193,94 @@ class AlertEngine:
             for (name, labels), _alert in list(self._alerts.items()):
                 if name == rule.name and labels not in observations:
                     observations[labels] = Observation(labels, None, None)
+            no_data = self._no_data(rule, now)
             firing = 0
+            notes: list[Notification] = []
             for labels, obs in observations.items():
                 key = (rule.name, labels)
                 before = self._alerts.get(key) or Alert(rule=rule.name, labels=labels)
                 alert, note = step(before, obs.breached, obs.value, now, timing=timing,
-                                   no_data=NoData(rule.no_data))  # fmt: skip
+                                   no_data=no_data)  # fmt: skip
                 self._alerts[key] = alert
                 firing += alert.state is AlertState.FIRING
                 if note is not None:
-                    # State first: a crash after this re-sends at most, never forgets.
-                    await self._outbox.save_alerts([alert])
                     label_map = dict(labels)
                     if any(x.mutes(rule.name, label_map, now) for x in silences):
                         for channel in rule.channels:
                             self._sent.labels(channel, "silenced").inc()
                         log.info("alert_silenced", rule=rule.name, labels=label_map,
                                  kind=note.kind.value)  # fmt: skip
-                        continue
-                    await self._enqueue(rule, note, now)
-                    sent.append(note)
-                elif alert.state is not before.state:
+                    else:
+                        notes.append(note)
+                if alert.state is not before.state or note is not None:
                     changed.append(alert)
             self._firing.labels(rule.name).set(firing)
+            if notes:
+                # State first: a crash after this re-sends at most, never forgets.
+                await self._outbox.save_alerts(changed)
+                changed = []
+                await self._enqueue(rule, notes, now)
+                sent.extend(notes)
         if changed:
             await self._outbox.save_alerts(changed)
         return sent
 
-    async def _enqueue(self, rule: RuleConfig, note: Notification, now: float) -> None:
+    def _notified(self, rule: RuleConfig, note: Notification) -> NotifiedAlert:
         labels = dict(note.alert.labels)
         values = {"value": note.alert.value, "threshold": rule.threshold, **labels}
-        summary = render(rule.summary or f"{rule.name}: {rule.metric} {rule.op} {rule.threshold}",
-                         values)  # fmt: skip
-        for channel in rule.channels:
-            payload = alertmanager_payload(
-                note, receiver=channel, severity=rule.severity, summary=summary,
-                description=render(rule.description, values), external_url=self._external_url,
-                threshold=rule.threshold,
-            )  # fmt: skip
-            await self._outbox.enqueue(channel, note.idempotency_key, payload, now)
-        log.info("alert_" + note.kind.value, rule=rule.name, labels=labels, value=note.alert.value)
-        self._wake_delivery.set()
+        default = f"{rule.name}: {rule.metric} {rule.op} {rule.threshold:g} ({{app}})"
+        dashboard = ""
+        if self._external_url:
+            dashboard = f"{self._external_url}/?app={quote(labels.get('app', ''))}"
+        return NotifiedAlert(
+            note, severity=rule.severity, summary=render(rule.summary or default, values),
+            description=render(rule.description, values), threshold=rule.threshold,
+            dashboard_url=dashboard,
+        )  # fmt: skip
 
-    async def _deliver_forever(self) -> None:
-        while True:
-            await self.deliver_due(self._clock.now())
-            next_at = await self._outbox.next_due_at()
-            wait_s = 1.0 if next_at is None else min(max(next_at - self._clock.now(), 0.01), 1.0)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake_delivery.wait(), wait_s)
-            self._wake_delivery.clear()
-
-    async def deliver_due(self, now: float) -> None:
-        if now >= self._next_expiry_at:  # a write: once a minute is plenty for a 24 h limit
-            self._next_expiry_at = now + 60.0
-            expired = await self._outbox.expire(older_than=now - _MAX_AGE_S, now=now)
-            if expired:
-                log.error("notifications_expired", count=expired, max_age_s=_MAX_AGE_S)
-                self._sent.labels("*", "expired").inc(expired)
-        for item in await self._outbox.due(now):
-            notifier = self._notifiers.get(item.channel)
-            if notifier is None:
-                await self._outbox.finish(item.id, OutboxStatus.FAILED, now, "no such channel")
-                self._sent.labels(item.channel, "failed").inc()
-                continue
-            outcome = await notifier.send(item.payload, item.idempotency_key, now)
-            if outcome.delivered:
-                await self._outbox.finish(item.id, OutboxStatus.DELIVERED, now)
-                self._sent.labels(item.channel, "delivered").inc()
-            elif outcome.retry:
-                delay = backoff_s(
-                    item.attempts, self._rng, base_s=1.0, cap_s=300.0,
-                    retry_after_s=outcome.retry_after_s,
-                )  # fmt: skip
-                await self._outbox.retry_at(item.id, now + delay, outcome.detail)
-                self._sent.labels(item.channel, "retry").inc()
+    async def _enqueue(self, rule: RuleConfig, notes: list[Notification], now: float) -> None:
+        """One notification per channel for each group: alerts of the rule that share status
+        and the values of `group_by`, so a burst across many apps is one message per group."""
+        groups: dict[tuple[bool, tuple[str, ...]], list[Notification]] = defaultdict(list)
+        for note in notes:
+            labels = dict(note.alert.labels)
+            values = tuple(labels.get(name, "") for name in rule.group_by)
+            groups[(note.kind is NotificationKind.RESOLVED, values)].append(note)
+        for (_, values), members in groups.items():
+            group_labels = {"alertname": rule.name, **dict(zip(rule.group_by, values, strict=True))}
+            line = hashlib.sha256("\x1f".join([rule.name, *values]).encode()).hexdigest()[:16]
+            if len(members) == 1:
+                key = members[0].idempotency_key
             else:
-                await self._outbox.finish(item.id, OutboxStatus.FAILED, now, outcome.detail)
-                self._sent.labels(item.channel, "failed").inc()
-                log.error("notification_failed", channel=item.channel, detail=outcome.detail)
+                material = "\x1f".join(sorted(n.idempotency_key for n in members))
+                key = f"group:{line}:{hashlib.sha256(material.encode()).hexdigest()[:24]}"
+            items = [self._notified(rule, n) for n in members]
+            for channel in rule.channels:
+                payload = alertmanager_payload(
+                    items, receiver=channel, group_labels=group_labels,
+                    external_url=self._external_url,
+                )  # fmt: skip
+                await self._outbox.enqueue(channel, key, payload, now, ordering_key=line)
+            for note in members:
+                log.info("alert_" + note.kind.value, rule=rule.name,
+                         labels=dict(note.alert.labels), value=note.alert.value)  # fmt: skip
+        for channel in rule.channels:
+            delivery = self.deliveries.get(channel)
+            if delivery is not None:
+                delivery.wake.set()
+
+    async def _housekeeping(self, now: float) -> None:
+        if now >= self._next_expiry_at:  # a write: once a minute is enough for an hours' limit
+            self._next_expiry_at = now + min(60.0, *self._max_age_s.values(), 60.0)
+            for channel, max_age_s in self._max_age_s.items():
+                expired = await self._outbox.expire(channel, older_than=now - max_age_s, now=now)
+                if expired:
+                    log.error("notifications_expired", channel=channel, count=expired,
+                              max_age_s=max_age_s)  # fmt: skip
+                    self._sent.labels(channel, "expired").inc(expired)
+        await self._update_depth(now)
+
+    async def _update_depth(self, now: float) -> None:
         depth, oldest = await self._outbox.depth()
         self._depth.set(depth)
         self._oldest.set(0.0 if oldest is None else now - oldest)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import json
 import uuid
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,9 +29,11 @@ CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT, channel TEXT NOT NULL, idempotency_key TEXT NOT NULL,
     payload TEXT NOT NULL, created_at REAL NOT NULL, next_at REAL NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0, status TEXT NOT NULL DEFAULT 'pending',
-    last_error TEXT, done_at REAL, UNIQUE (channel, idempotency_key)
+    last_error TEXT, done_at REAL, ordering_key TEXT NOT NULL DEFAULT '',
+    UNIQUE (channel, idempotency_key)
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (status, next_at);
+CREATE INDEX IF NOT EXISTS outbox_order ON outbox (channel, ordering_key, status, id);
 CREATE TABLE IF NOT EXISTS silences (
     id TEXT PRIMARY KEY, rule TEXT, matchers TEXT NOT NULL, starts_at REAL NOT NULL,
     ends_at REAL NOT NULL, comment TEXT NOT NULL DEFAULT ''
@@ -38,7 +41,18 @@ CREATE TABLE IF NOT EXISTS silences (
 CREATE TABLE IF NOT EXISTS alert_states (
     fingerprint TEXT PRIMARY KEY, rule TEXT NOT NULL, state TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS message_threads (
+    channel TEXT NOT NULL, alert_key TEXT NOT NULL, message_id TEXT NOT NULL,
+    created_at REAL NOT NULL, PRIMARY KEY (channel, alert_key)
+);
 """
+
+# Pending rows that are the oldest pending of their (channel, ordering key): a resolved
+# notification never overtakes the firing one it follows, even while that one waits to retry.
+_HEAD_OF_LINE = """status = 'pending' AND NOT EXISTS (
+    SELECT 1 FROM outbox AS earlier WHERE earlier.channel = outbox.channel
+    AND earlier.ordering_key = outbox.ordering_key AND earlier.status = 'pending'
+    AND earlier.id < outbox.id)"""
 
 
 class OutboxStatus(enum.StrEnum):
@@ -104,7 +118,10 @@ def silence_from_request(body: object, now: float) -> Silence:
 class SqliteOutbox:
     def __init__(self, path: Path) -> None:
         # synchronous=FULL: an enqueue that returned survives a crash or a power cut.
-        self._sql = SqliteThread(path, schema=_SCHEMA, synchronous="FULL", name="lookout-outbox")
+        self._sql = SqliteThread(
+            path, schema=_SCHEMA, synchronous="FULL", name="lookout-outbox",
+            added_columns=[("outbox", "ordering_key", "TEXT NOT NULL DEFAULT ''")],
+        )  # fmt: skip
         self._run = self._sql.run
         self._conn = self._sql.conn
 
@@ -121,29 +138,72 @@ class SqliteOutbox:
         await self._sql.close()
 
     async def enqueue(
-        self, channel: str, idempotency_key: str, payload: dict[str, Any], now: float
+        self,
+        channel: str,
+        idempotency_key: str,
+        payload: dict[str, Any],
+        now: float,
+        ordering_key: str = "",
     ) -> None:
+        """Commit one notification. Those sharing (channel, ordering_key) go out in order."""
         body = json.dumps(payload, separators=(",", ":"))
         sql = (
-            "INSERT OR IGNORE INTO outbox (channel, idempotency_key, payload, created_at, next_at)"
-            " VALUES (?, ?, ?, ?, ?)"
+            "INSERT OR IGNORE INTO outbox"
+            " (channel, idempotency_key, payload, created_at, next_at, ordering_key)"
+            " VALUES (?, ?, ?, ?, ?, ?)"
         )
-        await self._run(
-            lambda: self._conn().execute(sql, (channel, idempotency_key, body, now, now))
-        )
+        args = (channel, idempotency_key, body, now, now, ordering_key)
+        await self._run(lambda: self._conn().execute(sql, args))
 
-    async def due(self, now: float, limit: int = 100) -> list[OutboxItem]:
+    async def due(self, channel: str, now: float, limit: int = 100) -> list[OutboxItem]:
+        """The channel's notifications to try now, oldest first, each first in its line."""
         sql = (
             "SELECT id, channel, idempotency_key, payload, created_at, attempts FROM outbox"
-            " WHERE status = 'pending' AND next_at <= ? ORDER BY id LIMIT ?"
+            f" WHERE channel = ? AND next_at <= ? AND {_HEAD_OF_LINE} ORDER BY id LIMIT ?"
         )
-        rows = await self._run(lambda: self._conn().execute(sql, (now, limit)).fetchall())
+        rows = await self._run(lambda: self._conn().execute(sql, (channel, now, limit)).fetchall())
         return [OutboxItem(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5]) for r in rows]
 
-    async def next_due_at(self) -> float | None:
-        sql = "SELECT MIN(next_at) FROM outbox WHERE status = 'pending'"
-        row = await self._run(lambda: self._conn().execute(sql).fetchone())
+    async def next_due_at(self, channel: str) -> float | None:
+        sql = f"SELECT MIN(next_at) FROM outbox WHERE channel = ? AND {_HEAD_OF_LINE}"
+        row = await self._run(lambda: self._conn().execute(sql, (channel,)).fetchone())
         return None if row[0] is None else float(row[0])
+
+    async def fail_unknown_channels(self, channels: Collection[str], now: float) -> int:
+        """Pending notifications for channels no longer configured: failed, not retried forever."""
+        marks = ",".join("?" * len(channels))
+        sql = (
+            "UPDATE outbox SET status = 'failed', done_at = ?, last_error = 'no such channel'"
+            f" WHERE status = 'pending' AND channel NOT IN ({marks})"
+        )
+        cur = await self._run(lambda: self._conn().execute(sql, (now, *channels)))
+        return cur.rowcount
+
+    async def message_ids(self, channel: str, alert_keys: Collection[str]) -> dict[str, str]:
+        """Receiver-side ids of the messages that announced these alerts (to thread under)."""
+        if not alert_keys:
+            return {}
+        marks = ",".join("?" * len(alert_keys))
+        sql = (
+            "SELECT alert_key, message_id FROM message_threads"
+            f" WHERE channel = ? AND alert_key IN ({marks})"
+        )
+        args = (channel, *alert_keys)
+        rows = await self._run(lambda: self._conn().execute(sql, args).fetchall())
+        return dict(rows)
+
+    async def remember_message(
+        self, channel: str, message_id: str, alert_keys: Collection[str], now: float
+    ) -> None:
+        rows = [(channel, key, message_id, now) for key in alert_keys]
+
+        def work() -> None:
+            db = self._conn()
+            with db:
+                db.execute("BEGIN")
+                db.executemany("INSERT OR IGNORE INTO message_threads VALUES (?, ?, ?, ?)", rows)
+
+        await self._run(work)
 
     async def finish(self, item_id: int, status: OutboxStatus, now: float, error: str = "") -> None:
         sql = (
@@ -158,13 +218,28 @@ class SqliteOutbox:
         sql = "UPDATE outbox SET next_at = ?, attempts = attempts + 1, last_error = ? WHERE id = ?"
         await self._run(lambda: self._conn().execute(sql, (next_at, error, item_id)))
 
-    async def expire(self, older_than: float, now: float) -> int:
+    async def expire(self, channel: str, older_than: float, now: float) -> int:
+        """Give up on the channel's notifications created before `older_than`; drop finished
+        history after 30 days."""
         sql = (
             "UPDATE outbox SET status = 'expired', done_at = ? WHERE status = 'pending'"
-            " AND created_at < ?"
+            " AND channel = ? AND created_at < ?"
         )
-        cur = await self._run(lambda: self._conn().execute(sql, (now, older_than)))
-        return cur.rowcount
+        history_s = 30 * 86400.0
+
+        def work() -> int:
+            db = self._conn()
+            with db:
+                db.execute("BEGIN")
+                expired = db.execute(sql, (now, channel, older_than)).rowcount
+                db.execute(
+                    "DELETE FROM outbox WHERE status != 'pending' AND done_at < ?",
+                    (now - history_s,),
+                )
+                db.execute("DELETE FROM message_threads WHERE created_at < ?", (now - history_s,))
+            return int(expired)
+
+        return await self._run(work)
 
     async def save_alerts(self, alerts: list[Alert]) -> None:
         """Upsert alert states, so a restart neither re-fires nor forgets a firing alert."""

@@ -10,76 +10,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
 
-from lookout.alerts.state import Notification, NotificationKind
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What one try of a send came to."""
-
-    delivered: bool
-    retry: bool = False  # worth another try
-    retry_after_s: float | None = None  # the receiver said when (429/503 Retry-After)
-    detail: str = ""
-
-
-def _iso(ts: float | None) -> str:
-    if ts is None:
-        return "0001-01-01T00:00:00Z"
-    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
-
-
-def alertmanager_payload(
-    notification: Notification,
-    *,
-    receiver: str,
-    severity: str,
-    summary: str,
-    description: str = "",
-    external_url: str = "",
-    threshold: float | None = None,
-) -> dict[str, Any]:
-    """The Alertmanager webhook v4 body for one alert."""
-    alert = notification.alert
-    resolved = notification.kind is NotificationKind.RESOLVED
-    status = "resolved" if resolved else "firing"
-    labels = {"alertname": alert.rule, "severity": severity, **dict(alert.labels)}
-    annotations = {"summary": summary}
-    if description:
-        annotations["description"] = description
-    if alert.value is not None:
-        annotations["value"] = f"{alert.value:g}"
-    if threshold is not None:
-        annotations["threshold"] = f"{threshold:g}"
-    return {
-        "version": "4",
-        "status": status,
-        "receiver": receiver,
-        "groupLabels": {"alertname": alert.rule},
-        "commonLabels": labels,
-        "commonAnnotations": annotations,
-        "externalURL": external_url,
-        "groupKey": f"{receiver}:{alert.fingerprint}",
-        "truncatedAlerts": 0,
-        "alerts": [
-            {
-                "status": status,
-                "labels": labels,
-                "annotations": annotations,
-                "startsAt": _iso(alert.active_since),
-                "endsAt": _iso(alert.resolved_at if resolved else None),
-                "generatorURL": external_url,
-                "fingerprint": alert.fingerprint,
-            }
-        ],
-    }
+from lookout.alerts.payload import Outcome
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -106,6 +42,10 @@ def retry_after_s(value: str | None, now: float) -> float | None:
 
 
 class WebhookNotifier:
+    """POSTs each notification (one group of alerts) as it is: no merging across groups."""
+
+    merge_limit = 1
+
     def __init__(
         self,
         client: httpx.AsyncClient,
@@ -140,7 +80,7 @@ class WebhookNotifier:
             return Outcome(False, retry=True, detail=type(exc).__name__)
         code = response.status_code
         if 200 <= code < 300:
-            return Outcome(True, detail=str(code))
+            return Outcome(True, detail=f"HTTP {code}")
         if code == 429 or code >= 500 or code == 408:
             after = retry_after_s(response.headers.get("Retry-After"), now)
             return Outcome(False, retry=True, retry_after_s=after, detail=str(code))

@@ -204,12 +204,9 @@ def notify_test(
         known = ", ".join(sorted(settings.channels)) or "none configured"
         err.print(f"[red]error:[/red] no channel {channel!r} (known: {known})", highlight=False)
         raise typer.Exit(2)
-    if spec.kind != "webhook" or not spec.url:
-        err.print(f"[red]error:[/red] channel {channel!r}: only webhook channels in this release")
-        raise typer.Exit(2)
     outcome = asyncio.run(_send_test(spec, channel, settings.api.external_url or ""))
     if outcome.delivered:
-        console.print(f"delivered to {channel}: HTTP {outcome.detail}", highlight=False)
+        console.print(f"delivered to {channel}: {outcome.detail}", highlight=False)
         return
     err.print(f"[red]not delivered[/red] to {channel}: {outcome.detail or 'no answer'}")
     raise typer.Exit(1)
@@ -218,22 +215,24 @@ def notify_test(
 async def _send_test(spec: Any, channel: str, external_url: str) -> Any:
     import time
 
+    from lookout.alerts.notifiers import build_notifier
+    from lookout.alerts.payload import NotifiedAlert, alertmanager_payload
     from lookout.alerts.state import Alert, Timing, step
-    from lookout.alerts.webhook import WebhookNotifier, alertmanager_payload
+    from lookout.clock import SystemClock
 
     now = time.time()
     alert = Alert(rule="lookout-test", labels=(("app", "lookout"),))
     _, note = step(alert, True, 1.0, now, timing=Timing())
     assert note is not None
-    payload = alertmanager_payload(
-        note, receiver=channel, severity="info", summary="lookout test notification",
-        description="Sent by `lookout notify-test`; nothing is wrong.", external_url=external_url,
+    item = NotifiedAlert(
+        note, severity="info", summary="lookout test notification",
+        description="Sent by `lookout notify-test`; nothing is wrong.",
     )  # fmt: skip
-    secret = spec.secret.get_secret_value() if spec.secret else None
-    async with httpx.AsyncClient() as client:
-        notifier = WebhookNotifier(
-            client, spec.url, secret=secret, headers=spec.headers, timeout_s=spec.timeout_s
-        )
+    payload = alertmanager_payload([item], receiver=channel, external_url=external_url)
+    async with (
+        httpx.AsyncClient() as client,
+        build_notifier(channel, spec, http=client, clock=SystemClock()) as notifier,
+    ):
         return await notifier.send(payload, note.idempotency_key, now)
 
 

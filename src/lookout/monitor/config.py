@@ -210,13 +210,26 @@ class JudgeConfig(_Section):
 
 class ChannelConfig(_Section):
     kind: Literal["slack", "webhook"]
+    # slack: an incoming-webhook URL, or a bot token and a channel (chat.postMessage)
     webhook_url: SecretStr | None = None
     token: SecretStr | None = None
     channel: str | None = None
+    api_url: str = "https://slack.com/api/"
+    min_interval: DurationS = 1.0  # slack: at most one message per this, per channel
+    # webhook
     url: str | None = None
     secret: SecretStr | None = None
     headers: dict[str, str] = Field(default_factory=dict)
     timeout_s: DurationS = 10.0
+    max_age: DurationS = 24 * 3600.0  # undelivered past this: expired, counted, logged
+
+    @model_validator(mode="after")
+    def _complete(self) -> ChannelConfig:
+        if self.kind == "webhook" and not self.url:
+            raise ValueError("a webhook channel needs `url`")
+        if self.kind == "slack" and not self.webhook_url and not (self.token and self.channel):
+            raise ValueError("a slack channel needs `webhook_url`, or `token` and `channel`")
+        return self
 
 
 class RuleConfig(_Section):

@@ -13,8 +13,8 @@ from prometheus_client import CollectorRegistry
 
 from lookout import __version__
 from lookout.alerts.engine import AlertEngine, ChannelNotifier
+from lookout.alerts.notifiers import build_notifier
 from lookout.alerts.outbox import SqliteOutbox
-from lookout.alerts.webhook import WebhookNotifier
 from lookout.clock import Clock, SystemClock
 from lookout.errors import ConfigError
 from lookout.monitor.api import ApiDeps, ApiServer
@@ -191,19 +191,14 @@ class Daemon:
         http = await stack.enter_async_context(httpx.AsyncClient())
         notifiers: dict[str, ChannelNotifier] = {}
         for name, channel in s.channels.items():
-            if channel.kind == "webhook" and channel.url:
-                secret = channel.secret.get_secret_value() if channel.secret else None
-                notifiers[name] = WebhookNotifier(
-                    http, channel.url, secret=secret, headers=channel.headers,
-                    timeout_s=channel.timeout_s,
-                )  # fmt: skip
-            else:
-                log.error("channel_unsupported", channel=name, kind=channel.kind,
-                          hint="this release delivers to webhook channels only")  # fmt: skip
+            notifiers[name] = await stack.enter_async_context(
+                build_notifier(name, channel, http=http, clock=self.clock, book=outbox)
+            )
         return AlertEngine(
             s.rules, notifiers, windows=self.windows, outbox=outbox, clock=self.clock,
             registry=self.registry, eval_interval_s=s.eval_interval,
             external_url=s.api.external_url or "",
+            max_age_s={name: c.max_age for name, c in s.channels.items()},
         )  # fmt: skip
 
     async def run(self, stop: asyncio.Event) -> None:
