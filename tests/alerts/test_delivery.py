@@ -122,3 +122,26 @@ async def test_after_a_restart_missing_data_waits_one_window_before_resolving(
             assert [a.state.value for a in engine.alerts()] == ["firing"]
             [note] = await engine.evaluate(T0 + 61)
             assert note.kind is NotificationKind.RESOLVED
+
+
+async def test_a_silence_mutes_then_expires_and_the_alert_is_told(tmp_path: Path) -> None:
+    from lookout.alerts.outbox import Silence
+
+    clock = FakeClock(T0)
+    windows = WindowedMetrics(started_at=T0 - 600, max_window_s=600)
+    rule = RuleConfig.model_validate({"name": "errors", "metric": "error_rate", "window": 600,
+                                      "where": {"app": "bot"}, "threshold": 0.5})  # fmt: skip
+    async with SqliteOutbox(tmp_path / "lookout.db") as outbox:
+        await outbox.add_silence(Silence("s1", "errors", {"app": "bot"}, T0, T0 + 60))
+        engine = AlertEngine(
+            [rule], {}, windows=windows, outbox=outbox, clock=clock,
+            registry=CollectorRegistry(), eval_interval_s=3600,
+        )  # fmt: skip
+        async with engine:
+            windows.observe(windows.labels_for("bot", "m"), T0 + 1, True, 100.0, None, 1, 1, 0.0)
+            assert await engine.evaluate(T0 + 10) == []  # fired, muted
+            assert [a.state.value for a in engine.alerts()] == ["firing"]
+            assert await engine.evaluate(T0 + 30) == []
+            [told] = await engine.evaluate(T0 + 61)  # the silence ended; still firing
+            assert told.kind is NotificationKind.FIRING
+            assert await engine.evaluate(T0 + 70) == []  # once

@@ -137,9 +137,11 @@ async def test_a_silence_mutes_notifications_but_not_state(
         assert alert["state"] == "firing"
         [listed] = (await http.get("/api/v1/silences")).json()
         assert listed["comment"] == "deploy"
+        assert receiver.requests == []
         assert (await http.delete(f"/api/v1/silences/{silence_id}")).status_code == 200
         assert (await http.delete(f"/api/v1/silences/{silence_id}")).status_code == 404
-    assert receiver.requests == []
+        await asyncio.wait_for(receiver.received.wait(), 15)  # told once the silence ends
+    assert len(receiver.requests) == 1
 
 
 async def test_silence_command_applies_to_a_running_daemon(
@@ -165,5 +167,9 @@ async def test_silence_command_applies_to_a_running_daemon(
         await post(d, [{"app": "bot", "error": "boom"}])
         silenced = {"channel": "hook", "outcome": "silenced"}
         await eventually(lambda: sample_value(d, "lookout_notifications_total", silenced) == 1)
+        assert receiver.requests == []
         assert f"silence {silence_id} expired" in await cli("expire", silence_id)
-    assert receiver.requests == []
+        # Still firing when the silence ends: told then, once.
+        await asyncio.wait_for(receiver.received.wait(), 15)
+    [(_, body)] = receiver.requests
+    assert json.loads(body)["status"] == "firing"

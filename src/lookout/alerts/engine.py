@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 from collections import defaultdict
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -201,18 +202,36 @@ class AlertEngine:
                 before = self._alerts.get(key) or Alert(rule=rule.name, labels=labels)
                 alert, note = step(before, obs.breached, obs.value, now, timing=timing,
                                    no_data=no_data)  # fmt: skip
+                label_map = dict(labels)
+                silenced = any(x.mutes(rule.name, label_map, now) for x in silences)
+                if (
+                    note is None
+                    and alert.muted
+                    and alert.state is AlertState.FIRING
+                    and not silenced
+                ):
+                    # A silence ended while the alert still fires: tell it now, once.
+                    alert = replace(alert, last_notified_at=now)
+                    note = Notification(NotificationKind.FIRING, alert, now)
+                if note is not None and silenced:
+                    for channel in rule.channels:
+                        self._sent.labels(channel, "silenced").inc()
+                    log.info("alert_silenced", rule=rule.name, labels=label_map,
+                             kind=note.kind.value)  # fmt: skip
+                    # A muted resolution leaves nothing to tell later.
+                    alert = replace(alert, muted=note.kind is not NotificationKind.RESOLVED)
+                    note = None
+                elif note is not None:
+                    alert = replace(alert, muted=False)
+                    notes.append(note)
                 self._alerts[key] = alert
                 firing += alert.state is AlertState.FIRING
-                if note is not None:
-                    label_map = dict(labels)
-                    if any(x.mutes(rule.name, label_map, now) for x in silences):
-                        for channel in rule.channels:
-                            self._sent.labels(channel, "silenced").inc()
-                        log.info("alert_silenced", rule=rule.name, labels=label_map,
-                                 kind=note.kind.value)  # fmt: skip
-                    else:
-                        notes.append(note)
-                if alert.state is not before.state or note is not None:
+                # Saved on what a restart must not repeat or forget (not on every new value).
+                if (
+                    alert.state is not before.state
+                    or alert.last_notified_at != before.last_notified_at
+                    or alert.muted != before.muted
+                ):
                     changed.append(alert)
             self._firing.labels(rule.name).set(firing)
             if notes:

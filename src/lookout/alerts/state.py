@@ -61,6 +61,7 @@ class Alert:
     last_breach_at: float | None = None
     last_notified_at: float | None = None
     resolved_at: float | None = None  # endsAt of the last episode
+    muted: bool = False  # its last notification was silenced: tell it when the silence ends
 
     @property
     def fingerprint(self) -> str:
