@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
     from lookout.clock import Clock
     from lookout.monitor.config import RuleConfig
+    from lookout.monitor.detection import DetectorSeries
     from lookout.monitor.windows import WindowedMetrics
 
 log = structlog.get_logger(__name__)
@@ -72,6 +73,7 @@ class AlertEngine:
         external_url: str = "",
         max_age_s: Mapping[str, float] | None = None,
         drain_timeout_s: float = 1.5,
+        detector_series: Callable[[float, float], list[DetectorSeries]] | None = None,
     ) -> None:
         self._rules = rules
         # Built once: the pure rule and timing each rule config stands for.
@@ -89,6 +91,7 @@ class AlertEngine:
         self._eval_interval_s = eval_interval_s
         self._external_url = external_url.rstrip("/")
         self._drain_timeout_s = drain_timeout_s
+        self._detector_series = detector_series
         self._max_age_s = {name: (max_age_s or {}).get(name, _MAX_AGE_S) for name in notifiers}
         self._started_at = clock.now()
         self._alerts: dict[tuple[str, tuple[tuple[str, str], ...]], Alert] = {}
@@ -189,7 +192,8 @@ class AlertEngine:
         silences = await self._outbox.silences(active_at=now)
         for rule, (spec, timing) in zip(self._rules, self._specs, strict=True):
             stats = self._windows.query(rule.window, now)
-            observations = {o.labels: o for o in observe(spec, stats)}
+            extra = self._detector_series(rule.window, now) if self._detector_series else []
+            observations = {o.labels: o for o in observe(spec, stats, extra)}
             # Alerts whose scope has gone quiet get a no-data observation.
             for (name, labels), _alert in list(self._alerts.items()):
                 if name == rule.name and labels not in observations:

@@ -8,8 +8,12 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from lookout.monitor.windows import ALL, SERIES_NAMES, WindowStats
+
+if TYPE_CHECKING:
+    from lookout.monitor.detection import DetectorSeries
 
 # The series detectors and the judge add (issues 4 and 5) may be named before they exist.
 RULE_SERIES: frozenset[str] = frozenset(SERIES_NAMES) | {
@@ -46,7 +50,9 @@ class Observation:
     value: float | None
 
 
-def observe(rule: Rule, stats: Iterable[WindowStats]) -> list[Observation]:
+def observe(
+    rule: Rule, stats: Iterable[WindowStats], detectors: Iterable[DetectorSeries] = ()
+) -> list[Observation]:
     """The rule over one window's series.
 
     With `where`, the rule watches the scope it names (`model` defaults to all models); without
@@ -54,6 +60,8 @@ def observe(rule: Rule, stats: Iterable[WindowStats]) -> list[Observation]:
     has no data, so one slow request in a quiet minute does not page.
     """
     compare = OPS[rule.op]
+    if rule.metric not in SERIES_NAMES:
+        return _observe_detectors(rule, detectors)
     app = rule.where.get("app")
     model = rule.where.get("model", ALL)
     observations = []
@@ -71,4 +79,22 @@ def observe(rule: Rule, stats: Iterable[WindowStats]) -> list[Observation]:
     if app is not None and not observations:
         # The watched scope has no records in the window at all.
         observations.append(Observation((("app", app), ("model", model)), None, None))
+    return observations
+
+
+def _observe_detectors(rule: Rule, series: Iterable[DetectorSeries]) -> list[Observation]:
+    """drift_score and ood_rate: per (app, field), filtered by `where`."""
+    compare = OPS[rule.op]
+    app, field = rule.where.get("app"), rule.where.get("field")
+    observations = []
+    for s in series:
+        if s.metric != rule.metric or (app is not None and s.app != app):
+            continue
+        if field is not None and s.field != field:
+            continue
+        labels = (("app", s.app), ("field", s.field))
+        if s.value is None or s.count < rule.min_samples:
+            observations.append(Observation(labels, None, s.value))
+        else:
+            observations.append(Observation(labels, compare(s.value, rule.threshold), s.value))
     return observations

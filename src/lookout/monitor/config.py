@@ -166,9 +166,13 @@ class MetricsConfig(_Section):
 
 
 class EmbedderConfig(_Section):
-    kind: Literal["hashing", "sentence-transformers", "langchain"] = "hashing"
-    model: str | None = None
-    spec: str | None = None
+    # static: packaged, distilled from all-MiniLM-L6-v2, no download (bench/ood.py chose it)
+    kind: Literal["static", "hashing", "sentence-transformers", "langchain"] = "static"
+    model: str | None = None  # sentence-transformers name or path; static: a model directory
+    spec: str | None = None  # langchain: init_embeddings spec, e.g. openai:text-embedding-3-small
+    base_url: str | None = None  # langchain: an OpenAI-compatible endpoint
+    api_key: SecretStr | None = None
+    dim: int = Field(default=512, ge=16)  # hashing
 
 
 class ReferenceConfig(_Section):
@@ -188,12 +192,23 @@ _FIELDS: list[Literal["prompt", "response"]] = ["prompt", "response"]
 
 
 class DetectorsConfig(_Section):
+    enabled: bool = True
     sample_rate: float = Field(default=1.0, ge=0.0, le=1.0)
     fields: list[Literal["prompt", "response"]] = Field(default_factory=_FIELDS.copy)
     embedder: EmbedderConfig = EmbedderConfig()
     reference: ReferenceConfig = ReferenceConfig()
     drift: DriftConfig = DriftConfig()
     ood: OodConfig = OodConfig()
+    queue_size: int = Field(default=10_000, ge=100)
+
+    @model_validator(mode="after")
+    def _enough_reference(self) -> DetectorsConfig:
+        if self.reference.auto_size < 4 * self.drift.window:
+            raise ValueError(
+                f"reference.auto_size ({self.reference.auto_size}) must be at least 4 x "
+                f"drift.window ({4 * self.drift.window}): half calibrates the threshold"
+            )
+        return self
 
 
 class JudgeConfig(_Section):

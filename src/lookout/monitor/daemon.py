@@ -20,12 +20,15 @@ from lookout.errors import ConfigError
 from lookout.monitor.api import ApiDeps, ApiServer
 from lookout.monitor.broker import EmbeddedBroker
 from lookout.monitor.config import Settings
+from lookout.monitor.detection import DetectionService, DetectorCollector
+from lookout.monitor.embedding import build_embedder
 from lookout.monitor.ingest import IngestQueue
 from lookout.monitor.mqtt_source import MqttSource
 from lookout.monitor.pipeline import Pipeline
 from lookout.monitor.prices import Price, PriceTable
 from lookout.monitor.prom import IngestMetrics, WindowCollector
 from lookout.monitor.records import DecodeLimits
+from lookout.monitor.references import ReferenceBook
 from lookout.monitor.store import RollupPoint, Store, open_store, sqlite_path
 from lookout.monitor.systemd import Notifier
 from lookout.monitor.windows import WindowedMetrics, WindowStats
@@ -115,6 +118,7 @@ class Daemon:
         self.source = MqttSource(settings.bus, self.queue, self.prom)
         self.api: ApiServer | None = None
         self.alerts: AlertEngine | None = None
+        self.detection: DetectionService | None = None
         self.outbox: SqliteOutbox | None = None
         self.ready = asyncio.Event()
         self._drain_timeout_s = drain_timeout_s
@@ -136,6 +140,11 @@ class Daemon:
                 "paused": self.queue.paused,
             },
             "series": [stats_json(s) for s in self.current_stats()],
+            "detectors": (
+                self.detection.status(self.settings.metrics.default_window, self.clock.now())
+                if self.detection is not None
+                else []
+            ),
         }
 
     def alerts_json(self) -> list[dict[str, Any]]:
@@ -199,7 +208,23 @@ class Daemon:
             registry=self.registry, eval_interval_s=s.eval_interval,
             external_url=s.api.external_url or "",
             max_age_s={name: c.max_age for name, c in s.channels.items()},
+            detector_series=self.detection.series if self.detection is not None else None,
         )  # fmt: skip
+
+    async def _detection_service(self, stack: contextlib.AsyncExitStack) -> DetectionService:
+        s = self.settings
+        embedder = await asyncio.to_thread(build_embedder, s.detectors.embedder)
+        book = None
+        if s.store.url.startswith("sqlite:///"):
+            book = await stack.enter_async_context(ReferenceBook(sqlite_path(s.store.url)))
+        service = DetectionService(
+            s.detectors, embedder=embedder, book=book, clock=self.clock,
+            registry=self.registry, poll_interval_s=s.eval_interval,
+            queue_size=s.detectors.queue_size,
+            max_window_s=max(s.metrics.max_window, s.metrics.default_window),
+        )  # fmt: skip
+        self.registry.register(DetectorCollector(service, s.metrics.default_window, self.clock))
+        return service
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then drain the queue and flush the store."""
@@ -220,6 +245,11 @@ class Daemon:
             if s.bus.embedded:
                 await stack.enter_async_context(EmbeddedBroker(s.bus))
             self.api = await stack.enter_async_context(ApiServer(s.api, deps))
+            if s.detectors.enabled:
+                self.detection = await stack.enter_async_context(
+                    await self._detection_service(stack)
+                )
+                self.pipeline.detector = self.detection.offer
             if s.rules:
                 self.alerts = await stack.enter_async_context(await self._alert_engine(stack))
             async with asyncio.TaskGroup() as tg:

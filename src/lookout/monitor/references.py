@@ -1,0 +1,174 @@
+"""Reference sets per (app, field), versioned in SQLite beside the store: the embeddings'
+detector states (reference statistics and calibration, so a restart never recalibrates) and a
+few reference texts for explanations. One version per (app, field) is active.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from lookout.sqlite_thread import SqliteThread
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS detector_refs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, app TEXT NOT NULL, field TEXT NOT NULL,
+    version INTEGER NOT NULL, created_at REAL NOT NULL, source TEXT NOT NULL,
+    embedder TEXT NOT NULL, size INTEGER NOT NULL, active INTEGER NOT NULL DEFAULT 0,
+    drift_threshold REAL, ood_threshold REAL, states BLOB NOT NULL, texts TEXT NOT NULL,
+    UNIQUE (app, field, version)
+);
+CREATE INDEX IF NOT EXISTS detector_refs_active ON detector_refs (app, field, active);
+"""
+
+States = dict[str, NDArray[np.generic]]
+
+
+@dataclass(frozen=True, slots=True)
+class ReferenceInfo:
+    id: int
+    app: str
+    field: str
+    version: int
+    created_at: float
+    source: str
+    embedder: str
+    size: int
+    active: bool
+    drift_threshold: float | None
+    ood_threshold: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    info: ReferenceInfo
+    states: States  # "drift.*", "ood.*" arrays
+    texts: list[str]  # in the order of the reference embeddings (possibly truncated)
+
+
+def _pack(states: States) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **states)
+    return buffer.getvalue()
+
+
+def _unpack(blob: bytes) -> States:
+    with np.load(io.BytesIO(blob), allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+_COLUMNS = (
+    "id, app, field, version, created_at, source, embedder, size, active, drift_threshold,"
+    " ood_threshold"
+)
+
+
+def _info(row: Any) -> ReferenceInfo:
+    return ReferenceInfo(
+        int(row[0]), str(row[1]), str(row[2]), int(row[3]), float(row[4]), str(row[5]),
+        str(row[6]), int(row[7]), bool(row[8]), row[9], row[10],
+    )  # fmt: skip
+
+
+class ReferenceBook:
+    def __init__(self, path: Path) -> None:
+        self._sql = SqliteThread(path, schema=_SCHEMA, synchronous="NORMAL", name="lookout-refs")
+
+    async def __aenter__(self) -> ReferenceBook:
+        await self._sql.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._sql.close()
+
+    async def save(
+        self, *, app: str, field: str, source: str, embedder: str, size: int, states: States,
+        texts: list[str], now: float, drift_threshold: float | None,
+        ood_threshold: float | None, activate: bool = True,
+    ) -> ReferenceInfo:  # fmt: skip
+        """A new version of (app, field), active unless told otherwise."""
+        blob, text_json = _pack(states), json.dumps(texts)
+
+        def work() -> int:
+            db = self._sql.conn()
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                (last,) = db.execute(
+                    "SELECT COALESCE(MAX(version), 0) FROM detector_refs WHERE app=? AND field=?",
+                    (app, field),
+                ).fetchone()
+                if activate:
+                    db.execute(
+                        "UPDATE detector_refs SET active = 0 WHERE app = ? AND field = ?",
+                        (app, field),
+                    )
+                cur = db.execute(
+                    "INSERT INTO detector_refs (app, field, version, created_at, source, embedder,"
+                    " size, active, drift_threshold, ood_threshold, states, texts)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (app, field, last + 1, now, source, embedder, size, int(activate),
+                     drift_threshold, ood_threshold, blob, text_json),
+                )  # fmt: skip
+                return int(cur.lastrowid or 0)
+
+        ref_id = await self._sql.run(work)
+        info = await self.info(ref_id)
+        assert info is not None
+        return info
+
+    async def list(self) -> list[ReferenceInfo]:
+        sql = f"SELECT {_COLUMNS} FROM detector_refs ORDER BY app, field, version"
+        rows = await self._sql.run(lambda: self._sql.conn().execute(sql).fetchall())
+        return [_info(r) for r in rows]
+
+    async def info(self, ref_id: int) -> ReferenceInfo | None:
+        sql = f"SELECT {_COLUMNS} FROM detector_refs WHERE id = ?"
+        row = await self._sql.run(lambda: self._sql.conn().execute(sql, (ref_id,)).fetchone())
+        return None if row is None else _info(row)
+
+    async def active_ids(self) -> dict[tuple[str, str], int]:
+        """(app, field) -> id of its active version: cheap enough to poll."""
+        sql = "SELECT app, field, id FROM detector_refs WHERE active = 1"
+        rows = await self._sql.run(lambda: self._sql.conn().execute(sql).fetchall())
+        return {(r[0], r[1]): int(r[2]) for r in rows}
+
+    async def load(self, ref_id: int) -> Reference | None:
+        sql = f"SELECT {_COLUMNS}, states, texts FROM detector_refs WHERE id = ?"
+        row = await self._sql.run(lambda: self._sql.conn().execute(sql, (ref_id,)).fetchone())
+        if row is None:
+            return None
+        return Reference(_info(row[:11]), _unpack(row[11]), json.loads(row[12]))
+
+    async def activate(self, ref_id: int) -> ReferenceInfo | None:
+        def work() -> bool:
+            db = self._sql.conn()
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                row = db.execute(
+                    "SELECT app, field FROM detector_refs WHERE id = ?", (ref_id,)
+                ).fetchone()
+                if row is None:
+                    return False
+                db.execute(
+                    "UPDATE detector_refs SET active = (id = ?) WHERE app = ? AND field = ?",
+                    (ref_id, row[0], row[1]),
+                )
+                return True
+
+        if not await self._sql.run(work):
+            return None
+        return await self.info(ref_id)

@@ -1,0 +1,157 @@
+"""Drift and OOD in the running daemon: real records in, a reference built from the first of
+them, a topic change detected, scores in /api/v1/status and /metrics, a drift rule firing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+from prometheus_client import CollectorRegistry
+
+from lookout.clock import SystemClock
+from lookout.monitor.config import DetectorsConfig, Settings
+from lookout.monitor.daemon import Daemon
+from lookout.monitor.detection import DetectionService
+from lookout.monitor.records import Record
+from tests.alerts.test_engine import post
+from tests.conftest import Receiver, eventually, running, sample_value
+
+CLINC = Path(__file__).resolve().parents[3] / "shared" / "data" / "clinc150" / "clinc150.jsonl"
+DETECTORS = {
+    "fields": ["prompt"],
+    "reference": {"auto_size": 200},
+    "drift": {"window": 40, "ert": 200},
+    "ood": {"fpr": 0.02},
+}
+
+
+def prompts(domains: set[str], n: int, seed: int = 0) -> list[str]:
+    rows = [json.loads(line) for line in CLINC.open(encoding="utf-8")]
+    texts = [r["text"] for r in rows if r["domain"] in domains and not r["is_oos"]]
+    rng = np.random.default_rng(seed)
+    return [texts[i] for i in rng.permutation(len(texts))[:n]]
+
+
+def detecting(settings_for: Callable[..., Settings], **extra: object) -> Settings:
+    base = settings_for()
+    return Settings.model_validate({
+        **base.model_dump(mode="python", by_alias=True, exclude={"detectors"}),
+        "bus": {**base.bus.model_dump(), "password": None},
+        "eval_interval": 0.05, "detectors": DETECTORS, **extra,
+    })  # fmt: skip
+
+
+async def send(d: Daemon, texts: list[str]) -> None:
+    for start in range(0, len(texts), 50):
+        await post(d, [{"app": "bot", "prompt": t} for t in texts[start : start + 50]])
+    assert d.detection is not None
+    await asyncio.wait_for(d.detection.wait_idle(), 60)
+
+
+async def test_a_topic_change_is_drift_and_out_of_scope(
+    settings_for: Callable[..., Settings], receiver: Receiver
+) -> None:
+    settings = detecting(
+        settings_for,
+        channels={"hook": {"kind": "webhook", "url": receiver.url}},
+        rules=[
+            {
+                "name": "topic-drift",
+                "metric": "drift_score",
+                "where": {"app": "bot"},
+                "threshold": 1.0,
+                "channels": ["hook"],
+            }
+        ],
+    )
+    banking = prompts({"banking", "credit_cards"}, 320)
+    travel = prompts({"travel", "auto_and_commute"}, 60)
+    async with running(Daemon(settings)) as d:
+        await send(d, banking[:200])  # the reference
+        await send(d, banking[200:320])  # more of the same: no drift
+        [status] = d.status()["detectors"]
+        assert status["reference_id"] is not None and status["drifted"] is False
+        quiet_ood = status["ood_rate"]
+        await send(d, travel)
+        [status] = d.status()["detectors"]
+        assert status["drifted"] is True and status["drift_score"] > 1
+        assert status["ood_rate"] > quiet_ood
+        assert set(status["explanation"]["recent_farthest_from_reference"]) <= set(travel)
+        assert sample_value(d, "lookout_drift_score", {"app": "bot", "field": "prompt"}) > 1
+        await asyncio.wait_for(receiver.received.wait(), 15)
+    sent = json.loads(receiver.requests[0][1])
+    assert (
+        sent["alerts"][0]["labels"] | {"app": "bot", "field": "prompt"}
+        == sent["alerts"][0]["labels"]
+    )
+
+
+async def test_a_restart_reloads_the_reference_without_recalibrating(
+    settings_for: Callable[..., Settings],
+) -> None:
+    settings = detecting(settings_for)
+    banking = prompts({"banking"}, 200)
+    async with running(Daemon(settings)) as d:
+        await send(d, banking)
+        [before] = d.status()["detectors"]
+    async with running(Daemon(settings)) as d2:
+        [after] = d2.status()["detectors"]
+    assert after["reference_id"] == before["reference_id"]
+    assert after["drift_threshold"] == before["drift_threshold"]
+    assert after["ood_threshold"] == before["ood_threshold"]
+
+
+class SlowEmbedder:
+    name, dim = "slow", 8
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def embed(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        self.release.wait(10)
+        rows: NDArray[np.float32] = np.full((len(texts), self.dim), self.dim**-0.5, np.float32)
+        return rows
+
+
+async def test_a_slow_embedder_never_blocks_ingest() -> None:
+    slow = SlowEmbedder()
+    cfg = DetectorsConfig.model_validate({**DETECTORS, "queue_size": 100})
+    registry = CollectorRegistry()
+    service = DetectionService(
+        cfg,
+        embedder=slow,
+        book=None,
+        clock=SystemClock(),
+        registry=registry,
+        queue_size=100,
+        adapt_interval_s=0.02,
+    )
+
+    def rate() -> float:
+        return registry.get_sample_value("lookout_detector_sample_rate") or 0.0
+
+    def offer(n: int) -> None:
+        for i in range(n):
+            record = Record(id=None, ts=0.0, app="bot", model="m", status="ok", received_at=0.0,
+                            prompt=f"prompt {i}")  # fmt: skip
+            service.offer(record, 0.0)
+
+    async with service:
+        started = time.process_time()
+        offer(5000)
+        offered_s = time.process_time() - started
+        # The embedder is stuck: the sampler backs off on its own.
+        await eventually(lambda: rate() < 0.1)
+        dropped = registry.get_sample_value("lookout_detector_dropped_total") or 0.0
+        slow.release.set()
+        await asyncio.wait_for(service.wait_idle(), 30)
+        await eventually(lambda: rate() == 1.0)  # and recovers once it keeps up
+    assert offered_s < 1.0  # 5,000 offers while the embedder was stuck
+    assert dropped > 4000  # bounded: what did not fit was dropped and counted
+    assert service.processed <= 100 + 256
