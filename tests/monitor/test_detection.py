@@ -155,3 +155,49 @@ async def test_a_slow_embedder_never_blocks_ingest() -> None:
     assert offered_s < 1.0  # 5,000 offers while the embedder was stuck
     assert dropped > 4000  # bounded: what did not fit was dropped and counted
     assert service.processed <= 100 + 256
+
+
+async def test_baseline_commands_and_a_running_daemon_follows_them(
+    settings_for: Callable[..., Settings], tmp_path: Path
+) -> None:
+    import os
+    import sys
+
+    settings = detecting(settings_for)
+    config = tmp_path / "cli.yaml"
+    config.write_text(json.dumps({"store": {"url": settings.store.url},
+                                  "detectors": DETECTORS}))  # fmt: skip
+    records = tmp_path / "records.jsonl"
+
+    async def cli(*args: str) -> str:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "lookout", "baseline", *args, "--config", str(config),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "COLUMNS": "200"},
+        )  # fmt: skip
+        out, errors = await asyncio.wait_for(proc.communicate(), 120)
+        assert proc.returncode == 0, errors.decode()
+        return out.decode()
+
+    lines = [json.dumps({"app": "bot", "prompt": t}) for t in prompts({"banking"}, 200)]
+    records.write_text("\n".join([*lines, "not json"]) + "\n")
+    assert "bot" in await cli("build", "--input", str(records), "--app", "bot")
+    lines = [json.dumps({"app": "bot", "prompt": t}) for t in prompts({"travel"}, 200)]
+    records.write_text("\n".join(lines) + "\n")
+    await cli("build", "--input", str(records))
+    listed = await cli("list")
+    assert listed.count(" bot ") == 2 and "file:records.jsonl" in listed
+    async with running(Daemon(settings)) as d:
+        [status] = d.status()["detectors"]
+        assert status["reference_id"] == 2  # the newest is active
+        shown = await cli("show", "1", "--examples", "3")
+        assert shown.count("\n  - ") == 3 and "file:records.jsonl" in shown
+        assert "reference 1 (bot/prompt v1) is active" in await cli("activate", "1")
+
+        async def follows() -> bool:
+            return bool(d.status()["detectors"][0]["reference_id"] == 1)
+
+        await eventually(follows)
+        # Banking prompts fit the banking reference it now uses: no drift.
+        await send(d, prompts({"banking"}, 60, seed=1))
+        assert d.status()["detectors"][0]["drifted"] is False

@@ -20,6 +20,9 @@ class DetectorParams:
     ood_fpr: float = 0.01
     ood_k: int = 5
     seed: int = 0
+    # Drift's cost per update grows with its reference: beyond this, a random subset is used
+    # (the OOD scorer keeps every embedding).
+    drift_max_reference: int = 4000
 
     def min_reference(self) -> int:
         """Embeddings a reference needs for both detectors."""
@@ -48,7 +51,11 @@ class FittedReference:
 def fit_reference(embeddings: NDArray[np.float32], params: DetectorParams) -> FittedReference:
     """Fit and calibrate both detectors (seconds of CPU: run it off the event loop)."""
     drift = MmdDrift(window=params.drift_window, ert=params.drift_ert, seed=params.seed)
-    drift.fit(embeddings)
+    subset = embeddings
+    if len(embeddings) > params.drift_max_reference:
+        rng = np.random.default_rng(params.seed)
+        subset = embeddings[rng.choice(len(embeddings), params.drift_max_reference, replace=False)]
+    drift.fit(subset)
     ood = KnnOod(k=params.ood_k, fpr=params.ood_fpr)
     ood.fit(embeddings)
     return FittedReference(drift, ood)

@@ -352,8 +352,17 @@ def status(config: ConfigOpt = None) -> None:
     console.print(_series_table(body["series"], window) if body["series"] else "no records yet")
 
 
+def _register() -> None:
+    from lookout.monitor.cli_baseline import baseline_app
+
+    app.add_typer(baseline_app, name="baseline")
+
+
 def main() -> None:
     try:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+_register()
