@@ -201,3 +201,37 @@ async def test_baseline_commands_and_a_running_daemon_follows_them(
         # Banking prompts fit the banking reference it now uses: no drift.
         await send(d, prompts({"banking"}, 60, seed=1))
         assert d.status()["detectors"][0]["drifted"] is False
+
+
+async def test_ood_scores_are_kept_with_records_and_flagged_ones_always_kept(
+    settings_for: Callable[..., Settings],
+) -> None:
+    import httpx
+
+    settings = detecting(settings_for, store={"url": settings_for().store.url,
+                                              "record_sample_rate": 0.0})  # fmt: skip
+    travel = prompts({"travel"}, 40)
+    banking = prompts({"banking"}, 240)
+    async with running(Daemon(settings)) as d:
+        await send(d, banking[:200])
+        await post(d, [{"id": f"t{i}", "app": "bot", "prompt": t} for i, t in enumerate(travel)])
+        await post(d, [{"id": f"b{i}", "app": "bot", "prompt": t}
+                       for i, t in enumerate(banking[200:])])  # fmt: skip
+        assert d.detection is not None
+        await asyncio.wait_for(d.detection.wait_idle(), 60)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{d.api.port}") as http:  # type: ignore[union-attr]
+
+            async def found(prefix: str) -> list[dict[str, object]]:
+                answers = [await http.get(f"/api/v1/records/{prefix}{i}") for i in range(40)]
+                return [a.json() for a in answers if a.status_code == 200]
+
+            async def stored() -> bool:
+                return len(await found("t")) >= 30
+
+            await eventually(stored)
+            kept_travel, kept_banking = await found("t"), await found("b")
+    # Out of scope: kept although the store's sample rate is 0, with score and flag.
+    record = kept_travel[0]
+    assert record["flags"]["ood"]["prompt"]["flagged"] is True  # type: ignore[index]
+    assert record["ood_score"] == record["flags"]["ood"]["prompt"]["score"]  # type: ignore[index]
+    assert len(kept_banking) <= 4  # in scope and unsampled: not kept (fpr 2%)

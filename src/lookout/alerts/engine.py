@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
     from lookout.clock import Clock
     from lookout.monitor.config import RuleConfig
-    from lookout.monitor.detection import DetectorSeries
+    from lookout.monitor.detector_state import DetectorSeries
     from lookout.monitor.windows import WindowedMetrics
 
 log = structlog.get_logger(__name__)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from lookout.monitor.windows import ALL, SERIES_NAMES, WindowStats
 
 if TYPE_CHECKING:
-    from lookout.monitor.detection import DetectorSeries
+    from lookout.monitor.detector_state import DetectorSeries
 
 # The series detectors and the judge add (issues 4 and 5) may be named before they exist.
 RULE_SERIES: frozenset[str] = frozenset(SERIES_NAMES) | {

@@ -125,6 +125,7 @@ class SentenceTransformerEmbedder:
                 "embedder kind sentence-transformers needs the extra: "
                 "pip install 'lookout[sentence-transformers]'"
             ) from exc
+        self.name = Path(model).name
         if model in ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"):
             model = _packaged_minilm() or model
         try:
@@ -134,7 +135,6 @@ class SentenceTransformerEmbedder:
                 f"cannot load sentence-transformers model {model!r}: {exc}"
             ) from exc
         self._batch_size = batch_size
-        self.name = Path(model).name
         dim = self._model.get_sentence_embedding_dimension()
         self.dim = int(dim or 0)
 

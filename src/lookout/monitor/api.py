@@ -177,8 +177,9 @@ class ApiServer:
             return web.json_response(
                 {"error": "no such record (only a sample of ok records is kept)"}, status=404
             )
-        if record.get("metadata"):
-            record["metadata"] = json.loads(record["metadata"])
+        for key in ("metadata", "flags"):
+            if record.get(key):
+                record[key] = json.loads(record[key])
         return web.json_response(record)
 
     async def _rejected(self, request: web.Request) -> web.Response:

@@ -20,7 +20,8 @@ from lookout.errors import ConfigError
 from lookout.monitor.api import ApiDeps, ApiServer
 from lookout.monitor.broker import EmbeddedBroker
 from lookout.monitor.config import Settings
-from lookout.monitor.detection import DetectionService, DetectorCollector
+from lookout.monitor.detection import DetectionService
+from lookout.monitor.detector_state import DetectorCollector
 from lookout.monitor.embedding import build_embedder
 from lookout.monitor.ingest import IngestQueue
 from lookout.monitor.mqtt_source import MqttSource
@@ -218,7 +219,7 @@ class Daemon:
         if s.store.url.startswith("sqlite:///"):
             book = await stack.enter_async_context(ReferenceBook(sqlite_path(s.store.url)))
         service = DetectionService(
-            s.detectors, embedder=embedder, book=book, clock=self.clock,
+            s.detectors, embedder=embedder, book=book, clock=self.clock, store=self.store,
             registry=self.registry, poll_interval_s=s.eval_interval,
             queue_size=s.detectors.queue_size,
             max_window_s=max(s.metrics.max_window, s.metrics.default_window),

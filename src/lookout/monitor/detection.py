@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import random
 from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
@@ -21,9 +22,9 @@ import numpy as np
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from lookout.detectors.drift import DriftResult, DriftWindow
 from lookout.detectors.errors import DetectorError
 from lookout.detectors.reference import DetectorParams, FittedReference, fit_reference
+from lookout.monitor.detector_state import BUCKET_S, DetectorSeries, Track
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -35,69 +36,23 @@ if TYPE_CHECKING:
     from lookout.monitor.config import DetectorsConfig
     from lookout.monitor.records import Record
     from lookout.monitor.references import ReferenceBook
+    from lookout.monitor.store import Store
 
 log = structlog.get_logger(__name__)
-BUCKET_S = 10.0
 _BATCH = 256
 _MAX_TEXT_CHARS = 2000  # embedders see the head of long texts
 _KEEP_TEXT_CHARS = 300  # kept for explanations
 
 
 @dataclass(frozen=True, slots=True)
-class DetectorSeries:
-    """One detector series value for rules and status: drift_score or ood_rate."""
-
+class _Item:
     app: str
     field: str
-    metric: str
-    value: float | None
-    count: int
-
-
-class _Track:
-    """One (app, field). Mutated only on the detection thread; the loop reads `last` and the
-    OOD ring, whose writes are single assignments."""
-
-    def __init__(self, app: str, field: str, buckets: int) -> None:
-        self.app, self.field = app, field
-        self.pending: list[NDArray[np.float32]] = []
-        self.pending_texts: list[str] = []
-        self.fitted: FittedReference | None = None
-        self.window: DriftWindow | None = None
-        self.ref_id: int | None = None
-        self.ref_texts: list[str] = []
-        self.recent_texts: deque[str] = deque()
-        self.last: DriftResult | None = None
-        self.explanation: dict[str, list[str]] | None = None
-        self._ring = buckets
-        self.ood_bucket = [-1] * buckets
-        self.ood_scored = [0] * buckets
-        self.ood_flagged = [0] * buckets
-
-    def use(self, fitted: FittedReference, ref_id: int | None, texts: list[str]) -> None:
-        self.fitted, self.ref_id, self.ref_texts = fitted, ref_id, texts
-        self.window = fitted.drift.new_window()
-        self.recent_texts = deque(maxlen=fitted.drift.window)
-        self.pending, self.pending_texts, self.last, self.explanation = [], [], None, None
-
-    def count_ood(self, now: float, scored: int, flagged: int) -> None:
-        index = int(now // BUCKET_S)
-        slot = index % self._ring
-        if self.ood_bucket[slot] != index:
-            self.ood_scored[slot], self.ood_flagged[slot] = 0, 0
-            self.ood_bucket[slot] = index
-        self.ood_scored[slot] += scored
-        self.ood_flagged[slot] += flagged
-
-    def ood_rate(self, window_s: float, now: float) -> tuple[float | None, int]:
-        first = int((now - window_s) // BUCKET_S) + 1
-        last = int(now // BUCKET_S)
-        scored = flagged = 0
-        for slot in range(self._ring):
-            if first <= self.ood_bucket[slot] <= last:
-                scored += self.ood_scored[slot]
-                flagged += self.ood_flagged[slot]
-        return (flagged / scored if scored else None), scored
+    text: str
+    at: float
+    record: Record
+    stored_id: str | None  # the id the store keeps the record under, if it was sampled
+    cost: float
 
 
 class DetectionService:
@@ -108,6 +63,7 @@ class DetectionService:
         embedder: Embedder,
         book: ReferenceBook | None,
         clock: Clock,
+        store: Store | None = None,
         registry: CollectorRegistry,
         poll_interval_s: float = 10.0,
         queue_size: int = 10_000,
@@ -123,13 +79,14 @@ class DetectionService:
         self._auto_size = max(cfg.reference.auto_size, self._params.min_reference())
         self._embedder = embedder
         self._book = book
+        self._store = store
         self._clock = clock
         self._poll_interval_s = poll_interval_s
-        self._queue: deque[tuple[str, str, str, float]] = deque()
+        self._queue: deque[_Item] = deque()
         self._queue_size = queue_size
         self._buckets = int(max_window_s // BUCKET_S) + 2
         self._max_tracks = max_tracks
-        self._tracks: dict[tuple[str, str], _Track] = {}
+        self._tracks: dict[tuple[str, str], Track] = {}
         self._cache: OrderedDict[bytes, NDArray[np.float32]] = OrderedDict()
         self._cache_size = 20_000
         self._load_factor = 1.0
@@ -161,7 +118,9 @@ class DetectionService:
 
     # -- the hot path -------------------------------------------------------------------------
 
-    def offer(self, record: Record, now: float) -> None:
+    def offer(
+        self, record: Record, now: float, stored_id: str | None = None, cost: float = 0.0
+    ) -> None:
         """Maybe queue the record's texts for embedding: errors always, others by the rate."""
         rate = self._cfg.sample_rate * self._load_factor
         if record.status != "error" and (rate <= 0.0 or self._random() >= rate):
@@ -174,7 +133,9 @@ class DetectionService:
                 self._m_dropped.inc()
                 self._dropped_since_adapt += 1
                 continue
-            self._queue.append((record.app, field, text[:_MAX_TEXT_CHARS], now))
+            self._queue.append(
+                _Item(record.app, field, text[:_MAX_TEXT_CHARS], now, record, stored_id, cost)
+            )
             self.idle.clear()
         self._wake.set()
 
@@ -271,12 +232,12 @@ class DetectionService:
 
     # -- the detection thread -----------------------------------------------------------------
 
-    def _track(self, app: str, field: str) -> _Track | None:
+    def _track(self, app: str, field: str) -> Track | None:
         track = self._tracks.get((app, field))
         if track is None:
             if len(self._tracks) >= self._max_tracks:
                 return None
-            track = self._tracks[(app, field)] = _Track(app, field, self._buckets)
+            track = self._tracks[(app, field)] = Track(app, field, self._buckets)
         return track
 
     def _install(
@@ -309,23 +270,47 @@ class DetectionService:
         self._m_cache.inc(len(texts) - len(unique))
         return np.stack([self._cache[k] for k in keys])
 
-    def _process(self, batch: list[tuple[str, str, str, float]]) -> None:
-        embeddings = self._embed([text for _, _, text, _ in batch])
+    def _process(self, batch: list[_Item]) -> None:
+        embeddings = self._embed([item.text for item in batch])
         groups: dict[tuple[str, str], list[int]] = {}
-        for i, (app, field, _, _) in enumerate(batch):
-            groups.setdefault((app, field), []).append(i)
+        for i, item in enumerate(batch):
+            groups.setdefault((item.app, item.field), []).append(i)
+        scored: list[tuple[_Item, float, bool]] = []
         for (app, field), rows in groups.items():
             track = self._track(app, field)
             if track is None:
                 continue
             x = embeddings[rows]
-            texts = [batch[i][2][:_KEEP_TEXT_CHARS] for i in rows]
+            items = [batch[i] for i in rows]
             if track.fitted is None:
-                self._collect(track, x, texts)
+                self._collect(track, x, [i.text[:_KEEP_TEXT_CHARS] for i in items])
             else:
-                self._detect(track, x, texts, batch[rows[-1]][3])
+                scored.extend(self._detect(track, x, items))
+        if scored and self._store is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._keep_scores, scored)
 
-    def _collect(self, track: _Track, x: NDArray[np.float32], texts: list[str]) -> None:
+    def _keep_scores(self, scored: list[tuple[_Item, float, bool]]) -> None:
+        """On the loop (the store's buffers are the loop's): scores onto stored records, and
+        records flagged out-of-distribution kept even when the store's sample skipped them."""
+        assert self._store is not None
+        rows = []
+        kept: dict[int, str | None] = {}
+        for item, score, flagged in scored:
+            record_id = item.stored_id
+            if record_id is None:
+                if not flagged:
+                    continue
+                key = id(item.record)  # both fields of one record: one row
+                if key not in kept:
+                    kept[key] = self._store.put_record(item.record, item.cost)
+                record_id = kept[key]
+                if record_id is None:
+                    continue
+            flags = {"ood": {item.field: {"score": score, "flagged": flagged}}}
+            rows.append((record_id, score, json.dumps(flags)))
+        self._store.put_scores(rows)
+
+    def _collect(self, track: Track, x: NDArray[np.float32], texts: list[str]) -> None:
         """Gather the first records of an app as its reference; fit once there are enough."""
         track.pending.append(x)
         track.pending_texts.extend(texts)
@@ -348,12 +333,14 @@ class DetectionService:
             ref_id = asyncio.run_coroutine_threadsafe(saving, self._loop).result().id
         track.use(fitted, ref_id, ref_texts)
 
-    def _detect(self, track: _Track, x: NDArray[np.float32], texts: list[str], now: float) -> None:
+    def _detect(
+        self, track: Track, x: NDArray[np.float32], items: list[_Item]
+    ) -> list[tuple[_Item, float, bool]]:
         assert track.fitted is not None and track.window is not None
         ood = track.fitted.ood.score(x)
-        track.count_ood(now, len(x), int(ood.flagged.sum()))
+        track.count_ood(items[-1].at, len(x), int(ood.flagged.sum()))
         track.window.add(x)
-        track.recent_texts.extend(texts)
+        track.recent_texts.extend(i.text[:_KEEP_TEXT_CHARS] for i in items)
         before = track.last
         track.last = result = track.fitted.drift.score(track.window)
         if result.drifted and not (before is not None and before.drifted):
@@ -372,6 +359,8 @@ class DetectionService:
                         drift_score=round(result.drift_score or 0.0, 3))  # fmt: skip
         elif before is not None and before.drifted and not result.drifted:
             log.info("drift_ended", app=track.app, field=track.field)
+        flags = zip(items, ood.scores, ood.flagged, strict=True)
+        return [(item, float(score), bool(flag)) for item, score, flag in flags]
 
     # -- readers (event loop) -----------------------------------------------------------------
 
@@ -417,26 +406,3 @@ class DetectionService:
         while self._queue or not self.idle.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.idle.wait(), 0.5)
-
-
-class DetectorCollector:
-    """lookout_drift_score{app,field} and lookout_ood_rate{app,field} at scrape time."""
-
-    def __init__(self, service: DetectionService, window_s: float, clock: Clock) -> None:
-        self._service, self._window_s, self._clock = service, window_s, clock
-
-    def collect(self) -> list[Any]:
-        from prometheus_client.core import GaugeMetricFamily
-
-        labels = ["app", "field"]
-        drift = GaugeMetricFamily(
-            "lookout_drift_score", "Drift statistic / threshold (above 1: drift)", labels=labels
-        )
-        ood = GaugeMetricFamily(
-            "lookout_ood_rate", "Share of embedded records flagged out-of-distribution",
-            labels=labels,
-        )  # fmt: skip
-        for s in self._service.series(self._window_s, self._clock.now()):
-            if s.value is not None:
-                (drift if s.metric == "drift_score" else ood).add_metric([s.app, s.field], s.value)
-        return [drift, ood]

@@ -66,8 +66,9 @@ class Pipeline:
         self._recent = RecentIds(dedupe_ids)
         self._totals = prom.totals
         self._random = (rng or random.Random()).random
-        # Set by the daemon when detectors run: sees every counted record (it samples itself).
-        self.detector: Callable[[Record, float], None] | None = None
+        # Set by the daemon when detectors run: sees every counted record (it samples itself),
+        # with the id it was stored under, if it was.
+        self.detector: Callable[[Record, float, str | None, float], None] | None = None
 
     def process_payload(
         self,
@@ -126,8 +127,9 @@ class Pipeline:
         if output_tokens:
             totals.output_tokens += output_tokens
         totals.cost += cost
+        stored_id = None
         if error or self._random() < self._sample_rate:
-            self._store.put_record(record, cost)
+            stored_id = self._store.put_record(record, cost)
         if self.detector is not None:
-            self.detector(record, now)
+            self.detector(record, now, stored_id, cost)
         return True

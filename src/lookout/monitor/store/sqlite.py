@@ -75,6 +75,7 @@ class SqliteStore:
         self._metrics = metrics
         self._clock = clock
         self._records: list[bytes] = []
+        self._scores: list[tuple[str, float, str]] = []
         self._rejected: list[tuple[Any, ...]] = []
         self._rollups: list[tuple[Any, ...]] = []
         self._pending = 0
@@ -138,17 +139,26 @@ class SqliteStore:
         self._id_seq += 1
         return f"{self._id_prefix}{self._id_seq:x}"
 
-    def put_record(self, record: Record, cost: float) -> None:
+    def put_record(self, record: Record, cost: float) -> str | None:
         r = record
+        record_id = r.id or self._new_id()
         # Encoded here, one row at a time (~1 us): the writer thread then needs the GIL only
         # to join bytes, and the buffer is measured in the bytes it really holds.
         row = _encode_row(
-            (r.id or self._new_id(), r.ts, r.received_at, r.app, r.model, r.provider, r.status,
+            (record_id, r.ts, r.received_at, r.app, r.model, r.provider, r.status,
              r.latency_ms, r.ttft_ms, r.input_tokens, r.output_tokens, cost, r.prompt,
              r.response, r.error, r.user_id, r.session_id, r.metadata)
         )  # fmt: skip
-        if self._admit(len(row) + _ROW_OVERHEAD_BYTES):
-            self._records.append(row)
+        if not self._admit(len(row) + _ROW_OVERHEAD_BYTES):
+            return None
+        self._records.append(row)
+        return record_id
+
+    def put_scores(self, rows: list[tuple[str, float, str]]) -> None:
+        """(record id, OOD score, flags as a JSON object merged into the record's flags)."""
+        for row in rows:
+            if self._admit():
+                self._scores.append(row)
 
     def put_rejected(self, rejection: Rejection, source: str, at: float) -> None:
         if self._admit():
@@ -163,16 +173,17 @@ class SqliteStore:
     async def flush(self) -> None:
         async with self._flush_lock:
             records, rejected, rollups = self._records, self._rejected, self._rollups
-            if not (records or rejected or rollups):
+            scores = self._scores
+            if not (records or rejected or rollups or scores):
                 return
-            self._records, self._rejected, self._rollups = [], [], []
+            self._records, self._rejected, self._rollups, self._scores = [], [], [], []
             self._pending = self._pending_bytes = 0
             try:
-                await self._run(lambda: self._write(records, rejected, rollups))
+                await self._run(lambda: self._write(records, rejected, rollups, scores))
             except sqlite3.Error as exc:
                 self._metrics.store_errors.inc()
                 self._metrics.dropped.labels("store").inc(
-                    len(records) + len(rejected) + len(rollups)
+                    len(records) + len(rejected) + len(rollups) + len(scores)
                 )
                 log.error("store_write_failed", error=str(exc), rows=len(records))
                 return
@@ -185,6 +196,7 @@ class SqliteStore:
         records: list[bytes],
         rejected: list[tuple[Any, ...]],
         rollups: list[tuple[Any, ...]],
+        scores: list[tuple[str, float, str]],
     ) -> None:
         db = self._conn()
         with db:
@@ -204,6 +216,13 @@ class SqliteStore:
                 )
             if rollups:
                 db.executemany("INSERT OR REPLACE INTO rollups VALUES (?,?,?,?,?)", rollups)
+            if scores:
+                # A record's fields are scored separately: keep the highest score, merge flags.
+                db.executemany(
+                    "UPDATE records SET ood_score = MAX(COALESCE(ood_score, ?2), ?2),"
+                    " flags = json_patch(COALESCE(flags, '{}'), ?3) WHERE id = ?1",
+                    scores,
+                )
 
     async def prune(self, now: float) -> None:
         cutoff = now - self._cfg.retention
