@@ -204,15 +204,24 @@ async def test_baseline_commands_and_a_running_daemon_follows_them(
 
 
 async def test_ood_scores_are_kept_with_records_and_flagged_ones_always_kept(
-    settings_for: Callable[..., Settings],
+    settings_for: Callable[..., Settings], topic_root: str
 ) -> None:
+    import aiomqtt
     import httpx
 
+    out_topic = f"lookout/ood/{topic_root}/{{app}}/{{field}}"
+    detectors = {**DETECTORS, "ood": {"fpr": 0.02, "output_topic": out_topic}}
     settings = detecting(settings_for, store={"url": settings_for().store.url,
                                               "record_sample_rate": 0.0})  # fmt: skip
+    settings = settings.model_copy(update={"detectors": DetectorsConfig.model_validate(detectors)})
     travel = prompts({"travel"}, 40)
     banking = prompts({"banking"}, 240)
-    async with running(Daemon(settings)) as d:
+    announced: list[dict[str, object]] = []
+    async with (
+        aiomqtt.Client("127.0.0.1", 1883, identifier=f"sub-{topic_root}") as sub,
+        running(Daemon(settings)) as d,
+    ):
+        await sub.subscribe(f"lookout/ood/{topic_root}/#", qos=1)
         await send(d, banking[:200])
         await post(d, [{"id": f"t{i}", "app": "bot", "prompt": t} for i, t in enumerate(travel)])
         await post(d, [{"id": f"b{i}", "app": "bot", "prompt": t}
@@ -230,8 +239,22 @@ async def test_ood_scores_are_kept_with_records_and_flagged_ones_always_kept(
 
             await eventually(stored)
             kept_travel, kept_banking = await found("t"), await found("b")
+
+        async def collect() -> None:
+            async for message in sub.messages:
+                announced.append(json.loads(bytes(message.payload)))
+                assert str(message.topic) == f"lookout/ood/{topic_root}/bot/prompt"
+                if len(announced) >= len(kept_travel):
+                    return
+
+        await asyncio.wait_for(collect(), 15)
     # Out of scope: kept although the store's sample rate is 0, with score and flag.
     record = kept_travel[0]
     assert record["flags"]["ood"]["prompt"]["flagged"] is True  # type: ignore[index]
     assert record["ood_score"] == record["flags"]["ood"]["prompt"]["score"]  # type: ignore[index]
     assert len(kept_banking) <= 4  # in scope and unsampled: not kept (fpr 2%)
+    # Announced on the output topic: ids and scores, never the text.
+    assert {str(r["id"]) for r in kept_travel} <= {str(a["id"]) for a in announced}
+    assert all(set(a) == {"id", "app", "model", "field", "ood_score", "flagged", "ts"}
+               for a in announced)  # fmt: skip
+    assert {str(a["id"]) for a in announced} <= {str(r["id"]) for r in kept_travel + kept_banking}

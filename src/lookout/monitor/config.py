@@ -186,6 +186,9 @@ class DriftConfig(_Section):
 
 class OodConfig(_Section):
     fpr: float = Field(default=0.01, gt=0, lt=1)
+    # Publish each flagged record's id and score here ({app} and {field} are filled in);
+    # never its text.
+    output_topic: str | None = None
 
 
 _FIELDS: list[Literal["prompt", "response"]] = ["prompt", "response"]

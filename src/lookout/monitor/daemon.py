@@ -220,6 +220,7 @@ class Daemon:
             book = await stack.enter_async_context(ReferenceBook(sqlite_path(s.store.url)))
         service = DetectionService(
             s.detectors, embedder=embedder, book=book, clock=self.clock, store=self.store,
+            publish=self.source.publish_nowait,
             registry=self.registry, poll_interval_s=s.eval_interval,
             queue_size=s.detectors.queue_size,
             max_window_s=max(s.metrics.max_window, s.metrics.default_window),

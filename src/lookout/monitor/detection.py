@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import random
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -64,12 +66,14 @@ class DetectionService:
         book: ReferenceBook | None,
         clock: Clock,
         store: Store | None = None,
+        publish: Callable[[str, bytes], bool] | None = None,
         registry: CollectorRegistry,
         poll_interval_s: float = 10.0,
         queue_size: int = 10_000,
         max_window_s: float = 3600.0,
         max_tracks: int = 200,
         adapt_interval_s: float = 1.0,
+        drain_timeout_s: float = 2.0,
     ) -> None:
         self._cfg = cfg
         self._fields = tuple(cfg.fields)
@@ -80,6 +84,7 @@ class DetectionService:
         self._embedder = embedder
         self._book = book
         self._store = store
+        self._publish = publish if cfg.ood.output_topic else None
         self._clock = clock
         self._poll_interval_s = poll_interval_s
         self._queue: deque[_Item] = deque()
@@ -91,6 +96,7 @@ class DetectionService:
         self._cache_size = 20_000
         self._load_factor = 1.0
         self._adapt_interval_s = adapt_interval_s
+        self._drain_timeout_s = drain_timeout_s
         self._dropped_since_adapt = 0
         self._inflight = 0
         self._random = random.random
@@ -114,6 +120,8 @@ class DetectionService:
                                  ["stage"], registry=m)  # fmt: skip
         self._m_queue = Gauge("lookout_detector_queue_depth", "Texts waiting to be embedded",
                               registry=m)  # fmt: skip
+        self._m_out_dropped = Counter("lookout_ood_output_dropped", "OOD flags not published: "
+                                      "the bus was down", registry=m)  # fmt: skip
         self._m_rate.set(cfg.sample_rate)
 
     # -- the hot path -------------------------------------------------------------------------
@@ -163,7 +171,11 @@ class DetectionService:
             task.cancel()
         if self._group is not None:
             await self._group.__aexit__(exc_type, exc, tb)
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        # Off the loop: a batch still on the detection thread may need the loop to save a
+        # reference it just built. Bounded: past the drain time, the stop goes on without it.
+        shutdown = functools.partial(self._executor.shutdown, wait=True, cancel_futures=True)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.to_thread(shutdown), self._drain_timeout_s)
 
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
@@ -308,7 +320,17 @@ class DetectionService:
                     continue
             flags = {"ood": {item.field: {"score": score, "flagged": flagged}}}
             rows.append((record_id, score, json.dumps(flags)))
+            if flagged and self._publish is not None:
+                self._announce(item, record_id, score)
         self._store.put_scores(rows)
+
+    def _announce(self, item: _Item, record_id: str, score: float) -> None:
+        assert self._publish is not None and self._cfg.ood.output_topic is not None
+        topic = self._cfg.ood.output_topic.replace("{app}", item.app).replace("{field}", item.field)
+        body = {"id": record_id, "app": item.app, "model": item.record.model, "field": item.field,
+                "ood_score": score, "flagged": True, "ts": item.record.ts}  # fmt: skip
+        if not self._publish(topic, json.dumps(body).encode()):
+            self._m_out_dropped.inc()
 
     def _collect(self, track: Track, x: NDArray[np.float32], texts: list[str]) -> None:
         """Gather the first records of an app as its reference; fit once there are enough."""
@@ -330,7 +352,12 @@ class DetectionService:
                 now=self._clock.now(), drift_threshold=fitted.drift.threshold,
                 ood_threshold=fitted.ood.threshold,
             )  # fmt: skip
-            ref_id = asyncio.run_coroutine_threadsafe(saving, self._loop).result().id
+            try:
+                future = asyncio.run_coroutine_threadsafe(saving, self._loop)
+                ref_id = future.result(timeout=30).id
+            except (TimeoutError, RuntimeError) as exc:  # the daemon is stopping
+                log.warning("reference_not_saved", app=track.app, field=track.field,
+                            error=type(exc).__name__)  # fmt: skip
         track.use(fitted, ref_id, ref_texts)
 
     def _detect(

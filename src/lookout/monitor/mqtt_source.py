@@ -147,6 +147,15 @@ class MqttSource:
         if self._client is not None:
             self._client.resume_reading()
 
+    def publish_nowait(self, topic: str, payload: bytes, qos: int = 1) -> bool:
+        """Hand a message to the live connection (the broker's session then owns its delivery
+        at QoS 1); False while the bus is down."""
+        client = self._client
+        if client is None or not self.connected.is_set():
+            return False
+        info = client._paho.publish(topic, payload, qos=qos)
+        return bool(info.rc == paho.MQTT_ERR_SUCCESS)
+
     def topics(self) -> list[str]:
         group = self._cfg.shared_group
         return [f"$share/{group}/{t}" if group else t for t in self._cfg.topics]
