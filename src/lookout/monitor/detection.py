@@ -341,7 +341,14 @@ class DetectionService:
         reference = np.concatenate(track.pending)[: self._auto_size]
         ref_texts = track.pending_texts[: self._auto_size]
         started = self._clock.monotonic()
-        fitted = fit_reference(reference, self._params)
+        try:
+            fitted = fit_reference(reference, self._params)
+        except (DetectorError, ValueError, FloatingPointError) as exc:
+            # Start over with fresh texts rather than retry the same ones on every batch.
+            track.pending, track.pending_texts = [], []
+            self._m_errors.labels("reference").inc()
+            log.error("reference_build_failed", app=track.app, field=track.field, error=str(exc))
+            return
         log.info("reference_built", app=track.app, field=track.field, size=len(reference),
                  seconds=round(self._clock.monotonic() - started, 2))  # fmt: skip
         ref_id = None
