@@ -57,7 +57,8 @@ class Reference:
 
 def _pack(states: States) -> bytes:
     buffer = io.BytesIO()
-    np.savez(buffer, **states)
+    savez: Any = np.savez  # numpy 1 and 2 type **kwds differently
+    savez(buffer, **states)
     return buffer.getvalue()
 
 
