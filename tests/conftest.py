@@ -19,6 +19,15 @@ import pytest
 from lookout.monitor.config import Settings
 from lookout.monitor.daemon import Daemon
 
+# Real data for the detector tests: ../shared/data beside the repository (CI lays a copy of
+# shared/ there), or wherever LOOKOUT_CLINC150 points.
+CLINC150 = Path(
+    os.environ.get(
+        "LOOKOUT_CLINC150",
+        Path(__file__).resolve().parents[2] / "shared" / "data" / "clinc150" / "clinc150.jsonl",
+    )
+)
+
 SYSTEM_BROKER = ("127.0.0.1", 1883)
 
 

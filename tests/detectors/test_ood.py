@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,14 +11,13 @@ from numpy.typing import NDArray
 from lookout.detectors.embedders import HashingEmbedder, StaticEmbedder
 from lookout.detectors.errors import NotFitted
 from lookout.detectors.ood import KnnOod
-
-CLINC = Path(__file__).resolve().parents[3] / "shared" / "data" / "clinc150" / "clinc150.jsonl"
+from tests.conftest import CLINC150
 
 
 @pytest.fixture(scope="module")
 def clinc() -> dict[str, list[str]]:
     rng = np.random.default_rng(0)
-    rows = [json.loads(line) for line in CLINC.open(encoding="utf-8")]
+    rows = [json.loads(line) for line in CLINC150.open(encoding="utf-8")]
     pick = {
         "reference": [r["text"] for r in rows if r["split"] == "train" and not r["is_oos"]],
         "in_scope": [r["text"] for r in rows if r["split"] == "test" and not r["is_oos"]],

@@ -20,9 +20,8 @@ from lookout.monitor.daemon import Daemon
 from lookout.monitor.detection import DetectionService
 from lookout.monitor.records import Record
 from tests.alerts.test_engine import post
-from tests.conftest import Receiver, eventually, running, sample_value
+from tests.conftest import CLINC150, Receiver, eventually, running, sample_value
 
-CLINC = Path(__file__).resolve().parents[3] / "shared" / "data" / "clinc150" / "clinc150.jsonl"
 DETECTORS = {
     "fields": ["prompt"],
     "reference": {"auto_size": 200},
@@ -32,7 +31,7 @@ DETECTORS = {
 
 
 def prompts(domains: set[str], n: int, seed: int = 0) -> list[str]:
-    rows = [json.loads(line) for line in CLINC.open(encoding="utf-8")]
+    rows = [json.loads(line) for line in CLINC150.open(encoding="utf-8")]
     texts = [r["text"] for r in rows if r["domain"] in domains and not r["is_oos"]]
     rng = np.random.default_rng(seed)
     return [texts[i] for i in rng.permutation(len(texts))[:n]]
