@@ -260,27 +260,32 @@ class DetectionService:
             track.use(fitted, ref_id, texts)
 
     def _embed(self, texts: list[str]) -> NDArray[np.float32]:
+        """Embeddings of `texts`, each distinct text embedded once; an LRU cache by hash."""
         keys = [hashlib.blake2b(t.encode(), digest_size=16).digest() for t in texts]
-        missing = sorted({i for i, k in enumerate(keys) if k not in self._cache},
-                         key=lambda i: i)  # fmt: skip
-        unique: dict[bytes, int] = {}
-        for i in missing:
-            unique.setdefault(keys[i], i)
-        if unique:
+        rows: dict[bytes, NDArray[np.float32]] = {}
+        todo: dict[bytes, str] = {}
+        for key, text in zip(keys, texts, strict=True):
+            cached = self._cache.get(key)
+            if cached is not None:
+                self._cache.move_to_end(key)
+                rows[key] = cached
+            else:
+                todo.setdefault(key, text)
+        if todo:
             started = self._clock.monotonic()
             try:
-                fresh = self._embedder.embed([texts[i] for i in unique.values()])
+                fresh = self._embedder.embed(list(todo.values()))
             except Exception:
                 self._m_errors.labels("embed").inc()
                 raise
             self._m_seconds.inc(max(self._clock.monotonic() - started, 0.0))
-            self._m_texts.inc(len(unique))
-            for key, row in zip(unique, fresh, strict=True):
-                self._cache[key] = row
+            self._m_texts.inc(len(todo))
+            for key, row in zip(todo, fresh, strict=True):
+                rows[key] = self._cache[key] = row
                 if len(self._cache) > self._cache_size:
                     self._cache.popitem(last=False)
-        self._m_cache.inc(len(texts) - len(unique))
-        return np.stack([self._cache[k] for k in keys])
+        self._m_cache.inc(len(texts) - len(todo))
+        return np.stack([rows[k] for k in keys])
 
     def _process(self, batch: list[_Item]) -> None:
         embeddings = self._embed([item.text for item in batch])
