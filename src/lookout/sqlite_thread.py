@@ -8,7 +8,8 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Literal, TypeVar
+from types import TracebackType
+from typing import Literal, Self, TypeVar
 
 T = TypeVar("T")
 
@@ -64,3 +65,21 @@ class SqliteThread:
         if self._db is None:
             raise sqlite3.ProgrammingError(f"{self.path} is not open")
         return self._db
+
+
+class SqliteBacked:
+    """An async context manager around the `SqliteThread` a subclass keeps in `_sql`."""
+
+    _sql: SqliteThread
+
+    async def __aenter__(self) -> Self:
+        await self._sql.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._sql.close()

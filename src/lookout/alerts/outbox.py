@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 from lookout.alerts.state import Alert, AlertState
 from lookout.durations import parse_duration_s
-from lookout.sqlite_thread import SqliteThread
+from lookout.sqlite_thread import SqliteBacked, SqliteThread
 
 if TYPE_CHECKING:
-    from types import TracebackType
+    pass
 
 
 _SCHEMA = """
@@ -115,7 +115,7 @@ def silence_from_request(body: object, now: float) -> Silence:
     return Silence(uuid.uuid4().hex[:12], rule, matchers, now, ends_at, comment)
 
 
-class SqliteOutbox:
+class SqliteOutbox(SqliteBacked):
     def __init__(self, path: Path) -> None:
         # synchronous=FULL: an enqueue that returned survives a crash or a power cut.
         self._sql = SqliteThread(
@@ -124,18 +124,6 @@ class SqliteOutbox:
         )  # fmt: skip
         self._run = self._sql.run
         self._conn = self._sql.conn
-
-    async def __aenter__(self) -> SqliteOutbox:
-        await self._sql.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self._sql.close()
 
     async def enqueue(
         self,

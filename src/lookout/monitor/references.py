@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from lookout.sqlite_thread import SqliteThread
+from lookout.sqlite_thread import SqliteBacked, SqliteThread
 
 if TYPE_CHECKING:
-    from types import TracebackType
+    pass
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS detector_refs (
@@ -80,21 +80,9 @@ def _info(row: Any) -> ReferenceInfo:
     )  # fmt: skip
 
 
-class ReferenceBook:
+class ReferenceBook(SqliteBacked):
     def __init__(self, path: Path) -> None:
         self._sql = SqliteThread(path, schema=_SCHEMA, synchronous="NORMAL", name="lookout-refs")
-
-    async def __aenter__(self) -> ReferenceBook:
-        await self._sql.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self._sql.close()
 
     async def save(
         self, *, app: str, field: str, source: str, embedder: str, size: int, states: States,
