@@ -294,7 +294,7 @@ class AlertEngine:
 
     async def _housekeeping(self, now: float) -> None:
         if now >= self._next_expiry_at:  # a write: once a minute is enough for an hours' limit
-            self._next_expiry_at = now + min(60.0, *self._max_age_s.values(), 60.0)
+            self._next_expiry_at = now + min([60.0, *self._max_age_s.values()])
             for channel, max_age_s in self._max_age_s.items():
                 expired = await self._outbox.expire(channel, older_than=now - max_age_s, now=now)
                 if expired:
