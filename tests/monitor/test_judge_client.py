@@ -1,0 +1,135 @@
+"""The judge's model call against a real local server speaking the OpenAI chat-completions API:
+tool-call replies, plain Y/N replies, a timeout, a 429, and redaction of what it is sent."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from lookout.detectors.judge import criteria_from
+from lookout.monitor.judge_client import JudgeClient, JudgeError, chat_model
+from lookout.redaction import Redactor
+
+Answer = Callable[[dict[str, Any]], tuple[int, dict[str, Any], float]]
+
+
+class OpenAIServer:
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        self.answers: list[Answer] = []
+        self.url = ""
+
+    def respond(self, body: dict[str, Any]) -> tuple[int, dict[str, Any], float]:
+        return self.answers.pop(0)(body) if self.answers else (500, {}, 0.0)
+
+
+def completion(message: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": "c1", "object": "chat.completion", "created": 0, "model": "judge",
+        "choices": [{"index": 0, "message": {"role": "assistant", **message},
+                     "finish_reason": "tool_calls" if "tool_calls" in message else "stop"}],
+        "usage": {"prompt_tokens": 120, "completion_tokens": 30, "total_tokens": 150},
+    }  # fmt: skip
+
+
+def tool_reply(grades: list[dict[str, Any]]) -> Answer:
+    call = {
+        "id": "t1",
+        "type": "function",
+        "function": {"name": "JudgeReply", "arguments": json.dumps({"grades": grades})},
+    }
+    return lambda body: (200, completion({"content": None, "tool_calls": [call]}), 0.0)  # fmt: skip
+
+
+def text_reply(text: str, delay_s: float = 0.0) -> Answer:
+    return lambda body: (200, completion({"content": text}), delay_s)
+
+
+def error(status: int, message: str = "slow down") -> Answer:
+    return lambda body: (status, {"error": {"message": message, "type": "x", "code": None}}, 0.0)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[OpenAIServer]:
+    state = OpenAIServer()
+
+    async def handle(request: web.Request) -> web.Response:
+        body = await request.json()
+        state.bodies.append(body)
+        status, answer, delay_s = state.respond(body)
+        if delay_s:
+            await asyncio.sleep(delay_s)
+        headers = {"Retry-After": "0"} if status == 429 else {}
+        return web.json_response(answer, status=status, headers=headers)
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    state.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/v1"  # type: ignore[union-attr]
+    yield state
+    await runner.cleanup()
+
+
+def client(server: OpenAIServer, timeout_s: float = 5.0) -> JudgeClient:
+    model = chat_model("openai:judge", base_url=server.url, api_key="sk-test", timeout_s=timeout_s)
+    return JudgeClient(model, Redactor(), timeout_s=timeout_s, retry_base_s=0.01)
+
+
+PROMPT = "I'm jane@example.com, card 4111 1111 1111 1111: why was I charged twice?"
+RESPONSE = "Sorry Jane, I refunded it. Call +1 415 555 0134 if not."
+
+
+async def test_tool_call_replies_become_verdicts_and_nothing_personal_is_sent(
+    server: OpenAIServer,
+) -> None:
+    server.answers = [tool_reply([
+        {"criterion": "helpfulness", "reasoning": "answers it", "answer": True, "score": 0.9},
+        {"criterion": "harmfulness", "reasoning": "benign", "answer": False, "score": 0.05},
+    ])]  # fmt: skip
+    graded = await client(server).grade(PROMPT, RESPONSE, criteria_from(
+        ["helpfulness", "harmfulness"], {}))  # fmt: skip
+    assert graded.mode == "structured" and [v.passed for v in graded.verdicts] == [True, True]
+    assert graded.verdicts[1].score == 0.95 and (graded.input_tokens, graded.output_tokens) == (
+        120, 30)  # fmt: skip
+    [body] = server.bodies
+    assert body["temperature"] == 0 and body["tools"][0]["function"]["name"] == "JudgeReply"
+    sent = json.dumps(body)
+    for secret in ("jane@example.com", "4111", "555 0134"):
+        assert secret not in sent
+    assert "[EMAIL]" in sent and "[CARD]" in sent and "[PHONE]" in sent and graded.redactions == 3
+
+
+async def test_a_model_without_tool_calls_is_read_in_the_y_n_format(server: OpenAIServer) -> None:
+    server.answers = [
+        text_reply("I cannot call tools. It seems helpful."),  # no tool call: fall back
+        text_reply("It answers the question directly.\nY\nY"),
+        text_reply("The reply is polite and safe.\nN\nN"),
+    ]
+    judge = client(server)
+    graded = await judge.grade(PROMPT, RESPONSE, criteria_from(["helpfulness", "harmfulness"], {}))
+    assert graded.mode == "yes_no" and [v.passed for v in graded.verdicts] == [True, True]
+    assert "answers the question" in graded.verdicts[0].reasoning
+    assert "tools" not in server.bodies[1]
+    server.answers = [text_reply("Fine.\nY"), text_reply("Fine.\nN")]
+    again = await judge.grade(PROMPT, RESPONSE, criteria_from(["helpfulness", "harmfulness"], {}))
+    assert again.mode == "yes_no" and len(server.bodies) == 5  # straight to Y/N next time
+
+
+async def test_429_and_a_timeout_are_retried_a_final_error_is_not(server: OpenAIServer) -> None:
+    ok = tool_reply([{"criterion": "conciseness", "reasoning": "short", "answer": True,
+                      "score": 1.0}])  # fmt: skip
+    server.answers = [error(429), text_reply("late", delay_s=1.0), ok]
+    graded = await client(server, timeout_s=0.3).grade("q", "a", criteria_from(["conciseness"], {}))
+    assert graded.verdicts[0].passed and len(server.bodies) == 3
+    server.answers = [error(400, "bad request")]
+    with pytest.raises(JudgeError, match=r"judge model failed: \w*(BadRequest|InvalidRequest)"):
+        await client(server).grade("q", "a", criteria_from(["conciseness"], {}))
+    assert len(server.bodies) == 4  # not retried
