@@ -15,6 +15,7 @@ from aiohttp import web
 from lookout.errors import ConfigError
 from lookout.monitor.config import EmbedderConfig
 from lookout.monitor.embedding import build_embedder
+from tests.conftest import serving
 
 
 def vector(text: str, dim: int = 16) -> list[float]:
@@ -37,13 +38,8 @@ async def openai_server() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
 
     app = web.Application()
     app.router.add_post("/v1/embeddings", embeddings)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield f"http://127.0.0.1:{port}/v1", seen
-    await runner.cleanup()
+    async with serving(app) as url:
+        yield f"{url}/v1", seen
 
 
 async def test_langchain_embeddings_from_an_openai_compatible_endpoint(

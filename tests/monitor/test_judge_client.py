@@ -14,6 +14,7 @@ from aiohttp import web
 from lookout.detectors.judge import criteria_from
 from lookout.monitor.judge_client import JudgeClient, JudgeError, chat_model
 from lookout.redaction import Redactor
+from tests.conftest import serving
 
 Answer = Callable[[dict[str, Any]], tuple[int, dict[str, Any], float]]
 
@@ -69,13 +70,9 @@ async def server() -> AsyncIterator[OpenAIServer]:
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    state.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/v1"  # type: ignore[union-attr]
-    yield state
-    await runner.cleanup()
+    async with serving(app) as url:
+        state.url = f"{url}/v1"
+        yield state
 
 
 def client(server: OpenAIServer, timeout_s: float = 5.0) -> JudgeClient:
