@@ -120,7 +120,8 @@ class SlowEmbedder:
 
 async def test_a_slow_embedder_never_blocks_ingest() -> None:
     slow = SlowEmbedder()
-    cfg = DetectorsConfig.model_validate({**DETECTORS, "queue_size": 100})
+    # No CPU budget here: this is about the queue and the load controller.
+    cfg = DetectorsConfig.model_validate({**DETECTORS, "queue_size": 100, "max_texts_per_s": 1e9})
     registry = CollectorRegistry()
     service = DetectionService(
         cfg,
@@ -257,3 +258,18 @@ async def test_ood_scores_are_kept_with_records_and_flagged_ones_always_kept(
     assert all(set(a) == {"id", "app", "model", "field", "ood_score", "flagged", "ts"}
                for a in announced)  # fmt: skip
     assert {str(a["id"]) for a in announced} <= {str(r["id"]) for r in kept_travel + kept_banking}
+
+
+async def test_embedding_stays_within_its_cpu_budget_whatever_the_traffic() -> None:
+    cfg = DetectorsConfig.model_validate({**DETECTORS, "max_texts_per_s": 100})
+    registry = CollectorRegistry()
+    service = DetectionService(cfg, embedder=SlowEmbedder(), book=None, clock=SystemClock(),
+                               registry=registry, adapt_interval_s=1.0)  # fmt: skip
+    for i in range(1000):
+        service.offer(Record(id=None, ts=0.0, app="bot", model="m", status="ok",
+                             received_at=0.0, prompt=f"prompt {i}"), 0.0)  # fmt: skip
+    service.offer(Record(id=None, ts=0.0, app="bot", model="m", status="error",
+                         received_at=0.0, prompt="an error is always looked at"), 0.0)  # fmt: skip
+    queued = [item.text for item in service._queue]
+    assert len(queued) == 101 and queued[-1] == "an error is always looked at"
+    assert (registry.get_sample_value("lookout_detector_dropped_total") or 0.0) == 0.0

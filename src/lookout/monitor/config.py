@@ -203,6 +203,9 @@ class DetectorsConfig(_Section):
     drift: DriftConfig = DriftConfig()
     ood: OodConfig = OodConfig()
     queue_size: int = Field(default=10_000, ge=100)
+    # A CPU budget: at most this many texts embedded a second, whatever the traffic (~1/8 of
+    # a core with the static embedder); sample_rate applies within it.
+    max_texts_per_s: float = Field(default=1000.0, gt=0)
 
     @model_validator(mode="after")
     def _enough_reference(self) -> DetectorsConfig:

@@ -93,12 +93,14 @@ class DetectionService:
         self._max_tracks = max_tracks
         self._tracks: dict[tuple[str, str], Track] = {}
         self._cache: OrderedDict[bytes, NDArray[np.float32]] = OrderedDict()
-        self._cache_size = 20_000
+        self._cache_size = 4096  # ~4 MB of rows at 256-d
         self._load_factor = 1.0
         self._adapt_interval_s = adapt_interval_s
         self._drain_timeout_s = drain_timeout_s
         self._dropped_since_adapt = 0
         self._inflight = 0
+        self._offered = self._accepted = 0
+        self._budget = cfg.max_texts_per_s * adapt_interval_s
         self._random = random.random
         self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lookout-detect")
@@ -129,10 +131,14 @@ class DetectionService:
     def offer(
         self, record: Record, now: float, stored_id: str | None = None, cost: float = 0.0
     ) -> None:
-        """Maybe queue the record's texts for embedding: errors always, others by the rate."""
-        rate = self._cfg.sample_rate * self._load_factor
-        if record.status != "error" and (rate <= 0.0 or self._random() >= rate):
-            return
+        """Maybe queue the record's texts for embedding: errors always, others by the rate and
+        within the CPU budget (`max_texts_per_s`), whatever the ingest rate."""
+        self._offered += 1
+        if record.status != "error":
+            rate = self._cfg.sample_rate * self._load_factor
+            if self._budget <= 0 or rate <= 0.0 or self._random() >= rate:
+                return
+        self._accepted += 1
         for field in self._fields:
             text = record.prompt if field == "prompt" else record.response
             if not text:
@@ -144,6 +150,7 @@ class DetectionService:
             self._queue.append(
                 _Item(record.app, field, text[:_MAX_TEXT_CHARS], now, record, stored_id, cost)
             )
+            self._budget -= 1
             self.idle.clear()
         self._wake.set()
 
@@ -206,7 +213,12 @@ class DetectionService:
             elif depth < self._queue_size // 10:
                 self._load_factor = min(self._load_factor * 1.25, 1.0)
             self._dropped_since_adapt = 0
-            self._m_rate.set(self._cfg.sample_rate * self._load_factor)
+            # What was really sampled: the rate, or less where the budget ran out.
+            planned = self._cfg.sample_rate * self._load_factor
+            effective = self._accepted / self._offered if self._offered else planned
+            self._m_rate.set(min(planned, effective) if self._offered else planned)
+            self._offered = self._accepted = 0
+            self._budget = self._cfg.max_texts_per_s * self._adapt_interval_s
             self._m_queue.set(depth)
 
     async def _poll_forever(self) -> None:
