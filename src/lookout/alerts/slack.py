@@ -193,9 +193,23 @@ class SlackNotifier:
         self._sleep = sleep
         self._last_post_at: float | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._webhook: AsyncWebhookClient | None = None
+        self._web: AsyncWebClient | None = None
 
     async def __aenter__(self) -> SlackNotifier:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._timeout_s))
+        timeout = int(self._timeout_s) or 1
+        # Built once over the one session; their own retries off: the outbox retries.
+        if self._webhook_url:
+            self._webhook = AsyncWebhookClient(
+                self._webhook_url, timeout=timeout, session=self._session, logger=_sdk_log,
+                retry_handlers=[],
+            )  # fmt: skip
+        else:
+            self._web = AsyncWebClient(
+                token=self._token, base_url=self._api_url, timeout=timeout,
+                session=self._session, logger=_sdk_log, retry_handlers=[],
+            )  # fmt: skip
         return self
 
     async def __aexit__(
@@ -227,11 +241,9 @@ class SlackNotifier:
             return Outcome(False, retry=True, detail=type(exc).__name__)
 
     async def _send_webhook(self, message: dict[str, Any], now: float) -> Outcome:
-        client = AsyncWebhookClient(
-            self._webhook_url or "", timeout=int(self._timeout_s) or 1, session=self._session,
-            logger=_sdk_log, retry_handlers=[],
-        )  # fmt: skip
-        response = await client.send(text=message["text"], attachments=message["attachments"])
+        assert self._webhook is not None, "use the notifier as an async context manager"
+        text, attachments = message["text"], message["attachments"]
+        response = await self._webhook.send(text=text, attachments=attachments)
         code = response.status_code
         if code == 200:
             return Outcome(True, detail="HTTP 200 ok")
@@ -252,12 +264,9 @@ class SlackNotifier:
             parents = {known.get(k) for k in keys}
             if len(parents) == 1:  # every alert announced in one message: answer in its thread
                 thread_ts = parents.pop()
-        client = AsyncWebClient(
-            token=self._token, base_url=self._api_url, timeout=int(self._timeout_s) or 1,
-            session=self._session, logger=_sdk_log, retry_handlers=[],
-        )  # fmt: skip
+        assert self._web is not None, "use the notifier as an async context manager"
         try:
-            response = await client.chat_postMessage(
+            response = await self._web.chat_postMessage(
                 channel=self._channel or "", text=message["text"],
                 attachments=message["attachments"], thread_ts=thread_ts, unfurl_links=False,
             )  # fmt: skip
