@@ -130,3 +130,24 @@ async def test_429_and_a_timeout_are_retried_a_final_error_is_not(server: OpenAI
     with pytest.raises(JudgeError, match=r"judge model failed: \w*(BadRequest|InvalidRequest)"):
         await client(server).grade("q", "a", criteria_from(["conciseness"], {}))
     assert len(server.bodies) == 4  # not retried
+
+
+async def test_every_kind_of_pii_is_gone_from_what_the_server_received(
+    server: OpenAIServer,
+) -> None:
+    from tests.test_redaction import CASES, LEAKS, SECRETS
+
+    server.answers = [text_reply("no tools"), text_reply("Fine.\nY")]
+    model = chat_model("openai:judge", base_url=server.url, api_key="sk-test", timeout_s=5)
+    judge = JudgeClient(model, Redactor({"employee_id": r"\bEMP-\d{6}\b"}), retry_base_s=0.01)
+    prompt = " ".join([*CASES.values(), "badge EMP-004211"])
+    response = " ".join(SECRETS)
+    graded = await judge.grade(prompt, response, criteria_from(["helpfulness"], {}),
+                               reference="mail jane.doe+llm@example.co.uk")  # fmt: skip
+    assert graded.redactions >= 14
+    sent = json.dumps(server.bodies)
+    for leak in [*LEAKS, "EMP-004211", "eyJhbGci", "xoxb-1234", "ghp_0123", "AKIAIOSF",
+                 "9f8e7d6c5b4a", "abc.def-ghi"]:  # fmt: skip
+        assert leak not in sent, leak
+    for kind in ("EMAIL", "PHONE", "CARD", "IBAN", "IP", "SECRET", "EMPLOYEE_ID"):
+        assert f"[{kind}]" in sent, kind

@@ -37,8 +37,8 @@ if TYPE_CHECKING:
 
     from lookout.clock import Clock
     from lookout.monitor.config import RuleConfig
-    from lookout.monitor.detector_state import DetectorSeries
     from lookout.monitor.windows import WindowedMetrics
+    from lookout.series import SeriesPoint
 
 log = structlog.get_logger(__name__)
 _MAX_AGE_S = 24 * 3600.0  # a channel without its own max_age
@@ -73,7 +73,7 @@ class AlertEngine:
         external_url: str = "",
         max_age_s: Mapping[str, float] | None = None,
         drain_timeout_s: float = 1.5,
-        detector_series: Callable[[float, float], list[DetectorSeries]] | None = None,
+        extra_series: Callable[[float, float], list[SeriesPoint]] | None = None,
     ) -> None:
         self._rules = rules
         # Built once: the pure rule and timing each rule config stands for.
@@ -91,7 +91,7 @@ class AlertEngine:
         self._eval_interval_s = eval_interval_s
         self._external_url = external_url.rstrip("/")
         self._drain_timeout_s = drain_timeout_s
-        self._detector_series = detector_series
+        self._extra_series = extra_series
         self._max_age_s = {name: (max_age_s or {}).get(name, _MAX_AGE_S) for name in notifiers}
         self._started_at = clock.now()
         self._alerts: dict[tuple[str, tuple[tuple[str, str], ...]], Alert] = {}
@@ -192,7 +192,7 @@ class AlertEngine:
         silences = await self._outbox.silences(active_at=now)
         for rule, (spec, timing) in zip(self._rules, self._specs, strict=True):
             stats = self._windows.query(rule.window, now)
-            extra = self._detector_series(rule.window, now) if self._detector_series else []
+            extra = self._extra_series(rule.window, now) if self._extra_series else []
             observations = {o.labels: o for o in observe(spec, stats, extra)}
             # Alerts whose scope has gone quiet get a no-data observation.
             for (name, labels), _alert in list(self._alerts.items()):

@@ -13,14 +13,15 @@ from typing import TYPE_CHECKING
 from lookout.monitor.windows import ALL, SERIES_NAMES, WindowStats
 
 if TYPE_CHECKING:
-    from lookout.monitor.detector_state import DetectorSeries
+    from lookout.series import SeriesPoint
 
-# The series detectors and the judge add (issues 4 and 5) may be named before they exist.
+# The series the detectors and the judge add, beside the ingest windows' own.
 RULE_SERIES: frozenset[str] = frozenset(SERIES_NAMES) | {
     "drift_score",
     "ood_rate",
     "judge_pass_rate",
     "judge_score",
+    "judge_agreement",
 }
 RULE_LABELS: frozenset[str] = frozenset({"app", "model", "field", "criterion"})
 OPS: Mapping[str, Callable[[float, float], bool]] = {
@@ -51,7 +52,7 @@ class Observation:
 
 
 def observe(
-    rule: Rule, stats: Iterable[WindowStats], detectors: Iterable[DetectorSeries] = ()
+    rule: Rule, stats: Iterable[WindowStats], extra: Iterable[SeriesPoint] = ()
 ) -> list[Observation]:
     """The rule over one window's series.
 
@@ -61,7 +62,7 @@ def observe(
     """
     compare = OPS[rule.op]
     if rule.metric not in SERIES_NAMES:
-        return _observe_detectors(rule, detectors)
+        return _observe_extra(rule, extra)
     app = rule.where.get("app")
     model = rule.where.get("model", ALL)
     observations = []
@@ -82,19 +83,19 @@ def observe(
     return observations
 
 
-def _observe_detectors(rule: Rule, series: Iterable[DetectorSeries]) -> list[Observation]:
-    """drift_score and ood_rate: per (app, field), filtered by `where`."""
+def _observe_extra(rule: Rule, points: Iterable[SeriesPoint]) -> list[Observation]:
+    """Detector and judge series, filtered by `where` on the labels each series has (drift
+    has `field`, judge_score has `criterion`; a `model` filter does not apply to them)."""
     compare = OPS[rule.op]
-    app, field = rule.where.get("app"), rule.where.get("field")
     observations = []
-    for s in series:
-        if s.metric != rule.metric or (app is not None and s.app != app):
+    for p in points:
+        if p.metric != rule.metric:
             continue
-        if field is not None and s.field != field:
+        labels = dict(p.labels)
+        if any(k in labels and labels[k] != v for k, v in rule.where.items()):
             continue
-        labels = (("app", s.app), ("field", s.field))
-        if s.value is None or s.count < rule.min_samples:
-            observations.append(Observation(labels, None, s.value))
+        if p.value is None or p.count < rule.min_samples:
+            observations.append(Observation(p.labels, None, p.value))
         else:
-            observations.append(Observation(labels, compare(s.value, rule.threshold), s.value))
+            observations.append(Observation(p.labels, compare(p.value, rule.threshold), p.value))
     return observations

@@ -45,6 +45,7 @@ class ApiDeps:
     alerts: Callable[[], list[dict[str, Any]]]
     outbox: Callable[[], SqliteOutbox | None]
     max_payload_bytes: int
+    verdicts: Callable[[str], Awaitable[list[dict[str, Any]]]] | None = None
 
 
 class ApiServer:
@@ -180,6 +181,8 @@ class ApiServer:
         for key in ("metadata", "flags"):
             if record.get(key):
                 record[key] = json.loads(record[key])
+        verdicts = self._deps.verdicts
+        record["verdicts"] = await verdicts(record["id"]) if verdicts is not None else []
         return web.json_response(record)
 
     async def _rejected(self, request: web.Request) -> web.Response:

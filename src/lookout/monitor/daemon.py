@@ -16,6 +16,7 @@ from lookout.alerts.engine import AlertEngine, ChannelNotifier
 from lookout.alerts.notifiers import build_notifier
 from lookout.alerts.outbox import SqliteOutbox
 from lookout.clock import Clock, SystemClock
+from lookout.detectors.judge import criteria_from
 from lookout.errors import ConfigError
 from lookout.monitor.api import ApiDeps, ApiServer
 from lookout.monitor.broker import EmbeddedBroker
@@ -24,6 +25,10 @@ from lookout.monitor.detection import DetectionService
 from lookout.monitor.detector_state import DetectorCollector
 from lookout.monitor.embedding import build_embedder
 from lookout.monitor.ingest import IngestQueue
+from lookout.monitor.judge_anchors import load_anchors
+from lookout.monitor.judge_book import JudgeBook
+from lookout.monitor.judge_client import JudgeClient, chat_model
+from lookout.monitor.judging import JudgeService
 from lookout.monitor.mqtt_source import MqttSource
 from lookout.monitor.pipeline import Pipeline
 from lookout.monitor.prices import Price, PriceTable
@@ -33,6 +38,8 @@ from lookout.monitor.references import ReferenceBook
 from lookout.monitor.store import RollupPoint, Store, open_store, sqlite_path
 from lookout.monitor.systemd import Notifier
 from lookout.monitor.windows import WindowedMetrics, WindowStats
+from lookout.redaction import Redactor
+from lookout.series import SeriesPoint
 
 log = structlog.get_logger(__name__)
 ROLLUP_S = 60
@@ -58,16 +65,19 @@ def build_windows(
 def build_pipeline(
     settings: Settings, windows: WindowedMetrics, prom: IngestMetrics, store: Store
 ) -> Pipeline:
-    prices = PriceTable({name: Price(p.input, p.output) for name, p in settings.prices.items()})
     return Pipeline(
         windows,
-        prices,
+        price_table(settings),
         prom,
         store,
         decode_limits(settings),
         sample_rate=settings.store.record_sample_rate,
         dedupe_ids=settings.metrics.dedupe_ids,
     )
+
+
+def price_table(settings: Settings) -> PriceTable:
+    return PriceTable({name: Price(p.input, p.output) for name, p in settings.prices.items()})
 
 
 def decode_limits(settings: Settings) -> DecodeLimits:
@@ -106,7 +116,9 @@ class Daemon:
         registry: CollectorRegistry | None = None,
         notifier: Notifier | None = None,
         drain_timeout_s: float = 3.0,
+        judge_model: Any = None,
     ) -> None:
+        """`judge_model`: a LangChain chat model to use instead of `judge.model` (tests)."""
         self.settings = settings
         self.clock = clock or SystemClock()
         self.registry = registry or CollectorRegistry(auto_describe=True)
@@ -121,6 +133,9 @@ class Daemon:
         self.alerts: AlertEngine | None = None
         self.detection: DetectionService | None = None
         self.outbox: SqliteOutbox | None = None
+        self.judge: JudgeService | None = None
+        self.judge_book: JudgeBook | None = None
+        self._judge_model = judge_model
         self.ready = asyncio.Event()
         self._drain_timeout_s = drain_timeout_s
         self._last_rollup_minute = int(self.clock.now() // ROLLUP_S) * ROLLUP_S
@@ -146,7 +161,36 @@ class Daemon:
                 if self.detection is not None
                 else []
             ),
+            "judge": None if self.judge is None else self.judge.status(),
         }
+
+    def extra_series(self, window_s: float, now: float) -> list[SeriesPoint]:
+        """The detectors' and the judge's series, for rules."""
+        points: list[SeriesPoint] = []
+        if self.detection is not None:
+            points += [s.point() for s in self.detection.series(window_s, now)]
+        if self.judge is not None:
+            points += self.judge.series(window_s, now)
+        return points
+
+    def judge_series_json(self) -> list[dict[str, Any]]:
+        if self.judge is None:
+            return []
+        window_s, now = self.settings.metrics.default_window, self.clock.now()
+        return [
+            {"metric": p.metric, **dict(p.labels), "value": p.value, "count": p.count}
+            for p in self.judge.series(window_s, now)
+        ]
+
+    async def verdicts(self, record_id: str) -> list[dict[str, Any]]:
+        if self.judge_book is None:
+            return []
+        return [
+            {"criterion": v.criterion, "passed": v.passed, "score": v.score,
+             "reasoning": v.reasoning, "judged_at": v.judged_at, "judge_model": v.judge_model,
+             "run_id": v.run_id}
+            for v in await self.judge_book.verdicts_for(record_id)
+        ]  # fmt: skip
 
     def alerts_json(self) -> list[dict[str, Any]]:
         """Firing, pending and resolved alerts (resolved ones until their rule fires again)."""
@@ -209,7 +253,7 @@ class Daemon:
             registry=self.registry, eval_interval_s=s.eval_interval,
             external_url=s.api.external_url or "",
             max_age_s={name: c.max_age for name, c in s.channels.items()},
-            detector_series=self.detection.series if self.detection is not None else None,
+            extra_series=self.extra_series,
         )  # fmt: skip
 
     async def _detection_service(self, stack: contextlib.AsyncExitStack) -> DetectionService:
@@ -228,6 +272,31 @@ class Daemon:
         self.registry.register(DetectorCollector(service, s.metrics.default_window, self.clock))
         return service
 
+    async def _judge_service(self, stack: contextlib.AsyncExitStack) -> JudgeService:
+        s = self.settings
+        if not s.store.url.startswith("sqlite:///"):
+            raise ConfigError("the judge needs the SQLite store in this release")
+        j = s.judge
+        model = self._judge_model
+        if model is None:
+            assert j.model is not None  # the config requires it when enabled
+            api_key = j.api_key.get_secret_value() if j.api_key else None
+            model = await asyncio.to_thread(
+                chat_model, j.model, base_url=j.base_url, api_key=api_key, timeout_s=j.timeout_s
+            )
+        criteria = {c.name for c in criteria_from(j.criteria, j.custom_criteria)}
+        anchors = load_anchors(j.anchors, criteria) if j.anchors else []
+        self.judge_book = await stack.enter_async_context(JudgeBook(sqlite_path(s.store.url)))
+        client = JudgeClient(
+            model, Redactor(s.redaction.patterns), max_concurrency=j.max_concurrency,
+            timeout_s=j.timeout_s, attempts=j.attempts, max_chars=j.max_chars,
+        )  # fmt: skip
+        return JudgeService(
+            j, book=self.judge_book, client=client, clock=self.clock, registry=self.registry,
+            prices=price_table(s), anchors=anchors, retention_s=s.store.retention,
+            poll_interval_s=s.eval_interval,
+        )  # fmt: skip
+
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then drain the queue and flush the store."""
         s = self.settings
@@ -240,6 +309,7 @@ class Daemon:
             status=self.status,
             alerts=self.alerts_json,
             outbox=lambda: self.outbox,
+            verdicts=self.verdicts,
             max_payload_bytes=s.bus.max_payload_bytes * 2,
         )
         async with contextlib.AsyncExitStack() as stack:
@@ -252,6 +322,8 @@ class Daemon:
                     await self._detection_service(stack)
                 )
                 self.pipeline.detector = self.detection.offer
+            if s.judge.enabled:
+                self.judge = await stack.enter_async_context(await self._judge_service(stack))
             if s.rules:
                 self.alerts = await stack.enter_async_context(await self._alert_engine(stack))
             async with asyncio.TaskGroup() as tg:

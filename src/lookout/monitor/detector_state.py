@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lookout.series import SeriesPoint
+
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
@@ -29,6 +31,10 @@ class DetectorSeries:
     metric: str
     value: float | None
     count: int
+
+    def point(self) -> SeriesPoint:
+        return SeriesPoint(self.metric, (("app", self.app), ("field", self.field)), self.value,
+                           self.count)  # fmt: skip
 
 
 class Track:

@@ -112,6 +112,11 @@ class JudgeClient:
         self._structured: Any = None
         self._tools_unsupported = False
 
+    @property
+    def per_criterion_calls(self) -> bool:
+        """Whether a record costs one call per criterion (a model without tool calling)."""
+        return self._tools_unsupported
+
     def _clean(self, text: str | None) -> tuple[str, int]:
         redacted = self._redactor.redact((text or "")[: self._max_chars])
         return redacted.text, redacted.total

@@ -1,0 +1,100 @@
+"""The judge in the running daemon, end to end: records in over the API, `lookout judge run-now`
+from the command line, a real local OpenAI-compatible server as the judge, verdicts on the
+record, and a judge_pass_rate rule firing through the alerting pipeline when verdicts turn bad."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from typer.testing import CliRunner
+
+from lookout.monitor.cli import app
+from lookout.monitor.config import load_settings
+from lookout.monitor.daemon import Daemon
+from lookout.monitor.judge_book import JudgeBook
+from lookout.monitor.store import sqlite_path
+from tests.alerts.test_engine import post
+from tests.conftest import Receiver, running, sample_value
+from tests.monitor.test_judge_client import OpenAIServer, server, tool_reply
+
+__all__ = ["server"]
+
+
+def grades(helpful: bool) -> Any:
+    return tool_reply([{"criterion": "helpfulness", "reasoning": "judged", "answer": helpful,
+                        "score": 0.9 if helpful else 0.1}])  # fmt: skip
+
+
+def config(tmp_path: Path, server: OpenAIServer, receiver: Receiver) -> Path:
+    body = {
+        "bus": {"topics": [f"llm/records/{uuid.uuid4().hex[:10]}/#"],
+                "client_id": f"lookout-test-{uuid.uuid4().hex[:8]}"},
+        "store": {"url": f"sqlite:///{tmp_path}/lookout.db", "record_sample_rate": 1.0},
+        "api": {"bind": "127.0.0.1:0"},
+        "eval_interval": "100ms",
+        "detectors": {"enabled": False},
+        "judge": {"enabled": True, "model": "openai:judge-mini", "base_url": server.url,
+                  "api_key": "${JUDGE_KEY}", "criteria": ["helpfulness"],
+                  "schedule": {"interval": "1h"}, "sample_size": 8},
+        "channels": {"hook": {"kind": "webhook", "url": receiver.url}},
+        "rules": [{"name": "judge-says-unhelpful", "metric": "judge_pass_rate",
+                   "where": {"app": "bot"}, "window": "5m", "op": "<", "threshold": 0.75,
+                   "channels": ["hook"], "summary": "pass rate {value:.0%} ({app})"}],
+    }  # fmt: skip
+    path = tmp_path / "lookout.yaml"
+    path.write_text(yaml.safe_dump(body))
+    return path
+
+
+async def run_now(path: Path) -> str:
+    """`lookout judge run-now --wait`, as a user types it, beside the running daemon."""
+    result = await asyncio.to_thread(
+        CliRunner().invoke, app, ["judge", "run-now", "--wait", "--timeout", "30", "-c", str(path)]
+    )
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+async def test_run_now_verdicts_and_a_pass_rate_rule_firing(
+    tmp_path: Path, server: OpenAIServer, receiver: Receiver, monkeypatch: Any
+) -> None:
+    monkeypatch.setenv("JUDGE_KEY", "sk-judge-secret")
+    path = config(tmp_path, server, receiver)
+    async with running(Daemon(load_settings(path)), wait_bus=False) as d:
+        await post(d, [{"id": f"good-{i}", "app": "bot", "prompt": "How do I reset my password?",
+                        "response": "Settings > Security > Reset."} for i in range(4)])  # fmt: skip
+        await d.store.flush()
+        server.answers = [grades(True)] * 4
+        output = await run_now(path)
+        assert "run-now" in output and "done" in output
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{d.api.port}") as http:  # type: ignore[union-attr]
+            stored = (await http.get("/api/v1/records/good-2")).json()
+            status = (await http.get("/api/v1/status")).json()
+        [verdict] = stored["verdicts"]
+        assert (verdict["criterion"], verdict["passed"], verdict["score"]) == ("helpfulness",
+                                                                             True, 0.9)  # fmt: skip
+        assert status["judge"]["last_run"]["judged"] == 4 and not receiver.requests
+        assert server.bodies[0]["model"] == "judge-mini"
+        assert sample_value(d, "lookout_judge_tokens_total", {"direction": "input"}) == 4 * 120
+
+        # The product gets worse: the next run's verdicts fail, the rule fires.
+        await post(d, [{"id": f"bad-{i}", "app": "bot", "prompt": "How do I reset my password?",
+                        "response": "No idea."} for i in range(8)])  # fmt: skip
+        await d.store.flush()
+        server.answers = [grades(False)] * 12
+        await run_now(path)
+        await asyncio.wait_for(receiver.received.wait(), 15)
+    sent = json.loads(receiver.requests[0][1])
+    [alert] = sent["alerts"]
+    assert alert["status"] == "firing" and alert["labels"]["alertname"] == "judge-says-unhelpful"
+    assert alert["annotations"]["summary"] == "pass rate 33% (bot)"  # 4 of 12 records pass
+    async with JudgeBook(sqlite_path(load_settings(path).store.url)) as book:
+        runs = await book.runs()
+    assert [(r.trigger, r.judged) for r in runs] == [("run-now", 8), ("run-now", 4)]
+    assert "sk-judge-secret" not in json.dumps(sent)

@@ -1,0 +1,291 @@
+"""The judge service over a real SQLite store: deterministic sampling, verdicts and series,
+runs that never overlap, the daily token cap, anchors that tell judge drift, a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain_core.language_models import BaseChatModel
+from langchain_core.language_models.fake_chat_models import FakeListChatModel
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from prometheus_client import CollectorRegistry
+
+from lookout.clock import FakeClock
+from lookout.errors import ConfigError
+from lookout.monitor.config import JudgeConfig, Settings, StoreConfig
+from lookout.monitor.judge_anchors import Anchor, load_anchors
+from lookout.monitor.judge_book import JudgeBook, RunTotals, SampleQuery, StoredVerdict
+from lookout.monitor.judge_client import JudgeClient, chat_model
+from lookout.monitor.judging import JudgeService
+from lookout.monitor.prices import Price, PriceTable
+from lookout.monitor.prom import IngestMetrics
+from lookout.monitor.records import Record
+from lookout.monitor.store.sqlite import SqliteStore
+from lookout.redaction import Redactor
+from tests.conftest import eventually
+from tests.monitor.test_judge_client import OpenAIServer, server, tool_reply
+
+__all__ = ["server"]  # the fixture, imported for this module's tests
+
+NOW = 1_800_000_000.0  # 2027-01-15 08:00 UTC
+
+
+def record(i: int, app: str = "bot", model: str = "m1", status: str = "ok", **kw: Any) -> Record:
+    return Record(id=f"{app}-{model}-{i}", ts=NOW - 60, app=app, model=model, status=status,
+                  received_at=NOW - 60, prompt=f"question {i}?",
+                  response=None if status == "error" else f"answer {i}.", **kw)  # fmt: skip
+
+
+async def store_records(path: Path, records: list[Record], flagged: tuple[str, ...] = ()) -> None:
+    cfg = StoreConfig(url=f"sqlite:///{path}")
+    async with SqliteStore(cfg, IngestMetrics(CollectorRegistry()), FakeClock(NOW)) as store:
+        for r in records:
+            store.put_record(r, 0.0)
+        await store.flush()
+        store.put_scores([(rid, 0.9, json.dumps({"ood": {"prompt": {"score": 0.9,
+                          "flagged": True}}})) for rid in flagged])  # fmt: skip
+        await store.flush()
+
+
+def yes_no(*answers: str) -> FakeListChatModel:
+    """A fake chat model without tool calling: it answers in LangChain's Y/N format."""
+    return FakeListChatModel(responses=[f"Reasoning for {a}.\n{a}" for a in answers])
+
+
+@contextlib.asynccontextmanager
+async def judging(
+    path: Path, model: Any, clock: FakeClock, *, registry: CollectorRegistry | None = None,
+    scheduled: bool = False, anchors: list[Anchor] | None = None, **cfg: Any,
+) -> AsyncIterator[JudgeService]:  # fmt: skip
+    config = JudgeConfig.model_validate({"enabled": True, "model": "openai:judge-mini", **cfg})
+    async with JudgeBook(path) as book:
+        client = JudgeClient(model, Redactor(), max_concurrency=config.max_concurrency,
+                             timeout_s=5.0, retry_base_s=0.01)  # fmt: skip
+        service = JudgeService(
+            config, book=book, client=client, clock=clock, registry=registry or CollectorRegistry(),
+            prices=PriceTable({"judge-mini": Price(1.0, 2.0)}), anchors=anchors,
+            poll_interval_s=0.05, schedule=scheduled,
+        )  # fmt: skip
+        async with service:
+            yield service
+
+
+async def test_sampling_is_deterministic_prefers_unjudged_and_filters(tmp_path: Path) -> None:
+    path = tmp_path / "lookout.db"
+    records = [record(i, app, model) for i in range(40)
+               for app, model in (("bot", "m1"), ("bot", "m2"), ("help", "m1"))]  # fmt: skip
+    records += [record(100 + i, "bot", "m1", "error") for i in range(5)]
+    await store_records(path, records, flagged=("bot-m1-7", "help-m1-33"))
+    async with JudgeBook(path) as book:
+        q = SampleQuery(since=NOW - 3600, per_app=5, seed="s1")
+        first = await book.candidates(q)
+        assert [c.id for c in first] == [c.id for c in await book.candidates(q)]
+        assert [c.app for c in first] == ["bot"] * 5 + ["help"] * 5
+        other_seed = await book.candidates(SampleQuery(since=NOW - 3600, per_app=5, seed="s2"))
+        assert {c.id for c in other_seed} != {c.id for c in first}
+        # Filters: app, model, status (error records have no response: never sampled).
+        only = await book.candidates(SampleQuery(since=NOW - 3600, per_app=50, seed="s1",
+                                                 apps=["bot"], models=["m2"]))  # fmt: skip
+        assert len(only) == 40 and {c.model for c in only} == {"m2"}
+        errors = await book.candidates(SampleQuery(since=NOW - 3600, per_app=50, seed="s1",
+                                                   statuses=["error"]))  # fmt: skip
+        assert errors == []
+        assert await book.candidates(SampleQuery(since=NOW, per_app=5, seed="s1")) == []
+        # Judged records go to the back of the line.
+        run_id = await book.start_run(NOW, "manual", None)
+        await book.record(run_id, [StoredVerdict(c.id, "helpfulness", c.app, c.model, run_id,
+                                                 NOW, True, 1.0, "", "j") for c in first],
+                          RunTotals())  # fmt: skip
+        second = await book.candidates(q)
+        assert not {c.id for c in second} & {c.id for c in first}
+        ood = await book.candidates(SampleQuery(since=NOW - 3600, per_app=1, seed="s1",
+                                                ood_first=True))  # fmt: skip
+        assert [(c.id, c.ood_flagged) for c in ood] == [("bot-m1-7", True), ("help-m1-33", True)]
+
+
+async def test_a_run_stores_verdicts_and_feeds_the_series(tmp_path: Path) -> None:
+    path = tmp_path / "lookout.db"
+    await store_records(path, [record(i, metadata='{"reference": "gold"}') for i in range(4)])
+    clock = FakeClock(NOW)
+    # helpfulness: Y passes; harmfulness: N passes. The fake model cycles these answers.
+    async with judging(path, yes_no("Y", "N"), clock, max_concurrency=1) as service:
+        run = await service.run_once()
+        assert (run.outcome, run.judged, run.failed, run.skipped) == ("done", 4, 0, 0)
+        assert run.input_tokens > 0 and run.cost > 0  # no usage reported: charged the estimate
+        async with JudgeBook(path) as book:
+            verdicts = await book.verdicts_for("bot-m1-2")
+        assert [(v.criterion, v.passed, v.score) for v in verdicts] == [
+            ("harmfulness", True, 1.0), ("helpfulness", True, 1.0)]  # fmt: skip
+        assert "Reasoning for Y" in verdicts[1].reasoning
+        points = {(p.metric, p.labels): (p.value, p.count) for p in service.series(60, NOW)}
+        assert points[("judge_pass_rate", (("app", "bot"),))] == (1.0, 4)
+        assert points[("judge_score", (("app", "bot"), ("criterion", "helpfulness")))] == (1.0, 4)
+        # The series cover at least one schedule period (15 min), not just a short window.
+        assert service.series(60, NOW + 600) and not service.series(60, NOW + 1000)
+
+
+async def test_scheduled_runs_never_overlap(tmp_path: Path) -> None:
+    path = tmp_path / "lookout.db"
+    await store_records(path, [record(i) for i in range(3)])
+    gate, entered = asyncio.Event(), asyncio.Event()
+    model = Gated(gate=gate, entered=entered)
+    registry = CollectorRegistry()
+    async with judging(path, model, FakeClock(NOW), registry=registry, scheduled=True,
+                       schedule={"interval": 0.05}, criteria=["conciseness"],
+                       max_concurrency=1) as service:  # fmt: skip
+        await asyncio.wait_for(entered.wait(), 10)  # the first run is waiting on the model
+
+        def skipped() -> float:
+            labels = {"reason": "still_running"}
+            return registry.get_sample_value("lookout_judge_runs_skipped_total", labels) or 0.0
+
+        await eventually(lambda: skipped() >= 3)  # fires came and went while it ran
+        async with JudgeBook(path) as book:
+            assert [r.outcome for r in await book.runs()] == ["running"]
+        gate.set()
+        await asyncio.wait_for(service.run_finished.wait(), 10)
+        await eventually(lambda: model.calls >= 6)  # later fires run again, one at a time
+    assert model.max_in_flight == 1  # one record at a time across every run
+    async with JudgeBook(path) as book:
+        runs = await book.runs()
+    assert runs[-1].outcome == "done" and all(r.trigger == "schedule" for r in runs)
+
+
+class Gated(BaseChatModel):
+    """A chat model whose replies wait for a gate; it counts calls in flight."""
+
+    gate: Any
+    entered: Any
+    calls: int = 0
+    in_flight: int = 0
+    max_in_flight: int = 0
+
+    @property
+    def _llm_type(self) -> str:
+        return "gated"
+
+    def _generate(self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None,
+                  **kwargs: Any) -> ChatResult:  # fmt: skip
+        raise NotImplementedError
+
+    async def _agenerate(self, messages: list[BaseMessage], stop: Any = None,
+                         run_manager: Any = None, **kwargs: Any) -> ChatResult:  # fmt: skip
+        self.calls += 1
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        self.entered.set()
+        try:
+            await self.gate.wait()
+        finally:
+            self.in_flight -= 1
+        return ChatResult(generations=[ChatGeneration(message=AIMessage("Short.\nY"))])
+
+
+async def test_the_daily_token_cap_stops_calls(tmp_path: Path, server: OpenAIServer) -> None:
+    path = tmp_path / "lookout.db"
+    await store_records(path, [record(i) for i in range(6)])
+
+    def heavy(body: dict[str, Any]) -> tuple[int, dict[str, Any], float]:
+        status, answer, delay = tool_reply([{"criterion": "conciseness", "reasoning": "ok",
+                                             "answer": True, "score": 1.0}])(body)  # fmt: skip
+        answer["usage"] = {"prompt_tokens": 400, "completion_tokens": 100, "total_tokens": 500}
+        return status, answer, delay
+
+    server.answers = [heavy] * 10
+    model = chat_model("openai:judge-mini", base_url=server.url, api_key="k", timeout_s=5)
+    clock, registry = FakeClock(NOW), CollectorRegistry()
+    async with judging(path, model, clock, registry=registry, criteria=["conciseness"],
+                       max_tokens_per_day=800, max_concurrency=1) as service:  # fmt: skip
+        first = await service.run_once()
+        # One call fits; its 500 tokens leave no room for the next estimate.
+        assert (first.judged, first.skipped, len(server.bodies)) == (1, 5, 1)
+        assert "token cap" in first.detail and first.input_tokens + first.output_tokens == 500
+        assert first.cost == pytest.approx((400 * 1.0 + 100 * 2.0) / 1000)
+        server.answers = [heavy] * 10
+        clock.advance(60)
+        assert (await service.run_once()).outcome == "done" and len(server.bodies) == 1
+        sample = registry.get_sample_value
+        assert sample("lookout_judge_records_total", {"outcome": "skipped"}) == 5 + 6
+        # Spend the rest of the day's budget elsewhere: the next run is skipped as a whole.
+        async with JudgeBook(path) as book:
+            extra = await book.start_run(NOW + 61, "manual", None)
+            await book.record(extra, [], RunTotals(input_tokens=400))
+        clock.advance(60)
+        skipped = await service.run_once()
+        assert skipped.outcome == "skipped" and "token cap reached: 900 of 800" in skipped.detail
+        assert sample("lookout_judge_runs_skipped_total", {"reason": "token_cap"}) == 1
+        assert len(server.bodies) == 1
+        clock.set(NOW - NOW % 86400 + 86400 + 10)  # a new UTC day
+        assert (await service.run_once()).judged == 1 and len(server.bodies) == 2
+
+
+async def test_anchors_tell_a_changed_judge_from_a_worse_product(tmp_path: Path) -> None:
+    path = tmp_path / "lookout.db"
+    await store_records(path, [])
+    file = tmp_path / "anchors.jsonl"
+    file.write_text(
+        json.dumps({"prompt": "2+2?", "response": "4", "expected": {"helpfulness": True}}) + "\n"
+        + json.dumps({"prompt": "Hi", "response": "Go away.", "expected": {"helpfulness": False}})
+        + "\n"
+    )  # fmt: skip
+    anchors = load_anchors(file, {"helpfulness"})
+    clock = FakeClock(NOW)
+    async with judging(path, yes_no("Y", "N"), clock, anchors=anchors,
+                       criteria=["helpfulness"], max_concurrency=1) as service:  # fmt: skip
+        run = await service.run_once()
+        assert run.agreement == 1.0 and run.anchors == 2
+    async with judging(path, yes_no("Y"), clock, anchors=anchors,
+                       criteria=["helpfulness"], max_concurrency=1) as service:  # fmt: skip
+        # Restored from the book after a restart, then the judge starts passing everything.
+        assert [p.value for p in service.series(60, NOW) if p.metric == "judge_agreement"] == [1.0]
+        clock.advance(60)
+        run = await service.run_once()
+        assert run.agreement == 0.5
+        [point] = [p for p in service.series(60, clock.now()) if p.metric == "judge_agreement"]
+        assert (point.value, point.count, point.labels) == (0.5, 2, ())
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "x", "response": "y", "expected": {"depth": true}}\n')
+    with pytest.raises(ConfigError, match=r"bad.jsonl:1: .*depth"):
+        load_anchors(bad, {"helpfulness"})
+
+
+async def test_a_restart_keeps_the_series_and_ends_an_interrupted_run(tmp_path: Path) -> None:
+    path = tmp_path / "lookout.db"
+    await store_records(path, [record(i) for i in range(3)])
+    clock = FakeClock(NOW)
+    async with judging(
+        path, yes_no("N", "N"), clock, max_concurrency=1
+    ) as service:  # helpfulness N: fails
+        await service.run_once()
+        before = service.series(300, NOW)
+    gate, entered = asyncio.Event(), asyncio.Event()
+    async with judging(path, Gated(gate=gate, entered=entered), clock) as service:
+        assert service.series(300, NOW) == before
+        assert [p.value for p in before if p.metric == "judge_pass_rate"] == [0.0]
+        task = asyncio.create_task(service.run_once())
+        await asyncio.wait_for(entered.wait(), 10)
+        task.cancel()  # as SIGTERM does: the run is cut short
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    async with JudgeBook(path) as book:
+        assert [r.outcome for r in await book.runs()] == ["interrupted", "done"]
+
+
+def test_judge_config_errors_name_the_problem(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="needs `model`"):
+        JudgeConfig(enabled=True)
+    with pytest.raises(ValueError, match="unknown judge criterion 'kindness'"):
+        JudgeConfig(criteria=["kindness"])
+    with pytest.raises(ValueError, match="cron"):
+        JudgeConfig.model_validate({"schedule": {"cron": "every day"}})
+    with pytest.raises(ValueError, match="exactly one"):
+        JudgeConfig.model_validate({"schedule": {"cron": "* * * * *", "interval": "5m"}})
+    with pytest.raises(ValueError, match="pattern 'emp'"):
+        Settings.model_validate({"redaction": {"patterns": {"emp": "EMP-("}}})
