@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -80,6 +82,8 @@ async def test_run_now_verdicts_and_a_pass_rate_rule_firing(
         assert (verdict["criterion"], verdict["passed"], verdict["score"]) == ("helpfulness",
                                                                              True, 0.9)  # fmt: skip
         assert status["judge"]["last_run"]["judged"] == 4 and not receiver.requests
+        assert {"metric": "judge_pass_rate", "app": "bot", "value": 1.0, "count": 4} in status[
+            "judge"]["series"]  # fmt: skip
         assert server.bodies[0]["model"] == "judge-mini"
         assert sample_value(d, "lookout_judge_tokens_total", {"direction": "input"}) == 4 * 120
 
@@ -98,3 +102,21 @@ async def test_run_now_verdicts_and_a_pass_rate_rule_firing(
         runs = await book.runs()
     assert [(r.trigger, r.judged) for r in runs] == [("run-now", 8), ("run-now", 4)]
     assert "sk-judge-secret" not in json.dumps(sent)
+
+
+def test_a_judge_that_cannot_be_built_stops_the_start_with_one_clear_line(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    path = tmp_path / "lookout.yaml"
+    path.write_text(yaml.safe_dump({
+        "store": {"url": f"sqlite:///{tmp_path}/lookout.db"}, "api": {"bind": "127.0.0.1:0"},
+        "bus": {"client_id": f"lookout-test-{uuid.uuid4().hex[:8]}", "topics": ["none/#"]},
+        "judge": {"enabled": True, "model": "openai:gpt-4o-mini"},
+    }))  # fmt: skip
+    # A process of its own: `run` configures logging for the process.
+    result = subprocess.run([sys.executable, "-m", "lookout", "run", "-c", str(path)],
+                            capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert result.returncode == 1
+    assert "error: judge.model 'openai:gpt-4o-mini'" in result.stderr.replace("\n", " ")
+    assert "TaskGroup" not in result.stderr

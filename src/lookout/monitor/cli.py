@@ -73,11 +73,18 @@ def run(
     try:
         asyncio.run(main())
     except* (LookoutError, OSError) as group:
-        failed.extend(group.exceptions)
+        failed.extend(_leaves(group))
     for exc in failed:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
     if failed:
         raise typer.Exit(1)
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The errors inside (nested) exception groups: task groups wrap what passes through."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
 
 
 @app.command("check-config")

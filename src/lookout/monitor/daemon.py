@@ -161,7 +161,11 @@ class Daemon:
                 if self.detection is not None
                 else []
             ),
-            "judge": None if self.judge is None else self.judge.status(),
+            "judge": (
+                None
+                if self.judge is None
+                else {**self.judge.status(), "series": self.judge_series_json()}
+            ),
         }
 
     def extra_series(self, window_s: float, now: float) -> list[SeriesPoint]:

@@ -61,7 +61,7 @@ def chat_model(spec: str, *, base_url: str | None, api_key: str | None, timeout_
         kwargs["api_key"] = api_key
     try:
         return init_chat_model(spec, **kwargs)
-    except (ImportError, ValueError) as exc:
+    except Exception as exc:  # providers raise their own types (missing package, credentials)
         raise JudgeError(f"judge.model {spec!r}: {exc}") from exc
 
 
