@@ -1,4 +1,5 @@
-"""HTTP API (aiohttp): health, Prometheus metrics, status, record ingest and lookup.
+"""HTTP API (aiohttp): health, Prometheus metrics, status, record ingest and lookup, and the
+dashboard's routes.
 
 aiohttp's AppRunner serves inside our own event loop and TaskGroup without taking over signal
 handling, which uvicorn's server does.
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 
     from lookout.clock import Clock
     from lookout.monitor.config import ApiConfig
+    from lookout.monitor.dashboard import Dashboard
     from lookout.monitor.pipeline import Pipeline
     from lookout.monitor.store import Store
 
@@ -46,6 +48,7 @@ class ApiDeps:
     outbox: Callable[[], SqliteOutbox | None]
     max_payload_bytes: int
     verdicts: Callable[[str], Awaitable[list[dict[str, Any]]]] | None = None
+    dashboard: Dashboard | None = None
 
 
 class ApiServer:
@@ -71,6 +74,8 @@ class ApiServer:
         app.router.add_get("/api/v1/silences", self._list_silences)
         app.router.add_post("/api/v1/silences", self._add_silence)
         app.router.add_delete("/api/v1/silences/{silence_id}", self._expire_silence)
+        if self._deps.dashboard is not None:
+            self._deps.dashboard.add_routes(app)
         return app
 
     async def __aenter__(self) -> ApiServer:
@@ -100,10 +105,18 @@ class ApiServer:
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if self._token is not None and request.path not in _OPEN_PATHS:
-            given = request.headers.get("Authorization", "").removeprefix("Bearer ").encode()
+            # The dashboard's browser sends the cookie set by `/?token=...`.
+            given = (
+                request.headers.get("Authorization", "").removeprefix("Bearer ")
+                or request.cookies.get("lookout_token", "")
+                or (request.query.get("token", "") if request.path == "/" else "")
+            ).encode()
             if not hmac.compare_digest(given, self._token):
                 return web.json_response(
-                    {"error": "unauthorized: send Authorization: Bearer <api.token>"},
+                    {
+                        "error": "unauthorized: send Authorization: Bearer <api.token> (the "
+                        "dashboard: open /?token=<api.token>)"
+                    },
                     status=401,
                     headers={"WWW-Authenticate": "Bearer"},
                 )

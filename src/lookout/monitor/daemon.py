@@ -21,6 +21,7 @@ from lookout.errors import ConfigError
 from lookout.monitor.api import ApiDeps, ApiServer
 from lookout.monitor.broker import EmbeddedBroker
 from lookout.monitor.config import Settings
+from lookout.monitor.dashboard import Dashboard, DashboardDeps
 from lookout.monitor.detection import DetectionService
 from lookout.monitor.detector_state import DetectorCollector
 from lookout.monitor.embedding import build_embedder
@@ -37,7 +38,7 @@ from lookout.monitor.records import DecodeLimits
 from lookout.monitor.references import ReferenceBook
 from lookout.monitor.store import RollupPoint, Store, open_store, sqlite_path
 from lookout.monitor.systemd import Notifier
-from lookout.monitor.windows import WindowedMetrics, WindowStats
+from lookout.monitor.windows import ALL, WindowedMetrics, WindowStats
 from lookout.redaction import Redactor
 from lookout.series import SeriesPoint
 
@@ -186,6 +187,16 @@ class Daemon:
             for p in self.judge.series(window_s, now)
         ]
 
+    def _dashboard(self) -> Dashboard:
+        deps = DashboardDeps(
+            store=self.store, clock=self.clock, redactor=Redactor(self.settings.redaction.patterns),
+            live=self.live_points, judge_failures=self.judge_failures,
+        )  # fmt: skip
+        return Dashboard(deps)
+
+    async def judge_failures(self, limit: int) -> list[dict[str, Any]]:
+        return [] if self.judge_book is None else await self.judge_book.failures(limit)
+
     async def verdicts(self, record_id: str) -> list[dict[str, Any]]:
         if self.judge_book is None:
             return []
@@ -229,9 +240,34 @@ class Daemon:
             self.store.put_rollups(points)
             written += len(points)
             minute += ROLLUP_S
+        if self._last_rollup_minute < complete:
+            # The detector and judge series have no history to replay: their value now stands
+            # for the minute just completed.
+            points = self.extra_points(complete - ROLLUP_S, now)
+            self.store.put_rollups(points)
+            written += len(points)
         self._last_rollup_minute = max(minute, complete)
         self.windows.prune(now)
         return written
+
+    def extra_points(self, minute: int, now: float) -> list[RollupPoint]:
+        """The detector and judge series as rollup rows (over all models); a labelled series'
+        row name carries the label: drift_score:prompt, judge_score:helpfulness."""
+        out = []
+        for p in self.extra_series(ROLLUP_S, now):
+            if p.value is None:
+                continue
+            labels = dict(p.labels)
+            name = p.metric + "".join(f":{labels[k]}" for k in ("field", "criterion")
+                                      if k in labels)  # fmt: skip
+            out.append(RollupPoint(minute, labels.get("app", ALL), ALL, name, p.value))
+        return out
+
+    def live_points(self, now: float) -> list[RollupPoint]:
+        """The minute under way, as rollup rows, for charts that end now."""
+        minute = int(now // ROLLUP_S) * ROLLUP_S
+        stats = self.windows.range(minute, minute + ROLLUP_S, now)
+        return rollup_points(stats, minute) + self.extra_points(minute, now)
 
     async def _rollup_loop(self) -> None:
         while True:
@@ -314,6 +350,7 @@ class Daemon:
             alerts=self.alerts_json,
             outbox=lambda: self.outbox,
             verdicts=self.verdicts,
+            dashboard=self._dashboard(),
             max_payload_bytes=s.bus.max_payload_bytes * 2,
         )
         async with contextlib.AsyncExitStack() as stack:

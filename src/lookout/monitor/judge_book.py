@@ -274,6 +274,21 @@ class JudgeBook(SqliteBacked):
         rows = await self._sql.run(lambda: self._sql.conn().execute(sql, (record_id,)).fetchall())
         return [StoredVerdict(*row) for row in rows]
 
+    async def failures(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The newest failing verdicts with their records' texts, newest first."""
+        sql = (
+            "SELECT v.record_id, v.app, v.model, v.criterion, v.score, v.reasoning, v.judged_at,"
+            " r.prompt, r.response FROM judge_verdicts v LEFT JOIN records r ON r.id = v.record_id"
+            " WHERE v.passed = 0 ORDER BY v.judged_at DESC LIMIT ?"
+        )
+
+        def work() -> list[dict[str, Any]]:
+            cur = self._sql.conn().execute(sql, (limit,))
+            names = [c[0] for c in cur.description]
+            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+        return await self._sql.run(work)
+
     async def agreements_since(self, since: float) -> list[tuple[float, float, int]]:
         """(finished_at, agreement, anchor verdicts) of runs that judged anchors."""
         sql = (

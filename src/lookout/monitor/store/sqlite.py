@@ -273,6 +273,20 @@ class SqliteStore:
         rows = await self._run(lambda: self._conn().execute(sql, (limit,)).fetchall())
         return [RejectedSample(*row) for row in rows]
 
+    async def recent_flagged(self, limit: int = 20) -> list[dict[str, Any]]:
+        sql = (
+            "SELECT id, ts, app, model, prompt, response, ood_score, flags FROM records"
+            " WHERE ood_score IS NOT NULL AND EXISTS (SELECT 1 FROM json_each(flags, '$.ood') f"
+            " WHERE json_extract(f.value, '$.flagged')) ORDER BY received_at DESC LIMIT ?"
+        )
+
+        def work() -> list[dict[str, Any]]:
+            cur = self._conn().execute(sql, (limit,))
+            names = [c[0] for c in cur.description]
+            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+        return await self._run(work)
+
     async def count_records(self) -> int:
         row = await self._run(
             lambda: self._conn().execute("SELECT COUNT(*) FROM records").fetchone()

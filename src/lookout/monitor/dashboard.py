@@ -1,0 +1,143 @@
+"""The dashboard: a page and its assets served by the daemon itself (the box may be offline, so
+no CDN), and the JSON it reads: per-app series from the store's per-minute rollups plus the
+live minute, recent alerts, the latest out-of-distribution records and judge failures with
+their text redacted.
+
+Off loopback the API token guards it like the API: open `/?token=...` once and the page keeps
+the token in an HttpOnly, SameSite=Strict cookie for its own requests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from lookout.monitor.windows import ALL
+
+if TYPE_CHECKING:
+    from lookout.clock import Clock
+    from lookout.monitor.store import RollupPoint, Store
+    from lookout.redaction import Redactor
+
+RANGES_S = {"1h": 3600, "24h": 86_400, "7d": 7 * 86_400}
+MAX_POINTS = 240  # per series and chart: enough for the width of a chart
+TEXT_CHARS = 400
+_ASSETS = {"app.js": "text/javascript", "style.css": "text/css"}
+# Shown per app; rollup names of labelled series carry the label: drift_score:prompt.
+CHART_SERIES = (
+    "latency_p50", "latency_p95", "latency_p99", "qps", "tps", "error_rate", "cost_per_hour",
+    "drift_score", "ood_rate", "judge_pass_rate",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DashboardDeps:
+    store: Store
+    clock: Clock
+    redactor: Redactor
+    live: Callable[[float], list[RollupPoint]]  # the minute under way, from the live windows
+    judge_failures: Callable[[int], Awaitable[list[dict[str, Any]]]] | None
+
+
+def _asset(name: str) -> bytes:
+    return (resources.files("lookout.monitor") / "dashboard_assets" / name).read_bytes()
+
+
+def downsample(
+    points: list[RollupPoint], since: float, step_s: float
+) -> dict[str, dict[str, list[tuple[float, float]]]]:
+    """app -> series -> [(time, mean value)] in buckets of `step_s`, over all models."""
+    sums: dict[tuple[str, str, int], list[float]] = {}
+    for p in points:
+        if p.model != ALL or p.minute < since or p.series.split(":")[0] not in CHART_SERIES:
+            continue
+        bucket = int((p.minute - since) // step_s)
+        acc = sums.setdefault((p.app, p.series, bucket), [0.0, 0.0])
+        acc[0] += p.value
+        acc[1] += 1
+    out: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    for (app, series, bucket), (total, n) in sorted(sums.items()):
+        out.setdefault(app, {}).setdefault(series, []).append(
+            (since + bucket * step_s, round(total / n, 6))
+        )
+    return out
+
+
+class Dashboard:
+    def __init__(self, deps: DashboardDeps) -> None:
+        self._deps = deps
+        self._index = _asset("index.html")
+        self._assets = {name: _asset(name) for name in _ASSETS}
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_get("/", self._page)
+        app.router.add_get("/assets/{name}", self._asset)
+        app.router.add_get("/api/v1/series", self._series)
+        app.router.add_get("/api/v1/ood", self._ood)
+        app.router.add_get("/api/v1/judge/failures", self._judge_failures)
+
+    async def _page(self, request: web.Request) -> web.Response:
+        response = web.Response(body=self._index, content_type="text/html", charset="utf-8")
+        token = request.query.get("token")
+        if token:  # the auth middleware has checked it
+            response.set_cookie("lookout_token", token, httponly=True, samesite="Strict",
+                                path="/")  # fmt: skip
+        return response
+
+    async def _asset(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in self._assets:
+            raise web.HTTPNotFound()
+        return web.Response(body=self._assets[name], content_type=_ASSETS[name],
+                            headers={"Cache-Control": "no-cache"})  # fmt: skip
+
+    async def _series(self, request: web.Request) -> web.Response:
+        name = request.query.get("range", "1h")
+        if name not in RANGES_S:
+            return web.json_response({"error": f"range is one of {', '.join(RANGES_S)}"},
+                                     status=400)  # fmt: skip
+        now = self._deps.clock.now()
+        range_s = RANGES_S[name]
+        step_s = max(60.0, range_s / MAX_POINTS)
+        since = (now - range_s) // 60 * 60
+        points = await self._deps.store.rollups(since)
+        points += self._deps.live(now)
+        series = downsample(points, since, step_s)
+        return web.json_response({"range": name, "since": since, "now": now, "step_s": step_s,
+                                  "apps": sorted(a for a in series if a != ALL),
+                                  "series": series})  # fmt: skip
+
+    def _redact(self, text: str | None) -> str | None:
+        if text is None:
+            return None
+        cut = text[:TEXT_CHARS] + ("…" if len(text) > TEXT_CHARS else "")
+        return self._deps.redactor.redact(cut).text
+
+    async def _ood(self, request: web.Request) -> web.Response:
+        rows = await self._deps.store.recent_flagged(_limit(request))
+        return web.json_response([
+            {"id": r["id"], "ts": r["ts"], "app": r["app"], "model": r["model"],
+             "ood_score": r["ood_score"], "prompt": self._redact(r["prompt"]),
+             "response": self._redact(r["response"])}
+            for r in rows
+        ])  # fmt: skip
+
+    async def _judge_failures(self, request: web.Request) -> web.Response:
+        if self._deps.judge_failures is None:
+            return web.json_response([])
+        rows = await self._deps.judge_failures(_limit(request))
+        for r in rows:
+            for key in ("prompt", "response", "reasoning"):
+                r[key] = self._redact(r[key])
+        return web.json_response(rows)
+
+
+def _limit(request: web.Request) -> int:
+    try:
+        return max(1, min(int(request.query.get("limit", "20")), 200))
+    except ValueError:
+        raise web.HTTPBadRequest(text="limit must be an integer") from None

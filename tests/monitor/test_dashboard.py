@@ -1,0 +1,135 @@
+"""The dashboard: its JSON from real ingested records, token protection off loopback, and an
+end-to-end run in headless Chromium (Debian's package) against a running daemon: no console
+errors, chart points from ingested records, an alert appearing after a breach."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+from playwright.async_api import ConsoleMessage, async_playwright
+
+from lookout.monitor.config import Settings
+from lookout.monitor.daemon import Daemon
+from lookout.monitor.dashboard import downsample
+from lookout.monitor.records import Record
+from lookout.monitor.store import RollupPoint
+from tests.alerts.test_engine import post
+from tests.conftest import running
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]  # fmt: skip
+
+
+def dashboard_settings(settings_for: Callable[..., Settings], **extra: Any) -> Settings:
+    base = settings_for()
+    return Settings.model_validate({
+        **base.model_dump(mode="python", by_alias=True, exclude={"rules", "detectors"}),
+        "bus": {**base.bus.model_dump(), "password": None},
+        "eval_interval": 0.1,
+        "detectors": {"enabled": False},
+        "rules": [{"name": "errors", "metric": "error_rate", "where": {"app": "bot"},
+                   "window": 60, "op": ">", "threshold": 0.5, "severity": "critical"}],
+        **extra,
+    })  # fmt: skip
+
+
+def records(n: int, **fields: Any) -> list[dict[str, Any]]:
+    return [{"app": "bot", "model": "m", "prompt": "Where is my parcel? mail me: a@b.example",
+             "response": "On its way.", "latency_ms": 400 + 10 * i, "input_tokens": 20,
+             "output_tokens": 40, **fields} for i in range(n)]  # fmt: skip
+
+
+def test_downsampling_averages_each_bucket_over_all_models() -> None:
+    points = [RollupPoint(60 * m, "bot", "*", "qps", float(m)) for m in range(10)]
+    points += [RollupPoint(0, "bot", "gpt", "qps", 99.0), RollupPoint(0, "bot", "*", "x", 1.0)]
+    assert downsample(points, 0, 180) == {
+        "bot": {"qps": [(0, 1.0), (180, 4.0), (360, 7.0), (540, 9.0)]}}  # fmt: skip
+
+
+async def test_series_come_from_ingested_records_and_ood_texts_are_redacted(
+    settings_for: Callable[..., Settings],
+) -> None:
+    async with running(Daemon(dashboard_settings(settings_for)), wait_bus=False) as d:
+        await post(d, records(30))
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{d.api.port}") as http:  # type: ignore[union-attr]
+            body = (await http.get("/api/v1/series", params={"range": "24h"})).json()
+            assert (await http.get("/api/v1/series", params={"range": "2y"})).status_code == 400
+            page = await http.get("/")
+            script = await http.get("/assets/app.js")
+            assert (await http.get("/assets/../daemon.py")).status_code == 404
+        assert body["apps"] == ["bot"] and body["step_s"] == 360
+        [(_, qps)] = body["series"]["bot"]["qps"]
+        assert qps > 0 and body["series"]["bot"]["latency_p50"][0][1] > 0.4
+        assert page.status_code == 200 and "<title>lookout</title>" in page.text
+        assert "http" not in script.text.replace("http://www.w3.org/2000/svg", "")  # no CDN
+        # A flagged record's text is redacted on its way to the page.
+        now = d.clock.now()
+        flagged = Record(id="ood-1", ts=now, app="bot", model="m", status="ok", received_at=now,
+                         prompt="mail me: jane@example.com")  # fmt: skip
+        assert d.store.put_record(flagged, 0.0) == "ood-1"
+        flags = {"ood": {"prompt": {"score": 0.9, "flagged": True}}}
+        d.store.put_scores([("ood-1", 0.9, json.dumps(flags))])
+        await d.store.flush()
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{d.api.port}") as http:  # type: ignore[union-attr]
+            [ood] = (await http.get("/api/v1/ood")).json()
+        assert ood["id"] == "ood-1" and ood["prompt"] == "mail me: [EMAIL]"
+
+
+async def test_the_dashboard_needs_the_token_when_one_is_set(
+    settings_for: Callable[..., Settings],
+) -> None:
+    settings = dashboard_settings(settings_for, api={"bind": "127.0.0.1:0", "token": "s3cret"})
+    async with running(Daemon(settings), wait_bus=False) as d:
+        base = f"http://127.0.0.1:{d.api.port}"  # type: ignore[union-attr]
+        async with httpx.AsyncClient(base_url=base) as http:
+            assert (await http.get("/")).status_code == 401
+            assert (await http.get("/?token=wrong")).status_code == 401
+            assert (await http.get("/api/v1/series")).status_code == 401
+            opened = await http.get("/?token=s3cret")
+            assert opened.status_code == 200
+            assert "httponly" in opened.headers["set-cookie"].lower()
+            assert (await http.get("/api/v1/series")).status_code == 200  # the cookie
+
+
+async def test_headless_chromium_shows_ingested_records_and_an_alert(
+    settings_for: Callable[..., Settings],
+) -> None:
+    problems: list[str] = []
+
+    def on_console(message: ConsoleMessage) -> None:
+        if message.type in {"error", "warning"}:
+            problems.append(f"{message.type}: {message.text}")
+
+    async with running(Daemon(dashboard_settings(settings_for)), wait_bus=False) as d:
+        await post(d, records(40))
+        url = f"http://127.0.0.1:{d.api.port}/?refresh=1"  # type: ignore[union-attr]
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = await browser.new_page(viewport={"width": 1280, "height": 900})
+                page.on("console", on_console)
+                page.on("pageerror", lambda exc: problems.append(f"pageerror: {exc}"))
+                await page.goto(url)
+                chart = 'section.app[data-app="bot"] .chart svg'
+                await page.wait_for_function(
+                    f"() => [...document.querySelectorAll('{chart}')]"
+                    ".some(s => Number(s.dataset.points) > 0)", timeout=15_000)  # fmt: skip
+                latency = page.locator(f'{chart} polyline[data-series="latency_p95"]')
+                assert await latency.count() == 1
+                assert await page.locator("#alerts tr.alert.firing").count() == 0
+                await post(d, records(60, error="upstream 503", status="error"))
+                firing = page.locator('#alerts tr.alert.firing[data-rule="errors"]')
+                await firing.wait_for(timeout=15_000)
+                assert "app=bot" in await firing.inner_text()
+                ARTIFACTS.mkdir(exist_ok=True)
+                await page.screenshot(path=str(ARTIFACTS / "dashboard-e2e.png"), full_page=True)
+            finally:
+                await browser.close()
+    assert problems == []
