@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench chromium
+.PHONY: run test lint bench chromium demo
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	$(BIN)/lookout run $(ARGS)
+
+demo: $(STAMP)
+	$(BIN)/lookout demo $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

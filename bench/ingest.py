@@ -12,6 +12,7 @@ alone drains 1M records in batches of 50 and reports its RSS after 100k and afte
 
     .venv/bin/python bench/ingest.py            # full run (a few minutes)
     .venv/bin/python bench/ingest.py --quick    # smaller counts, one round
+    .venv/bin/python bench/ingest.py --rss-only # only the RSS growth from 100k to 1M records
 """
 
 from __future__ import annotations
@@ -260,6 +261,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rss-only", action="store_true", help="only the RSS growth figure")
     args = parser.parse_args()
     if args.role:
         child(args)
@@ -281,7 +283,7 @@ def main() -> None:
             for label, path, messages, batch in (
                 ("single records", single_file, singles, 1),
                 (f"batches of {BATCH}", batch_file, batches, BATCH),
-            ):
+            )[: 0 if args.rss_only else 2]:
                 for qos in (0, 1):
                     # Alternate the two subscribers and keep each one's best round: the box
                     # is shared, and a round spoilt by a neighbour says nothing about either.

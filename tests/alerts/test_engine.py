@@ -173,3 +173,18 @@ async def test_silence_command_applies_to_a_running_daemon(
         await asyncio.wait_for(receiver.received.wait(), 15)
     [(_, body)] = receiver.requests
     assert json.loads(body)["status"] == "firing"
+
+
+def test_a_summary_without_a_value_says_so() -> None:
+    from lookout.alerts.engine import render
+
+    template = "{value:.0%} of prompts out of distribution ({app})"
+    assert (
+        render(template, {"value": None, "app": "bot"})
+        == "n/a of prompts out of distribution (bot)"
+    )
+    assert (
+        render(template, {"value": 0.25, "app": "bot"})
+        == "25% of prompts out of distribution (bot)"
+    )
+    assert render("{value:.1f} {nope}", {"value": 2}) == "2.0 {nope}"

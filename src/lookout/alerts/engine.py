@@ -51,10 +51,18 @@ class _SafeDict(dict[str, Any]):
         return "{" + key + "}"
 
 
+class _NoValue:
+    """A value a window did not have (a resolve on no data): "n/a" whatever the format spec."""
+
+    def __format__(self, spec: str) -> str:
+        return "n/a"
+
+
 def render(template: str, values: Mapping[str, Any]) -> str:
     """A rule's summary with {value}, {threshold} and labels filled; unknown fields stay as is."""
+    filled = {k: _NoValue() if v is None else v for k, v in values.items()}
     try:
-        return template.format_map(_SafeDict(values))
+        return template.format_map(_SafeDict(filled))
     except (ValueError, IndexError, TypeError):
         return template
 

@@ -361,10 +361,12 @@ def status(config: ConfigOpt = None) -> None:
 
 def _register() -> None:
     from lookout.monitor.cli_baseline import baseline_app
+    from lookout.monitor.cli_demo import demo
     from lookout.monitor.cli_judge import judge_app
 
     app.add_typer(baseline_app, name="baseline")
     app.add_typer(judge_app, name="judge")
+    app.command()(demo)
 
 
 def main() -> None:

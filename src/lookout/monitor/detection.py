@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import functools
 import hashlib
 import json
@@ -55,6 +56,13 @@ class _Item:
     record: Record
     stored_id: str | None  # the id the store keeps the record under, if it was sampled
     cost: float
+
+
+def release_freed_memory() -> None:
+    """Hand the heap that calibration freed back to the OS (glibc keeps it otherwise, and the
+    daemon's RSS would carry a one-off peak for good)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 class DetectionService:
@@ -366,6 +374,7 @@ class DetectionService:
             self._m_errors.labels("reference").inc()
             log.error("reference_build_failed", app=track.app, field=track.field, error=str(exc))
             return
+        release_freed_memory()
         log.info("reference_built", app=track.app, field=track.field, size=len(reference),
                  seconds=round(self._clock.monotonic() - started, 2))  # fmt: skip
         ref_id = None

@@ -20,7 +20,6 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from lookout.detectors.judge import Criterion, criteria_from
 from lookout.errors import LookoutError
@@ -33,12 +32,15 @@ from lookout.monitor.judge_book import (
     StoredVerdict,
     stored,
 )
+from lookout.monitor.judge_budget import TokenBudget, estimate_tokens
+from lookout.monitor.judge_metrics import JudgeMetrics
 from lookout.monitor.judge_series import Agreement, JudgedRecord, JudgeLedger
 
 if TYPE_CHECKING:
     from types import TracebackType
 
     from apscheduler.triggers.base import BaseTrigger
+    from prometheus_client import CollectorRegistry
 
     from lookout.clock import Clock
     from lookout.monitor.config import JudgeConfig
@@ -49,42 +51,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 DAY_S = 86_400.0
-
-
-class JudgeMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
-        def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
-            return Counter(name, doc, list(labels), registry=registry)
-
-        self.runs = counter("lookout_judge_runs_total", "Judge runs by outcome", ("outcome",))
-        self.runs_skipped = counter(
-            "lookout_judge_runs_skipped_total",
-            "Judge runs not made, by reason (token_cap, still_running)",
-            ("reason",),
-        )
-        self.records = counter(
-            "lookout_judge_records_total",
-            "Records graded, by outcome (judged, failed, skipped)",
-            ("outcome",),
-        )
-        self.verdicts = counter(
-            "lookout_judge_verdicts_total",
-            "Verdicts by criterion and result",
-            ("criterion", "result"),
-        )
-        self.tokens = counter("lookout_judge_tokens_total", "Tokens the judge used", ("direction",))
-        self.cost = counter("lookout_judge_cost_total", "The judge's cost (price table units)")
-        self.redactions = counter(
-            "lookout_judge_redactions_total", "PII findings removed before sending"
-        )
-        self.tokens_today = Gauge(
-            "lookout_judge_tokens_today", "Tokens used this UTC day", registry=registry
-        )
-        self.agreement = Gauge(
-            "lookout_judge_agreement_ratio",
-            "Share of anchor verdicts as expected in the last run that had anchors",
-            registry=registry,
-        )
 
 
 def build_trigger(cfg: JudgeConfig) -> BaseTrigger:
@@ -107,35 +73,11 @@ def period_s(trigger: BaseTrigger, now: float) -> float:
     return max(float((second - first).total_seconds()), 1.0)
 
 
-def estimate_tokens(texts: list[str | None], criteria: int, per_criterion_calls: bool) -> int:
-    """A generous guess at a record's tokens, reserved against the cap before the call."""
-    chars = sum(len(t or "") for t in texts) + 400 + 80 * criteria
-    calls = criteria if per_criterion_calls else 1
-    return (chars // 3 + 1) * calls + 200 * criteria
-
-
 @dataclass(frozen=True, slots=True)
 class _Request:
     trigger: str
     app: str | None
     request_id: int | None
-
-
-class _Budget:
-    """The day's tokens: used, and reserved by calls in flight."""
-
-    def __init__(self, cap: int, used: int) -> None:
-        self.cap, self.used, self.reserved = cap, used, 0
-
-    def reserve(self, tokens: int) -> bool:
-        if self.used + self.reserved + tokens > self.cap:
-            return False
-        self.reserved += tokens
-        return True
-
-    def settle(self, reserved: int, used: int) -> None:
-        self.reserved -= reserved
-        self.used += used
 
 
 class JudgeService:
@@ -310,7 +252,7 @@ class JudgeService:
             apps=[app] if app else cfg.apps, models=cfg.models, statuses=cfg.statuses,
             ood_first=cfg.ood_first,
         ))  # fmt: skip
-        budget = _Budget(cfg.max_tokens_per_day, used)
+        budget = TokenBudget(cfg.max_tokens_per_day, used)
         run = _RunState(run_id)
         matches: list[tuple[int, int]] = []
         log.info("judge_run_started", run_id=run_id, trigger=trigger, app=app,
@@ -343,7 +285,7 @@ class JudgeService:
 
     async def _grade(
         self, run: _RunState, label: str, texts: tuple[str | None, str | None, str | None],
-        budget: _Budget,
+        budget: TokenBudget,
     ) -> Graded | None:  # fmt: skip
         """One record graded within the cap; None when skipped or failed (counted, logged)."""
         estimate = estimate_tokens(list(texts), len(self._criteria),
@@ -375,7 +317,7 @@ class JudgeService:
         self._m.redactions.inc(graded.redactions)
         return graded
 
-    async def _judge_record(self, run: _RunState, c: Candidate, budget: _Budget) -> None:
+    async def _judge_record(self, run: _RunState, c: Candidate, budget: TokenBudget) -> None:
         ref = (c.metadata or {}).get(self._cfg.reference_key)
         graded = await self._grade(
             run, c.id, (c.prompt, c.response, ref if isinstance(ref, str) else None), budget
@@ -392,7 +334,7 @@ class JudgeService:
         await self._book.record(run.id, rows, run.totals)
 
     async def _judge_anchor(
-        self, run: _RunState, index: int, anchor: Anchor, budget: _Budget,
+        self, run: _RunState, index: int, anchor: Anchor, budget: TokenBudget,
         matches: list[tuple[int, int]],
     ) -> None:  # fmt: skip
         texts = (anchor.prompt, anchor.response, anchor.reference)

@@ -97,7 +97,8 @@ function chart(spec, data, since, now) {
     const swatch = el("i");
     swatch.style.background = color;
     const last = series.length ? series[series.length - 1][1] : null;
-    item.append(swatch, `${name.replace("_", " ")} ${fmt(last, spec.percent)}`);
+    const shown = spec.prefix ? name.split(":")[1] || name : name.replaceAll("_", " ");
+    item.append(swatch, `${shown} ${fmt(last, spec.percent)}`);
     legend.append(item);
   });
   if (!names.length) {

@@ -67,6 +67,11 @@ class Store(Protocol):
         self, since: float, app: str | None = None, series: str | None = None
     ) -> list[RollupPoint]: ...
 
+    async def rollup_means(self, since: float, step_s: float) -> list[RollupPoint]:
+        """Rollups over all models since `since`, averaged in buckets of `step_s` (each point's
+        `minute` is its bucket's start): chart data, aggregated where the rows are."""
+        ...
+
     async def rejected(self, limit: int = 100) -> list[RejectedSample]: ...
 
     async def recent_flagged(self, limit: int = 20) -> list[dict[str, Any]]:

@@ -268,6 +268,14 @@ class SqliteStore:
         rows = await self._run(lambda: self._conn().execute(sql, args).fetchall())
         return [RollupPoint(*row) for row in rows]
 
+    async def rollup_means(self, since: float, step_s: float) -> list[RollupPoint]:
+        sql = (
+            "SELECT CAST((minute - ?1) / ?2 AS INTEGER) AS bucket, app, series, AVG(value)"
+            " FROM rollups WHERE minute >= ?1 AND model = '*' GROUP BY bucket, app, series"
+        )
+        rows = await self._run(lambda: self._conn().execute(sql, (since, step_s)).fetchall())
+        return [RollupPoint(int(since + b * step_s), app, "*", name, v) for b, app, name, v in rows]
+
     async def rejected(self, limit: int = 100) -> list[RejectedSample]:
         sql = "SELECT at, source, reason, detail, sample FROM rejected ORDER BY id DESC LIMIT ?"
         rows = await self._run(lambda: self._conn().execute(sql, (limit,)).fetchall())

@@ -1,0 +1,41 @@
+"""The judge's Prometheus instruments, on the daemon's registry."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+
+class JudgeMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
+            return Counter(name, doc, list(labels), registry=registry)
+
+        self.runs = counter("lookout_judge_runs_total", "Judge runs by outcome", ("outcome",))
+        self.runs_skipped = counter(
+            "lookout_judge_runs_skipped_total",
+            "Judge runs not made, by reason (token_cap, still_running)",
+            ("reason",),
+        )
+        self.records = counter(
+            "lookout_judge_records_total",
+            "Records graded, by outcome (judged, failed, skipped)",
+            ("outcome",),
+        )
+        self.verdicts = counter(
+            "lookout_judge_verdicts_total",
+            "Verdicts by criterion and result",
+            ("criterion", "result"),
+        )
+        self.tokens = counter("lookout_judge_tokens_total", "Tokens the judge used", ("direction",))
+        self.cost = counter("lookout_judge_cost_total", "The judge's cost (price table units)")
+        self.redactions = counter(
+            "lookout_judge_redactions_total", "PII findings removed before sending"
+        )
+        self.tokens_today = Gauge(
+            "lookout_judge_tokens_today", "Tokens used this UTC day", registry=registry
+        )
+        self.agreement = Gauge(
+            "lookout_judge_agreement_ratio",
+            "Share of anchor verdicts as expected in the last run that had anchors",
+            registry=registry,
+        )

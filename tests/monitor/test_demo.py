@@ -1,0 +1,62 @@
+"""`lookout demo`: its traffic is valid wire format with incidents that show, and on a
+compressed timeline its alerts fire and resolve at the demo's own webhook receiver."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+
+import httpx
+
+from lookout.monitor.demo import Demo, DemoOptions
+from lookout.monitor.demo_traffic import SUPPORT, TIMELINE, TRAVEL, IncidentKind, Traffic, active
+from lookout.monitor.records import DecodeLimits, decode_payload
+
+
+def test_demo_traffic_is_valid_wire_format_and_incidents_change_it() -> None:
+    gen, now = Traffic(seed=1), time.time()
+    normal = [gen.record(SUPPORT, now, None) for _ in range(400)]
+    slow = [gen.record(SUPPORT, now, IncidentKind.LATENCY) for _ in range(400)]
+    failing = [gen.record(TRAVEL, now, IncidentKind.ERRORS) for _ in range(400)]
+    decoded = decode_payload(json.dumps(normal + slow + failing).encode(), None, now,
+                             DecodeLimits())  # fmt: skip
+    assert len(decoded.records) == 1200 and not decoded.rejections
+    p50 = statistics.median(r["latency_ms"] for r in normal)
+    assert 700 < p50 < 1100 and statistics.median(r["latency_ms"] for r in slow) > 4 * p50
+    assert sum(r.get("status") == "error" for r in normal) < 15
+    assert 120 < sum(r.get("status") == "error" for r in failing) < 200
+    usual = {r["prompt"] for r in normal}
+    drifted = [gen.record(SUPPORT, now, IncidentKind.DRIFT)["prompt"] for _ in range(200)]
+    assert 130 < sum(p not in usual for p in drifted) < 190  # about 80% on another topic
+    assert active(TIMELINE, SUPPORT, 50).kind is IncidentKind.LATENCY  # type: ignore[union-attr]
+    assert active(TIMELINE, TRAVEL, 50) is None
+
+
+async def test_the_demo_fires_and_resolves_alerts_on_its_timeline() -> None:
+    lines: list[str] = []
+    options = DemoOptions(speed=10, once=True, api_port=0,
+                          incidents=(IncidentKind.LATENCY, IncidentKind.ERRORS))  # fmt: skip
+    demo = Demo(options, out=lines.append)
+    stop = asyncio.Event()
+    task = asyncio.create_task(demo.run(stop))
+    wanted = {(rule, status) for rule in ("slow-responses", "error-burst")
+              for status in ("firing", "resolved")}  # fmt: skip
+    seen: set[tuple[str, str]] = set()
+    try:
+        while not wanted <= seen:
+            event = await asyncio.wait_for(demo.events.get(), 60)
+            seen.add((event.rule, event.status))
+            if event.rule == "slow-responses":
+                assert event.app == "support-bot"
+        async with httpx.AsyncClient() as http:
+            page = await http.get(demo.dashboard_url)
+            series = (await http.get(demo.dashboard_url + "api/v1/series")).json()
+        assert page.status_code == 200 and set(series["apps"]) == {SUPPORT, TRAVEL}
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+    text = "\n".join(lines)
+    assert "dashboard at http://127.0.0.1:" in text and "incident over" in text
+    assert "webhook received: FIRING   slow-responses: p95 latency" in text
