@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import functools
 import hashlib
 import json
@@ -26,7 +25,8 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from lookout.detectors.errors import DetectorError
-from lookout.detectors.reference import DetectorParams, FittedReference, fit_reference
+from lookout.detectors.reference import DetectorParams, FittedReference
+from lookout.monitor.calibration import fit_isolated
 from lookout.monitor.detector_state import BUCKET_S, DetectorSeries, Track
 
 if TYPE_CHECKING:
@@ -56,13 +56,6 @@ class _Item:
     record: Record
     stored_id: str | None  # the id the store keeps the record under, if it was sampled
     cost: float
-
-
-def release_freed_memory() -> None:
-    """Hand the heap that calibration freed back to the OS (glibc keeps it otherwise, and the
-    daemon's RSS would carry a one-off peak for good)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 class DetectionService:
@@ -367,14 +360,13 @@ class DetectionService:
         ref_texts = track.pending_texts[: self._auto_size]
         started = self._clock.monotonic()
         try:
-            fitted = fit_reference(reference, self._params)
+            fitted = fit_isolated(reference, self._params)
         except (DetectorError, ValueError, FloatingPointError) as exc:
             # Start over with fresh texts rather than retry the same ones on every batch.
             track.pending, track.pending_texts = [], []
             self._m_errors.labels("reference").inc()
             log.error("reference_build_failed", app=track.app, field=track.field, error=str(exc))
             return
-        release_freed_memory()
         log.info("reference_built", app=track.app, field=track.field, size=len(reference),
                  seconds=round(self._clock.monotonic() - started, 2))  # fmt: skip
         ref_id = None

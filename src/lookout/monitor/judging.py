@@ -14,6 +14,7 @@ record, re-judge the anchors, and feed the series rules read.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections import deque
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
@@ -204,11 +205,20 @@ class JudgeService:
                     req = self._requests.popleft()
                 else:
                     req, self._due = _Request("schedule", None, None), False
-                await self.run_once(req.trigger, app=req.app, request_id=req.request_id)
+                try:
+                    await self.run_once(req.trigger, app=req.app, request_id=req.request_id)
+                except (sqlite3.Error, OSError) as exc:  # the store, not the judge: next run
+                    self._m.runs.labels("failed").inc()
+                    log.error("judge_run_failed", trigger=req.trigger, error=str(exc))
 
     async def _poll_requests(self) -> None:
         while True:
-            for request_id, app in await self._book.take_requests(self._clock.now()):
+            try:
+                taken = await self._book.take_requests(self._clock.now())
+            except sqlite3.Error as exc:  # e.g. locked for longer than busy_timeout: next poll
+                log.warning("judge_requests_unreadable", error=str(exc))
+                taken = []
+            for request_id, app in taken:
                 log.info("judge_run_requested", app=app, request_id=request_id)
                 self.request(app, request_id)
             await asyncio.sleep(self._poll_interval_s)

@@ -60,11 +60,17 @@ function chart(spec, data, since, now) {
   const svg = svgEl("svg", { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none", role: "img" });
   let points = 0;
   let top = spec.max || 0;
-  for (const name of names) for (const [, v] of data[name]) top = Math.max(top, v);
+  let bottom = 0;  // below 0 only for a statistic that can be (an unbiased MMD estimate)
+  for (const name of names) {
+    for (const [, v] of data[name]) {
+      top = Math.max(top, v);
+      bottom = Math.min(bottom, v);
+    }
+  }
   if (spec.threshold) top = Math.max(top, spec.threshold * 1.2);
   top = spec.max && top <= spec.max ? spec.max : top > 0 ? top * 1.08 : 1;
   const x = (t) => L + ((t - since) / Math.max(now - since, 1)) * (W - L - R);
-  const y = (v) => T + (1 - v / top) * (H - T - B);
+  const y = (v) => T + (1 - (v - bottom) / (top - bottom)) * (H - T - B);
   svg.append(svgEl("line", { class: "axis", x1: L, y1: H - B, x2: W - R, y2: H - B }));
   svg.append(svgEl("line", { class: "axis", x1: L, y1: T, x2: L, y2: H - B }));
   const label = (text, attrs) => {
@@ -73,7 +79,7 @@ function chart(spec, data, since, now) {
     svg.append(t);
   };
   label(fmt(top, spec.percent), { x: 2, y: T + 8 });
-  label("0", { x: 2, y: H - B });
+  label(bottom < 0 ? fmt(bottom, spec.percent) : "0", { x: 2, y: H - B });
   label(clock(since), { x: L, y: H - 3 });
   label("now", { x: W - R - 18, y: H - 3 });
   if (spec.threshold) {
