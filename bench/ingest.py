@@ -133,6 +133,8 @@ async def lookout(port: int, qos: int, expect: int, batch: int, client_id: str) 
             done = queue.processed * batch
             if done >= 100_000 * (len(result.get("rss_path_mb", [])) + 1):
                 result.setdefault("rss_path_mb", []).append(round(rss_mb(), 1))
+                depth = daemon.registry.get_sample_value("lookout_detector_queue_depth")
+                result.setdefault("detector_queue_path", []).append(depth)
                 result.setdefault("rss_100k_mb", result["rss_path_mb"][0])
         result.update(elapsed_s=time.perf_counter() - t0, cpu_s=cpu_s() - c0, first=first)
         result["rss_mb"] = rss_mb()
@@ -312,7 +314,8 @@ def main() -> None:
         f"\nRSS after 100k records: {rss['rss_100k_mb']:.1f} MB; after {rss_records:,}: "
         f"{rss['rss_mb']:.1f} MB (growth {rss['rss_mb'] - rss['rss_100k_mb']:+.1f} MB); "
         f"{rss['records_per_s']:,.0f} records/s at QoS 1\n"
-        f"RSS every 100k records (MB): {rss.get('rss_path_mb')}"
+        f"RSS every 100k records (MB): {rss.get('rss_path_mb')}\n"
+        f"detection queue depth at those points: {rss.get('detector_queue_path')}"
     )
 
 

@@ -16,7 +16,7 @@ import json
 import random
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from lookout.detectors.errors import DetectorError
 from lookout.detectors.reference import DetectorParams, FittedReference
-from lookout.monitor.calibration import fit_isolated
+from lookout.monitor.calibration import ReferenceFitter
 from lookout.monitor.detector_state import BUCKET_S, DetectorSeries, Track
 
 if TYPE_CHECKING:
@@ -105,6 +105,8 @@ class DetectionService:
         self._random = random.random
         self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lookout-detect")
+        self._fitter = ReferenceFitter()
+        self._fits_in_flight = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._group: asyncio.TaskGroup | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -179,6 +181,7 @@ class DetectionService:
             task.cancel()
         if self._group is not None:
             await self._group.__aexit__(exc_type, exc, tb)
+        await asyncio.to_thread(self._fitter.close)  # kills a fit under way
         # Off the loop: a batch still on the detection thread may need the loop to save a
         # reference it just built. Bounded: past the drain time, the stop goes on without it.
         shutdown = functools.partial(self._executor.shutdown, wait=True, cancel_futures=True)
@@ -313,7 +316,8 @@ class DetectionService:
             x = embeddings[rows]
             items = [batch[i] for i in rows]
             if track.fitted is None:
-                self._collect(track, x, [i.text[:_KEEP_TEXT_CHARS] for i in items])
+                if not track.fitting:  # texts arriving while it fits are not needed
+                    self._collect(track, x, [i.text[:_KEEP_TEXT_CHARS] for i in items])
             else:
                 scored.extend(self._detect(track, x, items))
         if scored and self._store is not None and self._loop is not None:
@@ -358,22 +362,49 @@ class DetectionService:
             return
         reference = np.concatenate(track.pending)[: self._auto_size]
         ref_texts = track.pending_texts[: self._auto_size]
+        track.pending, track.pending_texts, track.fitting = [], [], True
+        self._fits_in_flight += 1
         started = self._clock.monotonic()
+        # In a child process, while this thread goes on with every other track.
+        future = self._fitter.submit(reference, self._params)
+
+        def fitted(done: Future[FittedReference]) -> None:
+            with contextlib.suppress(RuntimeError):  # the detection thread has stopped
+                self._executor.submit(self._fitted, track, done, ref_texts, started)
+
+        future.add_done_callback(fitted)
+
+    def _fitted(
+        self, track: Track, done: Future[FittedReference], ref_texts: list[str], started: float
+    ) -> None:
+        """On the detection thread, once a track's reference is fitted (or failed)."""
         try:
-            fitted = fit_isolated(reference, self._params)
-        except (DetectorError, ValueError, FloatingPointError) as exc:
-            # Start over with fresh texts rather than retry the same ones on every batch.
-            track.pending, track.pending_texts = [], []
+            self._use_fitted(track, done, ref_texts, started)
+        finally:
+            self._fits_in_flight -= 1  # last: wait_idle() then sees the reference in use
+
+    def _use_fitted(
+        self, track: Track, done: Future[FittedReference], ref_texts: list[str], started: float
+    ) -> None:
+        try:
+            fitted = done.result()
+        except (DetectorError, ValueError, FloatingPointError, CancelledError) as exc:
+            # Start over with fresh texts rather than retry the same ones.
+            track.fitting = False
             self._m_errors.labels("reference").inc()
             log.error("reference_build_failed", app=track.app, field=track.field, error=str(exc))
             return
-        log.info("reference_built", app=track.app, field=track.field, size=len(reference),
+        if track.fitted is not None:  # a reference was activated meanwhile: it wins
+            track.fitting = False
+            return
+        size = len(ref_texts)
+        log.info("reference_built", app=track.app, field=track.field, size=size,
                  seconds=round(self._clock.monotonic() - started, 2))  # fmt: skip
         ref_id = None
         if self._book is not None and self._loop is not None:
             saving = self._book.save(
                 app=track.app, field=track.field, source="auto", embedder=self._embedder.name,
-                size=len(reference), states=fitted.states(), texts=ref_texts,
+                size=size, states=fitted.states(), texts=ref_texts,
                 now=self._clock.now(), drift_threshold=fitted.drift.threshold,
                 ood_threshold=fitted.ood.threshold,
             )  # fmt: skip
@@ -384,6 +415,9 @@ class DetectionService:
                 log.warning("reference_not_saved", app=track.app, field=track.field,
                             error=type(exc).__name__)  # fmt: skip
         track.use(fitted, ref_id, ref_texts)
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._wake.set)
 
     def _detect(
         self, track: Track, x: NDArray[np.float32], items: list[_Item]
@@ -455,6 +489,6 @@ class DetectionService:
 
     async def wait_idle(self) -> None:
         """For tests and replay: until everything queued has been processed."""
-        while self._queue or not self.idle.is_set():
+        while self._queue or not self.idle.is_set() or self._fits_in_flight:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.idle.wait(), 0.5)

@@ -46,6 +46,7 @@ class Track:
         self.pending: list[NDArray[np.float32]] = []
         self.pending_texts: list[str] = []
         self.fitted: FittedReference | None = None
+        self.fitting = False  # a reference from this track's first texts is being fitted
         self.window: DriftWindow | None = None
         self.ref_id: int | None = None
         self.ref_texts: list[str] = []
@@ -59,6 +60,7 @@ class Track:
 
     def use(self, fitted: FittedReference, ref_id: int | None, texts: list[str]) -> None:
         self.fitted, self.ref_id, self.ref_texts = fitted, ref_id, texts
+        self.fitting = False
         self.window = fitted.drift.new_window()
         self.recent_texts = deque(maxlen=fitted.drift.window)
         self.pending, self.pending_texts, self.last, self.explanation = [], [], None, None
