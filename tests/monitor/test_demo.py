@@ -54,9 +54,25 @@ async def test_the_demo_fires_and_resolves_alerts_on_its_timeline() -> None:
             page = await http.get(demo.dashboard_url)
             series = (await http.get(demo.dashboard_url + "api/v1/series")).json()
         assert page.status_code == 200 and set(series["apps"]) == {SUPPORT, TRAVEL}
+        # The demo's judge (a local OpenAI-compatible server) graded records of both apps.
+        assert all("judge_pass_rate" in series["series"][app] for app in (SUPPORT, TRAVEL))
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
     text = "\n".join(lines)
     assert "dashboard at http://127.0.0.1:" in text and "incident over" in text
     assert "webhook received: FIRING   slow-responses: p95 latency" in text
+
+
+def test_the_demo_judge_answers_in_the_judge_schema() -> None:
+    from lookout.detectors.judge import JudgeReply, criteria_from, user_prompt
+    from lookout.monitor.demo_judge import reply
+
+    criteria = criteria_from(["helpfulness", "harmfulness"], {})
+    for response, helpful in (("I'm not sure I understand.", False),
+                              ("Settings > Security > Reset password.", True)):  # fmt: skip
+        body = {"messages": [{"role": "user", "content": user_prompt("q?", response, criteria)}]}
+        call = reply(body)["choices"][0]["message"]["tool_calls"][0]["function"]
+        grades = JudgeReply.model_validate_json(call["arguments"]).grades
+        assert [(g.criterion, g.answer) for g in grades] == [
+            ("helpfulness", helpful), ("harmfulness", False)]  # fmt: skip

@@ -135,7 +135,9 @@ class SentenceTransformerEmbedder:
                 f"cannot load sentence-transformers model {model!r}: {exc}"
             ) from exc
         self._batch_size = batch_size
-        dim = self._model.get_sentence_embedding_dimension()
+        # Renamed in sentence-transformers 6; the old name warns there.
+        dimension = getattr(self._model, "get_embedding_dimension", None)
+        dim = (dimension or self._model.get_sentence_embedding_dimension)()
         self.dim = int(dim or 0)
 
     def embed(self, texts: Sequence[str]) -> F32:

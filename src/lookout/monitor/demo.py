@@ -23,6 +23,7 @@ from aiohttp import web
 
 from lookout.monitor.config import Settings
 from lookout.monitor.daemon import Daemon
+from lookout.monitor.demo_judge import demo_judge
 from lookout.monitor.demo_traffic import (
     PROFILES,
     TIMELINE,
@@ -66,7 +67,7 @@ def free_port(preferred: int = 0) -> int:
 
 
 def demo_settings(opts: DemoOptions, *, mqtt_port: int, api_port: int, hook_url: str,
-                  state_dir: Path) -> Settings:  # fmt: skip
+                  judge_url: str, state_dir: Path) -> Settings:  # fmt: skip
     def s(seconds: float) -> float:
         return seconds / opts.speed
 
@@ -84,6 +85,9 @@ def demo_settings(opts: DemoOptions, *, mqtt_port: int, api_port: int, hook_url:
         "metrics": {"bucket_s": s(5)},
         "detectors": {"fields": ["prompt", "response"], "reference": {"auto_size": 200},
                       "drift": {"window": 50, "ert": 5000}, "ood": {"fpr": 0.02}},
+        "judge": {"enabled": True, "model": "openai:demo-judge", "base_url": judge_url,
+                  "api_key": "demo", "schedule": {"interval": max(3.0, s(30))},
+                  "sample_size": 10, "criteria": ["helpfulness"], "lookback": max(6.0, s(60))},
         "channels": {HOOK: {"kind": "webhook", "url": hook_url, "max_age": "10m"}},
         "rules": [
             rule("slow-responses", "latency_p95", 3.0, 10,
@@ -147,10 +151,10 @@ class Demo:
         opts = self.opts
         with contextlib.ExitStack() as files:
             state = opts.state_dir or Path(files.enter_context(tempfile.TemporaryDirectory()))
-            async with self._receiver() as hook_url:
+            async with self._receiver() as hook_url, demo_judge(free_port()) as judge_url:
                 settings = demo_settings(opts, mqtt_port=free_port(),
                                          api_port=free_port(opts.api_port), hook_url=hook_url,
-                                         state_dir=state)  # fmt: skip
+                                         judge_url=judge_url, state_dir=state)  # fmt: skip
                 daemon = Daemon(settings)
                 halt = asyncio.Event()
                 async with asyncio.TaskGroup() as tg:
@@ -171,6 +175,8 @@ class Demo:
     def _banner(self, state: Path) -> None:
         self._say(f"lookout demo: dashboard at {self.dashboard_url}  (Ctrl-C to stop)")
         self._say(f"state in {state}; two apps publish records on an embedded MQTT broker")
+        self._say("a local demo judge (a rule of thumb behind the OpenAI API) grades 10 records "
+                  f"per app every {max(3.0, 30 / self.opts.speed):g} s")  # fmt: skip
         for i in self._timeline:
             at = i.start_s / self.opts.speed
             self._say(f"  at {int(at) // 60:02d}:{int(at) % 60:02d}  {i.what} -> rule {i.rule}")
