@@ -120,13 +120,13 @@ async def test_headless_chromium_shows_ingested_records_and_an_alert(
                 chart = 'section.app[data-app="bot"] .chart svg'
                 await page.wait_for_function(
                     f"() => [...document.querySelectorAll('{chart}')]"
-                    ".some(s => Number(s.dataset.points) > 0)", timeout=15_000)  # fmt: skip
+                    ".some(s => Number(s.dataset.points) > 0)", timeout=30_000)  # fmt: skip
                 latency = page.locator(f'{chart} polyline[data-series="latency_p95"]')
                 assert await latency.count() == 1
                 assert await page.locator("#alerts tr.alert.firing").count() == 0
                 await post(d, records(60, error="upstream 503", status="error"))
                 firing = page.locator('#alerts tr.alert.firing[data-rule="errors"]')
-                await firing.wait_for(timeout=15_000)
+                await firing.wait_for(timeout=30_000)
                 assert "app=bot" in await firing.inner_text()
                 ARTIFACTS.mkdir(exist_ok=True)
                 await page.screenshot(path=str(ARTIFACTS / "dashboard-e2e.png"), full_page=True)
