@@ -247,14 +247,20 @@ silence_app = typer.Typer(help="Mute notifications (not alert state) for a while
 app.add_typer(silence_app, name="silence")
 
 
-def _silence_book(settings: Settings) -> Any:
-    from lookout.alerts.outbox import SqliteOutbox
+def _sqlite_file(settings: Settings, what: str) -> Path:
+    """The SQLite database beside the store, where `what` lives; exit 2 on another store."""
     from lookout.monitor.store import sqlite_path
 
     if not settings.store.url.startswith("sqlite:///"):
-        err.print("[red]error:[/red] silences live in the SQLite store in this release")
+        err.print(f"[red]error:[/red] {what} live in the SQLite store in this release")
         raise typer.Exit(2)
-    return SqliteOutbox(sqlite_path(settings.store.url))
+    return sqlite_path(settings.store.url)
+
+
+def _silence_book(settings: Settings) -> Any:
+    from lookout.alerts.outbox import SqliteOutbox
+
+    return SqliteOutbox(_sqlite_file(settings, "silences"))
 
 
 @silence_app.command("add")

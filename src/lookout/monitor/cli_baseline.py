@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from lookout.monitor.cli import ConfigOpt, _settings, console, err
+from lookout.monitor.cli import ConfigOpt, _settings, _sqlite_file, console, err
 
 if TYPE_CHECKING:
     from lookout.monitor.config import Settings
@@ -28,12 +28,8 @@ _MAX_TEXTS = 20_000  # per (app, field); a deterministic sample beyond
 
 def _book(settings: Settings) -> ReferenceBook:
     from lookout.monitor.references import ReferenceBook
-    from lookout.monitor.store import sqlite_path
 
-    if not settings.store.url.startswith("sqlite:///"):
-        err.print("[red]error:[/red] references live in the SQLite store in this release")
-        raise typer.Exit(2)
-    return ReferenceBook(sqlite_path(settings.store.url))
+    return ReferenceBook(_sqlite_file(settings, "references"))
 
 
 def _table(infos: list[ReferenceInfo]) -> Table:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from lookout.monitor.cli import ConfigOpt, _settings, console, err
+from lookout.monitor.cli import ConfigOpt, _settings, _sqlite_file, console, err
 
 if TYPE_CHECKING:
     from lookout.monitor.config import Settings
@@ -25,12 +25,8 @@ judge_app = typer.Typer(help="LLM-judge spot checks.")
 
 def _book(settings: Settings) -> JudgeBook:
     from lookout.monitor.judge_book import JudgeBook
-    from lookout.monitor.store import sqlite_path
 
-    if not settings.store.url.startswith("sqlite:///"):
-        err.print("[red]error:[/red] the judge lives in the SQLite store in this release")
-        raise typer.Exit(2)
-    return JudgeBook(sqlite_path(settings.store.url))
+    return JudgeBook(_sqlite_file(settings, "judge runs and verdicts"))
 
 
 def _when(ts: float | None) -> str:

@@ -73,7 +73,7 @@ class Dashboard:
         self._deps = deps
         self._index = _asset("index.html")
         self._assets = {name: _asset(name) for name in _ASSETS}
-        self._cache: dict[str, tuple[float, float, list[RollupPoint]]] = {}
+        self._cache: dict[str, tuple[float, list[RollupPoint]]] = {}
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/", self._page)
@@ -106,23 +106,21 @@ class Dashboard:
         range_s = RANGES_S[name]
         step_s = max(60.0, range_s / MAX_POINTS)
         since = (now - range_s) // 60 * 60
-        points = await self._stored(name, since, step_s, now)
+        points = await self._stored(name, since, step_s)
         points += self._deps.live(now)
         series = downsample(points, since, step_s)
         return web.json_response({"range": name, "since": since, "now": now, "step_s": step_s,
                                   "apps": sorted(a for a in series if a != ALL),
                                   "series": series})  # fmt: skip
 
-    async def _stored(
-        self, name: str, since: float, step_s: float, now: float
-    ) -> list[RollupPoint]:
-        """The store's part, recomputed at most once a minute per range (rollups are per
-        minute; the live minute is added fresh on every request)."""
+    async def _stored(self, name: str, since: float, step_s: float) -> list[RollupPoint]:
+        """The store's part, computed once per range and minute (rollups are per minute; the
+        live minute is added fresh on every request)."""
         cached = self._cache.get(name)
-        if cached is not None and now - cached[0] < 60.0 and cached[1] == since:
-            return list(cached[2])
+        if cached is not None and cached[0] == since:
+            return list(cached[1])
         points = await self._deps.store.rollup_means(since, step_s)
-        self._cache[name] = (now, since, points)
+        self._cache[name] = (since, points)
         return list(points)
 
     def _redact(self, text: str | None) -> str | None:

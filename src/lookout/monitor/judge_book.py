@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lookout.detectors.judge import sample_key
-from lookout.sqlite_thread import SqliteBacked, SqliteThread
+from lookout.sqlite_thread import SqliteBacked, SqliteThread, dict_rows
 
 if TYPE_CHECKING:
     import sqlite3
@@ -282,12 +282,7 @@ class JudgeBook(SqliteBacked):
             " WHERE v.passed = 0 ORDER BY v.judged_at DESC LIMIT ?"
         )
 
-        def work() -> list[dict[str, Any]]:
-            cur = self._sql.conn().execute(sql, (limit,))
-            names = [c[0] for c in cur.description]
-            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
-
-        return await self._sql.run(work)
+        return await self._sql.run(lambda: dict_rows(self._sql.conn().execute(sql, (limit,))))
 
     async def agreements_since(self, since: float) -> list[tuple[float, float, int]]:
         """(finished_at, agreement, anchor verdicts) of runs that judged anchors."""

@@ -9,9 +9,22 @@ three.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from lookout.series import SeriesPoint
+
+
+class Graded(Protocol):
+    """A verdict, fresh from the judge or read back from the store."""
+
+    @property
+    def criterion(self) -> str: ...
+    @property
+    def passed(self) -> bool: ...
+    @property
+    def score(self) -> float: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +33,11 @@ class JudgedRecord:
     app: str
     passed: bool  # every criterion passed
     scores: tuple[tuple[str, float], ...]  # (criterion, score 0-1, 1 best)
+
+    @classmethod
+    def of(cls, at: float, app: str, verdicts: Sequence[Graded]) -> JudgedRecord:
+        return cls(at, app, all(v.passed for v in verdicts),
+                   tuple((v.criterion, v.score) for v in verdicts))  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

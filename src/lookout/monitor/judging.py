@@ -338,9 +338,7 @@ class JudgeService:
             rows = [stored(v, c, run.id, at, self._cfg.model or "") for v in graded.verdicts]
             for v in graded.verdicts:
                 self._m.verdicts.labels(v.criterion, "pass" if v.passed else "fail").inc()
-            scores = tuple((v.criterion, v.score) for v in graded.verdicts)
-            run.judged.append(JudgedRecord(at, c.app, all(v.passed for v in graded.verdicts),
-                                           scores))  # fmt: skip
+            run.judged.append(JudgedRecord.of(at, c.app, graded.verdicts))
         await self._book.record(run.id, rows, run.totals)
 
     async def _judge_anchor(
@@ -393,7 +391,5 @@ def _judged_records(verdicts: list[StoredVerdict]) -> list[JudgedRecord]:
     grouped: dict[str, tuple[str, float, list[StoredVerdict]]] = {}
     for v in verdicts:
         grouped.setdefault(v.record_id, (v.app, v.judged_at, []))[2].append(v)
-    return [
-        JudgedRecord(at, app, all(v.passed for v in vs), tuple((v.criterion, v.score) for v in vs))
-        for app, at, vs in sorted(grouped.values(), key=lambda g: g[1])
-    ]
+    oldest_first = sorted(grouped.values(), key=lambda g: g[1])
+    return [JudgedRecord.of(at, app, vs) for app, at, vs in oldest_first]

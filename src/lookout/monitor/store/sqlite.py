@@ -17,7 +17,7 @@ import structlog
 
 from lookout.errors import StoreError
 from lookout.monitor.store import RejectedSample, RollupPoint, sqlite_path
-from lookout.sqlite_thread import SqliteThread
+from lookout.sqlite_thread import SqliteThread, dict_rows
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -245,11 +245,9 @@ class SqliteStore:
 
     async def get_record(self, record_id: str) -> dict[str, Any] | None:
         def work() -> dict[str, Any] | None:
-            cur = self._conn().execute("SELECT * FROM records WHERE id = ?", (record_id,))
-            row = cur.fetchone()
-            if row is None:
-                return None
-            return dict(zip([c[0] for c in cur.description], row, strict=True))
+            rows = dict_rows(self._conn().execute("SELECT * FROM records WHERE id = ?",
+                                                  (record_id,)))  # fmt: skip
+            return rows[0] if rows else None
 
         return await self._run(work)
 
@@ -288,12 +286,7 @@ class SqliteStore:
             " WHERE json_extract(f.value, '$.flagged')) ORDER BY received_at DESC LIMIT ?"
         )
 
-        def work() -> list[dict[str, Any]]:
-            cur = self._conn().execute(sql, (limit,))
-            names = [c[0] for c in cur.description]
-            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
-
-        return await self._run(work)
+        return await self._run(lambda: dict_rows(self._conn().execute(sql, (limit,))))
 
     async def count_records(self) -> int:
         row = await self._run(
