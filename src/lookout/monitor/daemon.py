@@ -15,6 +15,7 @@ from lookout import __version__
 from lookout.alerts.engine import AlertEngine, ChannelNotifier
 from lookout.alerts.notifiers import build_notifier
 from lookout.alerts.outbox import SqliteOutbox
+from lookout.allocator import fix_mmap_threshold
 from lookout.clock import Clock, SystemClock
 from lookout.detectors.judge import criteria_from
 from lookout.errors import ConfigError
@@ -340,6 +341,7 @@ class Daemon:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then drain the queue and flush the store."""
         s = self.settings
+        fix_mmap_threshold()  # large temporary buffers go back to the OS when freed
         deps = ApiDeps(
             pipeline=self.pipeline,
             store=self.store,
