@@ -49,6 +49,9 @@ def packaged_model_dir(name: str = STATIC_MODEL) -> Path:
     return Path(str(resources.files("lookout.detectors") / "models" / name))
 
 
+_GATHER_BYTES = 96 * 1024  # below glibc's mmap threshold (see lookout.allocator)
+
+
 class StaticEmbedder:
     """Mean of per-token rows of a static table; the tokenizer is the source model's."""
 
@@ -81,16 +84,20 @@ class StaticEmbedder:
         keep = ~np.isin(flat, self._skip)
         rows = np.repeat(np.arange(len(texts)), lengths)[keep]
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        _add_rows(out, rows, self._table[flat[keep]])
+        _add_rows(out, rows, flat[keep], self._table)
         return normalise_rows(out)
 
 
-def _add_rows(out: F32, rows: NDArray[np.int64], vectors: F32) -> None:
-    """Sum `vectors` into `out[rows]`; rows are sorted, so one reduceat does it."""
-    if len(rows) == 0:
-        return
-    starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
-    out[rows[starts]] = np.add.reduceat(vectors, starts, axis=0)
+def _add_rows(out: F32, rows: NDArray[np.int64], tokens: NDArray[np.int64], table: F32) -> None:
+    """Sum the table rows of `tokens` into `out[rows]` (rows sorted), a few tokens at a time:
+    gathering a batch's tokens at once made a (tokens x dim) array of megabytes per batch,
+    which the allocator maps, faults in and unmaps every time."""
+    step = max(1, _GATHER_BYTES // (table.shape[1] * table.itemsize))
+    for start in range(0, len(rows), step):
+        part = rows[start : start + step]
+        starts = np.flatnonzero(np.r_[True, part[1:] != part[:-1]])
+        # Within a chunk the rows in `part[starts]` are distinct, so `+=` adds each once.
+        out[part[starts]] += np.add.reduceat(table[tokens[start : start + step]], starts, axis=0)
 
 
 class HashingEmbedder:
