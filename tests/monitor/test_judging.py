@@ -289,3 +289,32 @@ def test_judge_config_errors_name_the_problem(tmp_path: Path) -> None:
         JudgeConfig.model_validate({"schedule": {"cron": "* * * * *", "interval": "5m"}})
     with pytest.raises(ValueError, match="pattern 'emp'"):
         Settings.model_validate({"redaction": {"patterns": {"emp": "EMP-("}}})
+
+
+async def test_a_store_error_mid_run_ends_the_run_as_failed_and_the_service_goes_on(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+
+    path = tmp_path / "lookout.db"
+    await store_records(path, [record(i) for i in range(2)])
+    gate, entered = asyncio.Event(), asyncio.Event()
+    registry = CollectorRegistry()
+    async with judging(path, Gated(gate=gate, entered=entered), FakeClock(NOW),
+                       registry=registry, criteria=["conciseness"]) as service:  # fmt: skip
+        service.request()
+        await asyncio.wait_for(entered.wait(), 10)
+        with sqlite3.connect(path) as db:  # the verdicts' table is gone before they are written
+            db.execute("DROP TABLE judge_verdicts")
+        gate.set()
+
+        def failed() -> float:
+            return registry.get_sample_value("lookout_judge_runs_total", {"outcome": "failed"}) or 0
+
+        await eventually(lambda: failed() == 1)
+        service.request()  # the worker is still there
+        await eventually(lambda: failed() == 2)
+    async with JudgeBook(path) as book:
+        runs = await book.runs()
+    assert [r.outcome for r in runs] == ["failed", "failed"]
+    assert runs[-1].detail == "store error: no such table: judge_verdicts"

@@ -14,6 +14,7 @@ record, re-judge the anchors, and feed the series rules read.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections import deque
 from dataclasses import asdict, dataclass, replace
@@ -207,9 +208,10 @@ class JudgeService:
                     req, self._due = _Request("schedule", None, None), False
                 try:
                     await self.run_once(req.trigger, app=req.app, request_id=req.request_id)
-                except (sqlite3.Error, OSError) as exc:  # the store, not the judge: next run
+                except* (sqlite3.Error, OSError) as errors:  # the store, not the judge: next run
                     self._m.runs.labels("failed").inc()
-                    log.error("judge_run_failed", trigger=req.trigger, error=str(exc))
+                    log.error("judge_run_failed", trigger=req.trigger,
+                              error=str(errors.exceptions[0]))  # fmt: skip
 
     async def _poll_requests(self) -> None:
         while True:
@@ -242,11 +244,25 @@ class JudgeService:
         return info
 
     async def _run(self, trigger: str, app: str | None, request_id: int | None) -> int:
-        cfg, now = self._cfg, self._clock.now()
+        now = self._clock.now()
         used = await self._book.tokens_since(now - now % DAY_S)
         run_id = await self._book.start_run(now, trigger, app)
-        if request_id is not None:
-            await self._book.link_request(request_id, run_id)
+        try:
+            if request_id is not None:
+                await self._book.link_request(request_id, run_id)
+            await self._judge_run(run_id, now, used, trigger, app)
+        except* (sqlite3.Error, OSError) as errors:  # the records' tasks raise them in a group
+            # Ended, not left `running` (a `run-now --wait` is waiting for its outcome).
+            detail = f"store error: {errors.exceptions[0]}"
+            with contextlib.suppress(sqlite3.Error, OSError):
+                await self._book.finish_run(run_id, self._clock.now(), "failed", detail=detail)
+            raise
+        return run_id
+
+    async def _judge_run(
+        self, run_id: int, now: float, used: int, trigger: str, app: str | None
+    ) -> None:
+        cfg = self._cfg
         if used >= cfg.max_tokens_per_day:
             detail = (f"daily token cap reached: {used} of {cfg.max_tokens_per_day} tokens "
                       "used today (UTC)")  # fmt: skip
@@ -254,7 +270,7 @@ class JudgeService:
             log.warning("judge_run_skipped", reason="token_cap", used=used,
                         cap=cfg.max_tokens_per_day, run_id=run_id)  # fmt: skip
             await self._book.finish_run(run_id, self._clock.now(), "skipped", detail=detail)
-            return run_id
+            return
         await self._book.prune(now - self._retention_s)
         self.ledger.prune(now)
         candidates = await self._book.candidates(SampleQuery(
@@ -291,7 +307,6 @@ class JudgeService:
         log.info("judge_run_finished", run_id=run_id, outcome=outcome, judged=t.judged,
                  failed=t.failed, skipped=t.skipped, input_tokens=t.input_tokens,
                  output_tokens=t.output_tokens, cost=round(t.cost, 6), agreement=share)  # fmt: skip
-        return run_id
 
     async def _grade(
         self, run: _RunState, label: str, texts: tuple[str | None, str | None, str | None],
