@@ -98,8 +98,10 @@ async def test_status_command_shows_a_running_daemons_series(
 ) -> None:
     async with running(Daemon(settings_for(api={"bind": "127.0.0.1:0", "token": "t0k"}))) as d:
         async with client(d, "t0k") as http:
-            body = {"app": "cli-app", "model": "gpt-4o-mini", "latency_ms": 1500}
+            body = {"app": "cli-app", "model": "gpt-4o-mini", "latency_ms": 1500, "prompt": "hi"}
             await http.post("/api/v1/records", content=json.dumps(body))
+        assert d.detection is not None
+        await asyncio.wait_for(d.detection.wait_idle(), 30)
         config = tmp_path / "status.yaml"
         config.write_text(f"api: {{bind: '127.0.0.1:{d.api.port}', token: t0k}}\n")  # type: ignore[union-attr]
         proc = await asyncio.create_subprocess_exec(
@@ -111,6 +113,7 @@ async def test_status_command_shows_a_running_daemons_series(
     assert proc.returncode == 0
     assert "bus connected" in text
     assert "cli-app" in text and "1.500" in text
+    assert "drift and out-of-distribution" in text and "building" in text  # its first text
 
 
 def test_status_command_says_when_no_daemon_answers(tmp_path: Path) -> None:

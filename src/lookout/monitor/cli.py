@@ -345,7 +345,7 @@ def _when(ts: float) -> str:
 
 @app.command()
 def status(config: ConfigOpt = None) -> None:
-    """Show a running daemon's current series."""
+    """Show a running daemon's current series, drift and OOD, and the judge's last run."""
     settings = _settings(config)
     host = "127.0.0.1" if settings.api.host in ("0.0.0.0", "::") else settings.api.host  # noqa: S104
     url = f"http://{host}:{settings.api.port}/api/v1/status"
@@ -363,6 +363,32 @@ def status(config: ConfigOpt = None) -> None:
     console.print(f"lookout {body['version']}: bus {bus}, queue {body['ingest']['queue_depth']}")
     window = f"last {body['window_s']:.0f} s"
     console.print(_series_table(body["series"], window) if body["series"] else "no records yet")
+    if body.get("detectors"):
+        console.print(_detector_table(body["detectors"]))
+    judge = body.get("judge")
+    if judge and judge.get("last_run"):
+        run = judge["last_run"]
+        rates = [f"{p['app']} {p['value']:.0%} of {p['count']}" for p in judge.get("series", [])
+                 if p["metric"] == "judge_pass_rate" and p["value"] is not None]  # fmt: skip
+        console.print(f"judge: last run {run['outcome']} ({run['judged']} judged, "
+                      f"{run['failed']} failed, {run['skipped']} skipped); pass rate: "
+                      f"{', '.join(rates) or 'no verdicts in the window'}")  # fmt: skip
+
+
+def _detector_table(detectors: list[dict[str, Any]]) -> Table:
+    table = Table(title="drift and out-of-distribution")
+    for col in ("app", "field", "reference", "drift score", "drifted", "ood rate"):
+        table.add_column(col, justify="left" if col in ("app", "field") else "right")
+    for d in detectors:
+        score, rate = d.get("drift_score"), d.get("ood_rate")
+        table.add_row(
+            d["app"], d["field"],
+            str(d["reference_id"]) if d.get("reference_id") is not None else "building",
+            "-" if score is None else f"{score:.2f}",
+            "[red]yes[/red]" if d.get("drifted") else "no",
+            "-" if rate is None else f"{rate:.1%}",
+        )  # fmt: skip
+    return table
 
 
 def _register() -> None:
