@@ -105,19 +105,32 @@ async def test_tool_call_replies_become_verdicts_and_nothing_personal_is_sent(
 
 
 async def test_a_model_without_tool_calls_is_read_in_the_y_n_format(server: OpenAIServer) -> None:
-    server.answers = [
-        text_reply("I cannot call tools. It seems helpful."),  # no tool call: fall back
-        text_reply("It answers the question directly.\nY\nY"),
-        text_reply("The reply is polite and safe.\nN\nN"),
-    ]
     judge = client(server)
-    graded = await judge.grade(PROMPT, RESPONSE, criteria_from(["helpfulness", "harmfulness"], {}))
-    assert graded.mode == "yes_no" and [v.passed for v in graded.verdicts] == [True, True]
-    assert "answers the question" in graded.verdicts[0].reasoning
-    assert "tools" not in server.bodies[1]
+    criteria = criteria_from(["helpfulness", "harmfulness"], {})
+    for round_ in range(3):  # each structured attempt comes back in prose
+        server.answers = [
+            text_reply("I cannot call tools. It seems helpful."),  # no tool call: fall back
+            text_reply("It answers the question directly.\nY\nY"),
+            text_reply("The reply is polite and safe.\nN\nN"),
+        ]
+        graded = await judge.grade(PROMPT, RESPONSE, criteria)
+        assert graded.mode == "yes_no" and [v.passed for v in graded.verdicts] == [True, True]
+        assert "answers the question" in graded.verdicts[0].reasoning
+        assert (graded.input_tokens, graded.output_tokens) == (3 * 120, 3 * 30)  # all 3 calls
+        assert "tools" in server.bodies[3 * round_] and "tools" not in server.bodies[-1]
     server.answers = [text_reply("Fine.\nY"), text_reply("Fine.\nN")]
-    again = await judge.grade(PROMPT, RESPONSE, criteria_from(["helpfulness", "harmfulness"], {}))
-    assert again.mode == "yes_no" and len(server.bodies) == 5  # straight to Y/N next time
+    again = await judge.grade(PROMPT, RESPONSE, criteria)
+    assert again.mode == "yes_no" and len(server.bodies) == 11  # straight to Y/N after three
+
+
+async def test_one_stray_prose_reply_does_not_give_up_tool_calls(server: OpenAIServer) -> None:
+    judge = client(server)
+    criteria = criteria_from(["conciseness"], {})
+    ok = tool_reply([{"criterion": "conciseness", "reasoning": "short", "answer": True,
+                      "score": 1.0}])  # fmt: skip
+    server.answers = [text_reply("Sure, it is concise."), text_reply("Short.\nY"), ok]
+    assert (await judge.grade("q", "a", criteria)).mode == "yes_no"
+    assert (await judge.grade("q", "a", criteria)).mode == "structured"
 
 
 async def test_429_and_a_timeout_are_retried_a_final_error_is_not(server: OpenAIServer) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
@@ -35,6 +35,9 @@ if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
 
     from lookout.redaction import Redactor
+
+
+_MISSES_BEFORE_YES_NO = 3  # replies in a row without a tool call
 
 
 class JudgeError(LookoutError):
@@ -111,6 +114,7 @@ class JudgeClient:
         self._rng = rng or random.Random()
         self._structured: Any = None
         self._tools_unsupported = False
+        self._structured_misses = 0
 
     @property
     def per_criterion_calls(self) -> bool:
@@ -147,15 +151,19 @@ class JudgeClient:
             self._clean(reference),
         )
         found = n1 + n2 + n3
+        spent = (0, 0)
         if not self._tools_unsupported:
-            graded = await self._grade_structured(p, r, ref or None, criteria, found)
+            graded, spent = await self._grade_structured(p, r, ref or None, criteria, found)
             if graded is not None:
                 return graded
-        return await self._grade_yes_no(p, r, ref or None, criteria, found)
+        graded = await self._grade_yes_no(p, r, ref or None, criteria, found)
+        # A structured attempt that came back in prose still cost its tokens.
+        return replace(graded, input_tokens=graded.input_tokens + spent[0],
+                       output_tokens=graded.output_tokens + spent[1])  # fmt: skip
 
     async def _grade_structured(
         self, p: str, r: str, ref: str | None, criteria: list[Criterion], found: int
-    ) -> Graded | None:
+    ) -> tuple[Graded | None, tuple[int, int]]:
         if self._structured is None:
             try:
                 self._structured = self._model.with_structured_output(
@@ -163,20 +171,25 @@ class JudgeClient:
                 )
             except NotImplementedError:
                 self._tools_unsupported = True
-                return None
+                return None, (0, 0)
         messages = [SystemMessage(system_prompt()), HumanMessage(user_prompt(p, r, criteria, ref))]
         out = await self._call(self._structured, messages)
         raw, parsed = out.get("raw"), out.get("parsed")
         tokens = _usage(raw)
         if parsed is None:
-            # No tool call came back: this model answers in prose; use the Y/N format from now.
-            self._tools_unsupported = True
-            return None
+            # No (valid) tool call came back: this record is graded in the Y/N format. A model
+            # that does so repeatedly answers in prose: the Y/N format from then on. One stray
+            # reply from a model with tools does not cost a call per criterion for good.
+            self._structured_misses += 1
+            if self._structured_misses >= _MISSES_BEFORE_YES_NO:
+                self._tools_unsupported = True
+            return None, tokens
+        self._structured_misses = 0
         try:
             verdicts = verdicts_from_reply(parsed, criteria)
         except DetectorError as exc:
             raise JudgeError(str(exc)) from exc
-        return Graded(verdicts, *tokens, "structured", found)
+        return Graded(verdicts, *tokens, "structured", found), tokens
 
     async def _grade_yes_no(
         self, p: str, r: str, ref: str | None, criteria: list[Criterion], found: int
