@@ -108,7 +108,7 @@ class Demo:
     def __init__(self, opts: DemoOptions, out: Callable[[str], None] = print) -> None:
         self.opts = opts
         self._out = out
-        self.events: asyncio.Queue[DemoEvent] = asyncio.Queue()
+        self.events: asyncio.Queue[DemoEvent] = asyncio.Queue(maxsize=1000)  # for tests
         self.dashboard_url = ""
         self._t0 = time.monotonic()
         self._timeline = tuple(i for i in TIMELINE if i.kind in opts.incidents)
@@ -131,9 +131,10 @@ class Demo:
                 summary = alert.get("annotations", {}).get("summary", "")
                 mark = "FIRING  " if status == "firing" else "RESOLVED"
                 self._say(f"webhook received: {mark} {labels.get('alertname')}: {summary}")
-                await self.events.put(DemoEvent(self._elapsed(), status,
-                                                labels.get("alertname", ""),
-                                                labels.get("app", ""), summary))  # fmt: skip
+                event = DemoEvent(self._elapsed(), status, labels.get("alertname", ""),
+                                  labels.get("app", ""), summary)  # fmt: skip
+                with contextlib.suppress(asyncio.QueueFull):  # nobody reads them but tests
+                    self.events.put_nowait(event)
             return web.Response(text="ok")
 
         app = web.Application()
@@ -187,6 +188,7 @@ class Demo:
         per_tick = opts.records_per_s * min(opts.speed, 4.0) * TICK_S
         owed = dict.fromkeys(PROFILES, 0.0)
         announced: set[tuple[Incident, str]] = set()
+        over = False
         start = time.monotonic()
         async with aiomqtt.Client("127.0.0.1", port, identifier="lookout-demo-traffic") as client:
             while True:
@@ -200,10 +202,13 @@ class Demo:
                     owed[app] -= len(batch)
                     if batch:
                         await client.publish(f"llm/records/{app}", json.dumps(batch), qos=1)
-                if opts.once and timeline_s > self._end_s():
-                    self._say("the timeline is over")
-                    stop.set()
-                    return
+                if timeline_s > self._end_s() and not over:
+                    over = True
+                    if opts.once:
+                        self._say("the timeline is over")
+                        stop.set()
+                        return
+                    self._say("the timeline is over; normal traffic goes on (Ctrl-C to stop)")
                 await asyncio.sleep(TICK_S)
 
     def _end_s(self) -> float:
