@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+import pytest
 from numpy.typing import NDArray
 from prometheus_client import CollectorRegistry
 
@@ -104,6 +105,24 @@ async def test_a_restart_reloads_the_reference_without_recalibrating(
     assert after["reference_id"] == before["reference_id"]
     assert after["drift_threshold"] == before["drift_threshold"]
     assert after["ood_threshold"] == before["ood_threshold"]
+
+
+async def test_a_restart_keeps_the_drift_window(settings_for: Callable[..., Settings]) -> None:
+    settings = detecting(settings_for)
+    banking, travel = prompts({"banking"}, 200), prompts({"travel"}, 60)
+    async with running(Daemon(settings)) as d:
+        await send(d, banking)
+        await send(d, travel)  # drifted, and the window is full
+        [before] = d.status()["detectors"]
+    assert before["drifted"] is True
+    async with running(Daemon(settings)) as d2:
+        [after] = d2.status()["detectors"]  # no record since the restart
+        points = d2.extra_series(60, d2.clock.now())
+    assert after["drifted"] is True and after["window_count"] == before["window_count"]
+    # The same window, its kernel sums added up in another order.
+    assert after["drift_score"] == pytest.approx(before["drift_score"], rel=1e-6)
+    [drift] = [p.value for p in points if p.metric == "drift_score"]
+    assert drift == pytest.approx(before["drift_score"], rel=1e-6)
 
 
 class SlowEmbedder:

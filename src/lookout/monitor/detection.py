@@ -14,6 +14,7 @@ import functools
 import hashlib
 import json
 import random
+import sqlite3
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
@@ -28,6 +29,7 @@ from lookout.detectors.errors import DetectorError
 from lookout.detectors.reference import DetectorParams, FittedReference
 from lookout.monitor.calibration import ReferenceFitter
 from lookout.monitor.detector_state import BUCKET_S, DetectorSeries, Track
+from lookout.monitor.references import WindowSnapshot
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -91,6 +93,7 @@ class DetectionService:
         self._queue: deque[_Item] = deque()
         self._queue_size = queue_size
         self._buckets = int(max_window_s // BUCKET_S) + 2
+        self._max_window_s = max_window_s
         self._max_tracks = max_tracks
         self._tracks: dict[tuple[str, str], Track] = {}
         self._cache: OrderedDict[bytes, NDArray[np.float32]] = OrderedDict()
@@ -162,6 +165,7 @@ class DetectionService:
     async def __aenter__(self) -> DetectionService:
         self._loop = asyncio.get_running_loop()
         await self._poll_references()  # saved references first: a restart never recalibrates
+        await self._restore_windows()  # and drift goes on from where it stopped
         self._group = asyncio.TaskGroup()
         await self._group.__aenter__()
         self._tasks = [
@@ -182,11 +186,52 @@ class DetectionService:
         if self._group is not None:
             await self._group.__aexit__(exc_type, exc, tb)
         await asyncio.to_thread(self._fitter.close)  # kills a fit under way
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._save_windows(), self._drain_timeout_s)
         # Off the loop: a batch still on the detection thread may need the loop to save a
         # reference it just built. Bounded: past the drain time, the stop goes on without it.
         shutdown = functools.partial(self._executor.shutdown, wait=True, cancel_futures=True)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.to_thread(shutdown), self._drain_timeout_s)
+
+    async def _save_windows(self) -> None:
+        """The drift windows, so a restart does not start them empty (and a drift alert does
+        not resolve on the restart's silence, then fire again once the window refills)."""
+        if self._book is None:
+            return
+        loop = asyncio.get_running_loop()
+        # On the detection thread, after any batch still there: the windows are its.
+        windows = await loop.run_in_executor(self._executor, self._snapshot_windows)
+        try:
+            await self._book.save_windows(windows, self._clock.now())
+        except sqlite3.Error as exc:
+            log.warning("drift_windows_not_saved", error=str(exc))
+
+    def _snapshot_windows(self) -> list[WindowSnapshot]:
+        return [
+            WindowSnapshot(t.app, t.field, t.ref_id, t.window.embeddings(), list(t.recent_texts))
+            for t in self._tracks.values()
+            if t.window is not None and t.ref_id is not None and t.window.count
+        ]
+
+    async def _restore_windows(self) -> None:
+        if self._book is None:
+            return
+        loop = asyncio.get_running_loop()
+        saved = await self._book.load_windows(self._clock.now() - self._max_window_s)
+        for snapshot in saved:
+            await loop.run_in_executor(self._executor, self._restore_window, snapshot)
+
+    def _restore_window(self, snapshot: WindowSnapshot) -> None:
+        track = self._tracks.get((snapshot.app, snapshot.field))
+        if track is None or track.ref_id != snapshot.ref_id or track.window is None:
+            return  # the reference changed since: the old window does not fit it
+        assert track.fitted is not None
+        track.window.add(snapshot.embeddings)
+        track.recent_texts.extend(snapshot.texts)
+        track.last = track.fitted.drift.score(track.window)
+        log.info("drift_window_restored", app=track.app, field=track.field,
+                 size=int(track.window.count))  # fmt: skip
 
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()

@@ -28,6 +28,10 @@ CREATE TABLE IF NOT EXISTS detector_refs (
     UNIQUE (app, field, version)
 );
 CREATE INDEX IF NOT EXISTS detector_refs_active ON detector_refs (app, field, active);
+CREATE TABLE IF NOT EXISTS detector_windows (
+    app TEXT NOT NULL, field TEXT NOT NULL, ref_id INTEGER NOT NULL, saved_at REAL NOT NULL,
+    embeddings BLOB NOT NULL, texts TEXT NOT NULL, PRIMARY KEY (app, field)
+);
 """
 
 States = dict[str, NDArray[np.generic]]
@@ -46,6 +50,20 @@ class ReferenceInfo:
     active: bool
     drift_threshold: float | None
     ood_threshold: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class WindowSnapshot:
+    """A drift window's embeddings (oldest first) and texts when the daemon stopped."""
+
+    app: str
+    field: str
+    ref_id: int
+    embeddings: NDArray[np.float32]
+    texts: list[str]
+
+
+Snapshots = list[WindowSnapshot]  # (the book's own `list` method shadows the name inside it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,3 +179,27 @@ class ReferenceBook(SqliteBacked):
         if not await self._sql.run(work):
             return None
         return await self.info(ref_id)
+
+    async def save_windows(self, windows: Snapshots, now: float) -> None:
+        rows = [(w.app, w.field, w.ref_id, now, _pack({"x": w.embeddings}), json.dumps(w.texts))
+                for w in windows]  # fmt: skip
+
+        def work() -> None:
+            db = self._sql.conn()
+            with db:
+                db.execute("BEGIN")
+                db.executemany("INSERT OR REPLACE INTO detector_windows VALUES (?,?,?,?,?,?)", rows)
+
+        await self._sql.run(work)
+
+    async def load_windows(self, since: float) -> Snapshots:
+        """Windows saved at or after `since` (older ones say little about traffic now)."""
+        sql = (
+            "SELECT app, field, ref_id, embeddings, texts FROM detector_windows WHERE saved_at >= ?"
+        )
+        rows = await self._sql.run(lambda: self._sql.conn().execute(sql, (since,)).fetchall())
+        out = []
+        for app, field, ref_id, blob, texts in rows:
+            x = _unpack(blob)["x"].astype(np.float32)
+            out.append(WindowSnapshot(app, field, int(ref_id), x, json.loads(texts)))
+        return out
