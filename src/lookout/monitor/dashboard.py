@@ -106,9 +106,15 @@ class Dashboard:
         range_s = RANGES_S[name]
         step_s = max(60.0, range_s / MAX_POINTS)
         since = (now - range_s) // 60 * 60
-        points = await self._stored(name, since, step_s)
-        points += self._deps.live(now)
-        series = downsample(points, since, step_s)
+        series = downsample(await self._stored(name, since, step_s), since, step_s)
+        # The minute under way is a point of its own at the end, not averaged into a bucket
+        # of stored means.
+        live = self._deps.live(now)
+        if live:
+            minute = live[0].minute
+            for app, named in downsample(live, minute, 60.0).items():
+                for key, values in named.items():
+                    series.setdefault(app, {}).setdefault(key, []).extend(values)
         return web.json_response({"range": name, "since": since, "now": now, "step_s": step_s,
                                   "apps": sorted(a for a in series if a != ALL),
                                   "series": series})  # fmt: skip
