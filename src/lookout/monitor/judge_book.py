@@ -264,15 +264,16 @@ class JudgeBook(SqliteBacked):
         row = await self._sql.run(lambda: self._sql.conn().execute(sql, (run_id,)).fetchone())
         return None if row is None else RunInfo(*row)
 
-    async def verdicts_since(self, since: float) -> list[StoredVerdict]:
-        sql = "SELECT * FROM judge_verdicts WHERE judged_at >= ? ORDER BY judged_at"
-        rows = await self._sql.run(lambda: self._sql.conn().execute(sql, (since,)).fetchall())
+    async def _verdicts(self, where: str, arg: float | str) -> list[StoredVerdict]:
+        sql = f"SELECT * FROM judge_verdicts WHERE {where}"
+        rows = await self._sql.run(lambda: self._sql.conn().execute(sql, (arg,)).fetchall())
         return [StoredVerdict(*row) for row in rows]
 
+    async def verdicts_since(self, since: float) -> list[StoredVerdict]:
+        return await self._verdicts("judged_at >= ? ORDER BY judged_at", since)
+
     async def verdicts_for(self, record_id: str) -> list[StoredVerdict]:
-        sql = "SELECT * FROM judge_verdicts WHERE record_id = ? ORDER BY criterion"
-        rows = await self._sql.run(lambda: self._sql.conn().execute(sql, (record_id,)).fetchall())
-        return [StoredVerdict(*row) for row in rows]
+        return await self._verdicts("record_id = ? ORDER BY criterion", record_id)
 
     async def failures(self, limit: int = 20) -> list[dict[str, Any]]:
         """The newest failing verdicts with their records' texts, newest first."""
@@ -281,7 +282,6 @@ class JudgeBook(SqliteBacked):
             " r.prompt, r.response FROM judge_verdicts v LEFT JOIN records r ON r.id = v.record_id"
             " WHERE v.passed = 0 ORDER BY v.judged_at DESC LIMIT ?"
         )
-
         return await self._sql.run(lambda: dict_rows(self._sql.conn().execute(sql, (limit,))))
 
     async def agreements_since(self, since: float) -> list[tuple[float, float, int]]:
