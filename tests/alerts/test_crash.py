@@ -35,6 +35,15 @@ async def metric(api: str, name: str) -> float:
     return 0.0
 
 
+async def ready(api: str) -> bool:
+    """/readyz says 200: started (records are taken), bus connected, store writable."""
+    try:
+        async with httpx.AsyncClient() as http:
+            return (await http.get(f"{api}/readyz", timeout=2)).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 async def test_kill_9_before_delivery_then_restart_delivers(
     tmp_path: Path, topic_root: str
 ) -> None:
@@ -52,11 +61,7 @@ async def test_kill_9_before_delivery_then_restart_delivers(
     }))  # fmt: skip
     first = await start(config)
     try:
-
-        async def up() -> bool:
-            return await metric(api, "lookout_outbox_depth") >= 0
-
-        await eventually(up, timeout_s=30)
+        await eventually(lambda: ready(api), timeout_s=30)
         async with httpx.AsyncClient() as http:
             await http.post(f"{api}/api/v1/records", json={"app": "bot", "error": "boom"})
 

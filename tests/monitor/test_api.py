@@ -7,13 +7,16 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import aiomqtt
 import httpx
+import pytest
 
-from lookout.monitor.config import Settings
+from lookout.detectors.embedders import Embedder
+from lookout.monitor.config import EmbedderConfig, Settings
 from lookout.monitor.daemon import Daemon
 from tests.conftest import eventually, free_port, running, sample_value
 
@@ -125,3 +128,41 @@ def test_status_command_says_when_no_daemon_answers(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 1
     assert "no daemon answering" in proc.stderr
+
+
+async def test_records_posted_while_the_daemon_starts_are_refused_until_it_is_ready(
+    settings_for: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API answers before the detectors are wired (a model may take seconds to load):
+    records taken then would skip them, so they get 503 and Retry-After instead."""
+    from lookout.monitor.embedding import build_embedder as real_build
+
+    loading = threading.Event()
+
+    def slow_build(cfg: EmbedderConfig) -> Embedder:
+        assert loading.wait(15)
+        return real_build(cfg)
+
+    monkeypatch.setattr("lookout.monitor.daemon.build_embedder", slow_build)
+    d = Daemon(settings_for(detectors={"fields": ["prompt"], "reference": {"auto_size": 20},
+                                       "drift": {"window": 5}}))  # fmt: skip
+    stop = asyncio.Event()
+    task = asyncio.create_task(d.run(stop))
+    try:
+        await eventually(lambda: d.api is not None and d.api.port is not None)
+        async with client(d) as http:
+            early = await http.post("/api/v1/records", content=b'{"app": "bot", "prompt": "hi"}')
+            assert early.status_code == 503 and early.headers["Retry-After"] == "1"
+            readyz = await http.get("/readyz")
+            assert readyz.status_code == 503 and readyz.json()["started"] is False
+            loading.set()
+            await asyncio.wait_for(d.ready.wait(), 15)
+            later = await http.post("/api/v1/records", content=b'{"app": "bot", "prompt": "hi"}')
+            assert later.status_code == 200 and later.json()["accepted"] == 1
+        assert d.detection is not None
+        await asyncio.wait_for(d.detection.wait_idle(), 15)
+        assert [s["reference_pending"] for s in d.status()["detectors"]] == [1]
+    finally:
+        loading.set()
+        stop.set()
+        await asyncio.wait_for(task, 15)

@@ -49,6 +49,9 @@ class ApiDeps:
     max_payload_bytes: int
     verdicts: Callable[[str], Awaitable[list[dict[str, Any]]]] | None = None
     dashboard: Dashboard | None = None
+    # False while the daemon starts: the API already answers, but records posted then would
+    # miss the detectors and rules not yet wired, so they are refused (503, Retry-After).
+    started: Callable[[], bool] = lambda: True
 
 
 class ApiServer:
@@ -126,10 +129,10 @@ class ApiServer:
         return web.json_response({"status": "ok"})
 
     async def _readyz(self, request: web.Request) -> web.Response:
-        bus = self._deps.bus_connected()
+        started, bus = self._deps.started(), self._deps.bus_connected()
         store = await self._deps.store.writable()
-        ready = bus and store
-        body = {"ready": ready, "bus_connected": bus, "store_writable": store}
+        ready = started and bus and store
+        body = {"ready": ready, "started": started, "bus_connected": bus, "store_writable": store}
         return web.json_response(body, status=200 if ready else 503)
 
     async def _metrics(self, request: web.Request) -> web.Response:
@@ -172,6 +175,9 @@ class ApiServer:
         return web.json_response({"expired": True})
 
     async def _post_records(self, request: web.Request) -> web.Response:
+        if not self._deps.started():
+            return web.json_response({"error": "lookout is starting; retry shortly"},
+                                     status=503, headers={"Retry-After": "1"})  # fmt: skip
         payload = await request.read()
         result = self._deps.pipeline.process_payload(payload, None, "http", self._deps.clock.now())
         body = {

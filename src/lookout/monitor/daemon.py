@@ -354,6 +354,7 @@ class Daemon:
             verdicts=self.verdicts,
             dashboard=self._dashboard(),
             max_payload_bytes=s.bus.max_payload_bytes * 2,
+            started=self.ready.is_set,
         )
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(self.store)
