@@ -107,6 +107,27 @@ async def test_a_restart_reloads_the_reference_without_recalibrating(
     assert after["ood_threshold"] == before["ood_threshold"]
 
 
+async def test_a_reference_from_another_embedder_is_refused_and_rebuilt(
+    settings_for: Callable[..., Settings],
+) -> None:
+    banking = prompts({"banking"}, 200)
+    async with running(Daemon(detecting(settings_for))) as d:
+        await send(d, banking)  # a reference of the default (static, 256-d) embedder
+        [before] = d.status()["detectors"]
+    # Same dimension, another embedding function: its scores against that reference would be
+    # noise, not a crash, so only the embedder's name can tell.
+    hashing_256 = {**DETECTORS, "embedder": {"kind": "hashing", "dim": 256}}
+    hashing = detecting(settings_for, detectors=hashing_256)
+    async with running(Daemon(hashing)) as d2:
+        assert sample_value(d2, "lookout_detector_errors_total", {"stage": "reference"}) == 1
+        assert [s["reference_id"] for s in d2.status()["detectors"]] in ([], [None])
+        await send(d2, banking)
+        [after] = d2.status()["detectors"]
+        assert after["reference_id"] == before["reference_id"] + 1
+        await send(d2, banking[:50])  # records like the reference: not out of scope
+        assert d2.status()["detectors"][0]["ood_rate"] < 0.2
+
+
 async def test_a_restart_keeps_the_drift_window(settings_for: Callable[..., Settings]) -> None:
     settings = detecting(settings_for)
     banking, travel = prompts({"banking"}, 200), prompts({"travel"}, 60)

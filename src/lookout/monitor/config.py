@@ -206,6 +206,9 @@ class DetectorsConfig(_Section):
     # A CPU budget: at most this many texts embedded a second, whatever the traffic (~1/8 of
     # a core with the static embedder); sample_rate applies within it.
     max_texts_per_s: float = Field(default=1000.0, gt=0)
+    # Drift windows and OOD counts are saved on stop and this often while running, so a crash
+    # loses at most this much of them.
+    checkpoint_interval: DurationS = 60.0
 
     @model_validator(mode="after")
     def _enough_reference(self) -> DetectorsConfig:

@@ -309,6 +309,7 @@ class Daemon:
             registry=self.registry, poll_interval_s=s.eval_interval,
             queue_size=s.detectors.queue_size,
             max_window_s=max(s.metrics.max_window, s.metrics.default_window),
+            checkpoint_interval_s=s.detectors.checkpoint_interval,
         )  # fmt: skip
         self.registry.register(DetectorCollector(service, s.metrics.default_window, self.clock))
         return service

@@ -77,6 +77,7 @@ class DetectionService:
         max_tracks: int = 200,
         adapt_interval_s: float = 1.0,
         drain_timeout_s: float = 2.0,
+        checkpoint_interval_s: float = 60.0,
     ) -> None:
         self._cfg = cfg
         self._fields = tuple(cfg.fields)
@@ -96,11 +97,13 @@ class DetectionService:
         self._max_window_s = max_window_s
         self._max_tracks = max_tracks
         self._tracks: dict[tuple[str, str], Track] = {}
+        self._refused: set[int] = set()  # references made by another embedder
         self._cache: OrderedDict[bytes, NDArray[np.float32]] = OrderedDict()
         self._cache_size = 4096  # ~4 MB of rows at 256-d
         self._load_factor = 1.0
         self._adapt_interval_s = adapt_interval_s
         self._drain_timeout_s = drain_timeout_s
+        self._checkpoint_interval_s = checkpoint_interval_s
         self._dropped_since_adapt = 0
         self._inflight = 0
         self._offered = self._accepted = 0
@@ -172,6 +175,7 @@ class DetectionService:
             self._group.create_task(self._work(), name="detector-worker"),
             self._group.create_task(self._poll_forever(), name="detector-references"),
             self._group.create_task(self._adapt_forever(), name="detector-sampler"),
+            self._group.create_task(self._checkpoint_forever(), name="detector-checkpoint"),
         ]
         return self
 
@@ -194,25 +198,45 @@ class DetectionService:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.to_thread(shutdown), self._drain_timeout_s)
 
-    async def _save_windows(self) -> None:
-        """The drift windows, so a restart does not start them empty (and a drift alert does
-        not resolve on the restart's silence, then fire again once the window refills)."""
+    async def _checkpoint_forever(self) -> None:
+        """The windows of tracks that changed, every interval: a crash (kill -9, power loss)
+        then loses at most one interval of them."""
+        while True:
+            await asyncio.sleep(self._checkpoint_interval_s)
+            try:
+                await self._save_windows(only_changed=True)
+            except Exception:
+                self._m_errors.labels("checkpoint").inc()
+                log.exception("drift_windows_checkpoint_failed")
+
+    async def _save_windows(self, *, only_changed: bool = False) -> None:
+        """The drift windows and OOD counts, so a restart does not start them empty (and a
+        drift alert does not resolve on the restart's silence, then fire again once the window
+        refills). On stop all of them, saved as of now; at a checkpoint the changed ones."""
         if self._book is None:
             return
         loop = asyncio.get_running_loop()
         # On the detection thread, after any batch still there: the windows are its.
-        windows = await loop.run_in_executor(self._executor, self._snapshot_windows)
+        windows = await loop.run_in_executor(self._executor, self._snapshot_windows, only_changed)
+        if not windows:
+            return
         try:
             await self._book.save_windows(windows, self._clock.now())
         except sqlite3.Error as exc:
+            self._m_errors.labels("checkpoint").inc()
             log.warning("drift_windows_not_saved", error=str(exc))
 
-    def _snapshot_windows(self) -> list[WindowSnapshot]:
-        return [
-            WindowSnapshot(t.app, t.field, t.ref_id, t.window.embeddings(), list(t.recent_texts))
-            for t in self._tracks.values()
-            if t.window is not None and t.ref_id is not None and t.window.count
-        ]
+    def _snapshot_windows(self, only_changed: bool) -> list[WindowSnapshot]:
+        out = []
+        for t in self._tracks.values():
+            if t.window is None or t.ref_id is None or (only_changed and not t.changed):
+                continue
+            t.changed = False
+            ood = t.ood_rows()
+            if t.window.count or len(ood):
+                out.append(WindowSnapshot(t.app, t.field, t.ref_id, t.window.embeddings(),
+                                          list(t.recent_texts), ood))  # fmt: skip
+        return out
 
     async def _restore_windows(self) -> None:
         if self._book is None:
@@ -227,11 +251,13 @@ class DetectionService:
         if track is None or track.ref_id != snapshot.ref_id or track.window is None:
             return  # the reference changed since: the old window does not fit it
         assert track.fitted is not None
-        track.window.add(snapshot.embeddings)
-        track.recent_texts.extend(snapshot.texts)
-        track.last = track.fitted.drift.score(track.window)
+        track.restore_ood(snapshot.ood)
+        if len(snapshot.embeddings):
+            track.window.add(snapshot.embeddings)
+            track.recent_texts.extend(snapshot.texts)
+            track.last = track.fitted.drift.score(track.window)
         log.info("drift_window_restored", app=track.app, field=track.field,
-                 size=int(track.window.count))  # fmt: skip
+                 size=int(track.window.count), ood_buckets=len(snapshot.ood))  # fmt: skip
 
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
@@ -286,10 +312,19 @@ class DetectionService:
         loop = asyncio.get_running_loop()
         for (app, field), ref_id in (await self._book.active_ids()).items():
             track = self._tracks.get((app, field))
-            if track is not None and track.ref_id == ref_id:
+            if (track is not None and track.ref_id == ref_id) or ref_id in self._refused:
                 continue
             reference = await self._book.load(ref_id)
             if reference is None:
+                continue
+            if reference.info.embedder != self._embedder.name:
+                # Its rows come from another embedding function: scores against it would be
+                # meaningless. The app's next texts build a reference with this embedder.
+                self._refused.add(ref_id)
+                self._m_errors.labels("reference").inc()
+                log.warning("reference_embedder_mismatch", app=app, field=field, id=ref_id,
+                            reference_embedder=reference.info.embedder,
+                            embedder=self._embedder.name)  # fmt: skip
                 continue
             try:
                 fitted = await loop.run_in_executor(
@@ -470,6 +505,7 @@ class DetectionService:
         assert track.fitted is not None and track.window is not None
         ood = track.fitted.ood.score(x)
         track.count_ood(items[-1].at, len(x), int(ood.flagged.sum()))
+        track.changed = True
         track.window.add(x)
         track.recent_texts.extend(i.text[:_KEEP_TEXT_CHARS] for i in items)
         before = track.last

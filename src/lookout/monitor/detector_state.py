@@ -57,6 +57,7 @@ class Track:
         self.ood_bucket = [-1] * buckets
         self.ood_scored = [0] * buckets
         self.ood_flagged = [0] * buckets
+        self.changed = False  # since the last checkpoint of its window and OOD counts
 
     def use(self, fitted: FittedReference, ref_id: int | None, texts: list[str]) -> None:
         self.fitted, self.ref_id, self.ref_texts = fitted, ref_id, texts
@@ -73,6 +74,20 @@ class Track:
             self.ood_bucket[slot] = index
         self.ood_scored[slot] += scored
         self.ood_flagged[slot] += flagged
+
+    def ood_rows(self) -> NDArray[np.int64]:
+        """The OOD ring's live buckets as rows of (bucket index, scored, flagged)."""
+        rows = [(b, n, f) for b, n, f in zip(self.ood_bucket, self.ood_scored,
+                                             self.ood_flagged, strict=True) if b >= 0]  # fmt: skip
+        return np.array(rows, dtype=np.int64).reshape(-1, 3)
+
+    def restore_ood(self, rows: NDArray[np.int64]) -> None:
+        """Saved buckets back into the ring, where no newer bucket holds their slot."""
+        for index, scored, flagged in rows.tolist():
+            slot = index % self._ring
+            if self.ood_bucket[slot] < index:
+                self.ood_bucket[slot] = index
+                self.ood_scored[slot], self.ood_flagged[slot] = scored, flagged
 
     def ood_rate(self, window_s: float, now: float) -> tuple[float | None, int]:
         first = int((now - window_s) // BUCKET_S) + 1

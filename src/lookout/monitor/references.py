@@ -54,13 +54,15 @@ class ReferenceInfo:
 
 @dataclass(frozen=True, slots=True)
 class WindowSnapshot:
-    """A drift window's embeddings (oldest first) and texts when the daemon stopped."""
+    """A drift window's embeddings (oldest first) and texts, and the OOD counts by time
+    bucket (rows of bucket index, scored, flagged), as of the last checkpoint or stop."""
 
     app: str
     field: str
     ref_id: int
     embeddings: NDArray[np.float32]
     texts: list[str]
+    ood: NDArray[np.int64]
 
 
 Snapshots = list[WindowSnapshot]  # (the book's own `list` method shadows the name inside it)
@@ -181,8 +183,8 @@ class ReferenceBook(SqliteBacked):
         return await self.info(ref_id)
 
     async def save_windows(self, windows: Snapshots, now: float) -> None:
-        rows = [(w.app, w.field, w.ref_id, now, _pack({"x": w.embeddings}), json.dumps(w.texts))
-                for w in windows]  # fmt: skip
+        rows = [(w.app, w.field, w.ref_id, now, _pack({"x": w.embeddings, "ood": w.ood}),
+                 json.dumps(w.texts)) for w in windows]  # fmt: skip
 
         def work() -> None:
             db = self._sql.conn()
@@ -200,6 +202,8 @@ class ReferenceBook(SqliteBacked):
         rows = await self._sql.run(lambda: self._sql.conn().execute(sql, (since,)).fetchall())
         out = []
         for app, field, ref_id, blob, texts in rows:
-            x = _unpack(blob)["x"].astype(np.float32)
-            out.append(WindowSnapshot(app, field, int(ref_id), x, json.loads(texts)))
+            arrays = _unpack(blob)
+            x = arrays["x"].astype(np.float32)
+            ood = arrays.get("ood", np.zeros((0, 3))).astype(np.int64)  # older saves: none
+            out.append(WindowSnapshot(app, field, int(ref_id), x, json.loads(texts), ood))
         return out
