@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: run test lint bench chromium demo
 
@@ -12,13 +13,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The tests cover the sentence-transformers extra too; torch is pinned there (2.13.0 is a local
+# CPU build on our machines). `make run` stays without it.
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,sentence-transformers]'
+	touch $(TEST_STAMP)
+
 run: $(STAMP)
 	$(BIN)/lookout run $(ARGS)
 
 demo: $(STAMP)
 	$(BIN)/lookout demo $(ARGS)
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
