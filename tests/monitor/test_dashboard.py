@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 from playwright.async_api import ConsoleMessage, async_playwright
 
+from lookout.clock import FakeClock
 from lookout.monitor.config import Settings
 from lookout.monitor.daemon import Daemon
 from lookout.monitor.dashboard import downsample
@@ -80,6 +81,27 @@ async def test_series_come_from_ingested_records_and_ood_texts_are_redacted(
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{d.api.port}") as http:  # type: ignore[union-attr]
             [ood] = (await http.get("/api/v1/ood")).json()
         assert ood["id"] == "ood-1" and ood["prompt"] == "mail me: [EMAIL]"
+
+
+async def test_the_minute_just_completed_stays_on_the_charts_until_its_rollup_is_stored(
+    settings_for: Callable[..., Settings],
+) -> None:
+    clock = FakeClock(1_700_000_000.0 // 60 * 60 + 10)  # 10 s into a minute
+    minute = clock.now() // 60 * 60
+    async with running(Daemon(dashboard_settings(settings_for), clock=clock),
+                       wait_bus=False) as d:  # fmt: skip
+        await post(d, records(30))
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{d.api.port}") as http:  # type: ignore[union-attr]
+
+            async def qps_times() -> list[float]:
+                body = (await http.get("/api/v1/series", params={"range": "15m"})).json()
+                return [t for t, _ in body["series"]["bot"]["qps"]]
+
+            assert await qps_times() == [minute]  # the minute under way
+            clock.advance(55)  # 5 s into the next one; its rollup is not written yet
+            assert await qps_times() == [minute]  # from the live windows still
+            await d.roll_up()
+            assert await qps_times() == [minute]  # from the store now, and only once
 
 
 async def test_the_dashboard_needs_the_token_when_one_is_set(

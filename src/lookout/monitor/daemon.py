@@ -141,6 +141,9 @@ class Daemon:
         self.ready = asyncio.Event()
         self._drain_timeout_s = drain_timeout_s
         self._last_rollup_minute = int(self.clock.now() // ROLLUP_S) * ROLLUP_S
+        # The first minute whose rollups are not known to be in the store: charts take it and
+        # what follows from the live windows.
+        self.stored_minute = self._last_rollup_minute
         self.registry.register(WindowCollector(self.current_stats))
 
     def current_stats(self) -> list[WindowStats]:
@@ -191,7 +194,8 @@ class Daemon:
     def _dashboard(self) -> Dashboard:
         deps = DashboardDeps(
             store=self.store, clock=self.clock, redactor=Redactor(self.settings.redaction.patterns),
-            live=self.live_points, judge_failures=self.judge_failures,
+            live=self.live_points, stored_minute=lambda: self.stored_minute,
+            judge_failures=self.judge_failures,
         )  # fmt: skip
         return Dashboard(deps)
 
@@ -264,18 +268,31 @@ class Daemon:
             out.append(RollupPoint(minute, labels.get("app", ALL), ALL, name, p.value))
         return out
 
-    def live_points(self, now: float) -> list[RollupPoint]:
-        """The minute under way, as rollup rows, for charts that end now."""
+    def live_points(self, now: float, since: float) -> list[RollupPoint]:
+        """The minutes from `since` (not yet in the store) to the one under way, from the live
+        windows, as rollup rows for charts that end now. The detector and judge series have no
+        history: only the minute under way has them."""
         minute = int(now // ROLLUP_S) * ROLLUP_S
-        stats = self.windows.range(minute, minute + ROLLUP_S, now)
-        return rollup_points(stats, minute) + self.extra_points(minute, now)
+        first = max(int(since), minute - int(self.windows.max_window_s // ROLLUP_S) * ROLLUP_S)
+        points = []
+        for start in range(first, minute + 1, ROLLUP_S):
+            points += rollup_points(self.windows.range(start, start + ROLLUP_S, now), start)
+        return points + self.extra_points(minute, now)
+
+    async def roll_up(self) -> None:
+        """Write the completed minutes' rollups and, once the store has them, move the charts'
+        boundary between stored and live minutes."""
+        self.write_rollups(self.clock.now())
+        written = self._last_rollup_minute
+        await self.store.flush()
+        self.stored_minute = max(self.stored_minute, written)
 
     async def _rollup_loop(self) -> None:
         while True:
             now = self.clock.now()
             # A few seconds past the minute, so records stamped at its end are in.
             await asyncio.sleep(math.ceil(now / ROLLUP_S) * ROLLUP_S - now + 2.0)
-            self.write_rollups(self.clock.now())
+            await self.roll_up()
 
     async def _alert_engine(self, stack: contextlib.AsyncExitStack) -> AlertEngine:
         s = self.settings

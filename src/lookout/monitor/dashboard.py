@@ -40,7 +40,9 @@ class DashboardDeps:
     store: Store
     clock: Clock
     redactor: Redactor
-    live: Callable[[float], list[RollupPoint]]  # the minute under way, from the live windows
+    # (now, since): the minutes from `since` to now from the live windows
+    live: Callable[[float, float], list[RollupPoint]]
+    stored_minute: Callable[[], float]  # the first minute not known to be in the store
     judge_failures: Callable[[int], Awaitable[list[dict[str, Any]]]] | None
 
 
@@ -73,7 +75,7 @@ class Dashboard:
         self._deps = deps
         self._index = _asset("index.html")
         self._assets = {name: _asset(name) for name in _ASSETS}
-        self._cache: dict[str, tuple[float, list[RollupPoint]]] = {}
+        self._cache: dict[str, tuple[tuple[float, float], list[RollupPoint]]] = {}
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/", self._page)
@@ -106,27 +108,30 @@ class Dashboard:
         range_s = RANGES_S[name]
         step_s = max(60.0, range_s / MAX_POINTS)
         since = (now - range_s) // 60 * 60
-        series = downsample(await self._stored(name, since, step_s), since, step_s)
-        # The minute under way is a point of its own at the end, not averaged into a bucket
-        # of stored means.
-        live = self._deps.live(now)
-        if live:
-            minute = live[0].minute
-            for app, named in downsample(live, minute, 60.0).items():
-                for key, values in named.items():
-                    series.setdefault(app, {}).setdefault(key, []).extend(values)
+        stored = self._deps.stored_minute()
+        series = downsample(await self._stored(name, since, step_s, stored), since, step_s)
+        # The minutes not in the store yet (the one under way, and the one just completed
+        # until its rollup is written) are points of their own at the end, from the live
+        # windows, not averaged into a bucket of stored means.
+        first_live = max(stored, since)
+        live = self._deps.live(now, first_live)
+        for app, named in downsample(live, first_live, 60.0).items():
+            for key, values in named.items():
+                series.setdefault(app, {}).setdefault(key, []).extend(values)
         return web.json_response({"range": name, "since": since, "now": now, "step_s": step_s,
                                   "apps": sorted(a for a in series if a != ALL),
                                   "series": series})  # fmt: skip
 
-    async def _stored(self, name: str, since: float, step_s: float) -> list[RollupPoint]:
-        """The store's part, computed once per range and minute (rollups are per minute; the
-        live minute is added fresh on every request)."""
+    async def _stored(
+        self, name: str, since: float, step_s: float, until: float
+    ) -> list[RollupPoint]:
+        """The store's part, computed once per range, minute and rollup (the live minutes are
+        added fresh on every request)."""
         cached = self._cache.get(name)
-        if cached is not None and cached[0] == since:
+        if cached is not None and cached[0] == (since, until):
             return list(cached[1])
-        points = await self._deps.store.rollup_means(since, step_s)
-        self._cache[name] = (since, points)
+        points = await self._deps.store.rollup_means(since, step_s, until)
+        self._cache[name] = ((since, until), points)
         return list(points)
 
     def _redact(self, text: str | None) -> str | None:

@@ -67,9 +67,12 @@ class Store(Protocol):
         self, since: float, app: str | None = None, series: str | None = None
     ) -> list[RollupPoint]: ...
 
-    async def rollup_means(self, since: float, step_s: float) -> list[RollupPoint]:
-        """Rollups over all models since `since`, averaged in buckets of `step_s` (each point's
-        `minute` is its bucket's start): chart data, aggregated where the rows are."""
+    async def rollup_means(
+        self, since: float, step_s: float, until: float = float("inf")
+    ) -> list[RollupPoint]:
+        """Rollups over all models from `since` to before `until`, averaged in buckets of
+        `step_s` (each point's `minute` is its bucket's start): chart data, aggregated where
+        the rows are."""
         ...
 
     async def rejected(self, limit: int = 100) -> list[RejectedSample]: ...

@@ -266,12 +266,16 @@ class SqliteStore:
         rows = await self._run(lambda: self._conn().execute(sql, args).fetchall())
         return [RollupPoint(*row) for row in rows]
 
-    async def rollup_means(self, since: float, step_s: float) -> list[RollupPoint]:
+    async def rollup_means(
+        self, since: float, step_s: float, until: float = float("inf")
+    ) -> list[RollupPoint]:
         sql = (
             "SELECT CAST((minute - ?1) / ?2 AS INTEGER) AS bucket, app, series, AVG(value)"
-            " FROM rollups WHERE minute >= ?1 AND model = '*' GROUP BY bucket, app, series"
+            " FROM rollups WHERE minute >= ?1 AND minute < ?3 AND model = '*'"
+            " GROUP BY bucket, app, series"
         )
-        rows = await self._run(lambda: self._conn().execute(sql, (since, step_s)).fetchall())
+        args = (since, step_s, min(until, 1e18))  # SQLite has no infinity literal to bind
+        rows = await self._run(lambda: self._conn().execute(sql, args).fetchall())
         return [RollupPoint(int(since + b * step_s), app, "*", name, v) for b, app, name, v in rows]
 
     async def rejected(self, limit: int = 100) -> list[RejectedSample]:
