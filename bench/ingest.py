@@ -12,6 +12,8 @@ alone drains 1M records in batches of 50 and reports its RSS after 100k and afte
 
     .venv/bin/python bench/ingest.py            # full run (a few minutes)
     .venv/bin/python bench/ingest.py --quick    # smaller counts, one round
+    .venv/bin/python bench/ingest.py --quick --embedder \
+        '{"kind": "sentence-transformers", "model": "all-MiniLM-L6-v2"}'   # the extra's model
     .venv/bin/python bench/ingest.py --rss-only # only the RSS growth from 100k to 1M records
 """
 
@@ -99,7 +101,9 @@ async def bare(port: int, qos: int, expect: int, client_id: str) -> dict[str, An
         return {"elapsed_s": time.perf_counter() - t0, "cpu_s": cpu_s() - c0, "first": 1}
 
 
-async def lookout(port: int, qos: int, expect: int, batch: int, client_id: str) -> dict[str, Any]:
+async def lookout(  # noqa: PLR0917
+    port: int, qos: int, expect: int, batch: int, client_id: str, embedder: str | None
+) -> dict[str, Any]:
     from lookout.monitor.config import Settings
     from lookout.monitor.daemon import Daemon
     from lookout.monitor.logs import configure_logging
@@ -112,6 +116,7 @@ async def lookout(port: int, qos: int, expect: int, batch: int, client_id: str) 
                     "client_id": client_id},
             "store": {"url": f"sqlite:///{tmp}/bench.db"},
             "api": {"bind": "127.0.0.1:0"},
+            **({"detectors": {"embedder": json.loads(embedder)}} if embedder else {}),
         }
     )  # fmt: skip
 
@@ -172,7 +177,9 @@ def child(args: argparse.Namespace) -> None:
     if args.role == "bare":
         result = asyncio.run(bare(args.port, args.qos, args.expect, client_id))
     else:
-        result = asyncio.run(lookout(args.port, args.qos, args.expect, args.batch, client_id))
+        result = asyncio.run(
+            lookout(args.port, args.qos, args.expect, args.batch, client_id, args.embedder)
+        )
     asyncio.run(forget_session(args.port, client_id))
     print("RESULT " + json.dumps(result), flush=True)
 
@@ -230,10 +237,18 @@ class Broker:
 
 
 def run_one(  # noqa: PLR0917
-    broker: Broker, role: str, qos: int, payload: Path, messages: int, batch: int
+    broker: Broker,
+    role: str,
+    qos: int,
+    payload: Path,
+    messages: int,
+    batch: int,
+    embedder: str | None = None,
 ) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--role", role, "--port", str(broker.port), "--qos", str(qos),
            "--expect", str(messages), "--batch", str(batch)]  # fmt: skip
+    if embedder and role == "lookout":
+        cmd += ["--embedder", embedder]
     sub = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert sub.stdin is not None and sub.stdout is not None
     for line in sub.stdout:
@@ -266,6 +281,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rss-only", action="store_true", help="only the RSS growth figure")
+    parser.add_argument("--embedder", help="lookout's detectors.embedder as JSON")
     args = parser.parse_args()
     if args.role:
         child(args)
@@ -294,11 +310,13 @@ def main() -> None:
                     bases, mine = [], []
                     for _ in range(args.rounds):
                         bases.append(run_one(broker, "bare", qos, path, messages, batch))
-                        mine.append(run_one(broker, "lookout", qos, path, messages, batch))
+                        mine.append(run_one(broker, "lookout", qos, path, messages, batch,
+                                            args.embedder))  # fmt: skip
                     best_base = max(bases, key=lambda r: r["msg_per_s"])
                     best_mine = max(mine, key=lambda r: r["msg_per_s"])
                     rows.append((label, qos, best_base, best_mine))
-            rss = run_one(broker, "lookout", 1, batch_file, rss_records // BATCH, BATCH)
+            rss = run_one(broker, "lookout", 1, batch_file, rss_records // BATCH, BATCH,
+                          args.embedder)  # fmt: skip
         finally:
             broker.close()
 

@@ -67,10 +67,18 @@ def test_one_layer_is_the_models_own_sentence_embedding(
     assert not np.allclose(plain.embed(texts), minilm.embed(texts), atol=1e-3)
 
 
-def test_the_config_defaults_to_two_layers_and_refuses_more_than_the_model_has() -> None:
+def test_the_config_defaults_to_two_layers_on_one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(2)
     config = {"kind": "sentence-transformers", "model": "all-MiniLM-L6-v2"}
     embedder = build_embedder(EmbedderConfig.model_validate(config))
     assert embedder.name == "all-MiniLM-L6-v2:mean-last-2"
+    # One core for embedding, whatever the box: the others stay with ingest and the API.
+    assert torch.get_num_threads() == 1
+
+
+def test_more_layers_than_the_model_has_are_refused() -> None:
     with pytest.raises(DetectorError, match="6 layers"):
         SentenceTransformerEmbedder("all-MiniLM-L6-v2", layers=7)
     with pytest.raises(DetectorError, match="at least 1"):

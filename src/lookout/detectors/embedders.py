@@ -132,8 +132,15 @@ class SentenceTransformerEmbedder:
     validation split 2 layers ranks best (bench/ood.py)."""
 
     def __init__(
-        self, model: str, *, layers: int = 1, batch_size: int = 64, device: str = "cpu"
+        self,
+        model: str,
+        *,
+        layers: int = 1,
+        threads: int | None = None,
+        batch_size: int = 64,
+        device: str = "cpu",
     ) -> None:
+        """`threads`: torch's intra-op threads (process-wide), None for torch's default."""
         try:
             from sentence_transformers import SentenceTransformer
         except ImportError as exc:
@@ -143,6 +150,10 @@ class SentenceTransformerEmbedder:
             ) from exc
         if layers < 1:
             raise DetectorError("layers must be at least 1")
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
         # The name says which embedding function made a reference's rows: a reference made by
         # another one is not comparable, and the detectors refuse it.
         self.name = Path(model).name + (f":mean-last-{layers}" if layers > 1 else "")

@@ -176,6 +176,9 @@ class EmbedderConfig(_Section):
     # sentence-transformers: pool the mean of the last N layers (2 ranks out-of-scope texts
     # best on CLINC150's validation split; 1 is the model's own sentence embedding)
     layers: int = Field(default=2, ge=1)
+    # sentence-transformers: torch's threads (null: torch's default, one per core); 1 leaves
+    # the other cores to ingest and the API (bench/ingest.py --embedder)
+    threads: int | None = Field(default=1, ge=1)
 
 
 class ReferenceConfig(_Section):

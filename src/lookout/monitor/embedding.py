@@ -55,7 +55,7 @@ def build_embedder(cfg: EmbedderConfig) -> Embedder:
         if cfg.kind == "sentence-transformers":
             if not cfg.model:
                 raise ConfigError("detectors.embedder.model: a sentence-transformers model")
-            return SentenceTransformerEmbedder(cfg.model, layers=cfg.layers)
+            return SentenceTransformerEmbedder(cfg.model, layers=cfg.layers, threads=cfg.threads)
         return _langchain(cfg)
     except ConfigError:
         raise
