@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import yaml
@@ -35,6 +36,19 @@ async def metric(api: str, name: str) -> float:
     return 0.0
 
 
+def write_config(tmp_path: Path, topic_root: str, api_port: int, **extra: Any) -> Path:
+    """A daemon config of its own: topic tree, client id, SQLite file and API port."""
+    config = tmp_path / "lookout.yaml"
+    config.write_text(yaml.safe_dump({
+        "bus": {"topics": [f"llm/records/{topic_root}/#"], "client_id": f"crash-{topic_root}"},
+        "store": {"url": f"sqlite:///{tmp_path}/lookout.db"},
+        "api": {"bind": f"127.0.0.1:{api_port}"},
+        "eval_interval": "100ms",
+        **extra,
+    }))  # fmt: skip
+    return config
+
+
 async def ready(api: str) -> bool:
     """/readyz says 200: started (records are taken), bus connected, store writable."""
     try:
@@ -49,16 +63,12 @@ async def test_kill_9_before_delivery_then_restart_delivers(
 ) -> None:
     hook_port, api_port = free_port(), free_port()
     api = f"http://127.0.0.1:{api_port}"
-    config = tmp_path / "lookout.yaml"
-    config.write_text(yaml.safe_dump({
-        "bus": {"topics": [f"llm/records/{topic_root}/#"], "client_id": f"crash-{topic_root}"},
-        "store": {"url": f"sqlite:///{tmp_path}/lookout.db"},
-        "api": {"bind": f"127.0.0.1:{api_port}"},
-        "eval_interval": "100ms",
-        "channels": {"hook": {"kind": "webhook", "url": f"http://127.0.0.1:{hook_port}/hook"}},
-        "rules": [{"name": "errors", "metric": "error_rate", "where": {"app": "bot"},
-                   "threshold": 0.5, "channels": ["hook"]}],
-    }))  # fmt: skip
+    config = write_config(
+        tmp_path, topic_root, api_port,
+        channels={"hook": {"kind": "webhook", "url": f"http://127.0.0.1:{hook_port}/hook"}},
+        rules=[{"name": "errors", "metric": "error_rate", "where": {"app": "bot"},
+                "threshold": 0.5, "channels": ["hook"]}],
+    )  # fmt: skip
     first = await start(config)
     try:
         await eventually(lambda: ready(api), timeout_s=30)

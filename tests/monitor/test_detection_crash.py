@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
 
 from lookout.monitor.references import ReferenceBook
-from tests.alerts.test_crash import ready, start
+from tests.alerts.test_crash import ready, start, write_config
 from tests.conftest import eventually, free_port
 from tests.monitor.test_detection import DETECTORS, prompts
 
@@ -39,14 +38,10 @@ async def test_kill_9_keeps_the_drift_window_and_ood_counts_of_the_last_checkpoi
     api_port = free_port()
     api = f"http://127.0.0.1:{api_port}"
     db = tmp_path / "lookout.db"
-    config = tmp_path / "lookout.yaml"
-    config.write_text(yaml.safe_dump({
-        "bus": {"topics": [f"llm/records/{topic_root}/#"], "client_id": f"crash-{topic_root}"},
-        "store": {"url": f"sqlite:///{db}"},
-        "api": {"bind": f"127.0.0.1:{api_port}"},
-        "eval_interval": "100ms",
-        "detectors": {**DETECTORS, "checkpoint_interval": "200ms"},
-    }))  # fmt: skip
+    config = write_config(
+        tmp_path, topic_root, api_port,
+        detectors={**DETECTORS, "checkpoint_interval": "200ms"},
+    )  # fmt: skip
     first = await start(config)
     try:
         await eventually(lambda: ready(api), timeout_s=30)
