@@ -174,7 +174,7 @@ async def test_a_slow_embedder_never_blocks_ingest() -> None:
     )
 
     def rate() -> float:
-        return registry.get_sample_value("lookout_detector_sample_rate") or 0.0
+        return registry.get_sample_value("lookout_detector_sample_rate", {"app": "bot"}) or 0.0
 
     def offer(n: int) -> None:
         for i in range(n):
@@ -313,3 +313,33 @@ async def test_embedding_stays_within_its_cpu_budget_whatever_the_traffic() -> N
     queued = [item.text for item in service._queue]
     assert len(queued) == 101 and queued[-1] == "an error is always looked at"
     assert (registry.get_sample_value("lookout_detector_dropped_total") or 0.0) == 0.0
+
+
+async def test_a_loud_app_cannot_starve_a_quiet_one_of_the_cpu_budget() -> None:
+    cfg = DetectorsConfig.model_validate({**DETECTORS, "max_texts_per_s": 100,
+                                          "sample_rates": {"batch-jobs": 0.0}})  # fmt: skip
+    registry = CollectorRegistry()
+    service = DetectionService(cfg, embedder=SlowEmbedder(), book=None, clock=SystemClock(),
+                               registry=registry, adapt_interval_s=1.0)  # fmt: skip
+
+    def second(loud: int, quiet: int) -> dict[str, int]:
+        """One interval: the loud app's records arrive first, then the quiet app's."""
+        service._queue.clear()
+        for app, n in (("loud", loud), ("quiet", quiet), ("batch-jobs", 50)):
+            for i in range(n):
+                service.offer(Record(id=None, ts=0.0, app=app, model="m", status="ok",
+                                     received_at=0.0, prompt=f"{app} {i}"), 0.0)  # fmt: skip
+        queued = [item.app for item in service._queue]
+        service.adapt()
+        return {app: queued.count(app) for app in ("loud", "quiet", "batch-jobs")}
+
+    # Before any demand is known, first come first served: the loud app takes it all.
+    assert second(1000, 10) == {"loud": 100, "quiet": 0, "batch-jobs": 0}
+    # Then the budget is shared by demand: the quiet app gets all it wants, the loud the rest.
+    assert second(1000, 10) == {"loud": 90, "quiet": 10, "batch-jobs": 0}
+    assert second(1000, 10) == {"loud": 90, "quiet": 10, "batch-jobs": 0}
+
+    def rate(app: str) -> float:
+        return registry.get_sample_value("lookout_detector_sample_rate", {"app": app}) or 0.0
+
+    assert (rate("loud"), rate("quiet"), rate("batch-jobs")) == (0.09, 1.0, 0.0)

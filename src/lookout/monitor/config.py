@@ -203,6 +203,8 @@ _FIELDS: list[Literal["prompt", "response"]] = ["prompt", "response"]
 class DetectorsConfig(_Section):
     enabled: bool = True
     sample_rate: float = Field(default=1.0, ge=0.0, le=1.0)
+    # Per app, instead of sample_rate: {app: share}
+    sample_rates: dict[str, Annotated[float, Field(ge=0.0, le=1.0)]] = Field(default_factory=dict)
     fields: list[Literal["prompt", "response"]] = Field(default_factory=_FIELDS.copy)
     embedder: EmbedderConfig = EmbedderConfig()
     reference: ReferenceConfig = ReferenceConfig()

@@ -13,7 +13,6 @@ import contextlib
 import functools
 import hashlib
 import json
-import random
 import sqlite3
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from lookout.detectors.reference import DetectorParams, FittedReference
 from lookout.monitor.calibration import ReferenceFitter
 from lookout.monitor.detector_state import BUCKET_S, DetectorSeries, Track
 from lookout.monitor.references import WindowSnapshot
+from lookout.monitor.sampler import Sampler
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -81,6 +81,7 @@ class DetectionService:
     ) -> None:
         self._cfg = cfg
         self._fields = tuple(cfg.fields)
+        self._prompts, self._responses = "prompt" in self._fields, "response" in self._fields
         self._params = DetectorParams(
             drift_window=cfg.drift.window, drift_ert=cfg.drift.ert, ood_fpr=cfg.ood.fpr
         )
@@ -100,15 +101,15 @@ class DetectionService:
         self._refused: set[int] = set()  # references made by another embedder
         self._cache: OrderedDict[bytes, NDArray[np.float32]] = OrderedDict()
         self._cache_size = 4096  # ~4 MB of rows at 256-d
-        self._load_factor = 1.0
+        self._sampler = Sampler(
+            rate=cfg.sample_rate, app_rates=cfg.sample_rates, texts_per_s=cfg.max_texts_per_s,
+            interval_s=adapt_interval_s, max_apps=max_tracks,
+        )  # fmt: skip
         self._adapt_interval_s = adapt_interval_s
         self._drain_timeout_s = drain_timeout_s
         self._checkpoint_interval_s = checkpoint_interval_s
         self._dropped_since_adapt = 0
         self._inflight = 0
-        self._offered = self._accepted = 0
-        self._budget = cfg.max_texts_per_s * adapt_interval_s
-        self._random = random.random
         self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lookout-detect")
         self._fitter = ReferenceFitter()
@@ -121,8 +122,9 @@ class DetectionService:
         m = registry
         self._m_dropped = Counter("lookout_detector_dropped", "Sampled texts dropped: the "
                                   "detection queue was full", registry=m)  # fmt: skip
-        self._m_rate = Gauge("lookout_detector_sample_rate", "Effective share of records "
-                             "embedded (lowered automatically under load)", registry=m)  # fmt: skip
+        self._m_rate = Gauge("lookout_detector_sample_rate", "Effective share of an app's "
+                             "records embedded (lowered automatically under load)", ["app"],
+                             registry=m)  # fmt: skip
         self._m_texts = Counter("lookout_embedded_texts", "Texts embedded", registry=m)
         self._m_cache = Counter("lookout_embed_cache_hits", "Texts served from the cache",
                                 registry=m)  # fmt: skip
@@ -133,21 +135,20 @@ class DetectionService:
                               registry=m)  # fmt: skip
         self._m_out_dropped = Counter("lookout_ood_output_dropped", "OOD flags not published: "
                                       "the bus was down", registry=m)  # fmt: skip
-        self._m_rate.set(cfg.sample_rate)
 
     # -- the hot path -------------------------------------------------------------------------
 
     def offer(
         self, record: Record, now: float, stored_id: str | None = None, cost: float = 0.0
     ) -> None:
-        """Maybe queue the record's texts for embedding: errors always, others by the rate and
-        within the CPU budget (`max_texts_per_s`), whatever the ingest rate."""
-        self._offered += 1
-        if record.status != "error":
-            rate = self._cfg.sample_rate * self._load_factor
-            if self._budget <= 0 or rate <= 0.0 or self._random() >= rate:
-                return
-        self._accepted += 1
+        """Maybe queue the record's texts for embedding: errors always, others by the app's
+        rate and within its share of the CPU budget (`max_texts_per_s`), whatever the ingest
+        rate (monitor/sampler.py)."""
+        texts = (self._prompts and bool(record.prompt)) + (
+            self._responses and bool(record.response)
+        )
+        if not self._sampler.admit(record.app, texts, error=record.status == "error"):
+            return
         for field in self._fields:
             text = record.prompt if field == "prompt" else record.response
             if not text:
@@ -159,7 +160,6 @@ class DetectionService:
             self._queue.append(
                 _Item(record.app, field, text[:_MAX_TEXT_CHARS], now, record, stored_id, cost)
             )
-            self._budget -= 1
             self.idle.clear()
         self._wake.set()
 
@@ -278,23 +278,23 @@ class DetectionService:
             self._inflight = 0
 
     async def _adapt_forever(self) -> None:
-        """The sampler's controller: halve the rate while the embedder falls behind (queue half
-        full, or texts dropped), recover by a quarter per tick once it keeps up."""
         while True:
             await asyncio.sleep(self._adapt_interval_s)
-            depth = len(self._queue) + self._inflight  # a stuck batch is work not done
-            if self._dropped_since_adapt or depth > self._queue_size // 2:
-                self._load_factor = max(self._load_factor / 2, 0.001)
-            elif depth < self._queue_size // 10:
-                self._load_factor = min(self._load_factor * 1.25, 1.0)
-            self._dropped_since_adapt = 0
-            # What was really sampled: the rate, or less where the budget ran out.
-            planned = self._cfg.sample_rate * self._load_factor
-            effective = self._accepted / self._offered if self._offered else planned
-            self._m_rate.set(min(planned, effective) if self._offered else planned)
-            self._offered = self._accepted = 0
-            self._budget = self._cfg.max_texts_per_s * self._adapt_interval_s
-            self._m_queue.set(depth)
+            self.adapt()
+
+    def adapt(self) -> None:
+        """Once an interval: the sampler backs off while the embedder falls behind (queue half
+        full, or texts dropped) and recovers once it keeps up; budget shares move with demand;
+        each app's effective rate (what was really sampled) goes to the gauge."""
+        depth = len(self._queue) + self._inflight  # a stuck batch is work not done
+        rates = self._sampler.tick(
+            behind=bool(self._dropped_since_adapt) or depth > self._queue_size // 2,
+            keeping_up=depth < self._queue_size // 10,
+        )
+        self._dropped_since_adapt = 0
+        for app, rate in rates.items():
+            self._m_rate.labels(app).set(rate)
+        self._m_queue.set(depth)
 
     async def _poll_forever(self) -> None:
         while True:

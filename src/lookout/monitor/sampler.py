@@ -1,0 +1,113 @@
+"""Which records the detectors embed: a rate per app, a CPU budget (texts a second) shared
+fairly between apps, and a load factor that backs off while the embedder falls behind. Errors
+are always embedded, outside the budget.
+
+Fair sharing: each interval's budget is split max-min fairly by the texts each app wanted in
+the interval before (an app that wants less than an equal share gets all it wants, the others
+split the rest equally); what no app was given is a pool any app draws from once its share is
+spent. So a loud app takes the budget only when the others leave it, and a quiet app's texts
+are embedded however loud its neighbours are.
+
+Plain bookkeeping with no clock or I/O: the detection service calls `admit` on the hot path
+and `tick` once an interval.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping
+
+OTHER = "other"  # apps beyond `max_apps` are counted together under this name
+
+
+def fair_shares(demand: Mapping[str, float], total: float) -> dict[str, float]:
+    """Max-min fair split of `total` by `demand` (water-filling)."""
+    shares: dict[str, float] = {}
+    remaining = total
+    ordered = sorted(demand.items(), key=lambda item: item[1])
+    for i, (app, wanted) in enumerate(ordered):
+        shares[app] = min(wanted, remaining / (len(ordered) - i))
+        remaining -= shares[app]
+    return shares
+
+
+class _App:
+    """One app's counts for the interval under way (on the hot path: attributes, not dicts)."""
+
+    __slots__ = ("accepted", "offered", "rate", "share", "wanted")
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate  # configured, before the load factor
+        self.share = 0.0  # of this interval's budget, left
+        self.offered = self.wanted = self.accepted = 0
+
+
+class Sampler:
+    def __init__(
+        self,
+        *,
+        rate: float,
+        app_rates: Mapping[str, float],
+        texts_per_s: float,
+        interval_s: float,
+        max_apps: int,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self._rate = rate
+        self._app_rates = dict(app_rates)
+        self._per_interval = texts_per_s * interval_s
+        self._max_apps = max_apps
+        self._random = rand
+        self.load_factor = 1.0
+        self._pool = self._per_interval  # nothing known yet: first come, first served
+        self._apps: dict[str, _App] = {}  # at most max_apps, then OTHER
+
+    def rate(self, app: str) -> float:
+        """The configured rate for `app`, before the load factor."""
+        return self._app_rates.get(app, self._rate)
+
+    def _app(self, app: str) -> _App:
+        if len(self._apps) >= self._max_apps:
+            app = OTHER
+            if app in self._apps:
+                return self._apps[app]
+        counts = self._apps[app] = _App(self.rate(app))
+        return counts
+
+    def admit(self, app: str, texts: int, *, error: bool) -> bool:
+        """Whether a record of `app` with `texts` texts to embed is sampled."""
+        counts = self._apps.get(app) or self._app(app)
+        counts.offered += 1
+        if not error:
+            rate = counts.rate * self.load_factor
+            if rate < 1.0 and (rate <= 0.0 or self._random() >= rate):
+                return False
+            counts.wanted += texts
+            share = counts.share
+            if share <= 0.0 and self._pool <= 0.0:
+                return False
+            from_share = min(share, texts)
+            counts.share = share - from_share
+            self._pool -= texts - from_share  # may dip below 0 by one record's texts
+        counts.accepted += 1
+        return True
+
+    def tick(self, *, behind: bool, keeping_up: bool) -> dict[str, float]:
+        """End of an interval: halve the load factor while the embedder is `behind`, recover by
+        a quarter while it is `keeping_up`, share the next interval's budget by this one's
+        demand, and return each app's share of records really sampled in this interval,
+        errors included (for an app with no record in it, the share it would have had)."""
+        effective = {
+            app: c.accepted / c.offered if c.offered else c.rate * self.load_factor
+            for app, c in self._apps.items()
+        }
+        if behind:
+            self.load_factor = max(self.load_factor / 2, 0.001)
+        elif keeping_up:
+            self.load_factor = min(self.load_factor * 1.25, 1.0)
+        shares = fair_shares({app: c.wanted for app, c in self._apps.items()}, self._per_interval)
+        self._pool = self._per_interval - sum(shares.values())
+        for app, counts in self._apps.items():
+            counts.share = shares[app]
+            counts.offered = counts.wanted = counts.accepted = 0
+        return effective
