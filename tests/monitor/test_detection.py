@@ -83,7 +83,13 @@ async def test_a_topic_change_is_drift_and_out_of_scope(
         assert status["drifted"] is True and status["drift_score"] > 1
         assert status["ood_rate"] > quiet_ood
         assert set(status["explanation"]["recent_farthest_from_reference"]) <= set(travel)
-        assert sample_value(d, "lookout_drift_score", {"app": "bot", "field": "prompt"}) > 1
+        labels = {"app": "bot", "field": "prompt"}
+        score, statistic, threshold = (sample_value(d, f"lookout_drift_{name}", labels)
+                                       for name in ("score", "statistic", "threshold"))  # fmt: skip
+        assert score > 1 and statistic == pytest.approx(score * threshold)
+        assert threshold == status["drift_threshold"]
+        series = {p.metric: p.value for p in d.extra_series(60, d.clock.now())}
+        assert series["drift_statistic"] == pytest.approx(statistic)
         await asyncio.wait_for(receiver.received.wait(), 15)
     sent = json.loads(receiver.requests[0][1])
     assert (

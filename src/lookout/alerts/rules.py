@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 # The series the detectors and the judge add, beside the ingest windows' own.
 RULE_SERIES: frozenset[str] = frozenset(SERIES_NAMES) | {
     "drift_score",
+    "drift_statistic",
+    "drift_threshold",
     "ood_rate",
     "judge_pass_rate",
     "judge_score",

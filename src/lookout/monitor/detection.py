@@ -537,9 +537,13 @@ class DetectionService:
             last = track.last
             if track.fitted is None:
                 continue
+            count = last.count if last is not None else 0
             drift = last.drift_score if last is not None else None
-            out.append(DetectorSeries(track.app, track.field, "drift_score", drift,
-                                      last.count if last is not None else 0))  # fmt: skip
+            out.append(DetectorSeries(track.app, track.field, "drift_score", drift, count))
+            statistic = last.score if last is not None else None
+            out.append(DetectorSeries(track.app, track.field, "drift_statistic", statistic, count))
+            threshold = track.fitted.drift.threshold
+            out.append(DetectorSeries(track.app, track.field, "drift_threshold", threshold, count))
             rate, scored = track.ood_rate(window_s, now)
             out.append(DetectorSeries(track.app, track.field, "ood_rate", rate, scored))
         return out

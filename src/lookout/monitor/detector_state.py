@@ -24,7 +24,8 @@ BUCKET_S = 10.0
 
 @dataclass(frozen=True, slots=True)
 class DetectorSeries:
-    """One detector series value for rules and status: drift_score or ood_rate."""
+    """One detector series value for rules and status: drift_score (drift_statistic over
+    drift_threshold), drift_statistic, drift_threshold or ood_rate."""
 
     app: str
     field: str
@@ -100,8 +101,17 @@ class Track:
         return (flagged / scored if scored else None), scored
 
 
+_HELP = {
+    "drift_score": "Drift statistic / threshold (above 1: drift)",
+    "drift_statistic": "Drift statistic (MMD^2 of the recent window against the reference)",
+    "drift_threshold": "Drift threshold, calibrated to the configured ERT",
+    "ood_rate": "Share of embedded records flagged out-of-distribution",
+}
+
+
 class DetectorCollector:
-    """lookout_drift_score{app,field} and lookout_ood_rate{app,field} at scrape time."""
+    """lookout_drift_score, _drift_statistic, _drift_threshold and lookout_ood_rate, each by
+    {app,field}, at scrape time."""
 
     def __init__(self, service: DetectionService, window_s: float, clock: Clock) -> None:
         self._service, self._window_s, self._clock = service, window_s, clock
@@ -109,15 +119,11 @@ class DetectorCollector:
     def collect(self) -> list[Any]:
         from prometheus_client.core import GaugeMetricFamily
 
-        labels = ["app", "field"]
-        drift = GaugeMetricFamily(
-            "lookout_drift_score", "Drift statistic / threshold (above 1: drift)", labels=labels
-        )
-        ood = GaugeMetricFamily(
-            "lookout_ood_rate", "Share of embedded records flagged out-of-distribution",
-            labels=labels,
-        )  # fmt: skip
+        families = {
+            name: GaugeMetricFamily(f"lookout_{name}", text, labels=["app", "field"])
+            for name, text in _HELP.items()
+        }
         for s in self._service.series(self._window_s, self._clock.now()):
             if s.value is not None:
-                (drift if s.metric == "drift_score" else ood).add_metric([s.app, s.field], s.value)
-        return [drift, ood]
+                families[s.metric].add_metric([s.app, s.field], s.value)
+        return list(families.values())
