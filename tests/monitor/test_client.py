@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from pathlib import Path
 from typing import Any
 
 import aiomqtt
@@ -17,6 +18,7 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
 from lookout.monitor.client import LookoutCallbackHandler, RecordPublisher, publish_record
 from lookout.monitor.records import DecodeLimits, decode_payload
+from tests.conftest import PrivateBroker, eventually
 
 
 async def receive(sub: aiomqtt.Client, n: int) -> list[dict[str, Any]]:
@@ -88,3 +90,33 @@ async def test_publish_record_batches_and_never_blocks(prefix: str) -> None:
     assert len(records) == sum(accepted)
     assert publisher.published == sum(accepted)
     assert {r["app"] for r in records} == {"batchy"}
+
+
+async def test_records_published_while_the_broker_is_down_are_delivered_by_close(
+    tmp_path: Path, prefix: str
+) -> None:
+    """An app that starts (and publishes) before the broker is up: close() waits until the
+    broker has every record, not only until the socket's buffer is empty."""
+    broker = PrivateBroker(tmp_path)
+    subscriber = f"sub-{uuid.uuid4().hex[:8]}"
+
+    def client() -> aiomqtt.Client:
+        return aiomqtt.Client("127.0.0.1", broker.port, identifier=subscriber,
+                              clean_session=False)  # fmt: skip
+
+    broker.start()  # once, for the subscriber's persistent session
+    async with client() as sub:
+        await sub.subscribe(f"{prefix}/#", qos=1)
+    broker.stop()
+    publisher = RecordPublisher(url=broker.url, app="early", topic_prefix=prefix,
+                                batch_size=10, flush_interval_s=0.05)  # fmt: skip
+    assert all(publish_record(publisher, prompt=f"q{i}") for i in range(25))
+    try:
+        await eventually(lambda: publisher.published == 25)  # handed to paho, not connected
+        broker.start()
+        await asyncio.to_thread(publisher.close, 15.0)
+        async with client() as sub:
+            records = await receive(sub, 25)
+    finally:
+        broker.stop()
+    assert sorted(r["prompt"] for r in records) == sorted(f"q{i}" for i in range(25))

@@ -55,11 +55,18 @@ class RecordPublisher:
         self._flush_interval_s = flush_interval_s
         self._qos = qos
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max_queued)
+        # Message ids handed to paho, and those the broker acknowledged (QoS 1) or that were
+        # written (QoS 0): close() waits until the first are all in the second. Paho's
+        # network thread adds to `_acked`, the sender thread prunes both (set operations are
+        # atomic under the GIL; paho may call back before publish() has returned).
+        self._sent: set[int] = set()
+        self._acked: set[int] = set()
         self._client = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id or f"lookout-pub-{uuid.uuid4().hex[:12]}",
         )
         self._client.max_queued_messages_set(1000)
+        self._client.on_publish = self._on_publish
         if username is not None:
             self._client.username_pw_set(username, password)
         if parsed.scheme in ("mqtts", "ssl"):
@@ -106,16 +113,25 @@ class RecordPublisher:
         if info.rc in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
             # NO_CONN still queues the message in paho for when the link is back.
             self.published += len(batch)
+            self._sent.add(info.mid)
+            done = set(self._acked)
+            self._sent -= done
+            self._acked -= done
         else:
             self.dropped += len(batch)
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, *_: Any) -> None:
+        self._acked.add(mid)
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Publish what is queued, wait for the broker's acks (up to `timeout_s`), disconnect."""
         with contextlib.suppress(queue.Full):
             self._queue.put(_STOP, timeout=timeout_s)
         self._thread.join(timeout_s)
+        # Until the broker has them: batches published before the connection was up sit in
+        # paho's queue, and nothing is in the socket's buffer to wait for.
         end = time.monotonic() + timeout_s
-        while self._client.want_write() and time.monotonic() < end:
+        while time.monotonic() < end and not self._sent <= set(self._acked):
             time.sleep(0.01)
         self._client.disconnect()
         self._client.loop_stop()
