@@ -85,7 +85,9 @@ async def _build(
         err.print(f"[red]error:[/red] no prompts or responses{f' for app {app!r}' if app else ''}"
                   f" in {path}")  # fmt: skip
         raise typer.Exit(1)
-    embedder = await asyncio.to_thread(build_embedder, d.embedder)
+    # A one-off batch job, not beside ingest: every core for torch (the same embeddings).
+    offline = d.embedder.model_copy(update={"threads": None})
+    embedder = await asyncio.to_thread(build_embedder, offline)
     saved = []
     async with _book(settings) as book:
         for (group_app, field), found in sorted(groups.items()):
