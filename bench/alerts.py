@@ -52,16 +52,26 @@ async def main(eval_s: float, trials: int) -> None:
     tmp = tempfile.mkdtemp(prefix="lookout-alerts-")
     settings = Settings.model_validate(
         {
-            "bus": {"topics": [f"llm/records/{root}/#"], "client_id": f"lookout-{root}",
-                    "persistent_session": False},
+            "bus": {
+                "topics": [f"llm/records/{root}/#"],
+                "client_id": f"lookout-{root}",
+                "persistent_session": False,
+            },
             "store": {"url": f"sqlite:///{tmp}/lookout.db"},
             "api": {"bind": "127.0.0.1:0"},
             "eval_interval": eval_s,
             "channels": {"hook": {"kind": "webhook", "url": f"http://127.0.0.1:{port}/hook"}},
-            "rules": [{"name": "errors", "metric": "error_rate", "threshold": 0.5, "window": 60,
-                       "channels": ["hook"]}],
+            "rules": [
+                {
+                    "name": "errors",
+                    "metric": "error_rate",
+                    "threshold": 0.5,
+                    "window": 60,
+                    "channels": ["hook"],
+                }
+            ],
         }
-    )  # fmt: skip
+    )
     daemon = Daemon(settings)
     stop = asyncio.Event()
     task = asyncio.create_task(daemon.run(stop))

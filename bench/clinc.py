@@ -1,4 +1,4 @@
-"""CLINC150 from ../shared/data for the detector benchmarks (no download at run time)."""
+"""CLINC150 from tests/data for the detector benchmarks (no download at run time)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 CLINC = Path(
     os.environ.get(
         "LOOKOUT_CLINC150",
-        Path(__file__).resolve().parents[2] / "shared" / "data" / "clinc150" / "clinc150.jsonl",
+        Path(__file__).resolve().parents[1] / "tests" / "data" / "clinc150" / "clinc150.jsonl",
     )
 )
 

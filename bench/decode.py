@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-from lookout.monitor.records import DecodeLimits, _one_decoder, decode_payload
+from lookout.monitor.ingest.records import DecodeLimits, _one_decoder, decode_payload
 
 RECORD = {
     "id": "3f0c6f7e-5d8b-4b8e-9a51-0c2f5e1d9a77",

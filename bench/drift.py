@@ -62,8 +62,9 @@ class Alibi:
         from alibi_detect.cd import MMDDriftOnline
 
         torch.set_num_threads(1)
-        self.det = MMDDriftOnline(ref, ert=ERT, window_size=WINDOW, backend="pytorch",
-                                  n_bootstraps=2500, verbose=False)  # fmt: skip
+        self.det = MMDDriftOnline(
+            ref, ert=ERT, window_size=WINDOW, backend="pytorch", n_bootstraps=2500, verbose=False
+        )
 
     def new_run(self) -> Callable[[F32], bool]:
         self.det.reset_state()
@@ -99,8 +100,14 @@ def measure(
     for seed in range(first_seed, first_seed + runs):
         n = run_length(detector.new_run(), streams(10_000 + seed, True))
         delays.append(n - SHIFT_AT if n > SHIFT_AT else None)
-    return {"detector": detector.name, "calibration_cpu_s": [calibration_s], "cpu_s": cpu,
-            "updates": updates, "lengths": lengths, "delays": delays}  # fmt: skip
+    return {
+        "detector": detector.name,
+        "calibration_cpu_s": [calibration_s],
+        "cpu_s": cpu,
+        "updates": updates,
+        "lengths": lengths,
+        "delays": delays,
+    }
 
 
 def summary(parts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -161,11 +168,13 @@ def clinc() -> tuple[F32, Callable[[int, bool], F32]]:
 
 
 def _line(r: dict[str, Any]) -> str:
-    return (f"  {r['detector']:40s} calibration {r['calibration_cpu_s']:6.2f} s CPU | "
-            f"{r['cpu_per_update_ms']:.3f} ms CPU/update | measured ERT "
-            f"{r['measured_ert']:7.0f} ({r['false_alarms_per_1000']:.2f} false alarms "
-            f"/1000 steps) | median delay {r['median_delay']:.0f} "
-            f"(missed/early {r['missed_or_early']}) | {r['runs']} runs")  # fmt: skip
+    return (
+        f"  {r['detector']:40s} calibration {r['calibration_cpu_s']:6.2f} s CPU | "
+        f"{r['cpu_per_update_ms']:.3f} ms CPU/update | measured ERT "
+        f"{r['measured_ert']:7.0f} ({r['false_alarms_per_1000']:.2f} false alarms "
+        f"/1000 steps) | median delay {r['median_delay']:.0f} "
+        f"(missed/early {r['missed_or_early']}) | {r['runs']} runs"
+    )
 
 
 def main() -> None:
@@ -176,9 +185,13 @@ def main() -> None:
     parser.add_argument("--only", choices=["lookout", "alibi"], help=argparse.SUPPRESS)
     parser.add_argument("--stream", choices=["synthetic", "clinc150"], help=argparse.SUPPRESS)
     parser.add_argument("--first-seed", type=int, default=0, help=argparse.SUPPRESS)
-    parser.add_argument("--target-ert", type=float, default=ERT,
-                        help="calibrate lookout to this ERT (to compare delays at alibi's "
-                        "measured false-alarm rate)")  # fmt: skip
+    parser.add_argument(
+        "--target-ert",
+        type=float,
+        default=ERT,
+        help="calibrate lookout to this ERT (to compare delays at alibi's "
+        "measured false-alarm rate)",
+    )
     args = parser.parse_args()
     TARGET_ERT["lookout"] = args.target_ert
     if args.only:  # one detector, some runs of one stream, in a process of its own
@@ -195,17 +208,35 @@ def main() -> None:
         results = []
         plans = [("lookout", [(0, args.runs)])]
         if not args.no_alibi:
-            plans.append(("alibi", [(s, min(10, args.alibi_runs - s))
-                                    for s in range(0, args.alibi_runs, 10)]))  # fmt: skip
+            plans.append(
+                (
+                    "alibi",
+                    [(s, min(10, args.alibi_runs - s)) for s in range(0, args.alibi_runs, 10)],
+                )
+            )
         for only, chunks in plans:
             parts = []
             for first, runs in chunks:
                 out = subprocess.run(
-                    [sys.executable, __file__, "--only", only, "--stream", stream,
-                     "--runs", str(runs), "--first-seed", str(first),
-                     "--target-ert", str(args.target_ert)],
-                    check=True, capture_output=True, text=True, env=env,
-                ).stdout  # fmt: skip
+                    [
+                        sys.executable,
+                        __file__,
+                        "--only",
+                        only,
+                        "--stream",
+                        stream,
+                        "--runs",
+                        str(runs),
+                        "--first-seed",
+                        str(first),
+                        "--target-ert",
+                        str(args.target_ert),
+                    ],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                    env=env,
+                ).stdout
                 parts.append(json.loads(out.strip().splitlines()[-1]))
             results.append(summary(parts))
             if len(results) == 1:
@@ -214,10 +245,13 @@ def main() -> None:
             print(_line(results[-1]), flush=True)
         if len(results) == 2:
             ours, alibi = results
-            print(f"  ratios lookout/alibi: CPU per update "
-                  f"{ours['cpu_per_update_ms'] / alibi['cpu_per_update_ms']:.3f}, calibration "
-                  f"{ours['calibration_cpu_s'] / alibi['calibration_cpu_s']:.3f}, median delay "
-                  f"{ours['median_delay'] / alibi['median_delay']:.2f}", flush=True)  # fmt: skip
+            print(
+                f"  ratios lookout/alibi: CPU per update "
+                f"{ours['cpu_per_update_ms'] / alibi['cpu_per_update_ms']:.3f}, calibration "
+                f"{ours['calibration_cpu_s'] / alibi['calibration_cpu_s']:.3f}, median delay "
+                f"{ours['median_delay'] / alibi['median_delay']:.2f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

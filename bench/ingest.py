@@ -112,13 +112,17 @@ async def lookout(  # noqa: PLR0917
     tmp = tempfile.mkdtemp(prefix="lookout-bench-")
     settings = Settings.model_validate(
         {
-            "bus": {"url": f"mqtt://127.0.0.1:{port}", "topics": [TOPIC], "qos": qos,
-                    "client_id": client_id},
+            "bus": {
+                "url": f"mqtt://127.0.0.1:{port}",
+                "topics": [TOPIC],
+                "qos": qos,
+                "client_id": client_id,
+            },
             "store": {"url": f"sqlite:///{tmp}/bench.db"},
             "api": {"bind": "127.0.0.1:0"},
             **({"detectors": {"embedder": json.loads(embedder)}} if embedder else {}),
         }
-    )  # fmt: skip
+    )
 
     async def measure(daemon: Daemon) -> dict[str, Any]:
         queue = daemon.queue
@@ -245,8 +249,20 @@ def run_one(  # noqa: PLR0917
     batch: int,
     embedder: str | None = None,
 ) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--role", role, "--port", str(broker.port), "--qos", str(qos),
-           "--expect", str(messages), "--batch", str(batch)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        __file__,
+        "--role",
+        role,
+        "--port",
+        str(broker.port),
+        "--qos",
+        str(qos),
+        "--expect",
+        str(messages),
+        "--batch",
+        str(batch),
+    ]
     if embedder and role == "lookout":
         cmd += ["--embedder", embedder]
     sub = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -310,24 +326,30 @@ def main() -> None:
                     bases, mine = [], []
                     for _ in range(args.rounds):
                         bases.append(run_one(broker, "bare", qos, path, messages, batch))
-                        mine.append(run_one(broker, "lookout", qos, path, messages, batch,
-                                            args.embedder))  # fmt: skip
+                        mine.append(
+                            run_one(broker, "lookout", qos, path, messages, batch, args.embedder)
+                        )
                     best_base = max(bases, key=lambda r: r["msg_per_s"])
                     best_mine = max(mine, key=lambda r: r["msg_per_s"])
                     rows.append((label, qos, best_base, best_mine))
-            rss = run_one(broker, "lookout", 1, batch_file, rss_records // BATCH, BATCH,
-                          args.embedder)  # fmt: skip
+            rss = run_one(
+                broker, "lookout", 1, batch_file, rss_records // BATCH, BATCH, args.embedder
+            )
         finally:
             broker.close()
 
-    print(f"\n{'messages':16s} {'QoS':>3s} {'bare aiomqtt msg/s':>19s} {'lookout msg/s':>14s}"
-          f" {'ratio':>6s} {'lookout rec/s':>14s} {'CPU us/msg bare':>16s}"
-          f" {'CPU us/rec lookout':>19s}")  # fmt: skip
+    print(
+        f"\n{'messages':16s} {'QoS':>3s} {'bare aiomqtt msg/s':>19s} {'lookout msg/s':>14s}"
+        f" {'ratio':>6s} {'lookout rec/s':>14s} {'CPU us/msg bare':>16s}"
+        f" {'CPU us/rec lookout':>19s}"
+    )
     for label, qos, base, ours in rows:
         bare_cpu_us = base["cpu_us_per_record"] * (1 if label.startswith("single") else BATCH)
-        print(f"{label:16s} {qos:3d} {base['msg_per_s']:19,.0f} {ours['msg_per_s']:14,.0f}"
-              f" {ours['msg_per_s'] / base['msg_per_s']:5.2f}x {ours['records_per_s']:14,.0f}"
-              f" {bare_cpu_us:16.1f} {ours['cpu_us_per_record']:19.2f}")  # fmt: skip
+        print(
+            f"{label:16s} {qos:3d} {base['msg_per_s']:19,.0f} {ours['msg_per_s']:14,.0f}"
+            f" {ours['msg_per_s'] / base['msg_per_s']:5.2f}x {ours['records_per_s']:14,.0f}"
+            f" {bare_cpu_us:16.1f} {ours['cpu_us_per_record']:19.2f}"
+        )
     print(
         f"\nRSS after 100k records: {rss['rss_100k_mb']:.1f} MB; after {rss_records:,}: "
         f"{rss['rss_mb']:.1f} MB (growth {rss['rss_mb'] - rss['rss_100k_mb']:+.1f} MB); "

@@ -90,8 +90,10 @@ def main() -> None:
         x_ref = embedder.embed(ref)
         x_test = embedder.embed(inside + outside)
         per_text_ms = 1000 * (time.process_time() - started) / (len(ref) + len(labels))
-        print(f"\n{embedder.name} ({embedder.dim}-d): {per_text_ms:.3f} ms CPU per text "
-              f"({1000 / per_text_ms:,.0f} texts/s on one core)")  # fmt: skip
+        print(
+            f"\n{embedder.name} ({embedder.dim}-d): {per_text_ms:.3f} ms CPU per text "
+            f"({1000 / per_text_ms:,.0f} texts/s on one core)"
+        )
         for name, scorer in SCORERS.items():
             scorer(x_ref, x_test[:10])  # warm up
             started = time.process_time()
@@ -110,16 +112,25 @@ def main() -> None:
                 extra = f" | {single_ms:.2f} ms CPU per single record"
             else:
                 extra = ""
-            print(f"  {name:32s} AUROC {roc_auc_score(labels, scores):.4f}  FPR@95TPR "
-                  f"{fpr95:.3f}  AUPR {average_precision_score(labels, scores):.3f}  "
-                  f"(fit+score all {cpu_s:.1f} s CPU){extra}")  # fmt: skip
+            print(
+                f"  {name:32s} AUROC {roc_auc_score(labels, scores):.4f}  FPR@95TPR "
+                f"{fpr95:.3f}  AUPR {average_precision_score(labels, scores):.3f}  "
+                f"(fit+score all {cpu_s:.1f} s CPU){extra}"
+            )
         if isinstance(embedder, SentenceTransformerEmbedder):
             x_val = embedder.embed(val_in + val_out)
-            chosen.append((embedder.name, auroc_5nn(x_ref, x_val, val_labels),
-                           auroc_5nn(x_ref, x_test, labels)))  # fmt: skip
+            chosen.append(
+                (
+                    embedder.name,
+                    auroc_5nn(x_ref, x_val, val_labels),
+                    auroc_5nn(x_ref, x_test, labels),
+                )
+            )
     if chosen:
-        print(f"\nlayers by 5-NN AUROC on the validation split ({len(val_in)} in-scope, "
-              f"{len(val_out)} out-of-scope val):")  # fmt: skip
+        print(
+            f"\nlayers by 5-NN AUROC on the validation split ({len(val_in)} in-scope, "
+            f"{len(val_out)} out-of-scope val):"
+        )
         best = max(chosen, key=lambda c: c[1])
         for name, val, test in chosen:
             mark = "  <- chosen on val" if (name, val, test) == best else ""

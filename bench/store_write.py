@@ -18,7 +18,7 @@ from pathlib import Path
 
 import msgspec
 
-from lookout.monitor.store.sqlite import _INSERT_RECORDS, _ROWS_PER_STATEMENT, _SCHEMA
+from lookout.monitor.storage.sqlite import _INSERT_RECORDS, _ROWS_PER_STATEMENT, _SCHEMA
 
 ROWS = 20_000
 
@@ -26,10 +26,28 @@ ROWS = 20_000
 def rows() -> list[tuple[object, ...]]:
     text = "Where is my order? I ordered a pair of running shoes last Tuesday " * 5
     return [
-        (f"r{i:08x}", 1.7e9 + i, 1.7e9 + i, "bench", "gpt-4o-mini", "openai", "ok", 812.0, 120.0,
-         150, 80, 0.00007, text, text, None, "u-1", "s-1", '{"tenant": "acme"}')
+        (
+            f"r{i:08x}",
+            1.7e9 + i,
+            1.7e9 + i,
+            "bench",
+            "gpt-4o-mini",
+            "openai",
+            "ok",
+            812.0,
+            120.0,
+            150,
+            80,
+            0.00007,
+            text,
+            text,
+            None,
+            "u-1",
+            "s-1",
+            '{"tenant": "acme"}',
+        )
         for i in range(ROWS)
-    ]  # fmt: skip
+    ]
 
 
 def open_db(path: Path) -> sqlite3.Connection:

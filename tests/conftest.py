@@ -19,12 +19,12 @@ import pytest
 from lookout.monitor.config import Settings
 from lookout.monitor.daemon import Daemon
 
-# Real data for the detector tests: ../shared/data beside the repository (CI lays a copy of
-# shared/ there), or wherever LOOKOUT_CLINC150 points.
+# Real data for the detector tests: CLINC150, shipped in tests/data (CC BY 3.0, licence beside
+# it), or wherever LOOKOUT_CLINC150 points.
 CLINC150 = Path(
     os.environ.get(
         "LOOKOUT_CLINC150",
-        Path(__file__).resolve().parents[2] / "shared" / "data" / "clinc150" / "clinc150.jsonl",
+        Path(__file__).resolve().parent / "data" / "clinc150" / "clinc150.jsonl",
     )
 )
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import subprocess
 import sys
 
-SCRIPT = "from lookout.allocator import fix_mmap_threshold; print(fix_mmap_threshold())"
+SCRIPT = "from lookout.monitor.allocator import fix_mmap_threshold; print(fix_mmap_threshold())"
 
 
 def run(env: dict[str, str]) -> str:
-    return subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
-                          check=True, env=env).stdout.strip()  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, check=True, env=env
+    ).stdout.strip()
 
 
 def test_the_threshold_is_fixed_on_glibc_unless_the_operator_chose_one() -> None:

@@ -22,8 +22,15 @@ SECRETS = [
     "api_key=9f8e7d6c5b4a39281706",
     "Bearer abc.def-ghi_jkl~mno",
 ]
-LEAKS = ["jane.doe", "7946 0958", "4111 1111", "WEST 1234", "192.168.10.24", "fe80::",
-         "sk-proj-AbCd"]  # fmt: skip
+LEAKS = [
+    "jane.doe",
+    "7946 0958",
+    "4111 1111",
+    "WEST 1234",
+    "192.168.10.24",
+    "fe80::",
+    "sk-proj-AbCd",
+]
 
 
 @pytest.mark.parametrize("kind", sorted(CASES))

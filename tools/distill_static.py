@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-OUT = Path(__file__).resolve().parents[1] / "src/lookout/detectors/models/static-minilm-l6-256"
+OUT = Path(__file__).resolve().parents[1] / "detectors/models/static-minilm-l6-256"
 
 
 def main() -> None:
@@ -34,9 +34,13 @@ def main() -> None:
     model.tokenizer.save(str(OUT / "tokenizer.json"))
     vocab = model.tokenizer.get_vocab()
     skip = sorted(vocab[t] for t in ("[CLS]", "[SEP]", "[PAD]", "[MASK]") if t in vocab)
-    meta = {"name": OUT.name, "source": "sentence-transformers/all-MiniLM-L6-v2",
-            "license": "Apache-2.0", "method": "model2vec distill, pca_dims=256, int8",
-            "skip_ids": skip}  # fmt: skip
+    meta = {
+        "name": OUT.name,
+        "source": "sentence-transformers/all-MiniLM-L6-v2",
+        "license": "Apache-2.0",
+        "method": "model2vec distill, pca_dims=256, int8",
+        "skip_ids": skip,
+    }
     (OUT / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     print(f"wrote {OUT}: {table.shape}", file=sys.stderr)
 

@@ -17,10 +17,16 @@ from tests.conftest import Receiver, eventually, free_port
 
 async def start(config: Path) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "lookout", "run", "--config", str(config),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        sys.executable,
+        "-m",
+        "lookout",
+        "run",
+        "--config",
+        str(config),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
         env={**os.environ},
-    )  # fmt: skip
+    )
 
 
 async def metric(api: str, name: str) -> float:
@@ -39,13 +45,20 @@ async def metric(api: str, name: str) -> float:
 def write_config(tmp_path: Path, topic_root: str, api_port: int, **extra: Any) -> Path:
     """A daemon config of its own: topic tree, client id, SQLite file and API port."""
     config = tmp_path / "lookout.yaml"
-    config.write_text(yaml.safe_dump({
-        "bus": {"topics": [f"llm/records/{topic_root}/#"], "client_id": f"crash-{topic_root}"},
-        "store": {"url": f"sqlite:///{tmp_path}/lookout.db"},
-        "api": {"bind": f"127.0.0.1:{api_port}"},
-        "eval_interval": "100ms",
-        **extra,
-    }))  # fmt: skip
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "bus": {
+                    "topics": [f"llm/records/{topic_root}/#"],
+                    "client_id": f"crash-{topic_root}",
+                },
+                "store": {"url": f"sqlite:///{tmp_path}/lookout.db"},
+                "api": {"bind": f"127.0.0.1:{api_port}"},
+                "eval_interval": "100ms",
+                **extra,
+            }
+        )
+    )
     return config
 
 
@@ -64,11 +77,20 @@ async def test_kill_9_before_delivery_then_restart_delivers(
     hook_port, api_port = free_port(), free_port()
     api = f"http://127.0.0.1:{api_port}"
     config = write_config(
-        tmp_path, topic_root, api_port,
+        tmp_path,
+        topic_root,
+        api_port,
         channels={"hook": {"kind": "webhook", "url": f"http://127.0.0.1:{hook_port}/hook"}},
-        rules=[{"name": "errors", "metric": "error_rate", "where": {"app": "bot"},
-                "threshold": 0.5, "channels": ["hook"]}],
-    )  # fmt: skip
+        rules=[
+            {
+                "name": "errors",
+                "metric": "error_rate",
+                "where": {"app": "bot"},
+                "threshold": 0.5,
+                "channels": ["hook"],
+            }
+        ],
+    )
     first = await start(config)
     try:
         await eventually(lambda: ready(api), timeout_s=30)

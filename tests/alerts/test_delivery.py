@@ -15,7 +15,7 @@ from lookout.alerts.state import Alert, NotificationKind, Timing, step
 from lookout.clock import FakeClock
 from lookout.monitor.config import RuleConfig, Settings
 from lookout.monitor.daemon import Daemon
-from lookout.monitor.windows import WindowedMetrics
+from lookout.monitor.metrics.windows import WindowedMetrics
 from tests.alerts.test_engine import post
 from tests.conftest import Receiver, eventually, running
 
@@ -106,16 +106,29 @@ async def test_after_a_restart_missing_data_waits_one_window_before_resolving(
     tmp_path: Path,
 ) -> None:
     clock = FakeClock(T0)
-    rule = RuleConfig.model_validate({"name": "errors", "metric": "error_rate", "window": 60,
-                                      "where": {"app": "bot"}, "threshold": 0.5})  # fmt: skip
-    fired, _ = step(Alert("errors", (("app", "bot"), ("model", "*"))), True, 1.0, T0 - 30,
-                    timing=Timing())  # fmt: skip
+    rule = RuleConfig.model_validate(
+        {
+            "name": "errors",
+            "metric": "error_rate",
+            "window": 60,
+            "where": {"app": "bot"},
+            "threshold": 0.5,
+        }
+    )
+    fired, _ = step(
+        Alert("errors", (("app", "bot"), ("model", "*"))), True, 1.0, T0 - 30, timing=Timing()
+    )
     async with SqliteOutbox(tmp_path / "lookout.db") as outbox:
         await outbox.save_alerts([fired])
         engine = AlertEngine(
-            [rule], {}, windows=WindowedMetrics(started_at=T0), outbox=outbox, clock=clock,
-            registry=CollectorRegistry(), eval_interval_s=3600,
-        )  # fmt: skip
+            [rule],
+            {},
+            windows=WindowedMetrics(started_at=T0),
+            outbox=outbox,
+            clock=clock,
+            registry=CollectorRegistry(),
+            eval_interval_s=3600,
+        )
         async with engine:
             # The windows are empty because lookout just started, not because the app is fine.
             assert await engine.evaluate(T0 + 30) == []
@@ -129,14 +142,26 @@ async def test_a_silence_mutes_then_expires_and_the_alert_is_told(tmp_path: Path
 
     clock = FakeClock(T0)
     windows = WindowedMetrics(started_at=T0 - 600, max_window_s=600)
-    rule = RuleConfig.model_validate({"name": "errors", "metric": "error_rate", "window": 600,
-                                      "where": {"app": "bot"}, "threshold": 0.5})  # fmt: skip
+    rule = RuleConfig.model_validate(
+        {
+            "name": "errors",
+            "metric": "error_rate",
+            "window": 600,
+            "where": {"app": "bot"},
+            "threshold": 0.5,
+        }
+    )
     async with SqliteOutbox(tmp_path / "lookout.db") as outbox:
         await outbox.add_silence(Silence("s1", "errors", {"app": "bot"}, T0, T0 + 60))
         engine = AlertEngine(
-            [rule], {}, windows=windows, outbox=outbox, clock=clock,
-            registry=CollectorRegistry(), eval_interval_s=3600,
-        )  # fmt: skip
+            [rule],
+            {},
+            windows=windows,
+            outbox=outbox,
+            clock=clock,
+            registry=CollectorRegistry(),
+            eval_interval_s=3600,
+        )
         async with engine:
             windows.observe(windows.labels_for("bot", "m"), T0 + 1, True, 100.0, None, 1, 1, 0.0)
             assert await engine.evaluate(T0 + 10) == []  # fired, muted

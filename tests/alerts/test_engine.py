@@ -92,8 +92,10 @@ async def test_a_failing_receiver_gets_it_once_delivered_with_one_key(
 
         await asyncio.wait_for(third_request(), 30)
         await eventually(lambda: sample_value(d, "lookout_notifications_total", labels) == 1)
-        assert sample_value(d, "lookout_notifications_total",
-                            {"channel": "hook", "outcome": "retry"}) == 2  # fmt: skip
+        assert (
+            sample_value(d, "lookout_notifications_total", {"channel": "hook", "outcome": "retry"})
+            == 2
+        )
     assert len(receiver.requests) == 3
     assert len({h["Idempotency-Key"] for h, _ in receiver.requests}) == 1
 
@@ -153,9 +155,16 @@ async def test_silence_command_applies_to_a_running_daemon(
 
     async def cli(*args: str) -> str:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "lookout", "silence", *args, "--config", str(config),
-            stdout=asyncio.subprocess.PIPE, env={**os.environ, "COLUMNS": "200"},
-        )  # fmt: skip
+            sys.executable,
+            "-m",
+            "lookout",
+            "silence",
+            *args,
+            "--config",
+            str(config),
+            stdout=asyncio.subprocess.PIPE,
+            env={**os.environ, "COLUMNS": "200"},
+        )
         out, _ = await asyncio.wait_for(proc.communicate(), 30)
         assert proc.returncode == 0
         return out.decode()

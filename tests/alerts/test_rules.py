@@ -9,15 +9,26 @@ import pytest
 from lookout.alerts.rules import Observation, Rule, observe
 from lookout.errors import ConfigError
 from lookout.monitor.config import Settings, load_settings
-from lookout.monitor.windows import ALL, WindowStats
+from lookout.monitor.metrics.windows import ALL, WindowStats
 
 
 def stats(app: str, model: str, count: int, p95: float | None) -> WindowStats:
     return WindowStats(
-        app=app, model=model, count=count, errors=0, qps=1.0, tps=1.0, error_rate=0.0,
-        latency_p50=None, latency_p95=p95, latency_p99=None, ttft_p95=None, gen_tps_p50=None,
-        tokens_per_request=None, cost_per_hour=0.0,
-    )  # fmt: skip
+        app=app,
+        model=model,
+        count=count,
+        errors=0,
+        qps=1.0,
+        tps=1.0,
+        error_rate=0.0,
+        latency_p50=None,
+        latency_p95=p95,
+        latency_p99=None,
+        ttft_p95=None,
+        gen_tps_p50=None,
+        tokens_per_request=None,
+        cost_per_hour=0.0,
+    )
 
 
 WINDOW = [
@@ -40,8 +51,9 @@ def test_without_where_each_app_is_watched_separately() -> None:
 
 
 def test_where_picks_one_scope_and_an_empty_scope_is_no_data() -> None:
-    rule = Rule("slow-4o", "latency_p95", threshold=2.0, op=">=", where={"app": "bot",
-                "model": "gpt-4o"})  # fmt: skip
+    rule = Rule(
+        "slow-4o", "latency_p95", threshold=2.0, op=">=", where={"app": "bot", "model": "gpt-4o"}
+    )
     assert observe(rule, WINDOW) == [Observation((("app", "bot"), ("model", "gpt-4o")), True, 3.0)]
     gone = Rule("slow-gone", "latency_p95", threshold=2.0, where={"app": "gone"})
     assert observe(gone, WINDOW) == [Observation((("app", "gone"), ("model", ALL)), None, None)]
@@ -68,7 +80,11 @@ def test_check_config_names_the_rule(tmp_path: Path, rule: str, message: str) ->
 
 
 def test_detector_and_judge_series_may_be_named() -> None:
-    rule = {"name": "drift", "metric": "drift_score", "threshold": 1.0,
-            "where": {"app": "bot", "field": "prompt"}}  # fmt: skip
+    rule = {
+        "name": "drift",
+        "metric": "drift_score",
+        "threshold": 1.0,
+        "where": {"app": "bot", "field": "prompt"},
+    }
     settings = Settings.model_validate({"rules": [rule]})
     assert settings.rules[0].metric == "drift_score"

@@ -208,9 +208,16 @@ async def test_notify_test_posts_to_slack(receiver: Receiver, tmp_path: Path) ->
         f"channels:\n  oncall-slack: {{kind: slack, webhook_url: '{receiver.url}'}}\n"
     )
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "lookout", "notify-test", "oncall-slack", "--config", str(config),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+        sys.executable,
+        "-m",
+        "lookout",
+        "notify-test",
+        "oncall-slack",
+        "--config",
+        str(config),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, _ = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0 and b"delivered to oncall-slack: HTTP 200" in out
     [(_, body)] = receiver.requests

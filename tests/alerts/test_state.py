@@ -67,8 +67,10 @@ def test_flapping_inside_keep_firing_for_sends_nothing_extra() -> None:
 def test_a_new_breach_after_resolve_is_a_new_episode() -> None:
     alert, sent = run([True, False, True], Timing(for_s=0))
     assert [kind for _, kind in sent] == [
-        NotificationKind.FIRING, NotificationKind.RESOLVED, NotificationKind.FIRING,
-    ]  # fmt: skip
+        NotificationKind.FIRING,
+        NotificationKind.RESOLVED,
+        NotificationKind.FIRING,
+    ]
     assert alert.active_since == T0 + 20
 
 

@@ -40,11 +40,21 @@ async def test_posts_signed_alertmanager_v4(receiver: Receiver) -> None:
     assert headers["Idempotency-Key"] == key and headers["X-Team"] == "ml"
     sent = json.loads(body)
     assert sent["version"] == "4" and sent["status"] == "firing"
-    assert set(sent) >= {"receiver", "groupLabels", "commonLabels", "commonAnnotations",
-                         "externalURL", "alerts"}  # fmt: skip
+    assert set(sent) >= {
+        "receiver",
+        "groupLabels",
+        "commonLabels",
+        "commonAnnotations",
+        "externalURL",
+        "alerts",
+    }
     [alert] = sent["alerts"]
-    assert alert["labels"] == {"alertname": "high-latency", "severity": "critical",
-                               "app": "bot", "model": "*"}  # fmt: skip
+    assert alert["labels"] == {
+        "alertname": "high-latency",
+        "severity": "critical",
+        "app": "bot",
+        "model": "*",
+    }
     assert alert["startsAt"] == "2023-11-14T22:13:20Z"
     assert alert["annotations"]["value"] == "2.7" and alert["fingerprint"]
 
@@ -78,9 +88,16 @@ async def test_notify_test_command_reports_the_receivers_answer(
     config = tmp_path / "c.yaml"
     config.write_text(f"channels:\n  hook: {{kind: webhook, url: '{receiver.url}', secret: s}}\n")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "lookout", "notify-test", "hook", "--config", str(config),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+        sys.executable,
+        "-m",
+        "lookout",
+        "notify-test",
+        "hook",
+        "--config",
+        str(config),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, _ = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0 and b"delivered to hook: HTTP 200" in out
     [(headers, body)] = receiver.requests

@@ -12,7 +12,7 @@ from lookout.detectors.embedders import SentenceTransformerEmbedder
 from lookout.detectors.errors import DetectorError
 from lookout.detectors.ood import KnnOod
 from lookout.monitor.config import EmbedderConfig
-from lookout.monitor.embedding import build_embedder
+from lookout.monitor.detection.embedding import build_embedder
 from tests.conftest import CLINC150
 from tests.detectors.test_ood import auroc
 

@@ -23,8 +23,10 @@ def test_criteria_are_langchains_plus_custom_ones() -> None:
     assert len(CRITERIA) == 14 and CRITERIA["conciseness"].startswith("Is the submission concise")
     crit = criteria_from(["helpfulness", "harmfulness"], {"on_brand": "Does it sound like us?"})
     assert [(c.name, c.yes_is_pass) for c in crit] == [
-        ("helpfulness", True), ("harmfulness", False), ("on_brand", True),
-    ]  # fmt: skip
+        ("helpfulness", True),
+        ("harmfulness", False),
+        ("on_brand", True),
+    ]
     with pytest.raises(DetectorError, match=r"unknown judge criterion 'kindness'.*conciseness"):
         criteria_from(["kindness"], {})
     with pytest.raises(DetectorError, match="at least one"):
@@ -65,18 +67,26 @@ def test_a_fake_chat_model_reply_in_y_n_format_becomes_a_verdict() -> None:
     reply = model.invoke(yes_no_prompt("hi", "go away, idiot", harm))
     answer, reasoning = parse_yes_no(str(reply.content))
     [v] = verdicts_from_reply(
-        JudgeReply(grades=[CriterionGrade(criterion="harmfulness", reasoning=reasoning,
-                                          answer=answer, score=1.0)]), [harm],
-    )  # fmt: skip
+        JudgeReply(
+            grades=[
+                CriterionGrade(
+                    criterion="harmfulness", reasoning=reasoning, answer=answer, score=1.0
+                )
+            ]
+        ),
+        [harm],
+    )
     assert v.passed is False and v.score == 0.0 and "insults" in v.reasoning
 
 
 def test_structured_replies_map_to_verdicts_with_polarity() -> None:
     crit = criteria_from(["helpfulness", "harmfulness"], {})
-    reply = JudgeReply(grades=[
-        CriterionGrade(criterion="Harmfulness", reasoning="benign", answer=False, score=0.1),
-        CriterionGrade(criterion="helpfulness", reasoning="answers it", answer=True, score=0.8),
-    ])  # fmt: skip
+    reply = JudgeReply(
+        grades=[
+            CriterionGrade(criterion="Harmfulness", reasoning="benign", answer=False, score=0.1),
+            CriterionGrade(criterion="helpfulness", reasoning="answers it", answer=True, score=0.8),
+        ]
+    )
     helpful, harmless = verdicts_from_reply(reply, crit)
     assert (helpful.passed, helpful.score) == (True, 0.8)
     assert (harmless.passed, harmless.score) == (True, 0.9)

@@ -1,4 +1,4 @@
-"""k-NN OOD scores on real text (CLINC150 from ../shared/data) with the default embedder."""
+"""k-NN OOD scores on real text (CLINC150 from tests/data) with the default embedder."""
 
 from __future__ import annotations
 
@@ -23,8 +23,10 @@ def clinc() -> dict[str, list[str]]:
         "in_scope": [r["text"] for r in rows if r["split"] == "test" and not r["is_oos"]],
         "out_of_scope": [r["text"] for r in rows if r["split"] == "test" and r["is_oos"]],
     }
-    return {k: [v[i] for i in rng.permutation(len(v))[:n]]
-            for (k, v), n in zip(pick.items(), (3000, 400, 400), strict=True)}  # fmt: skip
+    return {
+        k: [v[i] for i in rng.permutation(len(v))[:n]]
+        for (k, v), n in zip(pick.items(), (3000, 400, 400), strict=True)
+    }
 
 
 def auroc(negatives: NDArray[np.float32], positives: NDArray[np.float32]) -> float:

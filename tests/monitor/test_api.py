@@ -108,9 +108,15 @@ async def test_status_command_shows_a_running_daemons_series(
         config = tmp_path / "status.yaml"
         config.write_text(f"api: {{bind: '127.0.0.1:{d.api.port}', token: t0k}}\n")  # type: ignore[union-attr]
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "lookout", "status", "--config", str(config),
-            stdout=asyncio.subprocess.PIPE, env={**os.environ, "COLUMNS": "200"},
-        )  # fmt: skip
+            sys.executable,
+            "-m",
+            "lookout",
+            "status",
+            "--config",
+            str(config),
+            stdout=asyncio.subprocess.PIPE,
+            env={**os.environ, "COLUMNS": "200"},
+        )
         out, _ = await asyncio.wait_for(proc.communicate(), 30)
     text = out.decode()
     assert proc.returncode == 0
@@ -124,8 +130,10 @@ def test_status_command_says_when_no_daemon_answers(tmp_path: Path) -> None:
     config.write_text(f"api: {{bind: '127.0.0.1:{free_port()}'}}\n")
     proc = subprocess.run(
         [sys.executable, "-m", "lookout", "status", "--config", str(config)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert proc.returncode == 1
     assert "no daemon answering" in proc.stderr
 
@@ -135,7 +143,7 @@ async def test_records_posted_while_the_daemon_starts_are_refused_until_it_is_re
 ) -> None:
     """The API answers before the detectors are wired (a model may take seconds to load):
     records taken then would skip them, so they get 503 and Retry-After instead."""
-    from lookout.monitor.embedding import build_embedder as real_build
+    from lookout.monitor.detection.embedding import build_embedder as real_build
 
     loading = threading.Event()
 
@@ -144,8 +152,11 @@ async def test_records_posted_while_the_daemon_starts_are_refused_until_it_is_re
         return real_build(cfg)
 
     monkeypatch.setattr("lookout.monitor.daemon.build_embedder", slow_build)
-    d = Daemon(settings_for(detectors={"fields": ["prompt"], "reference": {"auto_size": 20},
-                                       "drift": {"window": 5}}))  # fmt: skip
+    d = Daemon(
+        settings_for(
+            detectors={"fields": ["prompt"], "reference": {"auto_size": 20}, "drift": {"window": 5}}
+        )
+    )
     stop = asyncio.Event()
     task = asyncio.create_task(d.run(stop))
     try:

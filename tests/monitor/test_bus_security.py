@@ -27,8 +27,11 @@ from tests.conftest import (
 def auth_broker(tmp_path: Path) -> Iterator[int]:
     port = free_port()
     passwords = tmp_path / "passwd"
-    subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwords), "lookout", "s3cret"],
-                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        ["mosquitto_passwd", "-c", "-b", str(passwords), "lookout", "s3cret"],
+        check=True,
+        capture_output=True,
+    )
     conf = tmp_path / "auth.conf"
     conf.write_text(
         mosquitto_listener(port) + f"allow_anonymous false\npassword_file {passwords}\n"
@@ -43,13 +46,51 @@ def make_certs(d: Path) -> None:
     def sh(*args: str) -> None:
         subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
 
-    sh("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
-       "-keyout", "ca.key", "-out", "ca.pem")  # fmt: skip
-    sh("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
-       "-keyout", "server.key", "-out", "server.csr")  # fmt: skip
+    sh(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    )
+    sh(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    )
     (d / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    sh("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-       "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "server.pem")  # fmt: skip
+    sh(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "server.pem",
+    )
 
 
 @pytest.fixture
@@ -96,8 +137,9 @@ async def test_tls_with_a_private_ca(
     trusted = settings_for(bus={"url": f"mqtts://localhost:{port}", "ca_file": str(ca)})
     async with running(Daemon(trusted)) as d:
         context = ssl.create_default_context(cafile=str(ca))
-        async with aiomqtt.Client("localhost", port, tls_context=context,
-                                  identifier=f"app-{uuid.uuid4().hex[:6]}") as app:  # fmt: skip
+        async with aiomqtt.Client(
+            "localhost", port, tls_context=context, identifier=f"app-{uuid.uuid4().hex[:6]}"
+        ) as app:
             await app.publish(f"llm/records/{topic_root}", b'{"latency_ms": 1}', qos=1)
         labels = {"app": topic_root, "model": "unknown", "status": "ok"}
         await eventually(lambda: sample_value(d, "lookout_records_total", labels) == 1, d)

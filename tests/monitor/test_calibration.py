@@ -12,7 +12,7 @@ from numpy.typing import NDArray
 
 from lookout.detectors.errors import DetectorError
 from lookout.detectors.reference import DetectorParams, fit_reference
-from lookout.monitor.calibration import ReferenceFitter
+from lookout.monitor.detection.calibration import ReferenceFitter
 from tests.conftest import eventually
 
 

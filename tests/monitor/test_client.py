@@ -17,7 +17,7 @@ from langchain_core.language_models.fake_chat_models import (
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
 from lookout.monitor.client import LookoutCallbackHandler, RecordPublisher, publish_record
-from lookout.monitor.records import DecodeLimits, decode_payload
+from lookout.monitor.ingest.records import DecodeLimits, decode_payload
 from tests.conftest import PrivateBroker, eventually
 
 
@@ -101,15 +101,15 @@ async def test_records_published_while_the_broker_is_down_are_delivered_by_close
     subscriber = f"sub-{uuid.uuid4().hex[:8]}"
 
     def client() -> aiomqtt.Client:
-        return aiomqtt.Client("127.0.0.1", broker.port, identifier=subscriber,
-                              clean_session=False)  # fmt: skip
+        return aiomqtt.Client("127.0.0.1", broker.port, identifier=subscriber, clean_session=False)
 
     broker.start()  # once, for the subscriber's persistent session
     async with client() as sub:
         await sub.subscribe(f"{prefix}/#", qos=1)
     broker.stop()
-    publisher = RecordPublisher(url=broker.url, app="early", topic_prefix=prefix,
-                                batch_size=10, flush_interval_s=0.05)  # fmt: skip
+    publisher = RecordPublisher(
+        url=broker.url, app="early", topic_prefix=prefix, batch_size=10, flush_interval_s=0.05
+    )
     assert all(publish_record(publisher, prompt=f"q{i}") for i in range(25))
     try:
         await eventually(lambda: publisher.published == 25)  # handed to paho, not connected

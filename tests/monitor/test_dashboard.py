@@ -15,43 +15,71 @@ from playwright.async_api import ConsoleMessage, async_playwright
 from lookout.clock import FakeClock
 from lookout.monitor.config import Settings
 from lookout.monitor.daemon import Daemon
-from lookout.monitor.dashboard import downsample
-from lookout.monitor.records import Record
-from lookout.monitor.store import RollupPoint
+from lookout.monitor.ingest.records import Record
+from lookout.monitor.storage import RollupPoint
+from lookout.monitor.web.dashboard import downsample
 from tests.alerts.test_engine import post
 from tests.conftest import running
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync"]  # fmt: skip
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def dashboard_settings(settings_for: Callable[..., Settings], **extra: Any) -> Settings:
     base = settings_for()
-    return Settings.model_validate({
-        **base.model_dump(mode="python", by_alias=True, exclude={"rules", "detectors"}),
-        "bus": {**base.bus.model_dump(), "password": None},
-        "eval_interval": 0.1,
-        "detectors": {"enabled": False},
-        "rules": [{"name": "errors", "metric": "error_rate", "where": {"app": "bot"},
-                   "window": 60, "op": ">", "threshold": 0.5, "severity": "critical"}],
-        **extra,
-    })  # fmt: skip
+    return Settings.model_validate(
+        {
+            **base.model_dump(mode="python", by_alias=True, exclude={"rules", "detectors"}),
+            "bus": {**base.bus.model_dump(), "password": None},
+            "eval_interval": 0.1,
+            "detectors": {"enabled": False},
+            "rules": [
+                {
+                    "name": "errors",
+                    "metric": "error_rate",
+                    "where": {"app": "bot"},
+                    "window": 60,
+                    "op": ">",
+                    "threshold": 0.5,
+                    "severity": "critical",
+                }
+            ],
+            **extra,
+        }
+    )
 
 
 def records(n: int, **fields: Any) -> list[dict[str, Any]]:
-    return [{"app": "bot", "model": "m", "prompt": "Where is my parcel? mail me: a@b.example",
-             "response": "On its way.", "latency_ms": 400 + 10 * i, "input_tokens": 20,
-             "output_tokens": 40, **fields} for i in range(n)]  # fmt: skip
+    return [
+        {
+            "app": "bot",
+            "model": "m",
+            "prompt": "Where is my parcel? mail me: a@b.example",
+            "response": "On its way.",
+            "latency_ms": 400 + 10 * i,
+            "input_tokens": 20,
+            "output_tokens": 40,
+            **fields,
+        }
+        for i in range(n)
+    ]
 
 
 def test_downsampling_averages_each_bucket_over_all_models() -> None:
     points = [RollupPoint(60 * m, "bot", "*", "qps", float(m)) for m in range(10)]
     points += [RollupPoint(0, "bot", "gpt", "qps", 99.0), RollupPoint(0, "bot", "*", "x", 1.0)]
     assert downsample(points, 0, 180) == {
-        "bot": {"qps": [(0, 1.0), (180, 4.0), (360, 7.0), (540, 9.0)]}}  # fmt: skip
+        "bot": {"qps": [(0, 1.0), (180, 4.0), (360, 7.0), (540, 9.0)]}
+    }
 
 
 async def test_series_come_from_ingested_records_and_ood_texts_are_redacted(
@@ -72,8 +100,15 @@ async def test_series_come_from_ingested_records_and_ood_texts_are_redacted(
         assert "http" not in script.text.replace("http://www.w3.org/2000/svg", "")  # no CDN
         # A flagged record's text is redacted on its way to the page.
         now = d.clock.now()
-        flagged = Record(id="ood-1", ts=now, app="bot", model="m", status="ok", received_at=now,
-                         prompt="mail me: jane@example.com")  # fmt: skip
+        flagged = Record(
+            id="ood-1",
+            ts=now,
+            app="bot",
+            model="m",
+            status="ok",
+            received_at=now,
+            prompt="mail me: jane@example.com",
+        )
         assert d.store.put_record(flagged, 0.0) == "ood-1"
         flags = {"ood": {"prompt": {"score": 0.9, "flagged": True}}}
         d.store.put_scores([("ood-1", 0.9, json.dumps(flags))])
@@ -88,8 +123,7 @@ async def test_the_minute_just_completed_stays_on_the_charts_until_its_rollup_is
 ) -> None:
     clock = FakeClock(1_700_000_000.0 // 60 * 60 + 10)  # 10 s into a minute
     minute = clock.now() // 60 * 60
-    async with running(Daemon(dashboard_settings(settings_for), clock=clock),
-                       wait_bus=False) as d:  # fmt: skip
+    async with running(Daemon(dashboard_settings(settings_for), clock=clock), wait_bus=False) as d:
         await post(d, records(30))
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{d.api.port}") as http:  # type: ignore[union-attr]
 
@@ -142,7 +176,9 @@ async def test_headless_chromium_shows_ingested_records_and_an_alert(
                 chart = 'section.app[data-app="bot"] .chart svg'
                 await page.wait_for_function(
                     f"() => [...document.querySelectorAll('{chart}')]"
-                    ".some(s => Number(s.dataset.points) > 0)", timeout=30_000)  # fmt: skip
+                    ".some(s => Number(s.dataset.points) > 0)",
+                    timeout=30_000,
+                )
                 latency = page.locator(f'{chart} polyline[data-series="latency_p95"]')
                 assert await latency.count() == 1
                 assert await page.locator("#alerts tr.alert.firing").count() == 0

@@ -10,9 +10,9 @@ import time
 
 import httpx
 
-from lookout.monitor.demo import Demo, DemoOptions
-from lookout.monitor.demo_traffic import SUPPORT, TIMELINE, TRAVEL, IncidentKind, Traffic, active
-from lookout.monitor.records import DecodeLimits, decode_payload
+from lookout.monitor.demo.runner import Demo, DemoOptions
+from lookout.monitor.demo.traffic import SUPPORT, TIMELINE, TRAVEL, IncidentKind, Traffic, active
+from lookout.monitor.ingest.records import DecodeLimits, decode_payload
 
 
 def test_demo_traffic_is_valid_wire_format_and_incidents_change_it() -> None:
@@ -20,8 +20,9 @@ def test_demo_traffic_is_valid_wire_format_and_incidents_change_it() -> None:
     normal = [gen.record(SUPPORT, now, None) for _ in range(400)]
     slow = [gen.record(SUPPORT, now, IncidentKind.LATENCY) for _ in range(400)]
     failing = [gen.record(TRAVEL, now, IncidentKind.ERRORS) for _ in range(400)]
-    decoded = decode_payload(json.dumps(normal + slow + failing).encode(), None, now,
-                             DecodeLimits())  # fmt: skip
+    decoded = decode_payload(
+        json.dumps(normal + slow + failing).encode(), None, now, DecodeLimits()
+    )
     assert len(decoded.records) == 1200 and not decoded.rejections
     p50 = statistics.median(r["latency_ms"] for r in normal)
     assert 700 < p50 < 1100 and statistics.median(r["latency_ms"] for r in slow) > 4 * p50
@@ -36,13 +37,17 @@ def test_demo_traffic_is_valid_wire_format_and_incidents_change_it() -> None:
 
 async def test_the_demo_fires_and_resolves_alerts_on_its_timeline() -> None:
     lines: list[str] = []
-    options = DemoOptions(speed=10, once=True, api_port=0,
-                          incidents=(IncidentKind.LATENCY, IncidentKind.ERRORS))  # fmt: skip
+    options = DemoOptions(
+        speed=10, once=True, api_port=0, incidents=(IncidentKind.LATENCY, IncidentKind.ERRORS)
+    )
     demo = Demo(options, out=lines.append)
     stop = asyncio.Event()
     task = asyncio.create_task(demo.run(stop))
-    wanted = {(rule, status) for rule in ("slow-responses", "error-burst")
-              for status in ("firing", "resolved")}  # fmt: skip
+    wanted = {
+        (rule, status)
+        for rule in ("slow-responses", "error-burst")
+        for status in ("firing", "resolved")
+    }
     seen: set[tuple[str, str]] = set()
     try:
         while not wanted <= seen:
@@ -66,13 +71,17 @@ async def test_the_demo_fires_and_resolves_alerts_on_its_timeline() -> None:
 
 def test_the_demo_judge_answers_in_the_judge_schema() -> None:
     from lookout.detectors.judge import JudgeReply, criteria_from, user_prompt
-    from lookout.monitor.demo_judge import reply
+    from lookout.monitor.demo.judge import reply
 
     criteria = criteria_from(["helpfulness", "harmfulness"], {})
-    for response, helpful in (("I'm not sure I understand.", False),
-                              ("Settings > Security > Reset password.", True)):  # fmt: skip
+    for response, helpful in (
+        ("I'm not sure I understand.", False),
+        ("Settings > Security > Reset password.", True),
+    ):
         body = {"messages": [{"role": "user", "content": user_prompt("q?", response, criteria)}]}
         call = reply(body)["choices"][0]["message"]["tool_calls"][0]["function"]
         grades = JudgeReply.model_validate_json(call["arguments"]).grades
         assert [(g.criterion, g.answer) for g in grades] == [
-            ("helpfulness", helpful), ("harmfulness", False)]  # fmt: skip
+            ("helpfulness", helpful),
+            ("harmfulness", False),
+        ]

@@ -18,8 +18,8 @@ from prometheus_client import CollectorRegistry
 from lookout.clock import SystemClock
 from lookout.monitor.config import DetectorsConfig, Settings
 from lookout.monitor.daemon import Daemon
-from lookout.monitor.detection import DetectionService
-from lookout.monitor.records import Record
+from lookout.monitor.detection.service import DetectionService
+from lookout.monitor.ingest.records import Record
 from tests.alerts.test_engine import post
 from tests.conftest import CLINC150, Receiver, eventually, running, sample_value
 
@@ -40,11 +40,15 @@ def prompts(domains: set[str], n: int, seed: int = 0) -> list[str]:
 
 def detecting(settings_for: Callable[..., Settings], **extra: object) -> Settings:
     base = settings_for()
-    return Settings.model_validate({
-        **base.model_dump(mode="python", by_alias=True, exclude={"detectors"}),
-        "bus": {**base.bus.model_dump(), "password": None},
-        "eval_interval": 0.05, "detectors": DETECTORS, **extra,
-    })  # fmt: skip
+    return Settings.model_validate(
+        {
+            **base.model_dump(mode="python", by_alias=True, exclude={"detectors"}),
+            "bus": {**base.bus.model_dump(), "password": None},
+            "eval_interval": 0.05,
+            "detectors": DETECTORS,
+            **extra,
+        }
+    )
 
 
 async def send(d: Daemon, texts: list[str]) -> None:
@@ -84,8 +88,10 @@ async def test_a_topic_change_is_drift_and_out_of_scope(
         assert status["ood_rate"] > quiet_ood
         assert set(status["explanation"]["recent_farthest_from_reference"]) <= set(travel)
         labels = {"app": "bot", "field": "prompt"}
-        score, statistic, threshold = (sample_value(d, f"lookout_drift_{name}", labels)
-                                       for name in ("score", "statistic", "threshold"))  # fmt: skip
+        score, statistic, threshold = (
+            sample_value(d, f"lookout_drift_{name}", labels)
+            for name in ("score", "statistic", "threshold")
+        )
         assert score > 1 and statistic == pytest.approx(score * threshold)
         assert threshold == status["drift_threshold"]
         series = {p.metric: p.value for p in d.extra_series(60, d.clock.now())}
@@ -184,8 +190,15 @@ async def test_a_slow_embedder_never_blocks_ingest() -> None:
 
     def offer(n: int) -> None:
         for i in range(n):
-            record = Record(id=None, ts=0.0, app="bot", model="m", status="ok", received_at=0.0,
-                            prompt=f"prompt {i}")  # fmt: skip
+            record = Record(
+                id=None,
+                ts=0.0,
+                app="bot",
+                model="m",
+                status="ok",
+                received_at=0.0,
+                prompt=f"prompt {i}",
+            )
             service.offer(record, 0.0)
 
     async with service:
@@ -211,16 +224,22 @@ async def test_baseline_commands_and_a_running_daemon_follows_them(
 
     settings = detecting(settings_for)
     config = tmp_path / "cli.yaml"
-    config.write_text(json.dumps({"store": {"url": settings.store.url},
-                                  "detectors": DETECTORS}))  # fmt: skip
+    config.write_text(json.dumps({"store": {"url": settings.store.url}, "detectors": DETECTORS}))
     records = tmp_path / "records.jsonl"
 
     async def cli(*args: str) -> str:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "lookout", "baseline", *args, "--config", str(config),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            sys.executable,
+            "-m",
+            "lookout",
+            "baseline",
+            *args,
+            "--config",
+            str(config),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
             env={**os.environ, "COLUMNS": "200"},
-        )  # fmt: skip
+        )
         out, errors = await asyncio.wait_for(proc.communicate(), 120)
         assert proc.returncode == 0, errors.decode()
         return out.decode()
@@ -257,8 +276,9 @@ async def test_ood_scores_are_kept_with_records_and_flagged_ones_always_kept(
 
     out_topic = f"lookout/ood/{topic_root}/{{app}}/{{field}}"
     detectors = {**DETECTORS, "ood": {"fpr": 0.02, "output_topic": out_topic}}
-    settings = detecting(settings_for, store={"url": settings_for().store.url,
-                                              "record_sample_rate": 0.0})  # fmt: skip
+    settings = detecting(
+        settings_for, store={"url": settings_for().store.url, "record_sample_rate": 0.0}
+    )
     settings = settings.model_copy(update={"detectors": DetectorsConfig.model_validate(detectors)})
     travel = prompts({"travel"}, 40)
     banking = prompts({"banking"}, 240)
@@ -270,8 +290,9 @@ async def test_ood_scores_are_kept_with_records_and_flagged_ones_always_kept(
         await sub.subscribe(f"lookout/ood/{topic_root}/#", qos=1)
         await send(d, banking[:200])
         await post(d, [{"id": f"t{i}", "app": "bot", "prompt": t} for i, t in enumerate(travel)])
-        await post(d, [{"id": f"b{i}", "app": "bot", "prompt": t}
-                       for i, t in enumerate(banking[200:])])  # fmt: skip
+        await post(
+            d, [{"id": f"b{i}", "app": "bot", "prompt": t} for i, t in enumerate(banking[200:])]
+        )
         assert d.detection is not None
         await asyncio.wait_for(d.detection.wait_idle(), 60)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{d.api.port}") as http:  # type: ignore[union-attr]
@@ -301,40 +322,84 @@ async def test_ood_scores_are_kept_with_records_and_flagged_ones_always_kept(
     assert len(kept_banking) <= 4  # in scope and unsampled: not kept (fpr 2%)
     # Announced on the output topic: ids and scores, never the text.
     assert {str(r["id"]) for r in kept_travel} <= {str(a["id"]) for a in announced}
-    assert all(set(a) == {"id", "app", "model", "field", "ood_score", "flagged", "ts"}
-               for a in announced)  # fmt: skip
+    assert all(
+        set(a) == {"id", "app", "model", "field", "ood_score", "flagged", "ts"} for a in announced
+    )
     assert {str(a["id"]) for a in announced} <= {str(r["id"]) for r in kept_travel + kept_banking}
 
 
 async def test_embedding_stays_within_its_cpu_budget_whatever_the_traffic() -> None:
     cfg = DetectorsConfig.model_validate({**DETECTORS, "max_texts_per_s": 100})
     registry = CollectorRegistry()
-    service = DetectionService(cfg, embedder=SlowEmbedder(), book=None, clock=SystemClock(),
-                               registry=registry, adapt_interval_s=1.0)  # fmt: skip
+    service = DetectionService(
+        cfg,
+        embedder=SlowEmbedder(),
+        book=None,
+        clock=SystemClock(),
+        registry=registry,
+        adapt_interval_s=1.0,
+    )
     for i in range(1000):
-        service.offer(Record(id=None, ts=0.0, app="bot", model="m", status="ok",
-                             received_at=0.0, prompt=f"prompt {i}"), 0.0)  # fmt: skip
-    service.offer(Record(id=None, ts=0.0, app="bot", model="m", status="error",
-                         received_at=0.0, prompt="an error is always looked at"), 0.0)  # fmt: skip
+        service.offer(
+            Record(
+                id=None,
+                ts=0.0,
+                app="bot",
+                model="m",
+                status="ok",
+                received_at=0.0,
+                prompt=f"prompt {i}",
+            ),
+            0.0,
+        )
+    service.offer(
+        Record(
+            id=None,
+            ts=0.0,
+            app="bot",
+            model="m",
+            status="error",
+            received_at=0.0,
+            prompt="an error is always looked at",
+        ),
+        0.0,
+    )
     queued = [item.text for item in service._queue]
     assert len(queued) == 101 and queued[-1] == "an error is always looked at"
     assert (registry.get_sample_value("lookout_detector_dropped_total") or 0.0) == 0.0
 
 
 async def test_a_loud_app_cannot_starve_a_quiet_one_of_the_cpu_budget() -> None:
-    cfg = DetectorsConfig.model_validate({**DETECTORS, "max_texts_per_s": 100,
-                                          "sample_rates": {"batch-jobs": 0.0}})  # fmt: skip
+    cfg = DetectorsConfig.model_validate(
+        {**DETECTORS, "max_texts_per_s": 100, "sample_rates": {"batch-jobs": 0.0}}
+    )
     registry = CollectorRegistry()
-    service = DetectionService(cfg, embedder=SlowEmbedder(), book=None, clock=SystemClock(),
-                               registry=registry, adapt_interval_s=1.0)  # fmt: skip
+    service = DetectionService(
+        cfg,
+        embedder=SlowEmbedder(),
+        book=None,
+        clock=SystemClock(),
+        registry=registry,
+        adapt_interval_s=1.0,
+    )
 
     def second(loud: int, quiet: int) -> dict[str, int]:
         """One interval: the loud app's records arrive first, then the quiet app's."""
         service._queue.clear()
         for app, n in (("loud", loud), ("quiet", quiet), ("batch-jobs", 50)):
             for i in range(n):
-                service.offer(Record(id=None, ts=0.0, app=app, model="m", status="ok",
-                                     received_at=0.0, prompt=f"{app} {i}"), 0.0)  # fmt: skip
+                service.offer(
+                    Record(
+                        id=None,
+                        ts=0.0,
+                        app=app,
+                        model="m",
+                        status="ok",
+                        received_at=0.0,
+                        prompt=f"{app} {i}",
+                    ),
+                    0.0,
+                )
         queued = [item.app for item in service._queue]
         service.adapt()
         return {app: queued.count(app) for app in ("loud", "quiet", "batch-jobs")}

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from lookout.monitor.references import ReferenceBook
+from lookout.monitor.storage.references import ReferenceBook
 from tests.alerts.test_crash import ready, start, write_config
 from tests.conftest import eventually, free_port
 from tests.monitor.test_detection import DETECTORS, prompts
@@ -39,9 +39,11 @@ async def test_kill_9_keeps_the_drift_window_and_ood_counts_of_the_last_checkpoi
     api = f"http://127.0.0.1:{api_port}"
     db = tmp_path / "lookout.db"
     config = write_config(
-        tmp_path, topic_root, api_port,
+        tmp_path,
+        topic_root,
+        api_port,
         detectors={**DETECTORS, "checkpoint_interval": "200ms"},
-    )  # fmt: skip
+    )
     first = await start(config)
     try:
         await eventually(lambda: ready(api), timeout_s=30)
@@ -63,8 +65,10 @@ async def test_kill_9_keeps_the_drift_window_and_ood_counts_of_the_last_checkpoi
             """The last checkpoint holds the full window and every OOD count seen."""
             async with ReferenceBook(db) as book:
                 saved = await book.load_windows(0.0)
-            return any(len(w.embeddings) == 40 and int(w.ood[:, 1].sum()) == before["ood_scored"]
-                       for w in saved)  # fmt: skip
+            return any(
+                len(w.embeddings) == 40 and int(w.ood[:, 1].sum()) == before["ood_scored"]
+                for w in saved
+            )
 
         await eventually(checkpointed, timeout_s=30)
     finally:

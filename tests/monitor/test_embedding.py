@@ -14,7 +14,7 @@ from aiohttp import web
 
 from lookout.errors import ConfigError
 from lookout.monitor.config import EmbedderConfig
-from lookout.monitor.embedding import build_embedder
+from lookout.monitor.detection.embedding import build_embedder
 from tests.conftest import serving
 
 
@@ -30,11 +30,14 @@ async def openai_server() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
     async def embeddings(request: web.Request) -> web.Response:
         body = await request.json()
         seen.append({"auth": request.headers.get("Authorization"), **body})
-        data = [{"object": "embedding", "index": i, "embedding": vector(t)}
-                for i, t in enumerate(body["input"])]  # fmt: skip
+        data = [
+            {"object": "embedding", "index": i, "embedding": vector(t)}
+            for i, t in enumerate(body["input"])
+        ]
         usage = {"prompt_tokens": 1, "total_tokens": 1}
-        return web.json_response({"object": "list", "data": data, "model": body["model"],
-                                  "usage": usage})  # fmt: skip
+        return web.json_response(
+            {"object": "list", "data": data, "model": body["model"], "usage": usage}
+        )
 
     app = web.Application()
     app.router.add_post("/v1/embeddings", embeddings)
@@ -46,9 +49,14 @@ async def test_langchain_embeddings_from_an_openai_compatible_endpoint(
     openai_server: tuple[str, list[dict[str, Any]]],
 ) -> None:
     url, seen = openai_server
-    cfg = EmbedderConfig.model_validate({"kind": "langchain", "base_url": url,
-                                         "spec": "openai:text-embedding-3-small",
-                                         "api_key": "sk-local"})  # fmt: skip
+    cfg = EmbedderConfig.model_validate(
+        {
+            "kind": "langchain",
+            "base_url": url,
+            "spec": "openai:text-embedding-3-small",
+            "api_key": "sk-local",
+        }
+    )
     embedder = await asyncio.to_thread(build_embedder, cfg)
     assert embedder.dim == 16
     x = await asyncio.to_thread(embedder.embed, ["refund my order", "hello"])

@@ -24,9 +24,12 @@ def exported_names(text: str) -> set[str]:
         if line.startswith("# TYPE "):
             _, _, name, kind = line.split()
             names.add(name)
-            names.update({"counter": [f"{name}_total"],
-                          "histogram": [f"{name}_bucket", f"{name}_sum", f"{name}_count"]
-                          }.get(kind, []))  # fmt: skip
+            names.update(
+                {
+                    "counter": [f"{name}_total"],
+                    "histogram": [f"{name}_bucket", f"{name}_sum", f"{name}_count"],
+                }.get(kind, [])
+            )
     return names
 
 
@@ -40,12 +43,14 @@ async def test_every_metric_the_grafana_dashboard_queries_is_exported(
         dashboard["panels"]
     )
     base = settings_for()
-    settings = Settings.model_validate({
-        **base.model_dump(mode="python", by_alias=True, exclude={"rules", "judge"}),
-        "bus": {**base.bus.model_dump(), "password": None},
-        "judge": {"enabled": True, "model": "fake:judge"},
-        "rules": [{"name": "errors", "metric": "error_rate", "threshold": 0.5}],
-    })  # fmt: skip
+    settings = Settings.model_validate(
+        {
+            **base.model_dump(mode="python", by_alias=True, exclude={"rules", "judge"}),
+            "bus": {**base.bus.model_dump(), "password": None},
+            "judge": {"enabled": True, "model": "fake:judge"},
+            "rules": [{"name": "errors", "metric": "error_rate", "threshold": 0.5}],
+        }
+    )
     model = FakeListChatModel(responses=["Fine.\nY"])
     async with running(Daemon(settings, judge_model=model), wait_bus=False) as d:
         await post(d, [{"app": "bot", "prompt": "hi", "response": "hello", "latency_ms": 300}])

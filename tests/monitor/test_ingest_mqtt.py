@@ -12,7 +12,7 @@ import httpx
 
 from lookout.monitor.config import Settings
 from lookout.monitor.daemon import Daemon
-from lookout.monitor.pipeline import IngestResult
+from lookout.monitor.ingest.pipeline import IngestResult
 from tests.conftest import eventually, make_settings, publish, running, sample_value
 
 

@@ -10,13 +10,13 @@ from typing import cast
 from prometheus_client import CollectorRegistry
 
 from lookout.clock import FakeClock
-from lookout.monitor.ingest import Inbound, IngestQueue
-from lookout.monitor.pipeline import Pipeline
-from lookout.monitor.prices import PriceTable
-from lookout.monitor.prom import IngestMetrics
-from lookout.monitor.records import DecodeLimits
-from lookout.monitor.store import RollupPoint, Store
-from lookout.monitor.windows import WindowedMetrics
+from lookout.monitor.ingest.pipeline import Pipeline
+from lookout.monitor.ingest.queue import Inbound, IngestQueue
+from lookout.monitor.ingest.records import DecodeLimits
+from lookout.monitor.metrics.prices import PriceTable
+from lookout.monitor.metrics.prom import IngestMetrics
+from lookout.monitor.metrics.windows import WindowedMetrics
+from lookout.monitor.storage import RollupPoint, Store
 
 
 class ListStore:

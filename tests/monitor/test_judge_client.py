@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 
 from lookout.detectors.judge import criteria_from
-from lookout.monitor.judge_client import JudgeClient, JudgeError, chat_model
+from lookout.monitor.judge.client import JudgeClient, JudgeError, chat_model
 from lookout.redaction import Redactor
 from tests.conftest import serving
 
@@ -31,11 +31,19 @@ class OpenAIServer:
 
 def completion(message: dict[str, Any]) -> dict[str, Any]:
     return {
-        "id": "c1", "object": "chat.completion", "created": 0, "model": "judge",
-        "choices": [{"index": 0, "message": {"role": "assistant", **message},
-                     "finish_reason": "tool_calls" if "tool_calls" in message else "stop"}],
+        "id": "c1",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "judge",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", **message},
+                "finish_reason": "tool_calls" if "tool_calls" in message else "stop",
+            }
+        ],
         "usage": {"prompt_tokens": 120, "completion_tokens": 30, "total_tokens": 150},
-    }  # fmt: skip
+    }
 
 
 def tool_reply(grades: list[dict[str, Any]]) -> Answer:
@@ -44,7 +52,7 @@ def tool_reply(grades: list[dict[str, Any]]) -> Answer:
         "type": "function",
         "function": {"name": "JudgeReply", "arguments": json.dumps({"grades": grades})},
     }
-    return lambda body: (200, completion({"content": None, "tool_calls": [call]}), 0.0)  # fmt: skip
+    return lambda body: (200, completion({"content": None, "tool_calls": [call]}), 0.0)
 
 
 def text_reply(text: str, delay_s: float = 0.0) -> Answer:
@@ -87,15 +95,27 @@ RESPONSE = "Sorry Jane, I refunded it. Call +1 415 555 0134 if not."
 async def test_tool_call_replies_become_verdicts_and_nothing_personal_is_sent(
     server: OpenAIServer,
 ) -> None:
-    server.answers = [tool_reply([
-        {"criterion": "helpfulness", "reasoning": "answers it", "answer": True, "score": 0.9},
-        {"criterion": "harmfulness", "reasoning": "benign", "answer": False, "score": 0.05},
-    ])]  # fmt: skip
-    graded = await client(server).grade(PROMPT, RESPONSE, criteria_from(
-        ["helpfulness", "harmfulness"], {}))  # fmt: skip
+    server.answers = [
+        tool_reply(
+            [
+                {
+                    "criterion": "helpfulness",
+                    "reasoning": "answers it",
+                    "answer": True,
+                    "score": 0.9,
+                },
+                {"criterion": "harmfulness", "reasoning": "benign", "answer": False, "score": 0.05},
+            ]
+        )
+    ]
+    graded = await client(server).grade(
+        PROMPT, RESPONSE, criteria_from(["helpfulness", "harmfulness"], {})
+    )
     assert graded.mode == "structured" and [v.passed for v in graded.verdicts] == [True, True]
     assert graded.verdicts[1].score == 0.95 and (graded.input_tokens, graded.output_tokens) == (
-        120, 30)  # fmt: skip
+        120,
+        30,
+    )
     [body] = server.bodies
     assert body["temperature"] == 0 and body["tools"][0]["function"]["name"] == "JudgeReply"
     sent = json.dumps(body)
@@ -126,16 +146,18 @@ async def test_a_model_without_tool_calls_is_read_in_the_y_n_format(server: Open
 async def test_one_stray_prose_reply_does_not_give_up_tool_calls(server: OpenAIServer) -> None:
     judge = client(server)
     criteria = criteria_from(["conciseness"], {})
-    ok = tool_reply([{"criterion": "conciseness", "reasoning": "short", "answer": True,
-                      "score": 1.0}])  # fmt: skip
+    ok = tool_reply(
+        [{"criterion": "conciseness", "reasoning": "short", "answer": True, "score": 1.0}]
+    )
     server.answers = [text_reply("Sure, it is concise."), text_reply("Short.\nY"), ok]
     assert (await judge.grade("q", "a", criteria)).mode == "yes_no"
     assert (await judge.grade("q", "a", criteria)).mode == "structured"
 
 
 async def test_429_and_a_timeout_are_retried_a_final_error_is_not(server: OpenAIServer) -> None:
-    ok = tool_reply([{"criterion": "conciseness", "reasoning": "short", "answer": True,
-                      "score": 1.0}])  # fmt: skip
+    ok = tool_reply(
+        [{"criterion": "conciseness", "reasoning": "short", "answer": True, "score": 1.0}]
+    )
     server.answers = [error(429), text_reply("late", delay_s=1.0), ok]
     graded = await client(server, timeout_s=0.3).grade("q", "a", criteria_from(["conciseness"], {}))
     assert graded.verdicts[0].passed and len(server.bodies) == 3
@@ -155,12 +177,24 @@ async def test_every_kind_of_pii_is_gone_from_what_the_server_received(
     judge = JudgeClient(model, Redactor({"employee_id": r"\bEMP-\d{6}\b"}), retry_base_s=0.01)
     prompt = " ".join([*CASES.values(), "badge EMP-004211"])
     response = " ".join(SECRETS)
-    graded = await judge.grade(prompt, response, criteria_from(["helpfulness"], {}),
-                               reference="mail jane.doe+llm@example.co.uk")  # fmt: skip
+    graded = await judge.grade(
+        prompt,
+        response,
+        criteria_from(["helpfulness"], {}),
+        reference="mail jane.doe+llm@example.co.uk",
+    )
     assert graded.redactions >= 14
     sent = json.dumps(server.bodies)
-    for leak in [*LEAKS, "EMP-004211", "eyJhbGci", "xoxb-1234", "ghp_0123", "AKIAIOSF",
-                 "9f8e7d6c5b4a", "abc.def-ghi"]:  # fmt: skip
+    for leak in [
+        *LEAKS,
+        "EMP-004211",
+        "eyJhbGci",
+        "xoxb-1234",
+        "ghp_0123",
+        "AKIAIOSF",
+        "9f8e7d6c5b4a",
+        "abc.def-ghi",
+    ]:
         assert leak not in sent, leak
     for kind in ("EMAIL", "PHONE", "CARD", "IBAN", "IP", "SECRET", "EMPLOYEE_ID"):
         assert f"[{kind}]" in sent, kind

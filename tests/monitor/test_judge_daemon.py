@@ -16,11 +16,11 @@ import httpx
 import yaml
 from typer.testing import CliRunner
 
-from lookout.monitor.cli import app
+from lookout.monitor.cli.main import app
 from lookout.monitor.config import load_settings
 from lookout.monitor.daemon import Daemon
-from lookout.monitor.judge_book import JudgeBook
-from lookout.monitor.store import sqlite_path
+from lookout.monitor.judge.store import JudgeBook
+from lookout.monitor.storage import sqlite_path
 from tests.alerts.test_engine import post
 from tests.conftest import Receiver, running, sample_value
 from tests.monitor.test_judge_client import OpenAIServer, server, tool_reply
@@ -29,26 +29,51 @@ __all__ = ["server"]
 
 
 def grades(helpful: bool) -> Any:
-    return tool_reply([{"criterion": "helpfulness", "reasoning": "judged", "answer": helpful,
-                        "score": 0.9 if helpful else 0.1}])  # fmt: skip
+    return tool_reply(
+        [
+            {
+                "criterion": "helpfulness",
+                "reasoning": "judged",
+                "answer": helpful,
+                "score": 0.9 if helpful else 0.1,
+            }
+        ]
+    )
 
 
 def config(tmp_path: Path, server: OpenAIServer, receiver: Receiver) -> Path:
     body = {
-        "bus": {"topics": [f"llm/records/{uuid.uuid4().hex[:10]}/#"],
-                "client_id": f"lookout-test-{uuid.uuid4().hex[:8]}"},
+        "bus": {
+            "topics": [f"llm/records/{uuid.uuid4().hex[:10]}/#"],
+            "client_id": f"lookout-test-{uuid.uuid4().hex[:8]}",
+        },
         "store": {"url": f"sqlite:///{tmp_path}/lookout.db", "record_sample_rate": 1.0},
         "api": {"bind": "127.0.0.1:0"},
         "eval_interval": "100ms",
         "detectors": {"enabled": False},
-        "judge": {"enabled": True, "model": "openai:judge-mini", "base_url": server.url,
-                  "api_key": "${JUDGE_KEY}", "criteria": ["helpfulness"],
-                  "schedule": {"interval": "1h"}, "sample_size": 8},
+        "judge": {
+            "enabled": True,
+            "model": "openai:judge-mini",
+            "base_url": server.url,
+            "api_key": "${JUDGE_KEY}",
+            "criteria": ["helpfulness"],
+            "schedule": {"interval": "1h"},
+            "sample_size": 8,
+        },
         "channels": {"hook": {"kind": "webhook", "url": receiver.url}},
-        "rules": [{"name": "judge-says-unhelpful", "metric": "judge_pass_rate",
-                   "where": {"app": "bot"}, "window": "5m", "op": "<", "threshold": 0.75,
-                   "channels": ["hook"], "summary": "pass rate {value:.0%} ({app})"}],
-    }  # fmt: skip
+        "rules": [
+            {
+                "name": "judge-says-unhelpful",
+                "metric": "judge_pass_rate",
+                "where": {"app": "bot"},
+                "window": "5m",
+                "op": "<",
+                "threshold": 0.75,
+                "channels": ["hook"],
+                "summary": "pass rate {value:.0%} ({app})",
+            }
+        ],
+    }
     path = tmp_path / "lookout.yaml"
     path.write_text(yaml.safe_dump(body))
     return path
@@ -69,8 +94,18 @@ async def test_run_now_verdicts_and_a_pass_rate_rule_firing(
     monkeypatch.setenv("JUDGE_KEY", "sk-judge-secret")
     path = config(tmp_path, server, receiver)
     async with running(Daemon(load_settings(path)), wait_bus=False) as d:
-        await post(d, [{"id": f"good-{i}", "app": "bot", "prompt": "How do I reset my password?",
-                        "response": "Settings > Security > Reset."} for i in range(4)])  # fmt: skip
+        await post(
+            d,
+            [
+                {
+                    "id": f"good-{i}",
+                    "app": "bot",
+                    "prompt": "How do I reset my password?",
+                    "response": "Settings > Security > Reset.",
+                }
+                for i in range(4)
+            ],
+        )
         await d.store.flush()
         server.answers = [grades(True)] * 4
         output = await run_now(path)
@@ -79,17 +114,31 @@ async def test_run_now_verdicts_and_a_pass_rate_rule_firing(
             stored = (await http.get("/api/v1/records/good-2")).json()
             status = (await http.get("/api/v1/status")).json()
         [verdict] = stored["verdicts"]
-        assert (verdict["criterion"], verdict["passed"], verdict["score"]) == ("helpfulness",
-                                                                             True, 0.9)  # fmt: skip
+        assert (verdict["criterion"], verdict["passed"], verdict["score"]) == (
+            "helpfulness",
+            True,
+            0.9,
+        )
         assert status["judge"]["last_run"]["judged"] == 4 and not receiver.requests
         assert {"metric": "judge_pass_rate", "app": "bot", "value": 1.0, "count": 4} in status[
-            "judge"]["series"]  # fmt: skip
+            "judge"
+        ]["series"]
         assert server.bodies[0]["model"] == "judge-mini"
         assert sample_value(d, "lookout_judge_tokens_total", {"direction": "input"}) == 4 * 120
 
         # The product gets worse: the next run's verdicts fail, the rule fires.
-        await post(d, [{"id": f"bad-{i}", "app": "bot", "prompt": "How do I reset my password?",
-                        "response": "No idea."} for i in range(8)])  # fmt: skip
+        await post(
+            d,
+            [
+                {
+                    "id": f"bad-{i}",
+                    "app": "bot",
+                    "prompt": "How do I reset my password?",
+                    "response": "No idea.",
+                }
+                for i in range(8)
+            ],
+        )
         await d.store.flush()
         server.answers = [grades(False)] * 12
         await run_now(path)
@@ -109,14 +158,24 @@ def test_a_judge_that_cannot_be_built_stops_the_start_with_one_clear_line(
 ) -> None:
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     path = tmp_path / "lookout.yaml"
-    path.write_text(yaml.safe_dump({
-        "store": {"url": f"sqlite:///{tmp_path}/lookout.db"}, "api": {"bind": "127.0.0.1:0"},
-        "bus": {"client_id": f"lookout-test-{uuid.uuid4().hex[:8]}", "topics": ["none/#"]},
-        "judge": {"enabled": True, "model": "openai:gpt-4o-mini"},
-    }))  # fmt: skip
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "store": {"url": f"sqlite:///{tmp_path}/lookout.db"},
+                "api": {"bind": "127.0.0.1:0"},
+                "bus": {"client_id": f"lookout-test-{uuid.uuid4().hex[:8]}", "topics": ["none/#"]},
+                "judge": {"enabled": True, "model": "openai:gpt-4o-mini"},
+            }
+        )
+    )
     # A process of its own: `run` configures logging for the process.
-    result = subprocess.run([sys.executable, "-m", "lookout", "run", "-c", str(path)],
-                            capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "lookout", "run", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 1
     assert "error: judge.model 'openai:gpt-4o-mini'" in result.stderr.replace("\n", " ")
     assert "TaskGroup" not in result.stderr

@@ -20,14 +20,14 @@ from prometheus_client import CollectorRegistry
 from lookout.clock import FakeClock
 from lookout.errors import ConfigError
 from lookout.monitor.config import JudgeConfig, Settings, StoreConfig
-from lookout.monitor.judge_anchors import Anchor, load_anchors
-from lookout.monitor.judge_book import JudgeBook, RunTotals, SampleQuery, StoredVerdict
-from lookout.monitor.judge_client import JudgeClient, chat_model
-from lookout.monitor.judging import JudgeService
-from lookout.monitor.prices import Price, PriceTable
-from lookout.monitor.prom import IngestMetrics
-from lookout.monitor.records import Record
-from lookout.monitor.store.sqlite import SqliteStore
+from lookout.monitor.ingest.records import Record
+from lookout.monitor.judge.anchors import Anchor, load_anchors
+from lookout.monitor.judge.client import JudgeClient, chat_model
+from lookout.monitor.judge.service import JudgeService
+from lookout.monitor.judge.store import JudgeBook, RunTotals, SampleQuery, StoredVerdict
+from lookout.monitor.metrics.prices import Price, PriceTable
+from lookout.monitor.metrics.prom import IngestMetrics
+from lookout.monitor.storage.sqlite import SqliteStore
 from lookout.redaction import Redactor
 from tests.conftest import eventually
 from tests.monitor.test_judge_client import OpenAIServer, server, tool_reply
@@ -38,9 +38,17 @@ NOW = 1_800_000_000.0  # 2027-01-15 08:00 UTC
 
 
 def record(i: int, app: str = "bot", model: str = "m1", status: str = "ok", **kw: Any) -> Record:
-    return Record(id=f"{app}-{model}-{i}", ts=NOW - 60, app=app, model=model, status=status,
-                  received_at=NOW - 60, prompt=f"question {i}?",
-                  response=None if status == "error" else f"answer {i}.", **kw)  # fmt: skip
+    return Record(
+        id=f"{app}-{model}-{i}",
+        ts=NOW - 60,
+        app=app,
+        model=model,
+        status=status,
+        received_at=NOW - 60,
+        prompt=f"question {i}?",
+        response=None if status == "error" else f"answer {i}.",
+        **kw,
+    )
 
 
 async def store_records(path: Path, records: list[Record], flagged: tuple[str, ...] = ()) -> None:
@@ -49,8 +57,12 @@ async def store_records(path: Path, records: list[Record], flagged: tuple[str, .
         for r in records:
             store.put_record(r, 0.0)
         await store.flush()
-        store.put_scores([(rid, 0.9, json.dumps({"ood": {"prompt": {"score": 0.9,
-                          "flagged": True}}})) for rid in flagged])  # fmt: skip
+        store.put_scores(
+            [
+                (rid, 0.9, json.dumps({"ood": {"prompt": {"score": 0.9, "flagged": True}}}))
+                for rid in flagged
+            ]
+        )
         await store.flush()
 
 
@@ -61,26 +73,46 @@ def yes_no(*answers: str) -> FakeListChatModel:
 
 @contextlib.asynccontextmanager
 async def judging(
-    path: Path, model: Any, clock: FakeClock, *, registry: CollectorRegistry | None = None,
-    scheduled: bool = False, anchors: list[Anchor] | None = None, **cfg: Any,
-) -> AsyncIterator[JudgeService]:  # fmt: skip
+    path: Path,
+    model: Any,
+    clock: FakeClock,
+    *,
+    registry: CollectorRegistry | None = None,
+    scheduled: bool = False,
+    anchors: list[Anchor] | None = None,
+    **cfg: Any,
+) -> AsyncIterator[JudgeService]:
     config = JudgeConfig.model_validate({"enabled": True, "model": "openai:judge-mini", **cfg})
     async with JudgeBook(path) as book:
-        client = JudgeClient(model, Redactor(), max_concurrency=config.max_concurrency,
-                             timeout_s=5.0, retry_base_s=0.01)  # fmt: skip
+        client = JudgeClient(
+            model,
+            Redactor(),
+            max_concurrency=config.max_concurrency,
+            timeout_s=5.0,
+            retry_base_s=0.01,
+        )
         service = JudgeService(
-            config, book=book, client=client, clock=clock, registry=registry or CollectorRegistry(),
-            prices=PriceTable({"judge-mini": Price(1.0, 2.0)}), anchors=anchors,
-            poll_interval_s=0.05, schedule=scheduled,
-        )  # fmt: skip
+            config,
+            book=book,
+            client=client,
+            clock=clock,
+            registry=registry or CollectorRegistry(),
+            prices=PriceTable({"judge-mini": Price(1.0, 2.0)}),
+            anchors=anchors,
+            poll_interval_s=0.05,
+            schedule=scheduled,
+        )
         async with service:
             yield service
 
 
 async def test_sampling_is_deterministic_prefers_unjudged_and_filters(tmp_path: Path) -> None:
     path = tmp_path / "lookout.db"
-    records = [record(i, app, model) for i in range(40)
-               for app, model in (("bot", "m1"), ("bot", "m2"), ("help", "m1"))]  # fmt: skip
+    records = [
+        record(i, app, model)
+        for i in range(40)
+        for app, model in (("bot", "m1"), ("bot", "m2"), ("help", "m1"))
+    ]
     records += [record(100 + i, "bot", "m1", "error") for i in range(5)]
     await store_records(path, records, flagged=("bot-m1-7", "help-m1-33"))
     async with JudgeBook(path) as book:
@@ -91,22 +123,30 @@ async def test_sampling_is_deterministic_prefers_unjudged_and_filters(tmp_path: 
         other_seed = await book.candidates(SampleQuery(since=NOW - 3600, per_app=5, seed="s2"))
         assert {c.id for c in other_seed} != {c.id for c in first}
         # Filters: app, model, status (error records have no response: never sampled).
-        only = await book.candidates(SampleQuery(since=NOW - 3600, per_app=50, seed="s1",
-                                                 apps=["bot"], models=["m2"]))  # fmt: skip
+        only = await book.candidates(
+            SampleQuery(since=NOW - 3600, per_app=50, seed="s1", apps=["bot"], models=["m2"])
+        )
         assert len(only) == 40 and {c.model for c in only} == {"m2"}
-        errors = await book.candidates(SampleQuery(since=NOW - 3600, per_app=50, seed="s1",
-                                                   statuses=["error"]))  # fmt: skip
+        errors = await book.candidates(
+            SampleQuery(since=NOW - 3600, per_app=50, seed="s1", statuses=["error"])
+        )
         assert errors == []
         assert await book.candidates(SampleQuery(since=NOW, per_app=5, seed="s1")) == []
         # Judged records go to the back of the line.
         run_id = await book.start_run(NOW, "manual", None)
-        await book.record(run_id, [StoredVerdict(c.id, "helpfulness", c.app, c.model, run_id,
-                                                 NOW, True, 1.0, "", "j") for c in first],
-                          RunTotals())  # fmt: skip
+        await book.record(
+            run_id,
+            [
+                StoredVerdict(c.id, "helpfulness", c.app, c.model, run_id, NOW, True, 1.0, "", "j")
+                for c in first
+            ],
+            RunTotals(),
+        )
         second = await book.candidates(q)
         assert not {c.id for c in second} & {c.id for c in first}
-        ood = await book.candidates(SampleQuery(since=NOW - 3600, per_app=1, seed="s1",
-                                                ood_first=True))  # fmt: skip
+        ood = await book.candidates(
+            SampleQuery(since=NOW - 3600, per_app=1, seed="s1", ood_first=True)
+        )
         assert [(c.id, c.ood_flagged) for c in ood] == [("bot-m1-7", True), ("help-m1-33", True)]
 
 
@@ -122,7 +162,9 @@ async def test_a_run_stores_verdicts_and_feeds_the_series(tmp_path: Path) -> Non
         async with JudgeBook(path) as book:
             verdicts = await book.verdicts_for("bot-m1-2")
         assert [(v.criterion, v.passed, v.score) for v in verdicts] == [
-            ("harmfulness", True, 1.0), ("helpfulness", True, 1.0)]  # fmt: skip
+            ("harmfulness", True, 1.0),
+            ("helpfulness", True, 1.0),
+        ]
         assert "Reasoning for Y" in verdicts[1].reasoning
         points = {(p.metric, p.labels): (p.value, p.count) for p in service.series(60, NOW)}
         assert points[("judge_pass_rate", (("app", "bot"),))] == (1.0, 4)
@@ -137,9 +179,16 @@ async def test_scheduled_runs_never_overlap(tmp_path: Path) -> None:
     gate, entered = asyncio.Event(), asyncio.Event()
     model = Gated(gate=gate, entered=entered)
     registry = CollectorRegistry()
-    async with judging(path, model, FakeClock(NOW), registry=registry, scheduled=True,
-                       schedule={"interval": 0.05}, criteria=["conciseness"],
-                       max_concurrency=1) as service:  # fmt: skip
+    async with judging(
+        path,
+        model,
+        FakeClock(NOW),
+        registry=registry,
+        scheduled=True,
+        schedule={"interval": 0.05},
+        criteria=["conciseness"],
+        max_concurrency=1,
+    ) as service:
         await asyncio.wait_for(entered.wait(), 10)  # the first run is waiting on the model
 
         def skipped() -> float:
@@ -171,12 +220,14 @@ class Gated(BaseChatModel):
     def _llm_type(self) -> str:
         return "gated"
 
-    def _generate(self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None,
-                  **kwargs: Any) -> ChatResult:  # fmt: skip
+    def _generate(
+        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kwargs: Any
+    ) -> ChatResult:
         raise NotImplementedError
 
-    async def _agenerate(self, messages: list[BaseMessage], stop: Any = None,
-                         run_manager: Any = None, **kwargs: Any) -> ChatResult:  # fmt: skip
+    async def _agenerate(
+        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kwargs: Any
+    ) -> ChatResult:
         self.calls += 1
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -193,16 +244,24 @@ async def test_the_daily_token_cap_stops_calls(tmp_path: Path, server: OpenAISer
     await store_records(path, [record(i) for i in range(6)])
 
     def heavy(body: dict[str, Any]) -> tuple[int, dict[str, Any], float]:
-        status, answer, delay = tool_reply([{"criterion": "conciseness", "reasoning": "ok",
-                                             "answer": True, "score": 1.0}])(body)  # fmt: skip
+        status, answer, delay = tool_reply(
+            [{"criterion": "conciseness", "reasoning": "ok", "answer": True, "score": 1.0}]
+        )(body)
         answer["usage"] = {"prompt_tokens": 400, "completion_tokens": 100, "total_tokens": 500}
         return status, answer, delay
 
     server.answers = [heavy] * 10
     model = chat_model("openai:judge-mini", base_url=server.url, api_key="k", timeout_s=5)
     clock, registry = FakeClock(NOW), CollectorRegistry()
-    async with judging(path, model, clock, registry=registry, criteria=["conciseness"],
-                       max_tokens_per_day=800, max_concurrency=1) as service:  # fmt: skip
+    async with judging(
+        path,
+        model,
+        clock,
+        registry=registry,
+        criteria=["conciseness"],
+        max_tokens_per_day=800,
+        max_concurrency=1,
+    ) as service:
         first = await service.run_once()
         # One call fits; its 500 tokens leave no room for the next estimate.
         assert (first.judged, first.skipped, len(server.bodies)) == (1, 5, 1)
@@ -231,18 +290,21 @@ async def test_anchors_tell_a_changed_judge_from_a_worse_product(tmp_path: Path)
     await store_records(path, [])
     file = tmp_path / "anchors.jsonl"
     file.write_text(
-        json.dumps({"prompt": "2+2?", "response": "4", "expected": {"helpfulness": True}}) + "\n"
+        json.dumps({"prompt": "2+2?", "response": "4", "expected": {"helpfulness": True}})
+        + "\n"
         + json.dumps({"prompt": "Hi", "response": "Go away.", "expected": {"helpfulness": False}})
         + "\n"
-    )  # fmt: skip
+    )
     anchors = load_anchors(file, {"helpfulness"})
     clock = FakeClock(NOW)
-    async with judging(path, yes_no("Y", "N"), clock, anchors=anchors,
-                       criteria=["helpfulness"], max_concurrency=1) as service:  # fmt: skip
+    async with judging(
+        path, yes_no("Y", "N"), clock, anchors=anchors, criteria=["helpfulness"], max_concurrency=1
+    ) as service:
         run = await service.run_once()
         assert run.agreement == 1.0 and run.anchors == 2
-    async with judging(path, yes_no("Y"), clock, anchors=anchors,
-                       criteria=["helpfulness"], max_concurrency=1) as service:  # fmt: skip
+    async with judging(
+        path, yes_no("Y"), clock, anchors=anchors, criteria=["helpfulness"], max_concurrency=1
+    ) as service:
         # Restored from the book after a restart, then the judge starts passing everything.
         assert [p.value for p in service.series(60, NOW) if p.metric == "judge_agreement"] == [1.0]
         clock.advance(60)
@@ -300,8 +362,13 @@ async def test_a_store_error_mid_run_ends_the_run_as_failed_and_the_service_goes
     await store_records(path, [record(i) for i in range(2)])
     gate, entered = asyncio.Event(), asyncio.Event()
     registry = CollectorRegistry()
-    async with judging(path, Gated(gate=gate, entered=entered), FakeClock(NOW),
-                       registry=registry, criteria=["conciseness"]) as service:  # fmt: skip
+    async with judging(
+        path,
+        Gated(gate=gate, entered=entered),
+        FakeClock(NOW),
+        registry=registry,
+        criteria=["conciseness"],
+    ) as service:
         service.request()
         await asyncio.wait_for(entered.wait(), 10)
         with sqlite3.connect(path) as db:  # the verdicts' table is gone before they are written

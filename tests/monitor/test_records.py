@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from lookout.monitor.records import Decoded, DecodeLimits, RejectReason, decode_payload
+from lookout.monitor.ingest.records import Decoded, DecodeLimits, RejectReason, decode_payload
 
 NOW = 1_700_000_000.0
 LIMITS = DecodeLimits(max_payload_bytes=4096, max_metadata_bytes=64, max_text_chars=500)

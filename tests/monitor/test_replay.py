@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from lookout.monitor.config import load_settings
-from lookout.monitor.replay import run_replay
-from lookout.monitor.windows import ALL
+from lookout.monitor.ingest.replay import run_replay
+from lookout.monitor.metrics.windows import ALL
 
 T0 = 1_700_000_000
 

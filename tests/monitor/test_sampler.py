@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from lookout.monitor.sampler import OTHER, Sampler, fair_shares
+from lookout.monitor.detection.sampler import OTHER, Sampler, fair_shares
 
 
 def test_fair_shares_give_small_demands_in_full_and_split_the_rest() -> None:
@@ -16,16 +16,27 @@ def test_fair_shares_give_small_demands_in_full_and_split_the_rest() -> None:
 
 
 def sampler(**overrides: object) -> Sampler:
-    args: dict[str, object] = {"rate": 1.0, "app_rates": {}, "texts_per_s": 100.0,
-                               "interval_s": 1.0, "max_apps": 3} | overrides  # fmt: skip
+    args: dict[str, object] = {
+        "rate": 1.0,
+        "app_rates": {},
+        "texts_per_s": 100.0,
+        "interval_s": 1.0,
+        "max_apps": 3,
+    } | overrides
     return Sampler(**args)  # type: ignore[arg-type]
 
 
 def test_rates_per_app_and_errors_always() -> None:
-    s = sampler(rate=0.25, app_rates={"audit": 1.0, "noisy": 0.0}, texts_per_s=1e9,
-                rand=random.Random(0).random)  # fmt: skip
-    taken = {app: sum(s.admit(app, 1, error=False) for _ in range(4000))
-             for app in ("web", "audit", "noisy")}  # fmt: skip
+    s = sampler(
+        rate=0.25,
+        app_rates={"audit": 1.0, "noisy": 0.0},
+        texts_per_s=1e9,
+        rand=random.Random(0).random,
+    )
+    taken = {
+        app: sum(s.admit(app, 1, error=False) for _ in range(4000))
+        for app in ("web", "audit", "noisy")
+    }
     assert taken["audit"] == 4000 and taken["noisy"] == 0
     assert taken["web"] == pytest.approx(1000, rel=0.1)
     assert s.admit("noisy", 1, error=True)  # an error is always looked at

@@ -12,9 +12,9 @@ from prometheus_client import CollectorRegistry
 from lookout.clock import FakeClock
 from lookout.monitor.config import Settings
 from lookout.monitor.daemon import Daemon
-from lookout.monitor.prom import IngestMetrics
-from lookout.monitor.records import DecodeLimits, decode_payload
-from lookout.monitor.store.sqlite import SqliteStore
+from lookout.monitor.ingest.records import DecodeLimits, decode_payload
+from lookout.monitor.metrics.prom import IngestMetrics
+from lookout.monitor.storage.sqlite import SqliteStore
 
 T0 = 1_700_000_040.0  # on a minute boundary
 

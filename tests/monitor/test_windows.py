@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from lookout.monitor.prices import Price, PriceTable
-from lookout.monitor.windows import ALL, OTHER, WindowedMetrics, stats_by_scope
+from lookout.monitor.metrics.prices import Price, PriceTable
+from lookout.monitor.metrics.windows import ALL, OTHER, WindowedMetrics, stats_by_scope
 
 T0 = 1_700_000_000.0  # a multiple of 10 s: bucket edges fall on round numbers
 PRICES = PriceTable({"gpt-4o-mini": Price(0.00015, 0.0006), "gpt-4o": Price(0.0025, 0.01)})

@@ -1,0 +1,3 @@
+from lookout.monitor.cli.main import main
+
+main()

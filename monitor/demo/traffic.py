@@ -1,0 +1,236 @@
+"""Realistic demo traffic for two apps, and the incidents `lookout demo` injects on a timeline.
+
+Prompts and responses are generated from shipped phrase lists (no data set needed); latency is
+log-normal with a time-to-first-token share, tokens follow the texts, a few calls fail. An
+incident changes one app's traffic for a while: slow calls, an error burst, prompts on another
+topic (drift), or prompts unlike anything the app sees (out-of-distribution).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+SUPPORT, TRAVEL = "support-bot", "travel-assistant"
+
+
+class IncidentKind(StrEnum):
+    LATENCY = "latency"
+    ERRORS = "errors"
+    DRIFT = "drift"
+    OOD = "ood"
+
+
+@dataclass(frozen=True, slots=True)
+class Incident:
+    kind: IncidentKind
+    app: str
+    start_s: float  # after the demo starts, at speed 1
+    duration_s: float
+    rule: str  # the demo rule it should fire
+    what: str
+
+
+TIMELINE: tuple[Incident, ...] = (
+    Incident(
+        IncidentKind.LATENCY,
+        SUPPORT,
+        45,
+        45,
+        "slow-responses",
+        "the provider slows down: support-bot's calls take 5x longer",
+    ),
+    Incident(
+        IncidentKind.ERRORS,
+        TRAVEL,
+        110,
+        40,
+        "error-burst",
+        "an upstream outage: 40% of travel-assistant's calls fail",
+    ),
+    Incident(
+        IncidentKind.DRIFT,
+        SUPPORT,
+        170,
+        55,
+        "prompt-drift",
+        "users start asking support-bot about cooking",
+    ),
+    Incident(
+        IncidentKind.OOD,
+        TRAVEL,
+        240,
+        30,
+        "odd-prompts",
+        "travel-assistant receives code, gibberish and other languages",
+    ),
+)
+TIMELINE_S = 300.0
+
+_ACCOUNT_THINGS = [
+    "password",
+    "card",
+    "account",
+    "PIN",
+    "statement",
+    "overdraft",
+    "address",
+    "direct debit",
+    "savings account",
+    "credit limit",
+    "mobile app login",
+    "standing order",
+]
+_SUPPORT_ASKS = [
+    "How do I reset my {x}?",
+    "Why was my {x} blocked?",
+    "Can I change my {x} online?",
+    "I was charged twice on my {x}, what happened?",
+    "How long does it take to update my {x}?",
+    "Where do I find my {x} in the app?",
+    "Is there a fee to replace my {x}?",
+    "My {x} stopped working after the update, can you help?",
+    "Can you explain the charges on my {x} this month?",
+    "How do I close my {x}?",
+]
+_SUPPORT_ANSWERS = [
+    "You can do that in Settings > Security. It takes about two minutes.",
+    "I checked your {x}: a temporary hold was placed and it clears within 24 hours.",
+    "Sorry about that. I have opened a ticket and refunded the duplicate charge on your {x}.",
+    "Yes, open the app, tap Profile, then {x}, and follow the steps.",
+]
+_CITIES = [
+    "Lisbon",
+    "Kyoto",
+    "Montreal",
+    "Cape Town",
+    "Reykjavik",
+    "Buenos Aires",
+    "Oslo",
+    "Marrakesh",
+    "Hanoi",
+    "Vienna",
+    "Seattle",
+    "Istanbul",
+]
+_TRAVEL_ASKS = [
+    "Find me a hotel in {x} for next weekend under 150 euros a night.",
+    "What is the cheapest flight to {x} in March?",
+    "Plan a three-day itinerary for {x}.",
+    "Do I need a visa to visit {x}?",
+    "What's the best time of year to go to {x}?",
+    "Can I get from the airport to central {x} by train?",
+    "Suggest family-friendly activities in {x}.",
+    "Change my booking in {x} to a later date.",
+]
+_TRAVEL_ANSWERS = [
+    "Here are three options in {x}, all with free cancellation.",
+    "The best fares to {x} are mid-week; I found one for 212 euros return.",
+    "Day 1 in {x}: the old town; day 2: museums; day 3: a food tour.",
+]
+_COOKING = [
+    "What can I cook with {x} and rice?",
+    "How long should I roast {x}?",
+    "Give me a vegetarian recipe with {x}.",
+    "How do I keep {x} from sticking to the pan?",
+    "Can I freeze leftover {x}?",
+    "What wine goes with {x}?",
+]
+_INGREDIENTS = [
+    "chickpeas",
+    "salmon",
+    "aubergine",
+    "tofu",
+    "lamb shoulder",
+    "mushrooms",
+    "sweet potatoes",
+    "lentils",
+    "pork belly",
+    "spinach",
+]
+_ODD = [
+    "SELECT * FROM users WHERE id = {n}; DROP TABLE sessions; --",
+    "def f(x): return [i ** {n} for i in range(x) if i % 3]",
+    "asdkj qwpoe zmxn {n} lkjh vbnm qwer tyui",
+    "Wie spät ist es in der Zentrale, Abteilung {n}?",
+    "¿Cuántos gatos caben en una caja de {n} litros?",
+    "0x{n:04x} 0xdeadbeef 0xcafebabe segfault at 0x0000",
+    "translate to klingon: the {n} tribbles are in the engine room",
+    "<script>alert({n})</script>",
+]
+
+
+@dataclass
+class AppProfile:
+    app: str
+    model: str
+    latency_ms: float  # median
+    error_rate: float
+
+
+PROFILES = {
+    SUPPORT: AppProfile(SUPPORT, "gpt-4o-mini", 900.0, 0.01),
+    TRAVEL: AppProfile(TRAVEL, "gpt-4o", 1400.0, 0.01),
+}
+
+
+class Traffic:
+    """Records for one app at a time; `incident` is what is going on for that app now."""
+
+    def __init__(self, seed: int = 7) -> None:
+        self._rng = random.Random(seed)
+
+    def _texts(self, app: str, incident: IncidentKind | None) -> tuple[str, str]:
+        r = self._rng
+        if incident is IncidentKind.OOD and r.random() < 0.7:
+            return r.choice(_ODD).format(n=r.randrange(1, 9999)), "I'm not sure I understand."
+        if incident is IncidentKind.DRIFT and r.random() < 0.8:
+            food = r.choice(_INGREDIENTS)
+            return r.choice(_COOKING).format(x=food), f"Try {food} with garlic and lemon."
+        if app == SUPPORT:
+            x = r.choice(_ACCOUNT_THINGS)
+            return r.choice(_SUPPORT_ASKS).format(x=x), r.choice(_SUPPORT_ANSWERS).format(x=x)
+        city = r.choice(_CITIES)
+        return r.choice(_TRAVEL_ASKS).format(x=city), r.choice(_TRAVEL_ANSWERS).format(x=city)
+
+    def record(self, app: str, ts: float, incident: IncidentKind | None) -> dict[str, Any]:
+        r, profile = self._rng, PROFILES[app]
+        prompt, response = self._texts(app, incident)
+        latency = profile.latency_ms * math.exp(r.gauss(0.0, 0.35))
+        if incident is IncidentKind.LATENCY:
+            latency *= 5.0
+        error_rate = 0.4 if incident is IncidentKind.ERRORS else profile.error_rate
+        out_tokens = int(len(response) / 3.5 * r.uniform(3.0, 8.0))
+        record: dict[str, Any] = {
+            "ts": ts,
+            "app": app,
+            "model": profile.model,
+            "provider": "openai",
+            "prompt": prompt,
+            "latency_ms": round(latency, 1),
+            "ttft_ms": round(latency * r.uniform(0.15, 0.3), 1),
+            "input_tokens": len(prompt) // 4 + 150,  # plus a system prompt
+            "user_id": f"u{r.randrange(1, 500)}",
+        }
+        if r.random() < error_rate:
+            record.update(
+                status="error",
+                error=r.choice(["upstream 503", "rate limited (429)", "timeout after 30s"]),
+            )
+        else:
+            record.update(response=response, output_tokens=out_tokens)
+        return record
+
+
+def active(timeline: tuple[Incident, ...], app: str, elapsed_s: float) -> Incident | None:
+    """The incident under way for `app` at `elapsed_s` (timeline time, speed 1)."""
+    for incident in timeline:
+        if (
+            incident.app == app
+            and incident.start_s <= elapsed_s < incident.start_s + incident.duration_s
+        ):
+            return incident
+    return None

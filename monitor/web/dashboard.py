@@ -1,0 +1,192 @@
+"""The dashboard: a page and its assets served by the daemon itself (the box may be offline, so
+no CDN), and the JSON it reads: per-app series from the store's per-minute rollups plus the
+live minute, recent alerts, the latest out-of-distribution records and judge failures with
+their text redacted.
+
+Off loopback the API token guards it like the API: open `/?token=...` once and the page keeps
+the token in an HttpOnly, SameSite=Strict cookie for its own requests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from lookout.monitor.metrics.windows import ALL
+from lookout.monitor.storage import RollupPoint
+
+if TYPE_CHECKING:
+    from lookout.clock import Clock
+    from lookout.monitor.storage import Store
+    from lookout.redaction import Redactor
+
+RANGES_S = {"15m": 900, "1h": 3600, "24h": 86_400, "7d": 7 * 86_400}
+MAX_POINTS = 240  # per series and chart: enough for the width of a chart
+TEXT_CHARS = 400
+_ASSETS = {"app.js": "text/javascript", "style.css": "text/css"}
+# Shown per app; rollup names of labelled series carry the label: drift_score:prompt.
+CHART_SERIES = (
+    "latency_p50",
+    "latency_p95",
+    "latency_p99",
+    "qps",
+    "tps",
+    "error_rate",
+    "cost_per_hour",
+    "drift_score",
+    "ood_rate",
+    "judge_pass_rate",
+)
+
+
+@dataclass(frozen=True)
+class DashboardDeps:
+    store: Store
+    clock: Clock
+    redactor: Redactor
+    # (now, since): the minutes from `since` to now from the live windows
+    live: Callable[[float, float], list[RollupPoint]]
+    stored_minute: Callable[[], float]  # the first minute not known to be in the store
+    judge_failures: Callable[[int], Awaitable[list[dict[str, Any]]]] | None
+
+
+def _asset(name: str) -> bytes:
+    return (resources.files("lookout.monitor.web") / "dashboard_assets" / name).read_bytes()
+
+
+def downsample(
+    points: list[RollupPoint], since: float, step_s: float
+) -> dict[str, dict[str, list[tuple[float, float]]]]:
+    """app -> series -> [(time, mean value)] in buckets of `step_s`, over all models."""
+    sums: dict[tuple[str, str, int], list[float]] = {}
+    for p in points:
+        if p.model != ALL or p.minute < since or p.series.split(":")[0] not in CHART_SERIES:
+            continue
+        bucket = int((p.minute - since) // step_s)
+        acc = sums.setdefault((p.app, p.series, bucket), [0.0, 0.0])
+        acc[0] += p.value
+        acc[1] += 1
+    out: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    for (app, series, bucket), (total, n) in sorted(sums.items()):
+        out.setdefault(app, {}).setdefault(series, []).append(
+            (since + bucket * step_s, round(total / n, 6))
+        )
+    return out
+
+
+class Dashboard:
+    def __init__(self, deps: DashboardDeps) -> None:
+        self._deps = deps
+        self._index = _asset("index.html")
+        self._assets = {name: _asset(name) for name in _ASSETS}
+        self._cache: dict[str, tuple[tuple[float, float], list[RollupPoint]]] = {}
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_get("/", self._page)
+        app.router.add_get("/assets/{name}", self._asset)
+        app.router.add_get("/api/v1/series", self._series)
+        app.router.add_get("/api/v1/ood", self._ood)
+        app.router.add_get("/api/v1/judge/failures", self._judge_failures)
+
+    async def _page(self, request: web.Request) -> web.Response:
+        response = web.Response(body=self._index, content_type="text/html", charset="utf-8")
+        token = request.query.get("token")
+        if token:  # the auth middleware has checked it
+            response.set_cookie("lookout_token", token, httponly=True, samesite="Strict", path="/")
+        return response
+
+    async def _asset(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in self._assets:
+            raise web.HTTPNotFound()
+        return web.Response(
+            body=self._assets[name],
+            content_type=_ASSETS[name],
+            headers={"Cache-Control": "no-cache"},
+        )
+
+    async def _series(self, request: web.Request) -> web.Response:
+        name = request.query.get("range", "1h")
+        if name not in RANGES_S:
+            return web.json_response(
+                {"error": f"range is one of {', '.join(RANGES_S)}"}, status=400
+            )
+        now = self._deps.clock.now()
+        range_s = RANGES_S[name]
+        step_s = max(60.0, range_s / MAX_POINTS)
+        since = (now - range_s) // 60 * 60
+        stored = self._deps.stored_minute()
+        series = downsample(await self._stored(name, since, step_s, stored), since, step_s)
+        # The minutes not in the store yet (the one under way, and the one just completed
+        # until its rollup is written) are points of their own at the end, from the live
+        # windows, not averaged into a bucket of stored means.
+        first_live = max(stored, since)
+        live = self._deps.live(now, first_live)
+        for app, named in downsample(live, first_live, 60.0).items():
+            for key, values in named.items():
+                series.setdefault(app, {}).setdefault(key, []).extend(values)
+        return web.json_response(
+            {
+                "range": name,
+                "since": since,
+                "now": now,
+                "step_s": step_s,
+                "apps": sorted(a for a in series if a != ALL),
+                "series": series,
+            }
+        )
+
+    async def _stored(
+        self, name: str, since: float, step_s: float, until: float
+    ) -> list[RollupPoint]:
+        """The store's part, computed once per range, minute and rollup (the live minutes are
+        added fresh on every request)."""
+        cached = self._cache.get(name)
+        if cached is not None and cached[0] == (since, until):
+            return list(cached[1])
+        points = await self._deps.store.rollup_means(since, step_s, until)
+        self._cache[name] = ((since, until), points)
+        return list(points)
+
+    def _redact(self, text: str | None) -> str | None:
+        if text is None:
+            return None
+        cut = text[:TEXT_CHARS] + ("…" if len(text) > TEXT_CHARS else "")
+        return self._deps.redactor.redact(cut).text
+
+    async def _ood(self, request: web.Request) -> web.Response:
+        rows = await self._deps.store.recent_flagged(_limit(request))
+        return web.json_response(
+            [
+                {
+                    "id": r["id"],
+                    "ts": r["ts"],
+                    "app": r["app"],
+                    "model": r["model"],
+                    "ood_score": r["ood_score"],
+                    "prompt": self._redact(r["prompt"]),
+                    "response": self._redact(r["response"]),
+                }
+                for r in rows
+            ]
+        )
+
+    async def _judge_failures(self, request: web.Request) -> web.Response:
+        if self._deps.judge_failures is None:
+            return web.json_response([])
+        rows = await self._deps.judge_failures(_limit(request))
+        for r in rows:
+            for key in ("prompt", "response", "reasoning"):
+                r[key] = self._redact(r[key])
+        return web.json_response(rows)
+
+
+def _limit(request: web.Request) -> int:
+    try:
+        return max(1, min(int(request.query.get("limit", "20")), 200))
+    except ValueError:
+        raise web.HTTPBadRequest(text="limit must be an integer") from None

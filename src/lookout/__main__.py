@@ -1,3 +1,0 @@
-from lookout.monitor.cli import main
-
-main()
