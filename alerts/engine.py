@@ -1,17 +1,20 @@
 """Evaluates the rules every `eval_interval`, drives the alert states, and delivers what they
 call for through the durable outbox.
 
-An async context manager owning its tasks under one TaskGroup: the evaluator (windows ->
-observations -> state machine -> outbox) and one delivery worker per channel.
+`AlertEngine.running()` is an async context manager owning the engine's tasks under one
+TaskGroup: the evaluator (series -> observations -> state machine -> outbox) and one delivery
+worker per channel. The series come from a `SeriesSource` the daemon hands in, so the engine
+knows nothing of where they are computed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from collections import defaultdict
-from collections.abc import Callable, Mapping
-from dataclasses import replace
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -19,9 +22,9 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from lookout.alerts.delivery import ChannelDelivery, ChannelNotifier
-from lookout.alerts.outbox import SqliteOutbox
+from lookout.alerts.outbox import Silence, SqliteOutbox
 from lookout.alerts.payload import NotifiedAlert, alertmanager_payload
-from lookout.alerts.rules import Observation, Rule, observe
+from lookout.alerts.rules import Observation, Rule, SeriesSource, observe
 from lookout.alerts.state import (
     Alert,
     AlertState,
@@ -33,12 +36,8 @@ from lookout.alerts.state import (
 )
 
 if TYPE_CHECKING:
-    from types import TracebackType
-
+    from lookout.alerts.config import RuleConfig
     from lookout.clock import Clock
-    from lookout.monitor.config import RuleConfig
-    from lookout.monitor.metrics.windows import WindowedMetrics
-    from lookout.series import SeriesPoint
 
 log = structlog.get_logger(__name__)
 _MAX_AGE_S = 24 * 3600.0  # a channel without its own max_age
@@ -67,13 +66,22 @@ def render(template: str, values: Mapping[str, Any]) -> str:
         return template
 
 
+@dataclass(frozen=True, slots=True)
+class _RuleOutcome:
+    """What one rule's evaluation changed: alerts to save and notifications to send."""
+
+    changed: list[Alert]
+    notes: list[Notification]
+    firing: int
+
+
 class AlertEngine:
     def __init__(
         self,
         rules: list[RuleConfig],
         notifiers: Mapping[str, ChannelNotifier],
         *,
-        windows: WindowedMetrics,
+        series: SeriesSource,
         outbox: SqliteOutbox,
         clock: Clock,
         registry: CollectorRegistry,
@@ -81,7 +89,6 @@ class AlertEngine:
         external_url: str = "",
         max_age_s: Mapping[str, float] | None = None,
         drain_timeout_s: float = 1.5,
-        extra_series: Callable[[float, float], list[SeriesPoint]] | None = None,
     ) -> None:
         self._rules = rules
         # Built once: the pure rule and timing each rule config stands for.
@@ -94,19 +101,15 @@ class AlertEngine:
         ]
         self._next_expiry_at = 0.0
         self._outbox = outbox
-        self._windows = windows
+        self._series = series
         self._clock = clock
         self._eval_interval_s = eval_interval_s
         self._external_url = external_url.rstrip("/")
         self._drain_timeout_s = drain_timeout_s
-        self._extra_series = extra_series
         self._max_age_s = {name: (max_age_s or {}).get(name, _MAX_AGE_S) for name in notifiers}
         self._started_at = clock.now()
         self._alerts: dict[tuple[str, tuple[tuple[str, str], ...]], Alert] = {}
         self._stopping = asyncio.Event()
-        self._group: asyncio.TaskGroup | None = None
-        self._evaluator: asyncio.Task[None] | None = None
-        self._workers: list[asyncio.Task[None]] = []
         self.evaluated = asyncio.Event()
         self._firing = Gauge("lookout_alerts_firing", "Alerts firing", ["rule"], registry=registry)
         self._sent = Counter(
@@ -135,7 +138,27 @@ class AlertEngine:
             for name, notifier in notifiers.items()
         }
 
-    async def __aenter__(self) -> AlertEngine:
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[AlertEngine]:
+        """Restore the saved alerts, run the evaluator and the delivery workers until the block
+        ends, then let a send under way finish and save the alerts."""
+        await self._restore()
+        try:
+            async with asyncio.TaskGroup() as group:
+                evaluator = group.create_task(self._evaluate_forever(), name="alert-evaluator")
+                workers = [
+                    group.create_task(d.run(self._stopping), name=f"alert-delivery-{d.channel}")
+                    for d in self.deliveries.values()
+                ]
+                try:
+                    yield self
+                finally:
+                    await self._stop(evaluator, workers)
+        finally:
+            # An evaluation cut short by the stop may not have saved its changes.
+            await self._outbox.save_alerts(list(self._alerts.values()))
+
+    async def _restore(self) -> None:
         now = self._clock.now()
         self._started_at = now
         for alert in await self._outbox.load_alerts():
@@ -148,35 +171,17 @@ class AlertEngine:
                 hint="their channel is no longer configured",
             )
             self._sent.labels("*", "failed").inc(orphans)
-        self._group = asyncio.TaskGroup()
-        await self._group.__aenter__()
-        self._evaluator = self._group.create_task(self._evaluate_forever(), name="alert-evaluator")
-        self._workers = [
-            self._group.create_task(d.run(self._stopping), name=f"alert-delivery-{d.channel}")
-            for d in self.deliveries.values()
-        ]
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def _stop(self, evaluator: asyncio.Task[None], workers: list[asyncio.Task[None]]) -> None:
         self._stopping.set()
-        if self._evaluator is not None:
-            self._evaluator.cancel()
+        evaluator.cancel()
         for delivery in self.deliveries.values():
             delivery.wake.set()
         # A send under way may finish (or it would be sent again after the restart).
-        if self._workers:
-            _, late = await asyncio.wait(self._workers, timeout=self._drain_timeout_s)
+        if workers:
+            _, late = await asyncio.wait(workers, timeout=self._drain_timeout_s)
             for task in late:
                 task.cancel()
-        if self._group is not None:
-            await self._group.__aexit__(exc_type, exc, tb)
-        # An evaluation cut short by the stop may not have saved its changes.
-        await self._outbox.save_alerts(list(self._alerts.values()))
 
     def alerts(self) -> list[Alert]:
         return list(self._alerts.values())
@@ -204,64 +209,79 @@ class AlertEngine:
         # evaluation interval.
         silences = await self._outbox.silences(active_at=now)
         for rule, (spec, timing) in zip(self._rules, self._specs, strict=True):
-            stats = self._windows.query(rule.window, now)
-            extra = self._extra_series(rule.window, now) if self._extra_series else []
-            observations = {o.labels: o for o in observe(spec, stats, extra)}
-            # Alerts whose scope has gone quiet get a no-data observation.
-            for (name, labels), _alert in list(self._alerts.items()):
-                if name == rule.name and labels not in observations:
-                    observations[labels] = Observation(labels, None, None)
-            no_data = self._no_data(rule, now)
-            firing = 0
-            notes: list[Notification] = []
-            for labels, obs in observations.items():
-                key = (rule.name, labels)
-                before = self._alerts.get(key) or Alert(rule=rule.name, labels=labels)
-                alert, note = step(
-                    before, obs.breached, obs.value, now, timing=timing, no_data=no_data
-                )
-                label_map = dict(labels)
-                silenced = any(x.mutes(rule.name, label_map, now) for x in silences)
-                if (
-                    note is None
-                    and alert.muted
-                    and alert.state is AlertState.FIRING
-                    and not silenced
-                ):
-                    # A silence ended while the alert still fires: tell it now, once.
-                    alert = replace(alert, last_notified_at=now)
-                    note = Notification(NotificationKind.FIRING, alert, now)
-                if note is not None and silenced:
-                    for channel in rule.channels:
-                        self._sent.labels(channel, "silenced").inc()
-                    log.info(
-                        "alert_silenced", rule=rule.name, labels=label_map, kind=note.kind.value
-                    )
-                    # A muted resolution leaves nothing to tell later.
-                    alert = replace(alert, muted=note.kind is not NotificationKind.RESOLVED)
-                    note = None
-                elif note is not None:
-                    alert = replace(alert, muted=False)
-                    notes.append(note)
-                self._alerts[key] = alert
-                firing += alert.state is AlertState.FIRING
-                # Saved on what a restart must not repeat or forget (not on every new value).
-                if (
-                    alert.state is not before.state
-                    or alert.last_notified_at != before.last_notified_at
-                    or alert.muted != before.muted
-                ):
-                    changed.append(alert)
-            self._firing.labels(rule.name).set(firing)
-            if notes:
+            outcome = self._evaluate_rule(rule, spec, timing, silences, now)
+            changed += outcome.changed
+            self._firing.labels(rule.name).set(outcome.firing)
+            if outcome.notes:
                 # State first: a crash after this re-sends at most, never forgets.
                 await self._outbox.save_alerts(changed)
                 changed = []
-                await self._enqueue(rule, notes, now)
-                sent.extend(notes)
+                await self._enqueue(rule, outcome.notes, now)
+                sent.extend(outcome.notes)
         if changed:
             await self._outbox.save_alerts(changed)
         return sent
+
+    def _evaluate_rule(
+        self,
+        rule: RuleConfig,
+        spec: Rule,
+        timing: Timing,
+        silences: Sequence[Silence],
+        now: float,
+    ) -> _RuleOutcome:
+        observations = {o.labels: o for o in observe(spec, self._series(rule.window, now))}
+        # Alerts whose scope has gone quiet get a no-data observation.
+        for name, labels in list(self._alerts):
+            if name == rule.name and labels not in observations:
+                observations[labels] = Observation(labels, None, None)
+        no_data = self._no_data(rule, now)
+        changed: list[Alert] = []
+        notes: list[Notification] = []
+        firing = 0
+        for labels, obs in observations.items():
+            key = (rule.name, labels)
+            before = self._alerts.get(key) or Alert(rule=rule.name, labels=labels)
+            alert, note = step(before, obs.breached, obs.value, now, timing=timing, no_data=no_data)
+            silenced = any(x.mutes(rule.name, dict(labels), now) for x in silences)
+            alert, note = self._apply_silence(rule, alert, note, silenced, now)
+            if note is not None:
+                notes.append(note)
+            self._alerts[key] = alert
+            firing += alert.state is AlertState.FIRING
+            # Saved on what a restart must not repeat or forget (not on every new value).
+            if (
+                alert.state is not before.state
+                or alert.last_notified_at != before.last_notified_at
+                or alert.muted != before.muted
+            ):
+                changed.append(alert)
+        return _RuleOutcome(changed, notes, firing)
+
+    def _apply_silence(
+        self,
+        rule: RuleConfig,
+        alert: Alert,
+        note: Notification | None,
+        silenced: bool,
+        now: float,
+    ) -> tuple[Alert, Notification | None]:
+        """The alert and what to tell under the silences: a muted notification is counted and
+        dropped; a silence that ended while the alert still fires is told now, once."""
+        if note is None and alert.muted and alert.state is AlertState.FIRING and not silenced:
+            alert = replace(alert, last_notified_at=now)
+            note = Notification(NotificationKind.FIRING, alert, now)
+        if note is not None and silenced:
+            for channel in rule.channels:
+                self._sent.labels(channel, "silenced").inc()
+            log.info(
+                "alert_silenced", rule=rule.name, labels=dict(alert.labels), kind=note.kind.value
+            )
+            # A muted resolution leaves nothing to tell later.
+            return replace(alert, muted=note.kind is not NotificationKind.RESOLVED), None
+        if note is not None:
+            alert = replace(alert, muted=False)
+        return alert, note
 
     def _notified(self, rule: RuleConfig, note: Notification) -> NotifiedAlert:
         labels = dict(note.alert.labels)

@@ -6,15 +6,15 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-from lookout.alerts.slack import MessageBook, SlackNotifier
+from lookout.alerts.slack import PostedMessageStore, SlackNotifier
 from lookout.alerts.webhook import WebhookNotifier
 
 if TYPE_CHECKING:
     import httpx
 
+    from lookout.alerts.config import ChannelConfig
     from lookout.alerts.delivery import ChannelNotifier
     from lookout.clock import Clock
-    from lookout.monitor.config import ChannelConfig
 
 
 @contextlib.asynccontextmanager
@@ -24,7 +24,7 @@ async def build_notifier(
     *,
     http: httpx.AsyncClient,
     clock: Clock,
-    book: MessageBook | None = None,
+    posted_messages: PostedMessageStore | None = None,
 ) -> AsyncIterator[ChannelNotifier]:
     if channel.kind == "webhook":
         secret = channel.secret.get_secret_value() if channel.secret else None
@@ -43,7 +43,7 @@ async def build_notifier(
         token=channel.token.get_secret_value() if channel.token else None,
         channel=channel.channel,
         api_url=channel.api_url,
-        book=book,
+        posted_messages=posted_messages,
         timeout_s=channel.timeout_s,
         min_interval_s=channel.min_interval,
     )

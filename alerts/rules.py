@@ -1,6 +1,7 @@
 """Alert rules: which series they may name, and how one evaluation turns into observations.
 
-Pure computation over the windowed series; the state machine (`state.step`) takes it from there.
+Pure computation over series points (the windows' own and the detectors' and the judge's, all
+as `lookout.series.SeriesPoint`); the state machine (`state.step`) takes it from there.
 """
 
 from __future__ import annotations
@@ -8,30 +9,32 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from lookout.monitor.metrics.windows import ALL, SERIES_NAMES, WindowStats
+from lookout.series import (
+    ALL,
+    DETECTOR_SERIES,
+    JUDGE_SERIES,
+    SERIES_LABELS,
+    SERIES_NAMES,
+    SeriesPoint,
+)
 
-if TYPE_CHECKING:
-    from lookout.series import SeriesPoint
-
-# The series the detectors and the judge add, beside the ingest windows' own.
-RULE_SERIES: frozenset[str] = frozenset(SERIES_NAMES) | {
-    "drift_score",
-    "drift_statistic",
-    "drift_threshold",
-    "ood_rate",
-    "judge_pass_rate",
-    "judge_score",
-    "judge_agreement",
-}
-RULE_LABELS: frozenset[str] = frozenset({"app", "model", "field", "criterion"})
+RULE_SERIES: frozenset[str] = frozenset((*SERIES_NAMES, *DETECTOR_SERIES, *JUDGE_SERIES))
+RULE_LABELS: frozenset[str] = frozenset(SERIES_LABELS)
 OPS: Mapping[str, Callable[[float, float], bool]] = {
     ">": operator.gt,
     ">=": operator.ge,
     "<": operator.lt,
     "<=": operator.le,
 }
+
+
+class SeriesSource(Protocol):
+    """The series a rule evaluates: every point over the window of `window_s` ending at `now`
+    (the daemon joins the windowed metrics' points and the detectors' and the judge's)."""
+
+    def __call__(self, window_s: float, now: float, /) -> Iterable[SeriesPoint]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,42 +56,42 @@ class Observation:
     value: float | None
 
 
-def observe(
-    rule: Rule, stats: Iterable[WindowStats], extra: Iterable[SeriesPoint] = ()
-) -> list[Observation]:
-    """The rule over one window's series.
+def observe(rule: Rule, points: Iterable[SeriesPoint]) -> list[Observation]:
+    """The rule over one window's series points (those of other metrics are passed over)."""
+    if rule.metric in SERIES_NAMES:
+        return _observe_window(rule, points)
+    return _observe_labelled(rule, points)
+
+
+def _observe_window(rule: Rule, points: Iterable[SeriesPoint]) -> list[Observation]:
+    """A windowed series, labelled with its (app, model) scope.
 
     With `where`, the rule watches the scope it names (`model` defaults to all models); without
     it, each app separately, over all its models. A scope with fewer than `min_samples` records
     has no data, so one slow request in a quiet minute does not page.
     """
-    compare = OPS[rule.op]
-    if rule.metric not in SERIES_NAMES:
-        return _observe_extra(rule, extra)
     app = rule.where.get("app")
     model = rule.where.get("model", ALL)
     observations = []
-    for s in stats:
-        if s.model != model or (s.app == ALL and app is None):
+    for p in points:
+        if p.metric != rule.metric:
             continue
-        if app is not None and s.app != app:
+        labels = dict(p.labels)
+        scope_app, scope_model = labels.get("app", ALL), labels.get("model", ALL)
+        if scope_model != model or (scope_app == ALL and app is None):
             continue
-        value = s.series().get(rule.metric)
-        labels = (("app", s.app), ("model", s.model))
-        if value is None or s.count < rule.min_samples:
-            observations.append(Observation(labels, None, value))
-        else:
-            observations.append(Observation(labels, compare(value, rule.threshold), value))
+        if app is not None and scope_app != app:
+            continue
+        observations.append(_observation(rule, (("app", scope_app), ("model", scope_model)), p))
     if app is not None and not observations:
         # The watched scope has no records in the window at all.
         observations.append(Observation((("app", app), ("model", model)), None, None))
     return observations
 
 
-def _observe_extra(rule: Rule, points: Iterable[SeriesPoint]) -> list[Observation]:
+def _observe_labelled(rule: Rule, points: Iterable[SeriesPoint]) -> list[Observation]:
     """Detector and judge series, filtered by `where` on the labels each series has (drift
     has `field`, judge_score has `criterion`; a `model` filter does not apply to them)."""
-    compare = OPS[rule.op]
     observations = []
     for p in points:
         if p.metric != rule.metric:
@@ -96,8 +99,13 @@ def _observe_extra(rule: Rule, points: Iterable[SeriesPoint]) -> list[Observatio
         labels = dict(p.labels)
         if any(k in labels and labels[k] != v for k, v in rule.where.items()):
             continue
-        if p.value is None or p.count < rule.min_samples:
-            observations.append(Observation(p.labels, None, p.value))
-        else:
-            observations.append(Observation(p.labels, compare(p.value, rule.threshold), p.value))
+        observations.append(_observation(rule, p.labels, p))
     return observations
+
+
+def _observation(
+    rule: Rule, labels: tuple[tuple[str, str], ...], point: SeriesPoint
+) -> Observation:
+    if point.value is None or point.count < rule.min_samples:
+        return Observation(labels, None, point.value)
+    return Observation(labels, OPS[rule.op](point.value, rule.threshold), point.value)

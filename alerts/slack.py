@@ -54,8 +54,9 @@ _sdk_log.setLevel(logging.WARNING)
 _sdk_log.propagate = False
 
 
-class MessageBook(Protocol):
-    """Where the ids of posted messages are kept across restarts (the outbox)."""
+class PostedMessageStore(Protocol):
+    """Where the ids of posted Slack messages are kept across restarts (the outbox), so a
+    resolution is threaded under the message that announced its alerts."""
 
     async def message_ids(self, channel: str, alert_keys: Collection[str]) -> dict[str, str]: ...
 
@@ -175,7 +176,7 @@ class SlackNotifier:
         token: str | None = None,
         channel: str | None = None,
         api_url: str = "https://slack.com/api/",
-        book: MessageBook | None = None,
+        posted_messages: PostedMessageStore | None = None,
         timeout_s: float = 10.0,
         min_interval_s: float = 1.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -188,7 +189,7 @@ class SlackNotifier:
         self._token = token
         self._channel = channel
         self._api_url = api_url if api_url.endswith("/") else api_url + "/"
-        self._book = book
+        self._posted_messages = posted_messages
         self._timeout_s = timeout_s
         self._min_interval_s = min_interval_s
         self._sleep = sleep
@@ -267,8 +268,8 @@ class SlackNotifier:
         alerts = payload.get("alerts", [])
         keys = [_alert_key(a) for a in alerts]
         thread_ts = None
-        if payload.get("status") == "resolved" and self._book is not None:
-            known = await self._book.message_ids(self._name, keys)
+        if payload.get("status") == "resolved" and self._posted_messages is not None:
+            known = await self._posted_messages.message_ids(self._name, keys)
             parents = {known.get(k) for k in keys}
             if len(parents) == 1:  # every alert announced in one message: answer in its thread
                 thread_ts = parents.pop()
@@ -292,6 +293,6 @@ class SlackNotifier:
                 return Outcome(False, retry=True, retry_after_s=after, detail=detail)
             return Outcome(False, detail=detail)
         ts = str(response.get("ts", ""))
-        if ts and self._book is not None and payload.get("status") == "firing":
-            await self._book.remember_message(self._name, ts, keys, now)
+        if ts and self._posted_messages is not None and payload.get("status") == "firing":
+            await self._posted_messages.remember_message(self._name, ts, keys, now)
         return Outcome(True, detail=f"HTTP {response.status_code} ok", message_id=ts or None)

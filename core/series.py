@@ -1,14 +1,46 @@
-"""A labelled series value that is not one of the ingest windows' own: the detectors' and the
-judge's, as alert rules and status read them."""
+"""The series catalogue: what lookout measures, under which names and labels.
+
+One home for names that the producers (the windowed metrics in `lookout.monitor`, the
+detectors, the judge) and the readers (alert rules in `lookout.alerts`, status, charts) share,
+so neither side imports the other for them. A `SeriesPoint` is one labelled value of a series
+over one window; every producer hands its values to the alert rules as points.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The scope over every app (or every model) in a windowed series' labels.
+ALL = "*"
+# Where label values past a cardinality cap are counted together: apps beyond `max_apps`,
+# models beyond `max_models`.
+OTHER = "other"
+
+# The ingest windows' series, per (app, model) scope: rates, latency quantiles, tokens, cost.
+SERIES_NAMES: tuple[str, ...] = (
+    "qps",
+    "tps",
+    "error_rate",
+    "latency_p50",
+    "latency_p95",
+    "latency_p99",
+    "ttft_p95",
+    "gen_tps_p50",
+    "tokens_per_request",
+    "cost_per_hour",
+)
+# The detectors' series, per (app, field).
+DETECTOR_SERIES: tuple[str, ...] = ("drift_score", "drift_statistic", "drift_threshold", "ood_rate")
+# The judge's series: pass rate per app, score per (app, criterion), agreement with the
+# anchors' expected verdicts (no labels).
+JUDGE_SERIES: tuple[str, ...] = ("judge_pass_rate", "judge_score", "judge_agreement")
+# The labels a series point may carry.
+SERIES_LABELS: tuple[str, ...] = ("app", "model", "field", "criterion")
+
 
 @dataclass(frozen=True, slots=True)
 class SeriesPoint:
-    metric: str  # drift_score, ood_rate, judge_pass_rate, judge_score, judge_agreement
+    metric: str  # a name from SERIES_NAMES, DETECTOR_SERIES or JUDGE_SERIES
     labels: tuple[tuple[str, str], ...]
     value: float | None  # None: no data in the window
     count: int  # how many observations the value rests on (a rule's min_samples)

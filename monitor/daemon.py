@@ -304,7 +304,9 @@ class Daemon:
             await asyncio.sleep(math.ceil(now / ROLLUP_S) * ROLLUP_S - now + 2.0)
             await self.roll_up()
 
-    async def _alert_engine(self, stack: contextlib.AsyncExitStack) -> AlertEngine:
+    async def _alert_engine(
+        self, stack: contextlib.AsyncExitStack
+    ) -> contextlib.AbstractAsyncContextManager[AlertEngine]:
         s = self.settings
         if not s.store.url.startswith("sqlite:///"):
             raise ConfigError("alert rules need the SQLite store for their outbox in this release")
@@ -314,20 +316,24 @@ class Daemon:
         notifiers: dict[str, ChannelNotifier] = {}
         for name, channel in s.channels.items():
             notifiers[name] = await stack.enter_async_context(
-                build_notifier(name, channel, http=http, clock=self.clock, book=outbox)
+                build_notifier(name, channel, http=http, clock=self.clock, posted_messages=outbox)
             )
-        return AlertEngine(
+
+        def rule_series(window_s: float, now: float) -> list[SeriesPoint]:
+            return self.windows.points(window_s, now) + self.extra_series(window_s, now)
+
+        engine = AlertEngine(
             s.rules,
             notifiers,
-            windows=self.windows,
+            series=rule_series,
             outbox=outbox,
             clock=self.clock,
             registry=self.registry,
             eval_interval_s=s.eval_interval,
             external_url=s.api.external_url or "",
             max_age_s={name: c.max_age for name, c in s.channels.items()},
-            extra_series=self.extra_series,
         )
+        return engine.running()
 
     async def _detection_service(self, stack: contextlib.AsyncExitStack) -> DetectionService:
         s = self.settings

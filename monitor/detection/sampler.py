@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Mapping
 
-OTHER = "other"  # apps beyond `max_apps` are counted together under this name
+from lookout.series import OTHER  # apps beyond `max_apps` are counted together under this name
 
 
 def fair_shares(demand: Mapping[str, float], total: float) -> dict[str, float]:

@@ -10,12 +10,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 from fastdigest import TDigest
 
-ALL = "*"
-OTHER = "other"
+from lookout.series import ALL, OTHER, SERIES_NAMES, SeriesPoint
+
+# ALL, OTHER and SERIES_NAMES live in the series catalogue; they are named here too for the
+# modules that read them beside the windows.
+__all__ = [
+    "ALL",
+    "OTHER",
+    "SERIES_NAMES",
+    "LabelFolder",
+    "WindowStats",
+    "WindowedMetrics",
+    "stats_by_scope",
+]
 _CENTROIDS = 100
 
 
@@ -74,13 +85,15 @@ class WindowStats:
     cost_per_hour: float
 
     def series(self) -> dict[str, float | None]:
-        skip = {"app", "model", "count", "errors"}
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
+        """Every series of the catalogue's SERIES_NAMES, by name."""
+        return {name: getattr(self, name) for name in SERIES_NAMES}
 
-
-SERIES_NAMES: tuple[str, ...] = tuple(
-    f.name for f in fields(WindowStats) if f.name not in {"app", "model", "count", "errors"}
-)
+    def points(self) -> list[SeriesPoint]:
+        """The series as points labelled with this scope, as alert rules read them."""
+        labels = (("app", self.app), ("model", self.model))
+        return [
+            SeriesPoint(name, labels, value, self.count) for name, value in self.series().items()
+        ]
 
 
 class _Acc:
@@ -275,6 +288,10 @@ class WindowedMetrics:
                 for b in buckets:
                     acc.add(b)
         return [acc.stats(app, model, duration) for (app, model), acc in scopes.items()]
+
+    def points(self, window_s: float, now: float) -> list[SeriesPoint]:
+        """Every scope's series over the window ending at `now`, as points."""
+        return [p for stats in self.query(window_s, now) for p in stats.points()]
 
     def prune(self, now: float) -> None:
         """Forget cells with no bucket left inside the longest window."""

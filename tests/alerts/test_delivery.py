@@ -9,11 +9,12 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from lookout.alerts.config import RuleConfig
 from lookout.alerts.engine import AlertEngine
 from lookout.alerts.outbox import SqliteOutbox
 from lookout.alerts.state import Alert, NotificationKind, Timing, step
 from lookout.clock import FakeClock
-from lookout.monitor.config import RuleConfig, Settings
+from lookout.monitor.config import Settings
 from lookout.monitor.daemon import Daemon
 from lookout.monitor.metrics.windows import WindowedMetrics
 from tests.alerts.test_engine import post
@@ -123,13 +124,13 @@ async def test_after_a_restart_missing_data_waits_one_window_before_resolving(
         engine = AlertEngine(
             [rule],
             {},
-            windows=WindowedMetrics(started_at=T0),
+            series=WindowedMetrics(started_at=T0).points,
             outbox=outbox,
             clock=clock,
             registry=CollectorRegistry(),
             eval_interval_s=3600,
         )
-        async with engine:
+        async with engine.running():
             # The windows are empty because lookout just started, not because the app is fine.
             assert await engine.evaluate(T0 + 30) == []
             assert [a.state.value for a in engine.alerts()] == ["firing"]
@@ -156,13 +157,13 @@ async def test_a_silence_mutes_then_expires_and_the_alert_is_told(tmp_path: Path
         engine = AlertEngine(
             [rule],
             {},
-            windows=windows,
+            series=windows.points,
             outbox=outbox,
             clock=clock,
             registry=CollectorRegistry(),
             eval_interval_s=3600,
         )
-        async with engine:
+        async with engine.running():
             windows.observe(windows.labels_for("bot", "m"), T0 + 1, True, 100.0, None, 1, 1, 0.0)
             assert await engine.evaluate(T0 + 10) == []  # fired, muted
             assert [a.state.value for a in engine.alerts()] == ["firing"]

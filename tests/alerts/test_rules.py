@@ -6,37 +6,29 @@ from pathlib import Path
 
 import pytest
 
+from lookout.alerts.config import RuleConfig
 from lookout.alerts.rules import Observation, Rule, observe
 from lookout.errors import ConfigError
 from lookout.monitor.config import Settings, load_settings
-from lookout.monitor.metrics.windows import ALL, WindowStats
+from lookout.series import ALL, SeriesPoint
 
 
-def stats(app: str, model: str, count: int, p95: float | None) -> WindowStats:
-    return WindowStats(
-        app=app,
-        model=model,
-        count=count,
-        errors=0,
-        qps=1.0,
-        tps=1.0,
-        error_rate=0.0,
-        latency_p50=None,
-        latency_p95=p95,
-        latency_p99=None,
-        ttft_p95=None,
-        gen_tps_p50=None,
-        tokens_per_request=None,
-        cost_per_hour=0.0,
-    )
+def scope(app: str, model: str, count: int, p95: float | None) -> list[SeriesPoint]:
+    """One (app, model) scope's windowed series as the engine's series source gives them."""
+    labels = (("app", app), ("model", model))
+    return [
+        SeriesPoint("latency_p95", labels, p95, count),
+        SeriesPoint("ttft_p95", labels, None, count),
+        SeriesPoint("qps", labels, 1.0, count),
+    ]
 
 
 WINDOW = [
-    stats("bot", "gpt-4o", 50, 3.0),
-    stats("bot", ALL, 80, 2.5),
-    stats("shop", ALL, 40, 0.8),
-    stats("quiet", ALL, 2, 9.0),
-    stats(ALL, ALL, 122, 2.0),
+    *scope("bot", "gpt-4o", 50, 3.0),
+    *scope("bot", ALL, 80, 2.5),
+    *scope("shop", ALL, 40, 0.8),
+    *scope("quiet", ALL, 2, 9.0),
+    *scope(ALL, ALL, 122, 2.0),
 ]
 
 
@@ -88,3 +80,21 @@ def test_detector_and_judge_series_may_be_named() -> None:
     }
     settings = Settings.model_validate({"rules": [rule]})
     assert settings.rules[0].metric == "drift_score"
+
+
+def test_detector_series_are_filtered_by_the_labels_they_have() -> None:
+    drift = [
+        SeriesPoint("drift_score", (("app", "bot"), ("field", "prompt")), 2.0, 200),
+        SeriesPoint("drift_score", (("app", "bot"), ("field", "response")), 0.5, 200),
+        SeriesPoint("drift_score", (("app", "shop"), ("field", "prompt")), 3.0, 3),
+    ]
+    rule = Rule("drift", "drift_score", threshold=1.0, where={"field": "prompt"}, min_samples=5)
+    assert observe(rule, [*WINDOW, *drift]) == [
+        Observation((("app", "bot"), ("field", "prompt")), True, 2.0),
+        Observation((("app", "shop"), ("field", "prompt")), None, 3.0),
+    ]
+
+
+def test_rule_config_lives_with_the_alerts() -> None:
+    rule = RuleConfig.model_validate({"name": "r", "metric": "ood_rate", "threshold": 0.1})
+    assert Settings.model_validate({"rules": [rule.model_dump(by_alias=True)]}).rules == [rule]

@@ -129,14 +129,14 @@ async def test_web_api_threads_the_resolved_message_under_the_firing_one(
     web_api(receiver, [])
     fired_a, resolved_a = notes("a")
     fired_b, resolved_b = notes("b")
-    async with SqliteOutbox(tmp_path / "lookout.db") as book:
+    async with SqliteOutbox(tmp_path / "lookout.db") as outbox:
         slack = SlackNotifier(
             "team",
             clock=FakeClock(),
             token="xoxb-test",
             channel="C1",
             api_url=f"{receiver.base_url}/api",
-            book=book,
+            posted_messages=outbox,
             min_interval_s=0,
         )
         async with slack:

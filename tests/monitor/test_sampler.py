@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from lookout.monitor.detection.sampler import OTHER, Sampler, fair_shares
+from lookout.monitor.detection.sampler import Sampler, fair_shares
+from lookout.series import OTHER
 
 
 def test_fair_shares_give_small_demands_in_full_and_split_the_rest() -> None:

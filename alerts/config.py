@@ -1,0 +1,72 @@
+"""The alerting sections of the configuration: notification channels and alert rules.
+
+`lookout.monitor.config.Settings` composes them (`channels:` and `rules:`) and checks that each
+rule names a configured channel.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from lookout.alerts.rules import RULE_LABELS, RULE_SERIES
+from lookout.durations import DurationS
+
+
+class ChannelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["slack", "webhook"]
+    # slack: an incoming-webhook URL, or a bot token and a channel (chat.postMessage)
+    webhook_url: SecretStr | None = None
+    token: SecretStr | None = None
+    channel: str | None = None
+    api_url: str = "https://slack.com/api/"
+    min_interval: DurationS = 1.0  # slack: at most one message per this, per channel
+    # webhook
+    url: str | None = None
+    secret: SecretStr | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout_s: DurationS = 10.0
+    max_age: DurationS = 24 * 3600.0  # undelivered past this: expired, counted, logged
+
+    @model_validator(mode="after")
+    def _complete(self) -> ChannelConfig:
+        if self.kind == "webhook" and not self.url:
+            raise ValueError("a webhook channel needs `url`")
+        if self.kind == "slack" and not self.webhook_url and not (self.token and self.channel):
+            raise ValueError("a slack channel needs `webhook_url`, or `token` and `channel`")
+        return self
+
+
+class RuleConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    name: str
+    metric: str
+    where: dict[str, str] = Field(default_factory=dict)
+    window: DurationS = 300.0
+    op: Literal[">", ">=", "<", "<="] = ">"
+    threshold: float
+    for_s: DurationS | None = Field(default=None, alias="for")
+    keep_firing_for: DurationS | None = None
+    repeat_interval: DurationS = 4 * 3600.0
+    no_data: Literal["ok", "keep", "alert"] = "ok"
+    min_samples: int = Field(default=1, ge=1)
+    severity: Literal["info", "warning", "critical"] = "warning"
+    channels: list[str] = Field(default_factory=list)
+    group_by: list[str] = Field(default_factory=lambda: ["app"])
+    summary: str = ""
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _known_names(self) -> RuleConfig:
+        if self.metric not in RULE_SERIES:
+            known = ", ".join(sorted(RULE_SERIES))
+            raise ValueError(f"rule {self.name!r}: unknown metric {self.metric!r} (known: {known})")
+        for label in [*self.where, *self.group_by]:
+            if label not in RULE_LABELS:
+                known = ", ".join(sorted(RULE_LABELS))
+                raise ValueError(f"rule {self.name!r}: unknown label {label!r} (known: {known})")
+        return self

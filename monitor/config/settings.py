@@ -1,0 +1,154 @@
+"""The whole configuration: the sections together, loaded from YAML and the environment.
+
+Precedence, highest first: environment (`LOOKOUT_BUS__URL`), the YAML file, defaults.
+Secret values may come from the environment, `${VAR}` in the YAML, `${file:/path}` or
+`${cred:NAME}` (a file in systemd's `$CREDENTIALS_DIRECTORY`, see `LoadCredential=`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from lookout.alerts.config import ChannelConfig, RuleConfig
+from lookout.durations import DurationS
+from lookout.errors import ConfigError
+from lookout.monitor.config.detection import DetectorsConfig
+from lookout.monitor.config.judge import JudgeConfig, RedactionConfig
+from lookout.monitor.config.service import (
+    ApiConfig,
+    BusConfig,
+    MetricsConfig,
+    Price,
+    StoreConfig,
+)
+
+
+def _default_prices() -> dict[str, Price]:
+    return {"gpt-4o-mini": Price(input=0.00015, output=0.0006)}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="LOOKOUT_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    bus: BusConfig = BusConfig()
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    api: ApiConfig = ApiConfig()
+    eval_interval: DurationS = 10.0
+    prices: dict[str, Price] = Field(default_factory=_default_prices)
+    metrics: MetricsConfig = MetricsConfig()
+    detectors: DetectorsConfig = DetectorsConfig()
+    judge: JudgeConfig = JudgeConfig()
+    redaction: RedactionConfig = RedactionConfig()
+    channels: dict[str, ChannelConfig] = Field(default_factory=dict)
+    rules: list[RuleConfig] = Field(default_factory=list)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The YAML file arrives as init kwargs; the environment must win over it.
+        return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _check_references(self) -> Settings:
+        for rule in self.rules:
+            for channel in rule.channels:
+                if channel not in self.channels:
+                    raise ValueError(f"rule {rule.name!r} names unknown channel {channel!r}")
+        return self
+
+
+_VAR = re.compile(r"\$\{([^}]+)\}")
+
+
+def _expand(value: str, path: str) -> str:
+    def repl(match: re.Match[str]) -> str:
+        ref = match.group(1)
+        if ref.startswith("file:"):
+            return _read_secret_file(Path(ref[5:]), path)
+        if ref.startswith("cred:"):
+            cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+            if not cred_dir:
+                raise ConfigError(f"{path}: ${{{ref}}} needs $CREDENTIALS_DIRECTORY (systemd)")
+            return _read_secret_file(Path(cred_dir) / ref[5:], path)
+        if ref not in os.environ:
+            raise ConfigError(f"{path}: environment variable {ref} is not set")
+        return os.environ[ref]
+
+    return _VAR.sub(repl, value)
+
+
+def _read_secret_file(file: Path, path: str) -> str:
+    try:
+        return file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read secret file {file}: {exc.strerror}") from exc
+
+
+def _expand_tree(node: Any, path: str = "") -> Any:
+    if isinstance(node, dict):
+        return {k: _expand_tree(v, f"{path}.{k}" if path else str(k)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_expand_tree(v, f"{path}[{i}]") for i, v in enumerate(node)]
+    if isinstance(node, str):
+        return _expand(node, path)
+    return node
+
+
+def _format_errors(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{loc}: unknown key")
+        else:
+            lines.append(f"{loc}: {err['msg']}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def load_settings(path: str | Path | None = None) -> Settings:
+    """Load the YAML file at `path` (or `$LOOKOUT_CONFIG`), or defaults when there is none."""
+    if path is None:
+        path = os.environ.get("LOOKOUT_CONFIG") or None
+    data: dict[str, Any] = {}
+    if path is not None:
+        file = Path(path)
+        try:
+            raw = yaml.safe_load(file.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {file}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {file} is not valid YAML: {exc}") from exc
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {file} must hold a mapping at the top level")
+        data = _expand_tree(raw)
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc)) from exc
+
+
+def masked_dump(settings: Settings) -> dict[str, Any]:
+    """The effective configuration with every secret shown as `**********`."""
+    dumped: dict[str, Any] = settings.model_dump(mode="json", by_alias=True)
+    return dumped
