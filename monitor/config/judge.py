@@ -10,7 +10,6 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from lookout.durations import DurationS
 from lookout.monitor.config.base import Section
 
-
 _OK_ONLY: list[Literal["ok", "error"]] = ["ok"]
 
 
