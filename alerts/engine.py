@@ -66,6 +66,24 @@ def render(template: str, values: Mapping[str, Any]) -> str:
         return template
 
 
+def _engine_metrics(registry: CollectorRegistry) -> tuple[Gauge, Counter, Gauge, Gauge]:
+    """Alerts firing per rule, notification attempts per outcome, the outbox's depth and age."""
+    firing = Gauge("lookout_alerts_firing", "Alerts firing", ["rule"], registry=registry)
+    sent = Counter(
+        "lookout_notifications",
+        "Notification attempts",
+        ["channel", "outcome"],
+        registry=registry,
+    )
+    depth = Gauge("lookout_outbox_depth", "Notifications not yet delivered", registry=registry)
+    oldest = Gauge(
+        "lookout_outbox_oldest_age_seconds",
+        "Age of the oldest undelivered notification",
+        registry=registry,
+    )
+    return firing, sent, depth, oldest
+
+
 @dataclass(frozen=True, slots=True)
 class _RuleOutcome:
     """What one rule's evaluation changed: alerts to save and notifications to send."""
@@ -111,21 +129,7 @@ class AlertEngine:
         self._alerts: dict[tuple[str, tuple[tuple[str, str], ...]], Alert] = {}
         self._stopping = asyncio.Event()
         self.evaluated = asyncio.Event()
-        self._firing = Gauge("lookout_alerts_firing", "Alerts firing", ["rule"], registry=registry)
-        self._sent = Counter(
-            "lookout_notifications",
-            "Notification attempts",
-            ["channel", "outcome"],
-            registry=registry,
-        )
-        self._depth = Gauge(
-            "lookout_outbox_depth", "Notifications not yet delivered", registry=registry
-        )
-        self._oldest = Gauge(
-            "lookout_outbox_oldest_age_seconds",
-            "Age of the oldest undelivered notification",
-            registry=registry,
-        )
+        self._firing, self._sent, self._depth, self._oldest = _engine_metrics(registry)
         self.deliveries = {
             name: ChannelDelivery(
                 name,
