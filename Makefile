@@ -15,10 +15,11 @@ TEST_STAMP := $(VENV)/.installed-test
 PKG_DIRS := $(shell find core monitor detectors alerts client/lookout_client -type d -not -name __pycache__)
 EDITABLE := --config-settings editable_mode=strict
 
+# The distribution was called `lookout` before lookout-llm: in a venv made then, its editable
+# link would shadow the new one, so it goes first.
 $(STAMP): pyproject.toml client/pyproject.toml $(PKG_DIRS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	@# The distribution was called `lookout` before lookout-llm: its editable link would shadow.
 	$(BIN)/pip uninstall --quiet --yes lookout 2>/dev/null || true
 	$(BIN)/pip install --quiet -e '.[dev]' $(EDITABLE)
 	$(BIN)/pip install --quiet -e './client[langchain]' $(EDITABLE)
