@@ -10,13 +10,19 @@ TEST_STAMP := $(VENV)/.installed-test
 # Strict editable mode: a link tree under build/ that mypy and IDEs follow (the default mode's
 # import hook hides the monitor/ -> lookout.monitor mapping from them). A new module needs the
 # tree rebuilt, so the stamps depend on the package folders: adding a file there reinstalls.
-PKG_DIRS := $(shell find core monitor detectors alerts -type d -not -name __pycache__)
+# The client (lookout-llm-client, client/) installs the same way, from its folder: never by name,
+# which an index would answer. The daemon does not depend on it; the tests and mypy use it.
+PKG_DIRS := $(shell find core monitor detectors alerts client/lookout_client -type d -not -name __pycache__)
 EDITABLE := --config-settings editable_mode=strict
 
-$(STAMP): pyproject.toml $(PKG_DIRS)
+# The distribution was called `lookout` before lookout-llm: in a venv made then, its editable
+# link would shadow the new one, so it goes first.
+$(STAMP): pyproject.toml client/pyproject.toml $(PKG_DIRS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip uninstall --quiet --yes lookout 2>/dev/null || true
 	$(BIN)/pip install --quiet -e '.[dev]' $(EDITABLE)
+	$(BIN)/pip install --quiet -e './client[langchain]' $(EDITABLE)
 	touch $(STAMP)
 
 # The tests cover the sentence-transformers extra too; torch is pinned there (2.13.0 is a local
@@ -34,7 +40,7 @@ demo: $(STAMP)
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy -p lookout
+	$(BIN)/mypy -p lookout -p lookout_client
 	$(BIN)/mypy
 
 test: lint chromium

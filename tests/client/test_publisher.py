@@ -16,8 +16,8 @@ from langchain_core.language_models.fake_chat_models import (
 )
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
-from lookout.monitor.client import LookoutCallbackHandler, RecordPublisher, publish_record
 from lookout.monitor.ingest.records import DecodeLimits, decode_payload
+from lookout_client import LookoutCallbackHandler, RecordPublisher, publish_record
 from tests.conftest import PrivateBroker, eventually
 
 
