@@ -5,19 +5,28 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test lint bench chromium demo
+.PHONY: run test lint bench chromium demo FORCE
 
 # Strict editable mode: a link tree under build/ that mypy and IDEs follow (the default mode's
 # import hook hides the monitor/ -> lookout.monitor mapping from them). A new module needs the
-# tree rebuilt, so the stamps depend on the package folders: adding a file there reinstalls.
+# tree rebuilt, so the stamps depend on the list of package files (rewritten only when it
+# changes: folder times would change with every __pycache__ Python writes).
 # The client (lookout-llm-client, client/) installs the same way, from its folder: never by name,
 # which an index would answer. The daemon does not depend on it; the tests and mypy use it.
-PKG_DIRS := $(shell find core monitor detectors alerts client/lookout_client -type d -not -name __pycache__)
+MODULES := $(VENV)/.package-files
 EDITABLE := --config-settings editable_mode=strict
+
+$(MODULES): FORCE
+	@mkdir -p $(VENV)
+	@find core monitor detectors alerts client/lookout_client -not -path '*/__pycache__*' \
+	  -type f | sort > $@.new
+	@cmp -s $@.new $@ && rm $@.new || mv $@.new $@
+
+FORCE:
 
 # The distribution was called `lookout` before lookout-llm: in a venv made then, its editable
 # link would shadow the new one, so it goes first.
-$(STAMP): pyproject.toml client/pyproject.toml $(PKG_DIRS)
+$(STAMP): pyproject.toml client/pyproject.toml $(MODULES)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip uninstall --quiet --yes lookout 2>/dev/null || true
