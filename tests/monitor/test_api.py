@@ -18,7 +18,7 @@ import pytest
 from lookout.detectors.embedders import Embedder
 from lookout.monitor.config import EmbedderConfig, Settings
 from lookout.monitor.daemon import Daemon
-from tests.conftest import eventually, free_port, running, sample_value
+from tests.conftest import eventually, free_port, running, sample_value, status_of
 
 
 def client(d: Daemon, token: str | None = None) -> httpx.AsyncClient:
@@ -172,7 +172,7 @@ async def test_records_posted_while_the_daemon_starts_are_refused_until_it_is_re
             assert later.status_code == 200 and later.json()["accepted"] == 1
         assert d.detection is not None
         await asyncio.wait_for(d.detection.wait_idle(), 15)
-        assert [s["reference_pending"] for s in d.status()["detectors"]] == [1]
+        assert [s["reference_pending"] for s in status_of(d)["detectors"]] == [1]
     finally:
         loading.set()
         stop.set()
