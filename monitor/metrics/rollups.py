@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from lookout.clock import Clock
 from lookout.monitor.metrics.windows import ALL, WindowedMetrics, WindowStats
-from lookout.monitor.storage import RollupPoint, Store
+from lookout.monitor.storage import RollupPoint
 from lookout.series import SeriesPoint
 
 ROLLUP_S = 60
@@ -23,6 +24,14 @@ ROLLUP_S = 60
 SETTLE_S = 2.0
 SeriesFn = Callable[[float, float], list[SeriesPoint]]  # (window_s, now) -> points
 Sleep = Callable[[float], Awaitable[None]]
+
+
+class RollupSink(Protocol):
+    """The part of the store rollups need."""
+
+    def put_rollups(self, points: list[RollupPoint]) -> None: ...
+
+    async def flush(self) -> None: ...
 
 
 def no_series(window_s: float, now: float) -> list[SeriesPoint]:
@@ -42,7 +51,7 @@ class RollupService:
     def __init__(
         self,
         windows: WindowedMetrics,
-        store: Store,
+        store: RollupSink,
         clock: Clock,
         *,
         extra_series: SeriesFn = no_series,
