@@ -17,7 +17,7 @@ from lookout.monitor.detection.service import DetectionService
 from lookout.monitor.ingest.mqtt import MqttSource
 from lookout.monitor.ingest.queue import IngestQueue
 from lookout.monitor.judge.service import JudgeService
-from lookout.monitor.judge.store import JudgeStore
+from lookout.monitor.judge.store import JudgeStore, RunInfo
 from lookout.monitor.metrics.windows import WindowStats
 from lookout.series import SeriesPoint
 
@@ -74,32 +74,13 @@ class JudgeSeriesValue(BaseModel):
         )
 
 
-class JudgeRunSummary(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-    id: int
-    started_at: float
-    finished_at: float | None
-    trigger: str
-    app: str | None
-    outcome: str
-    detail: str
-    judged: int
-    failed: int
-    skipped: int
-    input_tokens: int
-    output_tokens: int
-    cost: float
-    agreement: float | None
-    anchors: int
-
-
 class JudgeStatus(BaseModel):
     model_config = ConfigDict(from_attributes=True)
     model: str | None
     criteria: list[str]
     running: str | None
     next_run_at: float | None
-    last_run: JudgeRunSummary | None
+    last_run: RunInfo | None  # a stdlib dataclass: pydantic dumps its fields in order
     max_tokens_per_day: int
     series: list[JudgeSeriesValue] = []
 
