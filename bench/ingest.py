@@ -136,7 +136,7 @@ async def lookout(  # noqa: PLR0917
             except TimeoutError:
                 raise SystemExit(
                     f"lookout stalled at {queue.processed} of {expect} messages: "
-                    f"{json.dumps(daemon.status()['ingest'])}, "
+                    f"{daemon.views.status().ingest.model_dump_json() if daemon.views else '-'}, "
                     f"reconnects {daemon.prom.bus_reconnects._value.get()}"
                 ) from None
             done = queue.processed * batch

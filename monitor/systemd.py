@@ -15,7 +15,7 @@ import structlog
 log = structlog.get_logger(__name__)
 
 
-class Notifier:
+class SystemdNotifier:
     def __init__(self, env: dict[str, str] | None = None) -> None:
         env = dict(os.environ) if env is None else env
         address = env.get("NOTIFY_SOCKET", "")

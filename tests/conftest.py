@@ -182,6 +182,13 @@ async def publish(payloads: list[bytes], topic: str, port: int = 1883, qos: int 
             await c.publish(topic, payload, qos=qos)
 
 
+def status_of(daemon: Daemon) -> dict[str, Any]:
+    """What `/api/v1/status` answers, read in process."""
+    assert daemon.views is not None
+    result: dict[str, Any] = daemon.views.status().model_dump(mode="json")
+    return result
+
+
 def sample_value(daemon: Daemon, name: str, labels: dict[str, str] | None = None) -> float:
     value = daemon.registry.get_sample_value(name, labels or {})
     return 0.0 if value is None else value

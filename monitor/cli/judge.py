@@ -1,6 +1,6 @@
 """`lookout judge run-now|runs`: LLM-judge spot checks outside the schedule, and their record.
 
-`run-now` leaves a request in the judge book; a running daemon with the same config takes it
+`run-now` leaves a request in the judge store; a running daemon with the same config takes it
 within one eval_interval and runs it after any run under way.
 """
 
@@ -18,15 +18,15 @@ from lookout.monitor.cli.main import ConfigOpt, _settings, _sqlite_file, console
 
 if TYPE_CHECKING:
     from lookout.monitor.config import Settings
-    from lookout.monitor.judge.store import JudgeBook, RunInfo
+    from lookout.monitor.judge.store import JudgeStore, RunInfo
 
 judge_app = typer.Typer(help="LLM-judge spot checks.")
 
 
-def _book(settings: Settings) -> JudgeBook:
-    from lookout.monitor.judge.store import JudgeBook
+def _book(settings: Settings) -> JudgeStore:
+    from lookout.monitor.judge.store import JudgeStore
 
-    return JudgeBook(_sqlite_file(settings, "judge runs and verdicts"))
+    return JudgeStore(_sqlite_file(settings, "judge runs and verdicts"))
 
 
 def _when(ts: float | None) -> str:

@@ -12,8 +12,8 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from lookout.clock import SystemClock
+from lookout.monitor.builders import build_pipeline, build_windows
 from lookout.monitor.config import Settings
-from lookout.monitor.daemon import build_pipeline, build_windows
 from lookout.monitor.ingest.pipeline import Pipeline
 from lookout.monitor.metrics.prom import IngestMetrics
 from lookout.monitor.metrics.windows import WindowStats

@@ -45,7 +45,7 @@ class JudgeError(LookoutError):
 
 
 @dataclass(frozen=True, slots=True)
-class Graded:
+class GradeResult:
     verdicts: list[Verdict]
     input_tokens: int
     output_tokens: int
@@ -155,7 +155,7 @@ class JudgeClient:
         response: str | None,
         criteria: list[Criterion],
         reference: str | None = None,
-    ) -> Graded:
+    ) -> GradeResult:
         (p, n1), (r, n2), (ref, n3) = (
             self._clean(prompt),
             self._clean(response),
@@ -177,7 +177,7 @@ class JudgeClient:
 
     async def _grade_structured(
         self, p: str, r: str, ref: str | None, criteria: list[Criterion], found: int
-    ) -> tuple[Graded | None, tuple[int, int]]:
+    ) -> tuple[GradeResult | None, tuple[int, int]]:
         if self._structured is None:
             try:
                 self._structured = self._model.with_structured_output(
@@ -203,11 +203,11 @@ class JudgeClient:
             verdicts = verdicts_from_reply(parsed, criteria)
         except DetectorError as exc:
             raise JudgeError(str(exc)) from exc
-        return Graded(verdicts, *tokens, "structured", found), tokens
+        return GradeResult(verdicts, *tokens, "structured", found), tokens
 
     async def _grade_yes_no(
         self, p: str, r: str, ref: str | None, criteria: list[Criterion], found: int
-    ) -> Graded:
+    ) -> GradeResult:
         verdicts, tokens_in, tokens_out = [], 0, 0
         for c in criteria:
             messages = [SystemMessage(system_prompt()), HumanMessage(yes_no_prompt(p, r, c, ref))]
@@ -219,4 +219,4 @@ class JudgeClient:
             except DetectorError as exc:
                 raise JudgeError(f"criterion {c.name}: {exc}") from exc
             verdicts.append(verdict(c, answer, 1.0 if answer else 0.0, reasoning))
-        return Graded(verdicts, tokens_in, tokens_out, "yes_no", found)
+        return GradeResult(verdicts, tokens_in, tokens_out, "yes_no", found)

@@ -1,5 +1,5 @@
 """The judge's series for rules and status, from recent verdicts kept in memory (bounded) and
-restored from the judge book at start.
+restored from the judge store at start.
 
 Runs are minutes apart, so a series covers at least one schedule period whatever the rule's
 window: a 5-minute rule over a 15-minute schedule sees the last run, not no-data two times in
@@ -16,7 +16,7 @@ from typing import Protocol
 from lookout.series import SeriesPoint
 
 
-class Graded(Protocol):
+class CriterionVerdict(Protocol):
     """A verdict, fresh from the judge or read back from the store."""
 
     @property
@@ -35,7 +35,7 @@ class JudgedRecord:
     scores: tuple[tuple[str, float], ...]  # (criterion, score 0-1, 1 best)
 
     @classmethod
-    def of(cls, at: float, app: str, verdicts: Sequence[Graded]) -> JudgedRecord:
+    def of(cls, at: float, app: str, verdicts: Sequence[CriterionVerdict]) -> JudgedRecord:
         return cls(
             at,
             app,

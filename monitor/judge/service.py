@@ -3,12 +3,9 @@
 APScheduler (3.x, AsyncIOScheduler) keeps the schedule (interval or cron, coalesced); its job
 only marks a run due. One worker task owned here runs the runs one at a time, so a run never
 overlaps another: a fire while one is due or running is counted and dropped. `lookout judge
-run-now` writes a request in the judge book, taken within one poll interval.
+run-now` writes a request in the judge store, taken within one poll interval.
 
-A run: past the daily token cap, skipped with a logged reason and a metric; otherwise sample
-up to `sample_size` stored records per app, grade them (bounded concurrency; each call's
-tokens reserved against the cap before it is made), store verdicts and totals record by
-record, re-judge the anchors, and feed the series rules read.
+A run itself is judge/runs.py's.
 """
 
 from __future__ import annotations
@@ -17,62 +14,43 @@ import asyncio
 import contextlib
 import sqlite3
 from collections import deque
-from dataclasses import asdict, dataclass, replace
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from lookout.detectors.judge import Criterion, criteria_from
-from lookout.errors import LookoutError
-from lookout.monitor.judge.anchors import Anchor, agreement
-from lookout.monitor.judge.budget import TokenBudget, estimate_tokens
 from lookout.monitor.judge.metrics import JudgeMetrics
+from lookout.monitor.judge.runs import JudgeRunner
+from lookout.monitor.judge.schedule import DAY_S, build_trigger, period_s
 from lookout.monitor.judge.series import Agreement, JudgedRecord, JudgeLedger
-from lookout.monitor.judge.store import (
-    Candidate,
-    RunInfo,
-    RunTotals,
-    SampleQuery,
-    StoredVerdict,
-    stored,
-)
+from lookout.monitor.judge.store import RunInfo, StoredVerdict
 
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from apscheduler.triggers.base import BaseTrigger
     from prometheus_client import CollectorRegistry
 
     from lookout.clock import Clock
     from lookout.monitor.config import JudgeConfig
-    from lookout.monitor.judge.client import Graded, JudgeClient
-    from lookout.monitor.judge.store import JudgeBook
+    from lookout.monitor.judge.anchors import Anchor
+    from lookout.monitor.judge.client import JudgeClient
+    from lookout.monitor.judge.store import JudgeStore
     from lookout.monitor.metrics.prices import PriceTable
     from lookout.series import SeriesPoint
 
 log = structlog.get_logger(__name__)
-DAY_S = 86_400.0
 
 
-def build_trigger(cfg: JudgeConfig) -> BaseTrigger:
-    from apscheduler.triggers.cron import CronTrigger
-    from apscheduler.triggers.interval import IntervalTrigger
-
-    if cfg.schedule.cron is not None:
-        return CronTrigger.from_crontab(cfg.schedule.cron)
-    assert cfg.schedule.interval is not None
-    return IntervalTrigger(seconds=cfg.schedule.interval)
-
-
-def period_s(trigger: BaseTrigger, now: float) -> float:
-    """The gap between the next two fires (a cron schedule's gaps may differ)."""
-    start = datetime.fromtimestamp(now, UTC)
-    first = trigger.get_next_fire_time(None, start)
-    second = trigger.get_next_fire_time(first, first) if first is not None else None
-    if first is None or second is None:
-        return DAY_S
-    return max(float((second - first).total_seconds()), 1.0)
+@dataclass(frozen=True, slots=True)
+class JudgeServiceStatus:
+    model: str | None
+    criteria: list[str]
+    running: str | None  # the trigger of the run under way
+    next_run_at: float | None
+    last_run: RunInfo | None
+    max_tokens_per_day: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +65,7 @@ class JudgeService:
         self,
         cfg: JudgeConfig,
         *,
-        book: JudgeBook,
+        store: JudgeStore,
         client: JudgeClient,
         clock: Clock,
         registry: CollectorRegistry,
@@ -98,51 +76,44 @@ class JudgeService:
         schedule: bool = True,
     ) -> None:
         self._cfg = cfg
-        self._book = book
-        self._client = client
+        self._store = store
         self._clock = clock
-        self._prices = prices
-        self._anchors = anchors or []
         self._retention_s = retention_s
         self._poll_interval_s = poll_interval_s
         self._schedule = schedule
-        self._criteria: list[Criterion] = criteria_from(cfg.criteria, cfg.custom_criteria)
-        self._model_name = (cfg.model or "").split(":", 1)[-1]
         self._m = JudgeMetrics(registry)
         self._trigger = build_trigger(cfg)
         self.ledger = JudgeLedger(
             max_age_s=retention_s, min_window_s=period_s(self._trigger, clock.now())
         )
+        self._runner = JudgeRunner(
+            cfg,
+            store=store,
+            client=client,
+            clock=clock,
+            prices=prices,
+            metrics=self._m,
+            ledger=self.ledger,
+            anchors=anchors or [],
+            retention_s=retention_s,
+        )
         self._lock = asyncio.Lock()
-        self._slots = asyncio.Semaphore(cfg.max_concurrency)
         self._requests: deque[_Request] = deque()
         self._due = False
         self._wake = asyncio.Event()
         self._scheduler: Any = None
-        self._group: asyncio.TaskGroup | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._stack = contextlib.AsyncExitStack()
         self.running: str | None = None  # the trigger of the run under way
         self.last_run: RunInfo | None = None
         self.run_finished = asyncio.Event()  # set after every run (tests and --wait)
 
     async def __aenter__(self) -> JudgeService:
         now = self._clock.now()
-        interrupted = await self._book.interrupt_unfinished(now)
-        if interrupted:
-            log.warning("judge_runs_interrupted", runs=interrupted)
-        for judged in _judged_records(await self._book.verdicts_since(now - self._retention_s)):
-            self.ledger.add(judged)
-        for at, value, count in await self._book.agreements_since(now - self._retention_s):
-            self.ledger.add_agreement(Agreement(at, value, count))
-        runs = await self._book.runs(limit=1)
-        self.last_run = runs[0] if runs else None
-        self._m.tokens_today.set(await self._book.tokens_since(now - now % DAY_S))
-        self._group = asyncio.TaskGroup()
-        await self._group.__aenter__()
-        self._tasks = [
-            self._group.create_task(self._work(), name="judge-worker"),
-            self._group.create_task(self._poll_requests(), name="judge-requests"),
-        ]
+        await self._restore(now)
+        self._stack = contextlib.AsyncExitStack()
+        # Unwound in reverse: the scheduler stops, the workers end, unfinished runs are marked.
+        self._stack.push_async_callback(self._interrupt_unfinished)
+        await self._stack.enter_async_context(self._workers())
         if self._schedule:
             await self._start_scheduler(now)
         return self
@@ -153,14 +124,37 @@ class JudgeService:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._scheduler is not None:
-            self._scheduler.shutdown(wait=False)
-        # A run under way is cut short: what it judged is stored record by record already.
-        for task in self._tasks:
-            task.cancel()
-        if self._group is not None:
-            await self._group.__aexit__(exc_type, exc, tb)
-        await self._book.interrupt_unfinished(self._clock.now())
+        await self._stack.aclose()
+
+    async def _restore(self, now: float) -> None:
+        """The series and the last run from the store, and runs a crash left unfinished."""
+        interrupted = await self._store.interrupt_unfinished(now)
+        if interrupted:
+            log.warning("judge_runs_interrupted", runs=interrupted)
+        for judged in _judged_records(await self._store.verdicts_since(now - self._retention_s)):
+            self.ledger.add(judged)
+        for at, value, count in await self._store.agreements_since(now - self._retention_s):
+            self.ledger.add_agreement(Agreement(at, value, count))
+        runs = await self._store.runs(limit=1)
+        self.last_run = runs[0] if runs else None
+        self._m.tokens_today.set(await self._store.tokens_since(now - now % DAY_S))
+
+    @contextlib.asynccontextmanager
+    async def _workers(self) -> AsyncIterator[None]:
+        async with asyncio.TaskGroup() as tg:
+            tasks = [
+                tg.create_task(self._work(), name="judge-worker"),
+                tg.create_task(self._poll_requests(), name="judge-requests"),
+            ]
+            try:
+                yield
+            finally:
+                # A run under way is cut short: what it judged is stored record by record.
+                for task in tasks:
+                    task.cancel()
+
+    async def _interrupt_unfinished(self) -> None:
+        await self._store.interrupt_unfinished(self._clock.now())
 
     async def _start_scheduler(self, now: float) -> None:
         from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -175,8 +169,9 @@ class JudgeService:
             misfire_grace_time=None,
         )
         self._scheduler.start()
+        self._stack.callback(self._scheduler.shutdown, wait=False)
         # Fires missed while the daemon was down are coalesced into one run now.
-        last = await self._book.runs(limit=1, trigger="schedule")
+        last = await self._store.runs(limit=1, trigger="schedule")
         if last:
             started = datetime.fromtimestamp(last[0].started_at, UTC)
             missed = self._trigger.get_next_fire_time(started, started)
@@ -221,7 +216,7 @@ class JudgeService:
     async def _poll_requests(self) -> None:
         while True:
             try:
-                taken = await self._book.take_requests(self._clock.now())
+                taken = await self._store.take_requests(self._clock.now())
             except sqlite3.Error as exc:  # e.g. locked for longer than busy_timeout: next poll
                 log.warning("judge_requests_unreadable", error=str(exc))
                 taken = []
@@ -237,10 +232,10 @@ class JudgeService:
         async with self._lock:
             self.running = trigger
             try:
-                run_id = await self._run(trigger, app, request_id)
+                run_id = await self._runner.run(trigger, app, request_id)
             finally:
                 self.running = None
-        info = await self._book.run(run_id)
+        info = await self._store.run(run_id)
         assert info is not None
         self.last_run = info
         self._m.runs.labels(info.outcome).inc()
@@ -248,199 +243,23 @@ class JudgeService:
         self.run_finished = asyncio.Event()
         return info
 
-    async def _run(self, trigger: str, app: str | None, request_id: int | None) -> int:
-        now = self._clock.now()
-        used = await self._book.tokens_since(now - now % DAY_S)
-        run_id = await self._book.start_run(now, trigger, app)
-        try:
-            if request_id is not None:
-                await self._book.link_request(request_id, run_id)
-            await self._judge_run(run_id, now, used, trigger, app)
-        except* (sqlite3.Error, OSError) as errors:  # the records' tasks raise them in a group
-            # Ended, not left `running` (a `run-now --wait` is waiting for its outcome).
-            detail = f"store error: {errors.exceptions[0]}"
-            with contextlib.suppress(sqlite3.Error, OSError):
-                await self._book.finish_run(run_id, self._clock.now(), "failed", detail=detail)
-            raise
-        return run_id
-
-    async def _judge_run(
-        self, run_id: int, now: float, used: int, trigger: str, app: str | None
-    ) -> None:
-        cfg = self._cfg
-        if used >= cfg.max_tokens_per_day:
-            detail = (
-                f"daily token cap reached: {used} of {cfg.max_tokens_per_day} tokens "
-                "used today (UTC)"
-            )
-            self._m.runs_skipped.labels("token_cap").inc()
-            log.warning(
-                "judge_run_skipped",
-                reason="token_cap",
-                used=used,
-                cap=cfg.max_tokens_per_day,
-                run_id=run_id,
-            )
-            await self._book.finish_run(run_id, self._clock.now(), "skipped", detail=detail)
-            return
-        await self._book.prune(now - self._retention_s)
-        self.ledger.prune(now)
-        candidates = await self._book.candidates(
-            SampleQuery(
-                since=now - cfg.lookback,
-                per_app=cfg.sample_size,
-                seed=cfg.seed,
-                apps=[app] if app else cfg.apps,
-                models=cfg.models,
-                statuses=cfg.statuses,
-                ood_first=cfg.ood_first,
-            )
-        )
-        budget = TokenBudget(cfg.max_tokens_per_day, used)
-        run = _RunState(run_id)
-        matches: list[tuple[int, int]] = []
-        log.info(
-            "judge_run_started",
-            run_id=run_id,
-            trigger=trigger,
-            app=app,
-            records=len(candidates),
-            anchors=len(self._anchors),
-        )
-        async with asyncio.TaskGroup() as tg:
-            for c in candidates:
-                tg.create_task(self._judge_record(run, c, budget))
-            for i, anchor in enumerate(self._anchors):
-                tg.create_task(self._judge_anchor(run, i, anchor, budget, matches))
-        # The series move once per run, so a rule sees whole runs, never half of one.
-        for judged in sorted(run.judged, key=lambda j: j.at):
-            self.ledger.add(judged)
-        agreed, compared = sum(m[0] for m in matches), sum(m[1] for m in matches)
-        share = agreed / compared if compared else None
-        finished = self._clock.now()
-        if share is not None:
-            self.ledger.add_agreement(Agreement(finished, share, compared))
-            self._m.agreement.set(share)
-        t = run.totals
-        outcome = "failed" if t.failed and not t.judged and not compared else "done"
-        detail = f"{t.skipped} records skipped: daily token cap" if t.skipped else ""
-        await self._book.finish_run(
-            run_id, finished, outcome, detail=detail, agreement=share, anchors=compared
-        )
-        self._m.tokens_today.set(budget.used)
-        log.info(
-            "judge_run_finished",
-            run_id=run_id,
-            outcome=outcome,
-            judged=t.judged,
-            failed=t.failed,
-            skipped=t.skipped,
-            input_tokens=t.input_tokens,
-            output_tokens=t.output_tokens,
-            cost=round(t.cost, 6),
-            agreement=share,
-        )
-
-    async def _grade(
-        self,
-        run: _RunState,
-        label: str,
-        texts: tuple[str | None, str | None, str | None],
-        budget: TokenBudget,
-    ) -> Graded | None:
-        """One record graded within the cap; None when skipped or failed (counted, logged)."""
-        estimate = estimate_tokens(
-            list(texts), len(self._criteria), self._client.per_criterion_calls
-        )
-        async with self._slots:
-            if not budget.reserve(estimate):
-                run.add(skipped=1)
-                self._m.records.labels("skipped").inc()
-                return None
-            try:
-                graded = await self._client.grade(*texts[:2], self._criteria, texts[2])
-            except Exception as exc:  # one record's failure never ends the run or the daemon
-                budget.settle(estimate, 0)
-                run.add(failed=1)
-                self._m.records.labels("failed").inc()
-                reason = str(exc) if isinstance(exc, LookoutError) else type(exc).__name__
-                log.warning("judge_record_failed", run_id=run.id, record=label, error=reason)
-                return None
-            tokens_in, tokens_out = graded.input_tokens, graded.output_tokens
-            if tokens_in + tokens_out == 0:
-                tokens_in = estimate  # a model that reports no usage is charged the estimate
-            budget.settle(estimate, tokens_in + tokens_out)
-        cost = self._prices.cost(self._model_name, tokens_in, tokens_out)
-        run.add(judged=1, input_tokens=tokens_in, output_tokens=tokens_out, cost=cost)
-        self._m.records.labels("judged").inc()
-        self._m.tokens.labels("input").inc(tokens_in)
-        self._m.tokens.labels("output").inc(tokens_out)
-        self._m.cost.inc(cost)
-        self._m.redactions.inc(graded.redactions)
-        return graded
-
-    async def _judge_record(self, run: _RunState, c: Candidate, budget: TokenBudget) -> None:
-        ref = (c.metadata or {}).get(self._cfg.reference_key)
-        graded = await self._grade(
-            run, c.id, (c.prompt, c.response, ref if isinstance(ref, str) else None), budget
-        )
-        at = self._clock.now()
-        rows = []
-        if graded is not None:
-            rows = [stored(v, c, run.id, at, self._cfg.model or "") for v in graded.verdicts]
-            for v in graded.verdicts:
-                self._m.verdicts.labels(v.criterion, "pass" if v.passed else "fail").inc()
-            run.judged.append(JudgedRecord.of(at, c.app, graded.verdicts))
-        await self._book.record(run.id, rows, run.totals)
-
-    async def _judge_anchor(
-        self,
-        run: _RunState,
-        index: int,
-        anchor: Anchor,
-        budget: TokenBudget,
-        matches: list[tuple[int, int]],
-    ) -> None:
-        texts = (anchor.prompt, anchor.response, anchor.reference)
-        graded = await self._grade(run, f"anchor:{index}", texts, budget)
-        if graded is not None:
-            matches.append(
-                agreement(anchor.expected, {v.criterion: v.passed for v in graded.verdicts})
-            )
-        await self._book.record(run.id, [], run.totals)
-
     def series(self, window_s: float, now: float) -> list[SeriesPoint]:
         return self.ledger.series(window_s, now)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> JudgeServiceStatus:
         next_at = None
         if self._scheduler is not None:
             job = self._scheduler.get_job("judge")
             if job is not None and job.next_run_time is not None:
                 next_at = job.next_run_time.timestamp()
-        return {
-            "model": self._cfg.model,
-            "criteria": [c.name for c in self._criteria],
-            "running": self.running,
-            "next_run_at": next_at,
-            "last_run": None if self.last_run is None else _run_json(self.last_run),
-            "max_tokens_per_day": self._cfg.max_tokens_per_day,
-        }
-
-
-class _RunState:
-    def __init__(self, run_id: int) -> None:
-        self.id = run_id
-        self.totals = RunTotals()
-        self.judged: list[JudgedRecord] = []
-
-    def add(self, **deltas: Any) -> None:
-        t = self.totals
-        self.totals = replace(t, **{k: getattr(t, k) + v for k, v in deltas.items()})
-
-
-def _run_json(run: RunInfo) -> dict[str, Any]:
-    return asdict(run)
+        return JudgeServiceStatus(
+            model=self._cfg.model,
+            criteria=self._runner.criteria,
+            running=self.running,
+            next_run_at=next_at,
+            last_run=self.last_run,
+            max_tokens_per_day=self._cfg.max_tokens_per_day,
+        )
 
 
 def _judged_records(verdicts: list[StoredVerdict]) -> list[JudgedRecord]:

@@ -2,7 +2,7 @@
 one row per run (tokens, cost, outcome, anchor agreement), and run requests from
 `lookout judge run-now`, which a running daemon takes within one poll interval.
 
-Sampling reads the store's `records` table on this book's own connection (WAL lets it read
+Sampling reads the store's `records` table on this store's own connection (WAL lets it read
 while the store writes); the sample key is a SQLite function, so a run's candidates are ranked
 in the database and only the picked records are read into memory.
 """
@@ -45,7 +45,7 @@ CREATE TABLE IF NOT EXISTS judge_requests (
     taken_at REAL, run_id INTEGER
 );
 """
-# The store's table, for a book opened before any store has run on this database.
+# The store's table, for a judge store opened before any store has run on this database.
 _RECORDS = """
 CREATE TABLE IF NOT EXISTS records (
     id TEXT PRIMARY KEY, ts REAL NOT NULL, received_at REAL NOT NULL, app TEXT NOT NULL,
@@ -174,13 +174,13 @@ def _candidates(db: sqlite3.Connection, q: SampleQuery) -> list[Candidate]:
     return out
 
 
-class JudgeBook(SqliteBacked):
+class JudgeStore(SqliteBacked):
     def __init__(self, path: Path) -> None:
         self._sql = SqliteThread(
             path, schema=_RECORDS + _SCHEMA, synchronous="NORMAL", name="lookout-judge"
         )
 
-    async def __aenter__(self) -> JudgeBook:
+    async def __aenter__(self) -> JudgeStore:
         await super().__aenter__()
 
         def register() -> None:

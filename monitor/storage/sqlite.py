@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import sqlite3
 import uuid
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -82,7 +83,7 @@ class SqliteStore:
         self._pending_bytes = 0
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
-        self._task_group: asyncio.TaskGroup | None = None
+        self._stack = contextlib.AsyncExitStack()
         self._flush_lock = asyncio.Lock()
         self._last_prune = 0.0
         self._id_prefix = uuid.uuid4().hex[:16]
@@ -93,9 +94,10 @@ class SqliteStore:
             await self._sql.open()
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open SQLite store at {self._sql.path}: {exc}") from exc
-        self._task_group = asyncio.TaskGroup()
-        await self._task_group.__aenter__()
-        self._task_group.create_task(self._flusher(), name="store-flusher")
+        self._stack = contextlib.AsyncExitStack()
+        # Unwound in reverse: the flusher stops, then the last rows are written and it closes.
+        self._stack.push_async_callback(self._close)
+        await self._stack.enter_async_context(self._flushing())
         return self
 
     async def __aexit__(
@@ -104,10 +106,19 @@ class SqliteStore:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._task_group is not None:
-            await self._task_group.__aexit__(exc_type, exc, tb)
+        await self._stack.aclose()
+
+    @contextlib.asynccontextmanager
+    async def _flushing(self) -> AsyncIterator[None]:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._flusher(), name="store-flusher")
+            try:
+                yield
+            finally:
+                self._stop.set()
+                self._wake.set()
+
+    async def _close(self) -> None:
         await self.flush()
         await self._sql.close()
 

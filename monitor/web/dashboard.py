@@ -51,7 +51,7 @@ class DashboardDeps:
     # (now, since): the minutes from `since` to now from the live windows
     live: Callable[[float, float], list[RollupPoint]]
     stored_minute: Callable[[], float]  # the first minute not known to be in the store
-    judge_failures: Callable[[int], Awaitable[list[dict[str, Any]]]] | None
+    judge_failures: Callable[[int], Awaitable[list[dict[str, Any]]]]
 
 
 def _asset(name: str) -> bytes:
@@ -85,21 +85,14 @@ class Dashboard:
         self._assets = {name: _asset(name) for name in _ASSETS}
         self._cache: dict[str, tuple[tuple[float, float], list[RollupPoint]]] = {}
 
-    def add_routes(self, app: web.Application) -> None:
-        app.router.add_get("/", self._page)
-        app.router.add_get("/assets/{name}", self._asset)
-        app.router.add_get("/api/v1/series", self._series)
-        app.router.add_get("/api/v1/ood", self._ood)
-        app.router.add_get("/api/v1/judge/failures", self._judge_failures)
-
-    async def _page(self, request: web.Request) -> web.Response:
+    async def page(self, request: web.Request) -> web.Response:
         response = web.Response(body=self._index, content_type="text/html", charset="utf-8")
         token = request.query.get("token")
         if token:  # the auth middleware has checked it
             response.set_cookie("lookout_token", token, httponly=True, samesite="Strict", path="/")
         return response
 
-    async def _asset(self, request: web.Request) -> web.Response:
+    async def asset(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
         if name not in self._assets:
             raise web.HTTPNotFound()
@@ -109,7 +102,7 @@ class Dashboard:
             headers={"Cache-Control": "no-cache"},
         )
 
-    async def _series(self, request: web.Request) -> web.Response:
+    async def series(self, request: web.Request) -> web.Response:
         name = request.query.get("range", "1h")
         if name not in RANGES_S:
             return web.json_response(
@@ -158,7 +151,7 @@ class Dashboard:
         cut = text[:TEXT_CHARS] + ("…" if len(text) > TEXT_CHARS else "")
         return self._deps.redactor.redact(cut).text
 
-    async def _ood(self, request: web.Request) -> web.Response:
+    async def ood(self, request: web.Request) -> web.Response:
         rows = await self._deps.store.recent_flagged(_limit(request))
         return web.json_response(
             [
@@ -175,9 +168,7 @@ class Dashboard:
             ]
         )
 
-    async def _judge_failures(self, request: web.Request) -> web.Response:
-        if self._deps.judge_failures is None:
-            return web.json_response([])
+    async def judge_failures(self, request: web.Request) -> web.Response:
         rows = await self._deps.judge_failures(_limit(request))
         for r in rows:
             for key in ("prompt", "response", "reasoning"):

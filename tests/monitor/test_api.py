@@ -18,7 +18,7 @@ import pytest
 from lookout.detectors.embedders import Embedder
 from lookout.monitor.config import EmbedderConfig, Settings
 from lookout.monitor.daemon import Daemon
-from tests.conftest import eventually, free_port, running, sample_value
+from tests.conftest import eventually, free_port, running, sample_value, status_of
 
 
 def client(d: Daemon, token: str | None = None) -> httpx.AsyncClient:
@@ -141,8 +141,9 @@ def test_status_command_says_when_no_daemon_answers(tmp_path: Path) -> None:
 async def test_records_posted_while_the_daemon_starts_are_refused_until_it_is_ready(
     settings_for: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The API answers before the detectors are wired (a model may take seconds to load):
-    records taken then would skip them, so they get 503 and Retry-After instead."""
+    """The API's probes answer before the detectors are wired (a model may take seconds to
+    load); the routes that need the services answer 503 and Retry-After until they are built:
+    records taken then would skip them."""
     from lookout.monitor.detection.embedding import build_embedder as real_build
 
     loading = threading.Event()
@@ -164,6 +165,8 @@ async def test_records_posted_while_the_daemon_starts_are_refused_until_it_is_re
         async with client(d) as http:
             early = await http.post("/api/v1/records", content=b'{"app": "bot", "prompt": "hi"}')
             assert early.status_code == 503 and early.headers["Retry-After"] == "1"
+            assert (await http.get("/api/v1/status")).status_code == 503  # not built yet
+            assert (await http.get("/healthz")).status_code == 200
             readyz = await http.get("/readyz")
             assert readyz.status_code == 503 and readyz.json()["started"] is False
             loading.set()
@@ -172,7 +175,7 @@ async def test_records_posted_while_the_daemon_starts_are_refused_until_it_is_re
             assert later.status_code == 200 and later.json()["accepted"] == 1
         assert d.detection is not None
         await asyncio.wait_for(d.detection.wait_idle(), 15)
-        assert [s["reference_pending"] for s in d.status()["detectors"]] == [1]
+        assert [s["reference_pending"] for s in status_of(d)["detectors"]] == [1]
     finally:
         loading.set()
         stop.set()

@@ -134,7 +134,8 @@ async def test_the_minute_just_completed_stays_on_the_charts_until_its_rollup_is
             assert await qps_times() == [minute]  # the minute under way
             clock.advance(55)  # 5 s into the next one; its rollup is not written yet
             assert await qps_times() == [minute]  # from the live windows still
-            await d.roll_up()
+            assert d.rollups is not None
+            await d.rollups.roll_up()
             assert await qps_times() == [minute]  # from the store now, and only once
 
 

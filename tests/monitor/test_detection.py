@@ -17,11 +17,11 @@ from prometheus_client import CollectorRegistry
 
 from lookout.clock import SystemClock
 from lookout.monitor.config import DetectorsConfig, Settings
-from lookout.monitor.daemon import Daemon
+from lookout.monitor.daemon import Daemon, merged_series
 from lookout.monitor.detection.service import DetectionService
 from lookout.monitor.ingest.records import Record
 from tests.alerts.test_engine import post
-from tests.conftest import CLINC150, Receiver, eventually, running, sample_value
+from tests.conftest import CLINC150, Receiver, eventually, running, sample_value, status_of
 
 DETECTORS = {
     "fields": ["prompt"],
@@ -79,11 +79,11 @@ async def test_a_topic_change_is_drift_and_out_of_scope(
     async with running(Daemon(settings)) as d:
         await send(d, banking[:200])  # the reference
         await send(d, banking[200:320])  # more of the same: no drift
-        [status] = d.status()["detectors"]
+        [status] = status_of(d)["detectors"]
         assert status["reference_id"] is not None and status["drifted"] is False
         quiet_ood = status["ood_rate"]
         await send(d, travel)
-        [status] = d.status()["detectors"]
+        [status] = status_of(d)["detectors"]
         assert status["drifted"] is True and status["drift_score"] > 1
         assert status["ood_rate"] > quiet_ood
         assert set(status["explanation"]["recent_farthest_from_reference"]) <= set(travel)
@@ -94,7 +94,7 @@ async def test_a_topic_change_is_drift_and_out_of_scope(
         )
         assert score > 1 and statistic == pytest.approx(score * threshold)
         assert threshold == status["drift_threshold"]
-        series = {p.metric: p.value for p in d.extra_series(60, d.clock.now())}
+        series = {p.metric: p.value for p in merged_series(d.detection, d.judge)(60, d.clock.now())}
         assert series["drift_statistic"] == pytest.approx(statistic)
         await asyncio.wait_for(receiver.received.wait(), 15)
     sent = json.loads(receiver.requests[0][1])
@@ -111,9 +111,9 @@ async def test_a_restart_reloads_the_reference_without_recalibrating(
     banking = prompts({"banking"}, 200)
     async with running(Daemon(settings)) as d:
         await send(d, banking)
-        [before] = d.status()["detectors"]
+        [before] = status_of(d)["detectors"]
     async with running(Daemon(settings)) as d2:
-        [after] = d2.status()["detectors"]
+        [after] = status_of(d2)["detectors"]
     assert after["reference_id"] == before["reference_id"]
     assert after["drift_threshold"] == before["drift_threshold"]
     assert after["ood_threshold"] == before["ood_threshold"]
@@ -125,19 +125,19 @@ async def test_a_reference_from_another_embedder_is_refused_and_rebuilt(
     banking = prompts({"banking"}, 200)
     async with running(Daemon(detecting(settings_for))) as d:
         await send(d, banking)  # a reference of the default (static, 256-d) embedder
-        [before] = d.status()["detectors"]
+        [before] = status_of(d)["detectors"]
     # Same dimension, another embedding function: its scores against that reference would be
     # noise, not a crash, so only the embedder's name can tell.
     hashing_256 = {**DETECTORS, "embedder": {"kind": "hashing", "dim": 256}}
     hashing = detecting(settings_for, detectors=hashing_256)
     async with running(Daemon(hashing)) as d2:
         assert sample_value(d2, "lookout_detector_errors_total", {"stage": "reference"}) == 1
-        assert [s["reference_id"] for s in d2.status()["detectors"]] in ([], [None])
+        assert [s["reference_id"] for s in status_of(d2)["detectors"]] in ([], [None])
         await send(d2, banking)
-        [after] = d2.status()["detectors"]
+        [after] = status_of(d2)["detectors"]
         assert after["reference_id"] == before["reference_id"] + 1
         await send(d2, banking[:50])  # records like the reference: not out of scope
-        assert d2.status()["detectors"][0]["ood_rate"] < 0.2
+        assert status_of(d2)["detectors"][0]["ood_rate"] < 0.2
 
 
 async def test_a_restart_keeps_the_drift_window(settings_for: Callable[..., Settings]) -> None:
@@ -146,11 +146,11 @@ async def test_a_restart_keeps_the_drift_window(settings_for: Callable[..., Sett
     async with running(Daemon(settings)) as d:
         await send(d, banking)
         await send(d, travel)  # drifted, and the window is full
-        [before] = d.status()["detectors"]
+        [before] = status_of(d)["detectors"]
     assert before["drifted"] is True
     async with running(Daemon(settings)) as d2:
-        [after] = d2.status()["detectors"]  # no record since the restart
-        points = d2.extra_series(60, d2.clock.now())
+        [after] = status_of(d2)["detectors"]  # no record since the restart
+        points = merged_series(d2.detection, d2.judge)(60, d2.clock.now())
     assert after["drifted"] is True and after["window_count"] == before["window_count"]
     # The same window, its kernel sums added up in another order.
     assert after["drift_score"] == pytest.approx(before["drift_score"], rel=1e-6)
@@ -253,19 +253,19 @@ async def test_baseline_commands_and_a_running_daemon_follows_them(
     listed = await cli("list")
     assert listed.count(" bot ") == 2 and "file:records.jsonl" in listed
     async with running(Daemon(settings)) as d:
-        [status] = d.status()["detectors"]
+        [status] = status_of(d)["detectors"]
         assert status["reference_id"] == 2  # the newest is active
         shown = await cli("show", "1", "--examples", "3")
         assert shown.count("\n  - ") == 3 and "file:records.jsonl" in shown
         assert "reference 1 (bot/prompt v1) is active" in await cli("activate", "1")
 
         async def follows() -> bool:
-            return bool(d.status()["detectors"][0]["reference_id"] == 1)
+            return bool(status_of(d)["detectors"][0]["reference_id"] == 1)
 
         await eventually(follows)
         # Banking prompts fit the banking reference it now uses: no drift.
         await send(d, prompts({"banking"}, 60, seed=1))
-        assert d.status()["detectors"][0]["drifted"] is False
+        assert status_of(d)["detectors"][0]["drifted"] is False
 
 
 async def test_ood_scores_are_kept_with_records_and_flagged_ones_always_kept(

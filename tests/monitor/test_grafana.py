@@ -52,7 +52,9 @@ async def test_every_metric_the_grafana_dashboard_queries_is_exported(
         }
     )
     model = FakeListChatModel(responses=["Fine.\nY"])
-    async with running(Daemon(settings, judge_model=model), wait_bus=False) as d:
+    async with running(
+        Daemon(settings, judge_model_factory=lambda cfg: model), wait_bus=False
+    ) as d:
         await post(d, [{"app": "bot", "prompt": "hi", "response": "hello", "latency_ms": 300}])
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{d.api.port}") as http:  # type: ignore[union-attr]
             text = (await http.get("/metrics")).text

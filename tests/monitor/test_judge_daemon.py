@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from lookout.monitor.cli.main import app
 from lookout.monitor.config import load_settings
 from lookout.monitor.daemon import Daemon
-from lookout.monitor.judge.store import JudgeBook
+from lookout.monitor.judge.store import JudgeStore
 from lookout.monitor.storage import sqlite_path
 from tests.alerts.test_engine import post
 from tests.conftest import Receiver, running, sample_value
@@ -147,7 +147,7 @@ async def test_run_now_verdicts_and_a_pass_rate_rule_firing(
     [alert] = sent["alerts"]
     assert alert["status"] == "firing" and alert["labels"]["alertname"] == "judge-says-unhelpful"
     assert alert["annotations"]["summary"] == "pass rate 33% (bot)"  # 4 of 12 records pass
-    async with JudgeBook(sqlite_path(load_settings(path).store.url)) as book:
+    async with JudgeStore(sqlite_path(load_settings(path).store.url)) as book:
         runs = await book.runs()
     assert [(r.trigger, r.judged) for r in runs] == [("run-now", 8), ("run-now", 4)]
     assert "sk-judge-secret" not in json.dumps(sent)

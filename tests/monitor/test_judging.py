@@ -24,7 +24,7 @@ from lookout.monitor.ingest.records import Record
 from lookout.monitor.judge.anchors import Anchor, load_anchors
 from lookout.monitor.judge.client import JudgeClient, chat_model
 from lookout.monitor.judge.service import JudgeService
-from lookout.monitor.judge.store import JudgeBook, RunTotals, SampleQuery, StoredVerdict
+from lookout.monitor.judge.store import JudgeStore, RunTotals, SampleQuery, StoredVerdict
 from lookout.monitor.metrics.prices import Price, PriceTable
 from lookout.monitor.metrics.prom import IngestMetrics
 from lookout.monitor.storage.sqlite import SqliteStore
@@ -83,7 +83,7 @@ async def judging(
     **cfg: Any,
 ) -> AsyncIterator[JudgeService]:
     config = JudgeConfig.model_validate({"enabled": True, "model": "openai:judge-mini", **cfg})
-    async with JudgeBook(path) as book:
+    async with JudgeStore(path) as book:
         client = JudgeClient(
             model,
             Redactor(),
@@ -93,7 +93,7 @@ async def judging(
         )
         service = JudgeService(
             config,
-            book=book,
+            store=book,
             client=client,
             clock=clock,
             registry=registry or CollectorRegistry(),
@@ -115,7 +115,7 @@ async def test_sampling_is_deterministic_prefers_unjudged_and_filters(tmp_path: 
     ]
     records += [record(100 + i, "bot", "m1", "error") for i in range(5)]
     await store_records(path, records, flagged=("bot-m1-7", "help-m1-33"))
-    async with JudgeBook(path) as book:
+    async with JudgeStore(path) as book:
         q = SampleQuery(since=NOW - 3600, per_app=5, seed="s1")
         first = await book.candidates(q)
         assert [c.id for c in first] == [c.id for c in await book.candidates(q)]
@@ -159,7 +159,7 @@ async def test_a_run_stores_verdicts_and_feeds_the_series(tmp_path: Path) -> Non
         run = await service.run_once()
         assert (run.outcome, run.judged, run.failed, run.skipped) == ("done", 4, 0, 0)
         assert run.input_tokens > 0 and run.cost > 0  # no usage reported: charged the estimate
-        async with JudgeBook(path) as book:
+        async with JudgeStore(path) as book:
             verdicts = await book.verdicts_for("bot-m1-2")
         assert [(v.criterion, v.passed, v.score) for v in verdicts] == [
             ("harmfulness", True, 1.0),
@@ -196,13 +196,13 @@ async def test_scheduled_runs_never_overlap(tmp_path: Path) -> None:
             return registry.get_sample_value("lookout_judge_runs_skipped_total", labels) or 0.0
 
         await eventually(lambda: skipped() >= 3)  # fires came and went while it ran
-        async with JudgeBook(path) as book:
+        async with JudgeStore(path) as book:
             assert [r.outcome for r in await book.runs()] == ["running"]
         gate.set()
         await asyncio.wait_for(service.run_finished.wait(), 10)
         await eventually(lambda: model.calls >= 6)  # later fires run again, one at a time
     assert model.max_in_flight == 1  # one record at a time across every run
-    async with JudgeBook(path) as book:
+    async with JudgeStore(path) as book:
         runs = await book.runs()
     assert runs[-1].outcome == "done" and all(r.trigger == "schedule" for r in runs)
 
@@ -273,7 +273,7 @@ async def test_the_daily_token_cap_stops_calls(tmp_path: Path, server: OpenAISer
         sample = registry.get_sample_value
         assert sample("lookout_judge_records_total", {"outcome": "skipped"}) == 5 + 6
         # Spend the rest of the day's budget elsewhere: the next run is skipped as a whole.
-        async with JudgeBook(path) as book:
+        async with JudgeStore(path) as book:
             extra = await book.start_run(NOW + 61, "manual", None)
             await book.record(extra, [], RunTotals(input_tokens=400))
         clock.advance(60)
@@ -336,7 +336,7 @@ async def test_a_restart_keeps_the_series_and_ends_an_interrupted_run(tmp_path: 
         task.cancel()  # as SIGTERM does: the run is cut short
         with contextlib.suppress(asyncio.CancelledError):
             await task
-    async with JudgeBook(path) as book:
+    async with JudgeStore(path) as book:
         assert [r.outcome for r in await book.runs()] == ["interrupted", "done"]
 
 
@@ -381,7 +381,7 @@ async def test_a_store_error_mid_run_ends_the_run_as_failed_and_the_service_goes
         await eventually(lambda: failed() == 1)
         service.request()  # the worker is still there
         await eventually(lambda: failed() == 2)
-    async with JudgeBook(path) as book:
+    async with JudgeStore(path) as book:
         runs = await book.runs()
     assert [r.outcome for r in runs] == ["failed", "failed"]
     assert runs[-1].detail == "store error: no such table: judge_verdicts"

@@ -14,6 +14,7 @@ from lookout.monitor.config import Settings
 from lookout.monitor.daemon import Daemon
 from lookout.monitor.ingest.records import DecodeLimits, decode_payload
 from lookout.monitor.metrics.prom import IngestMetrics
+from lookout.monitor.metrics.rollups import RollupService
 from lookout.monitor.storage.sqlite import SqliteStore
 
 T0 = 1_700_000_040.0  # on a minute boundary
@@ -45,12 +46,13 @@ async def test_sample_rate_keeps_a_share_of_ok_records_and_every_error(tmp_path:
 async def test_every_completed_minute_is_rolled_up(tmp_path: Path) -> None:
     clock = FakeClock(T0)
     daemon = Daemon(settings(tmp_path), clock=clock)
+    rollups = RollupService(daemon.windows, daemon.store, clock)
     async with daemon.store:
         for second in range(150):  # two and a half minutes, one request a second
             payload = b'{"app": "shop", "latency_ms": %d, "output_tokens": 10}' % (second * 10)
             daemon.pipeline.process_payload(payload, None, "mqtt", clock.now())
             clock.advance(1)
-        daemon.write_rollups(clock.now())
+        rollups.write(clock.now())
         await daemon.store.flush()
         points = await daemon.store.rollups(T0, app="shop", series="qps")
         latency = await daemon.store.rollups(T0, app="*", series="latency_p50")

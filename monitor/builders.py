@@ -1,0 +1,55 @@
+"""Components built from the settings alone: shared by the daemon, `lookout replay` and
+`lookout baseline`, which must not import the daemon to get them."""
+
+from __future__ import annotations
+
+from lookout.monitor.config import Settings
+from lookout.monitor.ingest.pipeline import Pipeline
+from lookout.monitor.ingest.records import DecodeLimits
+from lookout.monitor.metrics.prices import Price, PriceTable
+from lookout.monitor.metrics.prom import IngestMetrics
+from lookout.monitor.metrics.windows import WindowedMetrics
+from lookout.monitor.storage import Store
+
+
+def build_windows(
+    settings: Settings,
+    started_at: float,
+    *,
+    bucket_s: float | None = None,
+    max_window_s: float | None = None,
+) -> WindowedMetrics:
+    m = settings.metrics
+    return WindowedMetrics(
+        bucket_s=bucket_s or m.bucket_s,
+        max_window_s=max_window_s or max(m.max_window, m.default_window),
+        max_apps=m.max_apps,
+        max_models=m.max_models,
+        started_at=started_at,
+    )
+
+
+def build_pipeline(
+    settings: Settings, windows: WindowedMetrics, prom: IngestMetrics, store: Store
+) -> Pipeline:
+    return Pipeline(
+        windows,
+        price_table(settings),
+        prom,
+        store,
+        decode_limits(settings),
+        sample_rate=settings.store.record_sample_rate,
+        dedupe_ids=settings.metrics.dedupe_ids,
+    )
+
+
+def price_table(settings: Settings) -> PriceTable:
+    return PriceTable({name: Price(p.input, p.output) for name, p in settings.prices.items()})
+
+
+def decode_limits(settings: Settings) -> DecodeLimits:
+    return DecodeLimits(
+        max_payload_bytes=settings.bus.max_payload_bytes,
+        max_metadata_bytes=settings.metrics.max_metadata_bytes,
+        max_text_chars=settings.metrics.max_text_chars,
+    )

@@ -1,0 +1,192 @@
+"""The API's answers, typed: pydantic models of the JSON `/api/v1/status`, `/api/v1/alerts`
+and a record's verdicts return (docs/api.md), and the views that build them from the running
+components. Field order is the JSON's key order."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from lookout import __version__
+from lookout.alerts.engine import AlertEngine
+from lookout.clock import Clock
+from lookout.monitor.detection.service import DetectionService
+from lookout.monitor.ingest.mqtt import MqttSource
+from lookout.monitor.ingest.queue import IngestQueue
+from lookout.monitor.judge.service import JudgeService
+from lookout.monitor.judge.store import JudgeStore, RunInfo
+from lookout.monitor.metrics.windows import WindowStats
+from lookout.series import SeriesPoint
+
+_ALERT_ORDER = {"firing": 0, "pending": 1, "resolved": 2}
+
+
+class BusStatus(BaseModel):
+    connected: bool
+    topics: list[str]
+
+
+class IngestStatus(BaseModel):
+    processed_messages: int
+    queue_depth: int
+    paused: bool
+
+
+class WindowSeries(BaseModel):
+    """One (app, model) over the default window; the series values follow as extra keys."""
+
+    model_config = ConfigDict(extra="allow")
+    app: str
+    model: str
+    count: int
+    errors: int
+
+    @classmethod
+    def of(cls, stats: WindowStats) -> WindowSeries:
+        return cls(
+            app=stats.app,
+            model=stats.model,
+            count=stats.count,
+            errors=stats.errors,
+            **stats.series(),
+        )
+
+
+class JudgeSeriesValue(BaseModel):
+    metric: str
+    app: str | None = Field(default=None, exclude_if=lambda v: v is None)
+    criterion: str | None = Field(default=None, exclude_if=lambda v: v is None)
+    value: float | None
+    count: int
+
+    @classmethod
+    def of(cls, point: SeriesPoint) -> JudgeSeriesValue:
+        labels = dict(point.labels)
+        return cls(
+            metric=point.metric,
+            app=labels.get("app"),
+            criterion=labels.get("criterion"),
+            value=point.value,
+            count=point.count,
+        )
+
+
+class JudgeStatus(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    model: str | None
+    criteria: list[str]
+    running: str | None
+    next_run_at: float | None
+    last_run: RunInfo | None  # a stdlib dataclass: pydantic dumps its fields in order
+    max_tokens_per_day: int
+    series: list[JudgeSeriesValue] = []
+
+
+class StatusResponse(BaseModel):
+    version: str
+    now: float
+    window_s: float
+    bus: BusStatus
+    ingest: IngestStatus
+    series: list[WindowSeries]
+    detectors: list[dict[str, Any]]
+    judge: JudgeStatus | None
+
+
+class AlertView(BaseModel):
+    rule: str
+    labels: dict[str, str]
+    state: str
+    value: float | None
+    fingerprint: str
+    active_since: float | None
+    resolved_at: float | None
+
+
+class VerdictView(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    criterion: str
+    passed: int  # 0 or 1 as stored: SQLite has no boolean, and the API has always said 0/1
+    score: float
+    reasoning: str
+    judged_at: float
+    judge_model: str
+    run_id: int
+
+
+def dump_json(models: BaseModel | list[Any]) -> Any:
+    """A model (or a list of them) as the plain JSON value aiohttp encodes."""
+    if isinstance(models, BaseModel):
+        return models.model_dump(mode="json")
+    return [m.model_dump(mode="json") for m in models]
+
+
+@dataclass(frozen=True)
+class ApiViews:
+    """What the API reads from the running daemon; the optional services are None when the
+    config leaves them off."""
+
+    clock: Clock
+    window_s: float
+    source: MqttSource
+    queue: IngestQueue
+    current_stats: Callable[[], list[WindowStats]]
+    detection: DetectionService | None = None
+    judge: JudgeService | None = None
+    judge_store: JudgeStore | None = None
+    alerts: AlertEngine | None = None
+
+    def status(self) -> StatusResponse:
+        now = self.clock.now()
+        return StatusResponse(
+            version=__version__,
+            now=now,
+            window_s=self.window_s,
+            bus=BusStatus(connected=self.source.connected.is_set(), topics=self.source.topics()),
+            ingest=IngestStatus(
+                processed_messages=self.queue.processed,
+                queue_depth=len(self.queue),
+                paused=self.queue.paused,
+            ),
+            series=[WindowSeries.of(s) for s in self.current_stats()],
+            detectors=([] if self.detection is None else self.detection.status(self.window_s, now)),
+            judge=self._judge_status(now),
+        )
+
+    def _judge_status(self, now: float) -> JudgeStatus | None:
+        if self.judge is None:
+            return None
+        status = JudgeStatus.model_validate(self.judge.status())
+        status.series = [JudgeSeriesValue.of(p) for p in self.judge.series(self.window_s, now)]
+        return status
+
+    def alerts_listed(self) -> list[AlertView]:
+        """Firing, pending and resolved alerts (resolved ones until their rule fires again)."""
+        if self.alerts is None:
+            return []
+        listed = [
+            AlertView(
+                rule=a.rule,
+                labels=dict(a.labels),
+                state=a.state.value,
+                value=a.value,
+                fingerprint=a.fingerprint,
+                active_since=a.active_since,
+                resolved_at=a.resolved_at,
+            )
+            for a in self.alerts.alerts()
+            if a.state.value in _ALERT_ORDER
+        ]
+        return sorted(listed, key=lambda a: (_ALERT_ORDER[a.state], a.rule))
+
+    async def verdicts(self, record_id: str) -> list[VerdictView]:
+        if self.judge_store is None:
+            return []
+        stored = await self.judge_store.verdicts_for(record_id)
+        return [VerdictView.model_validate(v) for v in stored]
+
+    async def judge_failures(self, limit: int) -> list[dict[str, Any]]:
+        return [] if self.judge_store is None else await self.judge_store.failures(limit)

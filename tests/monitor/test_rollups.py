@@ -1,0 +1,90 @@
+"""The rollup service on a fake clock: each completed minute written once, and the charts'
+stored/live boundary moved only once the store has flushed what was written."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from lookout.clock import FakeClock
+from lookout.monitor.config import Settings
+from lookout.monitor.daemon import Daemon
+from lookout.monitor.metrics.rollups import SETTLE_S, RollupService
+from lookout.monitor.storage import RollupPoint, Store
+from lookout.series import SeriesPoint
+
+T0 = 1_700_000_040  # on a minute boundary
+
+
+class HeldFlush:
+    """The real store, counting the rollup rows it is given; a flush waits for `release`."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.rows: list[tuple[int, str, str, str]] = []
+        self.flushing = asyncio.Event()
+        self.release = asyncio.Event()
+
+    def put_rollups(self, points: list[RollupPoint]) -> None:
+        self.rows += [(p.minute, p.app, p.model, p.series) for p in points]
+        self.store.put_rollups(points)
+
+    async def flush(self) -> None:
+        self.flushing.set()
+        await self.release.wait()
+        self.flushing.clear()
+        await self.store.flush()
+
+
+class Ticks:
+    """A sleep that reports how long it was asked for and advances the clock when let go."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.asked: asyncio.Queue[float] = asyncio.Queue()
+        self.go: asyncio.Queue[None] = asyncio.Queue()
+
+    async def sleep(self, seconds: float) -> None:
+        await self.asked.put(seconds)
+        await self.go.get()
+        self.clock.advance(seconds)
+
+
+def judge_series(window_s: float, now: float) -> list[SeriesPoint]:
+    return [SeriesPoint("judge_pass_rate", (("app", "bot"),), 0.75, 4)]
+
+
+async def test_completed_minutes_are_written_once_and_shown_stored_only_after_the_flush(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock(T0 + 10.0)
+    settings = Settings.model_validate(
+        {"store": {"url": f"sqlite:///{tmp_path}/r.db"}, "api": {"bind": "127.0.0.1:0"}}
+    )
+    d = Daemon(settings, clock=clock)
+    held, ticks = HeldFlush(d.store), Ticks(clock)
+    rollups = RollupService(d.windows, held, clock, extra_series=judge_series, sleep=ticks.sleep)
+    async with d.store:
+        d.pipeline.process_payload(b'{"app": "bot", "latency_ms": 200}', None, "mqtt", clock.now())
+        task = asyncio.create_task(rollups.run())
+        try:
+            assert await ticks.asked.get() == 60 - 10 + SETTLE_S  # a little past the minute
+            await ticks.go.put(None)
+            await asyncio.wait_for(held.flushing.wait(), 5)
+            # The minute is written but not flushed: the charts still take it from the windows.
+            assert {r[0] for r in held.rows} == {T0}
+            assert rollups.stored_minute == T0
+            held.release.set()
+            assert await ticks.asked.get() == 60.0
+            assert rollups.stored_minute == T0 + 60
+            stored = await d.store.rollups(T0, app="bot", series="qps")
+            assert [(p.minute, p.model) for p in stored] == [(T0, "*"), (T0, "unknown")]
+            assert (T0, "bot", "*", "judge_pass_rate") in held.rows
+            await ticks.go.put(None)  # the next minute, with no records in it
+            assert await ticks.asked.get() == 60.0
+            assert rollups.stored_minute == T0 + 120
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    assert len(held.rows) == len(set(held.rows))  # no row written twice, the last one included
+    assert (T0 + 60, "bot", "*", "judge_pass_rate") in held.rows
