@@ -36,7 +36,7 @@ from lookout.monitor.metrics.prices import Price, PriceTable
 from lookout.monitor.metrics.prom import IngestMetrics, WindowCollector
 from lookout.monitor.metrics.windows import ALL, WindowedMetrics, WindowStats
 from lookout.monitor.storage import RollupPoint, Store, open_store, sqlite_path
-from lookout.monitor.storage.references import ReferenceBook
+from lookout.monitor.storage.references import ReferenceStore
 from lookout.monitor.systemd import Notifier
 from lookout.monitor.web.api import ApiDeps, ApiServer
 from lookout.monitor.web.dashboard import Dashboard, DashboardDeps
@@ -334,7 +334,7 @@ class Daemon:
         embedder = await asyncio.to_thread(build_embedder, s.detectors.embedder)
         book = None
         if s.store.url.startswith("sqlite:///"):
-            book = await stack.enter_async_context(ReferenceBook(sqlite_path(s.store.url)))
+            book = await stack.enter_async_context(ReferenceStore(sqlite_path(s.store.url)))
         service = DetectionService(
             s.detectors,
             embedder=embedder,
