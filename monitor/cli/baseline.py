@@ -20,7 +20,7 @@ from lookout.monitor.cli.main import ConfigOpt, _settings, _sqlite_file, console
 
 if TYPE_CHECKING:
     from lookout.monitor.config import Settings
-    from lookout.monitor.storage.references import ReferenceStore, ReferenceInfo
+    from lookout.monitor.storage.references import ReferenceInfo, ReferenceStore
 
 baseline_app = typer.Typer(help="Reference sets for drift and OOD detection.")
 _MAX_TEXTS = 20_000  # per (app, field); a deterministic sample beyond
