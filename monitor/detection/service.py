@@ -47,12 +47,15 @@ _MAX_TEXT_CHARS = 2000  # embedders see the head of long texts
 
 
 class DetectionService:
+    processed = 0  # texts taken off the queue since start
+    _stack: contextlib.AsyncExitStack | None = None  # while running: what stops it
+
     def __init__(
         self,
         cfg: DetectorsConfig,
         *,
         embedder: Embedder,
-        book: ReferenceStore | None,
+        book: ReferenceStore | None,  # None: references live in memory only
         clock: Clock,
         store: Store | None = None,
         publish: Callable[[str, bytes], bool] | None = None,
@@ -65,7 +68,6 @@ class DetectionService:
         drain_timeout_s: float = 2.0,
         checkpoint_interval_s: float = 60.0,
     ) -> None:
-        """`book`: the reference store (None: references live in memory only)."""
         self._fields = tuple(cfg.fields)
         self._prompts, self._responses = "prompt" in self._fields, "response" in self._fields
         params = DetectorParams(
@@ -102,16 +104,11 @@ class DetectionService:
             max_apps=max_tracks,
         )
         self._queue: deque[QueuedText] = deque()
-        self._queue_size = queue_size
-        self._adapt_interval_s = adapt_interval_s
+        self._queue_size, self._adapt_interval_s = queue_size, adapt_interval_s
         self._drain_timeout_s = drain_timeout_s
-        self._dropped_since_adapt = 0
-        self._inflight = 0
-        self._wake = asyncio.Event()
-        self._idle = asyncio.Event()  # set whenever the queue has been worked off
-        self._idle.set()
-        self._stack: contextlib.AsyncExitStack | None = None
-        self.processed = 0
+        self._dropped_since_adapt = self._inflight = 0
+        self._wake, self._idle = asyncio.Event(), asyncio.Event()
+        self._idle.set()  # set whenever the queue has been worked off
 
     # -- the hot path -------------------------------------------------------------------------
 
