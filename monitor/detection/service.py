@@ -187,9 +187,9 @@ class DetectionService:
             self._inflight = len(batch)
             try:
                 outcome = await self._thread.call(self._process, batch)
-                self._outputs.keep(outcome.scored)
                 for request in outcome.fits:
                     self._references.request_fit(request)
+                self._outputs.keep(outcome.scored)
             except Exception:  # a detector bug must not stop ingest or the daemon
                 self._metrics.errors.labels("batch").inc()
                 log.exception("detector_batch_failed", size=len(batch))

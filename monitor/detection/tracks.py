@@ -102,6 +102,9 @@ class TrackTable:
         self._max_tracks = max_tracks
         self.reference_size = reference_size  # texts collected before a reference is fitted
         self._tracks: dict[tuple[str, str], Track] = {}
+        # Until a batch hands them to the loop: a batch that fails after collecting a track's
+        # reference texts must not leave that track waiting for a fit nobody asked for.
+        self._fit_requests: list[FitRequest] = []
 
     # -- read anywhere -------------------------------------------------------------------------
 
@@ -144,7 +147,6 @@ class TrackTable:
         for i, item in enumerate(batch):
             groups.setdefault((item.app, item.field), []).append(i)
         scored: list[ScoredText] = []
-        fits: list[FitRequest] = []
         for (app, field), rows in groups.items():
             track = self._track(app, field)
             if track is None:
@@ -153,24 +155,25 @@ class TrackTable:
             items = [batch[i] for i in rows]
             if track.fitted is None:
                 if not track.fitting:  # texts arriving while it fits are not needed
-                    request = self._collect(track, x, [i.text[:KEEP_TEXT_CHARS] for i in items])
-                    fits.extend([request] if request is not None else [])
+                    self._collect(track, x, [i.text[:KEEP_TEXT_CHARS] for i in items])
             else:
                 assert track.window is not None
                 scores = score_batch(track.fitted, track.window, track.last, x)
                 scored.extend(self._apply(track, scores, items))
+        fits, self._fit_requests = self._fit_requests, []
         return BatchOutcome(scored, fits)
 
-    def _collect(self, track: Track, x: F32, texts: list[str]) -> FitRequest | None:
-        """Gather the first texts of an app as its reference, until there are enough."""
+    def _collect(self, track: Track, x: F32, texts: list[str]) -> None:
+        """Gather the first texts of an app as its reference; ask for a fit once there are
+        enough."""
         track.pending.append(x)
         track.pending_texts.extend(texts)
         if len(track.pending_texts) < self.reference_size:
-            return None
+            return
         reference = np.concatenate(track.pending)[: self.reference_size]
         ref_texts = track.pending_texts[: self.reference_size]
         track.pending, track.pending_texts, track.fitting = [], [], True
-        return FitRequest(track.app, track.field, reference, ref_texts)
+        self._fit_requests.append(FitRequest(track.app, track.field, reference, ref_texts))
 
     def _apply(
         self, track: Track, scores: BatchScores, items: list[QueuedText]
