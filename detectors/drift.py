@@ -12,14 +12,15 @@ the window, thanks to running sums; `score` reads the sums and never mutates any
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
 
+from lookout.detectors.arrays import F32
 from lookout.detectors.errors import DetectorError, NotFitted
 
-F32 = NDArray[np.float32]
 F64 = NDArray[np.float64]
 _CHUNK = 512
 
@@ -259,6 +260,13 @@ class DriftWindow:
             self.s_sum += 2.0 * float(row.sum())
             self.m_sum += float(m_new[i])
             self._next = (slot + 1) % w
+
+    def copy(self) -> DriftWindow:
+        """An independent window with the same contents (its arrays copied)."""
+        other = copy.copy(self)
+        other._emb, other._sq = self._emb.copy(), self._sq.copy()
+        other._m, other._k = self._m.copy(), self._k.copy()
+        return other
 
     def _order(self) -> NDArray[np.int64]:
         w = self._detector.window

@@ -24,9 +24,9 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from lookout.detectors.arrays import F32, normalise_rows
 from lookout.detectors.errors import DetectorError
 
-F32 = NDArray[np.float32]
 STATIC_MODEL = "static-minilm-l6-256"
 
 
@@ -37,13 +37,6 @@ class Embedder(Protocol):
     def embed(self, texts: Sequence[str]) -> F32:
         """One L2-normalised row per text."""
         ...
-
-
-def normalise_rows(x: NDArray[Any]) -> F32:
-    rows: F32 = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(rows, axis=1, keepdims=True)
-    out: F32 = (rows / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
-    return out
 
 
 def packaged_model_dir(name: str = STATIC_MODEL) -> Path:

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from lookout.detectors.arrays import F32, normalise_rows
 from lookout.detectors.errors import DetectorError, NotFitted
 
-F32 = NDArray[np.float32]
 _CHUNK = 1024  # rows scored per matrix product: bounds the temporary to CHUNK x reference
 
 
@@ -25,12 +25,6 @@ class OodResult:
     scores: F32  # mean cosine distance to the k nearest reference embeddings
     threshold: float
     flagged: NDArray[np.bool_]
-
-
-def _normalise(x: F32) -> F32:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    out: F32 = (x / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
-    return out
 
 
 class KnnOod:
@@ -55,7 +49,7 @@ class KnnOod:
         x = np.asarray(x, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self._mean.shape[0]:
             raise DetectorError(f"expected embeddings of dimension {self._mean.shape[0]}")
-        return _normalise(x - self._mean) if self.center else _normalise(x)
+        return normalise_rows(x - self._mean) if self.center else normalise_rows(x)
 
     def fit(self, reference: F32) -> None:
         reference = np.asarray(reference, dtype=np.float32)

@@ -7,10 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from lookout.detectors.arrays import States
 from lookout.detectors.drift import MmdDrift
 from lookout.detectors.ood import KnnOod
-
-States = dict[str, NDArray[np.generic]]
 
 
 @dataclass(frozen=True, slots=True)

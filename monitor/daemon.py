@@ -41,7 +41,7 @@ from lookout.monitor.metrics.prom import IngestMetrics, WindowCollector
 from lookout.monitor.metrics.rollups import RollupService, SeriesFn
 from lookout.monitor.metrics.windows import WindowStats
 from lookout.monitor.storage import open_store, sqlite_path
-from lookout.monitor.storage.references import ReferenceBook
+from lookout.monitor.storage.references import ReferenceStore
 from lookout.monitor.systemd import SystemdNotifier
 from lookout.monitor.web.api import ApiServer, Probes
 from lookout.monitor.web.dashboard import Dashboard, DashboardDeps
@@ -255,7 +255,7 @@ class Daemon:
         embedder = await asyncio.to_thread(build_embedder, s.detectors.embedder)
         book = None
         if s.store.url.startswith("sqlite:///"):
-            book = await stack.enter_async_context(ReferenceBook(sqlite_path(s.store.url)))
+            book = await stack.enter_async_context(ReferenceStore(sqlite_path(s.store.url)))
         service = DetectionService(
             s.detectors,
             embedder=embedder,

@@ -20,16 +20,16 @@ from lookout.monitor.cli.main import ConfigOpt, _settings, _sqlite_file, console
 
 if TYPE_CHECKING:
     from lookout.monitor.config import Settings
-    from lookout.monitor.storage.references import ReferenceBook, ReferenceInfo
+    from lookout.monitor.storage.references import ReferenceInfo, ReferenceStore
 
 baseline_app = typer.Typer(help="Reference sets for drift and OOD detection.")
 _MAX_TEXTS = 20_000  # per (app, field); a deterministic sample beyond
 
 
-def _book(settings: Settings) -> ReferenceBook:
-    from lookout.monitor.storage.references import ReferenceBook
+def _book(settings: Settings) -> ReferenceStore:
+    from lookout.monitor.storage.references import ReferenceStore
 
-    return ReferenceBook(_sqlite_file(settings, "references"))
+    return ReferenceStore(_sqlite_file(settings, "references"))
 
 
 def _table(infos: list[ReferenceInfo]) -> Table:

@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lookout.detectors.arrays import normalise_rows
 from lookout.detectors.embedders import (
     Embedder,
     HashingEmbedder,
     SentenceTransformerEmbedder,
     StaticEmbedder,
-    normalise_rows,
 )
 from lookout.errors import ConfigError
 

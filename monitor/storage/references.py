@@ -9,15 +9,13 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from lookout.detectors.arrays import States
 from lookout.sqlite_thread import SqliteBacked, SqliteThread
-
-if TYPE_CHECKING:
-    pass
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS detector_refs (
@@ -33,8 +31,6 @@ CREATE TABLE IF NOT EXISTS detector_windows (
     embeddings BLOB NOT NULL, texts TEXT NOT NULL, PRIMARY KEY (app, field)
 );
 """
-
-States = dict[str, NDArray[np.generic]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +61,7 @@ class WindowSnapshot:
     ood: NDArray[np.int64]
 
 
-Snapshots = list[WindowSnapshot]  # (the book's own `list` method shadows the name inside it)
+Snapshots = list[WindowSnapshot]  # (the store's own `list` method shadows the name inside it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +105,7 @@ def _info(row: Any) -> ReferenceInfo:
     )
 
 
-class ReferenceBook(SqliteBacked):
+class ReferenceStore(SqliteBacked):
     def __init__(self, path: Path) -> None:
         self._sql = SqliteThread(path, schema=_SCHEMA, synchronous="NORMAL", name="lookout-refs")
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from lookout.monitor.storage.references import ReferenceBook
+from lookout.monitor.storage.references import ReferenceStore
 from tests.alerts.test_crash import ready, start, write_config
 from tests.conftest import eventually, free_port
 from tests.monitor.test_detection import DETECTORS, prompts
@@ -63,7 +63,7 @@ async def test_kill_9_keeps_the_drift_window_and_ood_counts_of_the_last_checkpoi
 
         async def checkpointed() -> bool:
             """The last checkpoint holds the full window and every OOD count seen."""
-            async with ReferenceBook(db) as book:
+            async with ReferenceStore(db) as book:
                 saved = await book.load_windows(0.0)
             return any(
                 len(w.embeddings) == 40 and int(w.ood[:, 1].sum()) == before["ood_scored"]
