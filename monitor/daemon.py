@@ -253,13 +253,13 @@ class Daemon:
     async def _detection_service(self, stack: contextlib.AsyncExitStack) -> DetectionService:
         s = self.settings
         embedder = await asyncio.to_thread(build_embedder, s.detectors.embedder)
-        book = None
+        references = None
         if s.store.url.startswith("sqlite:///"):
-            book = await stack.enter_async_context(ReferenceStore(sqlite_path(s.store.url)))
+            references = await stack.enter_async_context(ReferenceStore(sqlite_path(s.store.url)))
         service = DetectionService(
             s.detectors,
             embedder=embedder,
-            book=book,
+            references=references,
             clock=self.clock,
             store=self.store,
             publish=self.source.publish_nowait,

@@ -55,7 +55,7 @@ class DetectionService:
         cfg: DetectorsConfig,
         *,
         embedder: Embedder,
-        book: ReferenceStore | None,  # None: references live in memory only
+        references: ReferenceStore | None,  # None: references live in memory only
         clock: Clock,
         store: Store | None = None,
         publish: Callable[[str, bytes], bool] | None = None,
@@ -85,7 +85,7 @@ class DetectionService:
             store=store, publish=publish, output_topic=cfg.ood.output_topic, metrics=metrics
         )
         self._references = ReferenceManager(
-            store=book,
+            store=references,
             tracks=self._tracks,
             thread=self._thread,
             embedder_name=embedder.name,

@@ -17,7 +17,7 @@ import msgspec
 import structlog
 
 from lookout.errors import StoreError
-from lookout.monitor.storage import RejectedSample, RollupPoint, sqlite_path
+from lookout.monitor.storage.base import RejectedSample, RollupPoint, sqlite_path
 from lookout.sqlite_thread import SqliteThread, dict_rows
 
 if TYPE_CHECKING:

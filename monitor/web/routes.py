@@ -42,7 +42,7 @@ class ApiRoutes:
     async def alerts(self, request: web.Request) -> web.Response:
         return web.json_response(dump_json(self._deps.views.alerts_listed()))
 
-    def _silence_book(self) -> SqliteOutbox:
+    def _silences_outbox(self) -> SqliteOutbox:
         if self._deps.outbox is None:
             raise web.HTTPConflict(
                 text=json.dumps({"error": "no alert rules are configured"}),
@@ -51,22 +51,22 @@ class ApiRoutes:
         return self._deps.outbox
 
     async def list_silences(self, request: web.Request) -> web.Response:
-        silences = await self._silence_book().silences()
+        silences = await self._silences_outbox().silences()
         return web.json_response([asdict(x) for x in silences])
 
     async def add_silence(self, request: web.Request) -> web.Response:
-        book = self._silence_book()
+        outbox = self._silences_outbox()
         try:
             silence = silence_from_request(await request.json(), self._deps.clock.now())
         except (ValueError, TypeError) as exc:
             return web.json_response({"error": str(exc)}, status=400)
-        await book.add_silence(silence)
+        await outbox.add_silence(silence)
         return web.json_response(asdict(silence), status=201)
 
     async def expire_silence(self, request: web.Request) -> web.Response:
-        book = self._silence_book()
+        outbox = self._silences_outbox()
         now = self._deps.clock.now()
-        if not await book.expire_silence(request.match_info["silence_id"], now):
+        if not await outbox.expire_silence(request.match_info["silence_id"], now):
             return web.json_response({"error": "no such active silence"}, status=404)
         return web.json_response({"expired": True})
 

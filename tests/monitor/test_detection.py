@@ -178,7 +178,7 @@ async def test_a_slow_embedder_never_blocks_ingest() -> None:
     service = DetectionService(
         cfg,
         embedder=slow,
-        book=None,
+        references=None,
         clock=SystemClock(),
         registry=registry,
         queue_size=100,
@@ -334,7 +334,7 @@ async def test_embedding_stays_within_its_cpu_budget_whatever_the_traffic() -> N
     service = DetectionService(
         cfg,
         embedder=SlowEmbedder(),
-        book=None,
+        references=None,
         clock=SystemClock(),
         registry=registry,
         adapt_interval_s=1.0,
@@ -377,7 +377,7 @@ async def test_a_loud_app_cannot_starve_a_quiet_one_of_the_cpu_budget() -> None:
     service = DetectionService(
         cfg,
         embedder=SlowEmbedder(),
-        book=None,
+        references=None,
         clock=SystemClock(),
         registry=registry,
         adapt_interval_s=1.0,

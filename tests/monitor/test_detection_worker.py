@@ -45,7 +45,7 @@ async def test_scoring_goes_on_while_a_reference_save_is_held(tmp_path: Path) ->
         service = DetectionService(
             cfg,
             embedder=HashingEmbedder(256),
-            book=references,
+            references=references,
             clock=clock,
             registry=CollectorRegistry(),
         )
