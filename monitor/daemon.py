@@ -424,7 +424,7 @@ class Daemon:
                     tg.create_task(self._rollup_loop(), name="rollups"),
                     tg.create_task(self.notifier.watchdog(), name="watchdog"),
                 ]
-                async with self.source:
+                async with self.source.running():
                     self.ready.set()
                     self.notifier.ready()
                     log.info(
