@@ -9,14 +9,20 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from lookout.monitor.cli.main import ConfigOpt, _settings, _sqlite_file, console, err
+from lookout.monitor.cli.common import (
+    ConfigOpt,
+    console,
+    err,
+    load_settings_or_exit,
+    sqlite_file_or_exit,
+    utc_time,
+)
 
 if TYPE_CHECKING:
     from lookout.monitor.config import Settings
@@ -29,7 +35,7 @@ _MAX_TEXTS = 20_000  # per (app, field); a deterministic sample beyond
 def _book(settings: Settings) -> ReferenceBook:
     from lookout.monitor.storage.references import ReferenceBook
 
-    return ReferenceBook(_sqlite_file(settings, "references"))
+    return ReferenceBook(sqlite_file_or_exit(settings, "references"))
 
 
 def _table(infos: list[ReferenceInfo]) -> Table:
@@ -47,7 +53,6 @@ def _table(infos: list[ReferenceInfo]) -> Table:
         "ood thr.",
     )
     for i in infos:
-        created = datetime.fromtimestamp(i.created_at, UTC).strftime("%Y-%m-%d %H:%M")
         table.add_row(
             str(i.id),
             i.app,
@@ -57,7 +62,7 @@ def _table(infos: list[ReferenceInfo]) -> Table:
             str(i.size),
             i.embedder,
             i.source,
-            created,
+            utc_time(i.created_at, "%Y-%m-%d %H:%M"),
             f"{i.drift_threshold:.3g}" if i.drift_threshold is not None else "-",
             f"{i.ood_threshold:.3g}" if i.ood_threshold is not None else "-",
         )
@@ -157,7 +162,7 @@ def build(
     config: ConfigOpt = None,
 ) -> None:
     """Build a reference per app and field from a JSONL file of records."""
-    settings = _settings(config)
+    settings = load_settings_or_exit(config)
     saved = asyncio.run(_build(settings, input, app, activate))
     if not saved:
         raise typer.Exit(1)
@@ -169,7 +174,7 @@ def list_(config: ConfigOpt = None) -> None:
     """Every reference version; the active ones are marked."""
 
     async def work() -> list[ReferenceInfo]:
-        async with _book(_settings(config)) as book:
+        async with _book(load_settings_or_exit(config)) as book:
             return await book.list()
 
     console.print(_table(asyncio.run(work())))
@@ -180,7 +185,7 @@ def show(ref_id: int, config: ConfigOpt = None, examples: int = 5) -> None:
     """One reference: its calibration and a few of its texts."""
 
     async def work() -> tuple[ReferenceInfo, list[str]] | None:
-        async with _book(_settings(config)) as book:
+        async with _book(load_settings_or_exit(config)) as book:
             reference = await book.load(ref_id)
             return None if reference is None else (reference.info, reference.texts[:examples])
 
@@ -199,7 +204,7 @@ def activate_(ref_id: int, config: ConfigOpt = None) -> None:
     """Make a reference version the active one for its app and field."""
 
     async def work() -> ReferenceInfo | None:
-        async with _book(_settings(config)) as book:
+        async with _book(load_settings_or_exit(config)) as book:
             return await book.activate(ref_id)
 
     info = asyncio.run(work())

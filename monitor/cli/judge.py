@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from lookout.monitor.cli.main import ConfigOpt, _settings, _sqlite_file, console, err
+from lookout.monitor.cli.common import (
+    ConfigOpt,
+    console,
+    err,
+    load_settings_or_exit,
+    sqlite_file_or_exit,
+    utc_time,
+)
 
 if TYPE_CHECKING:
     from lookout.monitor.config import Settings
@@ -26,11 +32,7 @@ judge_app = typer.Typer(help="LLM-judge spot checks.")
 def _book(settings: Settings) -> JudgeBook:
     from lookout.monitor.judge.store import JudgeBook
 
-    return JudgeBook(_sqlite_file(settings, "judge runs and verdicts"))
-
-
-def _when(ts: float | None) -> str:
-    return "-" if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return JudgeBook(sqlite_file_or_exit(settings, "judge runs and verdicts"))
 
 
 def _table(runs: list[RunInfo]) -> Table:
@@ -51,7 +53,7 @@ def _table(runs: list[RunInfo]) -> Table:
     for r in runs:
         table.add_row(
             str(r.id),
-            _when(r.started_at),
+            utc_time(r.started_at),
             r.trigger,
             r.app or "all",
             r.outcome,
@@ -100,7 +102,7 @@ def run_now(
     timeout_s: Annotated[float, typer.Option("--timeout", help="Seconds --wait waits.")] = 600,
 ) -> None:
     """Ask the running daemon for a judge run now."""
-    settings = _settings(config)
+    settings = load_settings_or_exit(config)
     if not settings.judge.enabled:
         err.print("[red]error:[/red] judge.enabled is false in this config")
         raise typer.Exit(2)
@@ -117,7 +119,7 @@ def runs(
     limit: Annotated[int, typer.Option("--limit", "-n", help="How many, newest first.")] = 20,
 ) -> None:
     """Recent judge runs: outcome, records, tokens, cost, anchor agreement."""
-    settings = _settings(config)
+    settings = load_settings_or_exit(config)
 
     async def work() -> list[RunInfo]:
         async with _book(settings) as book:
