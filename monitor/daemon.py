@@ -143,7 +143,7 @@ class Daemon:
 
     async def _ingest_until(self, stop: asyncio.Event) -> None:
         s = self.settings
-        async with self.source:
+        async with self.source.running():
             self.ready.set()
             self.notifier.ready()
             log.info(

@@ -9,14 +9,20 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from lookout.monitor.cli.main import ConfigOpt, _settings, _sqlite_file, console, err
+from lookout.monitor.cli.common import (
+    ConfigOpt,
+    console,
+    err,
+    load_settings_or_exit,
+    sqlite_file_or_exit,
+    utc_time,
+)
 
 if TYPE_CHECKING:
     from lookout.monitor.config import Settings
@@ -26,10 +32,10 @@ baseline_app = typer.Typer(help="Reference sets for drift and OOD detection.")
 _MAX_TEXTS = 20_000  # per (app, field); a deterministic sample beyond
 
 
-def _book(settings: Settings) -> ReferenceStore:
+def _open_store(settings: Settings) -> ReferenceStore:
     from lookout.monitor.storage.references import ReferenceStore
 
-    return ReferenceStore(_sqlite_file(settings, "references"))
+    return ReferenceStore(sqlite_file_or_exit(settings, "references"))
 
 
 def _table(infos: list[ReferenceInfo]) -> Table:
@@ -47,7 +53,6 @@ def _table(infos: list[ReferenceInfo]) -> Table:
         "ood thr.",
     )
     for i in infos:
-        created = datetime.fromtimestamp(i.created_at, UTC).strftime("%Y-%m-%d %H:%M")
         table.add_row(
             str(i.id),
             i.app,
@@ -57,7 +62,7 @@ def _table(infos: list[ReferenceInfo]) -> Table:
             str(i.size),
             i.embedder,
             i.source,
-            created,
+            utc_time(i.created_at, "%Y-%m-%d %H:%M"),
             f"{i.drift_threshold:.3g}" if i.drift_threshold is not None else "-",
             f"{i.ood_threshold:.3g}" if i.ood_threshold is not None else "-",
         )
@@ -65,7 +70,7 @@ def _table(infos: list[ReferenceInfo]) -> Table:
 
 
 def _read(path: Path, settings: Settings, app: str | None) -> dict[tuple[str, str], list[str]]:
-    from lookout.monitor.builders import decode_limits
+    from lookout.monitor.daemon import decode_limits
     from lookout.monitor.ingest.records import decode_payload
 
     limits = decode_limits(settings)
@@ -111,7 +116,7 @@ async def _build(
     offline = d.embedder.model_copy(update={"threads": None})
     embedder = await asyncio.to_thread(build_embedder, offline)
     saved = []
-    async with _book(settings) as book:
+    async with _open_store(settings) as references:
         for (group_app, field), found in sorted(groups.items()):
             texts = found
             if len(texts) < params.min_reference():
@@ -127,7 +132,7 @@ async def _build(
                 x = await asyncio.to_thread(embedder.embed, texts)
                 fitted = await asyncio.to_thread(fit_reference, x, params)
             saved.append(
-                await book.save(
+                await references.save(
                     app=group_app,
                     field=field,
                     source=f"file:{path.name}",
@@ -157,7 +162,7 @@ def build(
     config: ConfigOpt = None,
 ) -> None:
     """Build a reference per app and field from a JSONL file of records."""
-    settings = _settings(config)
+    settings = load_settings_or_exit(config)
     saved = asyncio.run(_build(settings, input, app, activate))
     if not saved:
         raise typer.Exit(1)
@@ -169,8 +174,8 @@ def list_(config: ConfigOpt = None) -> None:
     """Every reference version; the active ones are marked."""
 
     async def work() -> list[ReferenceInfo]:
-        async with _book(_settings(config)) as book:
-            return await book.list()
+        async with _open_store(load_settings_or_exit(config)) as references:
+            return await references.list()
 
     console.print(_table(asyncio.run(work())))
 
@@ -180,8 +185,8 @@ def show(ref_id: int, config: ConfigOpt = None, examples: int = 5) -> None:
     """One reference: its calibration and a few of its texts."""
 
     async def work() -> tuple[ReferenceInfo, list[str]] | None:
-        async with _book(_settings(config)) as book:
-            reference = await book.load(ref_id)
+        async with _open_store(load_settings_or_exit(config)) as references:
+            reference = await references.load(ref_id)
             return None if reference is None else (reference.info, reference.texts[:examples])
 
     found = asyncio.run(work())
@@ -199,8 +204,8 @@ def activate_(ref_id: int, config: ConfigOpt = None) -> None:
     """Make a reference version the active one for its app and field."""
 
     async def work() -> ReferenceInfo | None:
-        async with _book(_settings(config)) as book:
-            return await book.activate(ref_id)
+        async with _open_store(load_settings_or_exit(config)) as references:
+            return await references.activate(ref_id)
 
     info = asyncio.run(work())
     if info is None:

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from lookout.monitor.cli.main import console
+from lookout.monitor.cli.common import console
 
 
 def demo(

@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from lookout.monitor.cli.main import ConfigOpt, _settings, _sqlite_file, console, err
+from lookout.monitor.cli.common import (
+    ConfigOpt,
+    console,
+    err,
+    load_settings_or_exit,
+    sqlite_file_or_exit,
+    utc_time,
+)
 
 if TYPE_CHECKING:
     from lookout.monitor.config import Settings
@@ -23,14 +29,10 @@ if TYPE_CHECKING:
 judge_app = typer.Typer(help="LLM-judge spot checks.")
 
 
-def _book(settings: Settings) -> JudgeStore:
+def _open_store(settings: Settings) -> JudgeStore:
     from lookout.monitor.judge.store import JudgeStore
 
-    return JudgeStore(_sqlite_file(settings, "judge runs and verdicts"))
-
-
-def _when(ts: float | None) -> str:
-    return "-" if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return JudgeStore(sqlite_file_or_exit(settings, "judge runs and verdicts"))
 
 
 def _table(runs: list[RunInfo]) -> Table:
@@ -51,7 +53,7 @@ def _table(runs: list[RunInfo]) -> Table:
     for r in runs:
         table.add_row(
             str(r.id),
-            _when(r.started_at),
+            utc_time(r.started_at),
             r.trigger,
             r.app or "all",
             r.outcome,
@@ -69,8 +71,8 @@ def _table(runs: list[RunInfo]) -> Table:
 async def _request(
     settings: Settings, app: str | None, wait: bool, timeout_s: float
 ) -> RunInfo | None:
-    async with _book(settings) as book:
-        request_id = await book.request_run(time.time(), app)
+    async with _open_store(settings) as judge_store:
+        request_id = await judge_store.request_run(time.time(), app)
         console.print(
             f"judge run requested (request {request_id}); a running daemon takes it "
             f"within {settings.eval_interval:g} s"
@@ -79,9 +81,9 @@ async def _request(
             return None
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            taken_at, run_id = await book.request_state(request_id)
+            taken_at, run_id = await judge_store.request_state(request_id)
             if run_id is not None:
-                run = await book.run(run_id)
+                run = await judge_store.run(run_id)
                 if run is not None and run.outcome != "running":
                     return run
             await asyncio.sleep(0.5 if taken_at is not None else 1.0)
@@ -100,7 +102,7 @@ def run_now(
     timeout_s: Annotated[float, typer.Option("--timeout", help="Seconds --wait waits.")] = 600,
 ) -> None:
     """Ask the running daemon for a judge run now."""
-    settings = _settings(config)
+    settings = load_settings_or_exit(config)
     if not settings.judge.enabled:
         err.print("[red]error:[/red] judge.enabled is false in this config")
         raise typer.Exit(2)
@@ -117,11 +119,11 @@ def runs(
     limit: Annotated[int, typer.Option("--limit", "-n", help="How many, newest first.")] = 20,
 ) -> None:
     """Recent judge runs: outcome, records, tokens, cost, anchor agreement."""
-    settings = _settings(config)
+    settings = load_settings_or_exit(config)
 
     async def work() -> list[RunInfo]:
-        async with _book(settings) as book:
-            return await book.runs(limit=limit)
+        async with _open_store(settings) as judge_store:
+            return await judge_store.runs(limit=limit)
 
     found = asyncio.run(work())
     console.print(_table(found) if found else "no judge runs yet")

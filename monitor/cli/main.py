@@ -1,4 +1,5 @@
-"""The `lookout` command line (typer)."""
+"""The `lookout` command line (typer): the daemon, config check, replay and status; the other
+subcommands live in modules of their own and are registered here."""
 
 from __future__ import annotations
 
@@ -11,12 +12,17 @@ from typing import Annotated, Any
 import httpx
 import typer
 import yaml
-from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 from rich.table import Table
 
 from lookout.errors import LookoutError
-from lookout.monitor.config import Settings, load_settings, masked_dump
+from lookout.monitor.cli.baseline import baseline_app
+from lookout.monitor.cli.common import ConfigOpt, console, err, load_settings_or_exit
+from lookout.monitor.cli.demo import demo
+from lookout.monitor.cli.judge import judge_app
+from lookout.monitor.cli.notify import notify_test
+from lookout.monitor.cli.silence import silence_app
+from lookout.monitor.config import masked_dump
 
 app = typer.Typer(
     name="lookout",
@@ -24,24 +30,6 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-console = Console()
-err = Console(stderr=True)
-
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", envvar="LOOKOUT_CONFIG", help="YAML config file."),
-]
-
-
-def _settings(config: Path | None, **overrides: Any) -> Settings:
-    try:
-        settings = load_settings(config)
-    except LookoutError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
-    if overrides:
-        settings = settings.model_copy(update=overrides)
-    return settings
 
 
 @app.command()
@@ -55,7 +43,7 @@ def run(
     from lookout.monitor.daemon import Daemon
     from lookout.monitor.logs import configure_logging
 
-    settings = _settings(config)
+    settings = load_settings_or_exit(config)
     if embedded_broker:
         settings = settings.model_copy(
             update={"bus": settings.bus.model_copy(update={"embedded": True})}
@@ -92,7 +80,7 @@ def check_config(
     file: Annotated[Path, typer.Argument(help="The YAML file to check.")],
 ) -> None:
     """Validate a config file and print the effective config, secrets masked."""
-    settings = _settings(file)
+    settings = load_settings_or_exit(file)
     console.print(yaml.safe_dump(masked_dump(settings), sort_keys=False), highlight=False)
     err.print(f"[green]ok:[/green] {file} is valid")
 
@@ -114,7 +102,7 @@ def replay(
     if not file.is_file():
         err.print(f"[red]error:[/red] {file} is not a file")
         raise typer.Exit(2)
-    settings = _settings(config)
+    settings = load_settings_or_exit(config)
     with Progress(
         "[progress.description]{task.description}",
         BarColumn(),
@@ -199,156 +187,10 @@ def _series_table(series: list[Any], title: str) -> Table:
     return table
 
 
-@app.command("notify-test")
-def notify_test(
-    channel: Annotated[str, typer.Argument(help="A channel name from the config.")],
-    config: ConfigOpt = None,
-) -> None:
-    """Send a test notification to CHANNEL and print the receiver's answer."""
-    settings = _settings(config)
-    spec = settings.channels.get(channel)
-    if spec is None:
-        known = ", ".join(sorted(settings.channels)) or "none configured"
-        err.print(f"[red]error:[/red] no channel {channel!r} (known: {known})", highlight=False)
-        raise typer.Exit(2)
-    outcome = asyncio.run(_send_test(spec, channel, settings.api.external_url or ""))
-    if outcome.delivered:
-        console.print(f"delivered to {channel}: {outcome.detail}", highlight=False)
-        return
-    err.print(f"[red]not delivered[/red] to {channel}: {outcome.detail or 'no answer'}")
-    raise typer.Exit(1)
-
-
-async def _send_test(spec: Any, channel: str, external_url: str) -> Any:
-    import time
-
-    from lookout.alerts.notifiers import build_notifier
-    from lookout.alerts.payload import NotifiedAlert, alertmanager_payload
-    from lookout.alerts.state import Alert, Timing, step
-    from lookout.clock import SystemClock
-
-    now = time.time()
-    alert = Alert(rule="lookout-test", labels=(("app", "lookout"),))
-    _, note = step(alert, True, 1.0, now, timing=Timing())
-    assert note is not None
-    item = NotifiedAlert(
-        note,
-        severity="info",
-        summary="lookout test notification",
-        description="Sent by `lookout notify-test`; nothing is wrong.",
-    )
-    payload = alertmanager_payload([item], receiver=channel, external_url=external_url)
-    async with (
-        httpx.AsyncClient() as client,
-        build_notifier(channel, spec, http=client, clock=SystemClock()) as notifier,
-    ):
-        return await notifier.send(payload, note.idempotency_key, now)
-
-
-silence_app = typer.Typer(help="Mute notifications (not alert state) for a while.")
-app.add_typer(silence_app, name="silence")
-
-
-def _sqlite_file(settings: Settings, what: str) -> Path:
-    """The SQLite database beside the store, where `what` lives; exit 2 on another store."""
-    from lookout.monitor.storage import sqlite_path
-
-    if not settings.store.url.startswith("sqlite:///"):
-        err.print(f"[red]error:[/red] {what} live in the SQLite store in this release")
-        raise typer.Exit(2)
-    return sqlite_path(settings.store.url)
-
-
-def _silence_book(settings: Settings) -> Any:
-    from lookout.alerts.outbox import SqliteOutbox
-
-    return SqliteOutbox(_sqlite_file(settings, "silences"))
-
-
-@silence_app.command("add")
-def silence_add(
-    rule: Annotated[str | None, typer.Option(help="Only this rule's alerts.")] = None,
-    match: Annotated[
-        list[str] | None, typer.Option("--match", "-m", help="LABEL=VALUE, repeatable.")
-    ] = None,
-    duration: Annotated[str, typer.Option("--for", help="How long, e.g. 2h.")] = "1h",
-    comment: Annotated[str, typer.Option(help="Why, for the next person on call.")] = "",
-    config: ConfigOpt = None,
-) -> None:
-    """Add a silence; a running daemon applies it within one eval_interval."""
-    import time
-
-    from lookout.alerts.outbox import silence_from_request
-
-    matchers = {}
-    for pair in match or []:
-        name, sep, value = pair.partition("=")
-        if not sep:
-            err.print(f"[red]error:[/red] --match {pair!r}: use LABEL=VALUE")
-            raise typer.Exit(2)
-        matchers[name] = value
-    body = {"rule": rule, "matchers": matchers, "duration": duration, "comment": comment}
-    try:
-        silence = silence_from_request(body, time.time())
-    except ValueError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
-
-    async def add() -> None:
-        async with _silence_book(_settings(config)) as book:
-            await book.add_silence(silence)
-
-    asyncio.run(add())
-    console.print(f"silence {silence.id} until {_when(silence.ends_at)}", highlight=False)
-
-
-@silence_app.command("list")
-def silence_list(config: ConfigOpt = None) -> None:
-    """Silences in force now."""
-    import time
-
-    async def active() -> list[Any]:
-        async with _silence_book(_settings(config)) as book:
-            return list(await book.silences(active_at=time.time()))
-
-    silences = asyncio.run(active())
-    table = Table(title="active silences")
-    for col in ("id", "rule", "matchers", "until", "comment"):
-        table.add_column(col)
-    for x in silences:
-        matchers = ", ".join(f"{k}={v}" for k, v in x.matchers.items())
-        table.add_row(x.id, x.rule or "*", matchers or "*", _when(x.ends_at), x.comment)
-    console.print(table if silences else "no active silences")
-
-
-@silence_app.command("expire")
-def silence_expire(
-    silence_id: Annotated[str, typer.Argument(help="The id `silence add` printed.")],
-    config: ConfigOpt = None,
-) -> None:
-    """End a silence now."""
-    import time
-
-    async def expire() -> bool:
-        async with _silence_book(_settings(config)) as book:
-            return bool(await book.expire_silence(silence_id, time.time()))
-
-    if not asyncio.run(expire()):
-        err.print(f"[red]error:[/red] no active silence {silence_id!r}")
-        raise typer.Exit(1)
-    console.print(f"silence {silence_id} expired")
-
-
-def _when(ts: float) -> str:
-    from datetime import UTC, datetime
-
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
 @app.command()
 def status(config: ConfigOpt = None) -> None:
     """Show a running daemon's current series, drift and OOD, and the judge's last run."""
-    settings = _settings(config)
+    settings = load_settings_or_exit(config)
     host = "127.0.0.1" if settings.api.host in ("0.0.0.0", "::") else settings.api.host  # noqa: S104
     url = f"http://{host}:{settings.api.port}/api/v1/status"
     headers = {}
@@ -399,14 +241,12 @@ def _detector_table(detectors: list[dict[str, Any]]) -> Table:
     return table
 
 
-def _register() -> None:
-    from lookout.monitor.cli.baseline import baseline_app
-    from lookout.monitor.cli.demo import demo
-    from lookout.monitor.cli.judge import judge_app
-
-    app.add_typer(baseline_app, name="baseline")
-    app.add_typer(judge_app, name="judge")
-    app.command()(demo)
+# The subcommands from modules of their own, listed in --help after the ones above.
+app.command("notify-test")(notify_test)
+app.add_typer(silence_app, name="silence")
+app.add_typer(baseline_app, name="baseline")
+app.add_typer(judge_app, name="judge")
+app.command()(demo)
 
 
 def main() -> None:
@@ -414,6 +254,3 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
-
-
-_register()

@@ -66,6 +66,62 @@ def free_port(preferred: int = 0) -> int:
         return int(s.getsockname()[1])
 
 
+def _demo_rules(speed: float) -> list[dict[str, Any]]:
+    """The alert rules the demo's incidents fire, their windows scaled by the speed."""
+
+    def rule(
+        name: str, metric: str, threshold: float, for_s: float, summary: str, **extra: Any
+    ) -> dict[str, Any]:
+        return {
+            "name": name,
+            "metric": metric,
+            "threshold": threshold,
+            "window": 30 / speed,
+            "for": for_s / speed,
+            "channels": [HOOK],
+            "summary": summary,
+            **extra,
+        }
+
+    return [
+        rule(
+            "slow-responses",
+            "latency_p95",
+            3.0,
+            10,
+            "p95 latency {value:.1f}s > {threshold:g}s ({app})",
+            severity="warning",
+        ),
+        rule(
+            "error-burst",
+            "error_rate",
+            0.15,
+            5,
+            "error rate {value:.0%} ({app})",
+            severity="critical",
+            min_samples=10,
+        ),
+        rule(
+            "prompt-drift",
+            "drift_score",
+            1.5,
+            10,
+            "prompts drifted from the reference: score {value:.1f} ({app})",
+            where={"field": "prompt"},
+            severity="warning",
+        ),
+        rule(
+            "odd-prompts",
+            "ood_rate",
+            0.25,
+            5,
+            "{value:.0%} of prompts out of distribution ({app})",
+            where={"field": "prompt"},
+            severity="warning",
+        ),
+    ]
+
+
 def demo_settings(
     opts: DemoOptions,
     *,
@@ -77,20 +133,6 @@ def demo_settings(
 ) -> Settings:
     def s(seconds: float) -> float:
         return seconds / opts.speed
-
-    def rule(
-        name: str, metric: str, threshold: float, for_s: float, summary: str, **extra: Any
-    ) -> dict[str, Any]:
-        return {
-            "name": name,
-            "metric": metric,
-            "threshold": threshold,
-            "window": s(30),
-            "for": s(for_s),
-            "channels": [HOOK],
-            "summary": summary,
-            **extra,
-        }
 
     return Settings.model_validate(
         {
@@ -121,43 +163,7 @@ def demo_settings(
                 "lookback": max(6.0, s(60)),
             },
             "channels": {HOOK: {"kind": "webhook", "url": hook_url, "max_age": "10m"}},
-            "rules": [
-                rule(
-                    "slow-responses",
-                    "latency_p95",
-                    3.0,
-                    10,
-                    "p95 latency {value:.1f}s > {threshold:g}s ({app})",
-                    severity="warning",
-                ),
-                rule(
-                    "error-burst",
-                    "error_rate",
-                    0.15,
-                    5,
-                    "error rate {value:.0%} ({app})",
-                    severity="critical",
-                    min_samples=10,
-                ),
-                rule(
-                    "prompt-drift",
-                    "drift_score",
-                    1.5,
-                    10,
-                    "prompts drifted from the reference: score {value:.1f} ({app})",
-                    where={"field": "prompt"},
-                    severity="warning",
-                ),
-                rule(
-                    "odd-prompts",
-                    "ood_rate",
-                    0.25,
-                    5,
-                    "{value:.0%} of prompts out of distribution ({app})",
-                    where={"field": "prompt"},
-                    severity="warning",
-                ),
-            ],
+            "rules": _demo_rules(opts.speed),
         }
     )
 

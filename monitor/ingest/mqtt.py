@@ -1,10 +1,8 @@
-"""MQTT source on aiomqtt 2.x: persistent QoS 1 session, back-pressure, reconnect with backoff.
+"""MQTT source: persistent QoS 1 session, back-pressure, reconnect with backoff.
 
-aiomqtt owns the connection (TLS, auth, MQTT 5 properties). Its message iterator wraps every
-message in an asyncio task (most of its per-message cost, PERF_NOTES), and its queue drops
-when full; so `_LookoutClient` takes messages straight from paho's callback into our bounded
-`IngestQueue`, acknowledges them manually after processing, and pauses the socket reader
-when the queue is full.
+Each connection is a `ManualAckClient` (mqtt_client.py, the only module that knows aiomqtt's
+internals): messages go straight into the bounded `IngestQueue`, are acked after processing,
+and the socket reader pauses while the queue is full.
 """
 
 from __future__ import annotations
@@ -13,98 +11,24 @@ import asyncio
 import contextlib
 import random
 import ssl
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import aiomqtt
-import paho.mqtt.client as paho
 import structlog
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from lookout.backoff import backoff_s
-from lookout.monitor.ingest.queue import Inbound, IngestQueue
+from lookout.monitor.ingest.mqtt_client import ManualAckClient
+from lookout.monitor.ingest.queue import IngestQueue
 
 if TYPE_CHECKING:
-    from types import TracebackType
-
     from lookout.monitor.config import BusConfig
     from lookout.monitor.metrics.prom import IngestMetrics
 
 log = structlog.get_logger(__name__)
-_READ_BURST = 256  # packets read per wake-up of the socket reader
 _SUBACK_TIMEOUT_S = 600.0
-
-
-class _LookoutClient(aiomqtt.Client):
-    """aiomqtt client whose messages go to an IngestQueue, acked after processing."""
-
-    def __init__(self, queue: IngestQueue, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._ingest = queue
-        self._paho: paho.Client = self._client
-        self._paho.manual_ack_set(True)
-        self._reader_fd = -1
-        self._live = True
-        self._delivered = 0
-        # The reason for a disconnect is logged by the source; mark it retrieved here.
-        self._disconnected.add_done_callback(_retrieve_exception)
-
-    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
-        ack = None
-        if message.qos > 0:
-            mid, qos = message.mid, message.qos
-
-            def ack() -> None:
-                # After a reconnect the mid belongs to a new session: the broker redelivers.
-                if self._live:
-                    self._paho.ack(mid, qos)
-
-        self._delivered += 1
-        self._ingest.offer(Inbound(message.topic, bytes(message.payload), ack))
-
-    def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        super()._on_socket_open(client, userdata, sock)
-        self._reader_fd = sock.fileno()
-        # Replace aiomqtt's reader, which takes one packet per loop iteration, with one that
-        # takes a burst, so the ingest task processes messages in chunks rather than one by
-        # one. Scheduled after aiomqtt's own add_reader, so this one wins.
-        self._loop.call_soon_threadsafe(self._loop.add_reader, self._reader_fd, self._read)
-
-    def _read(self) -> None:
-        paho_client = self._paho
-        try:
-            for _ in range(_READ_BURST):
-                before = self._delivered
-                rc = paho_client.loop_read()
-                sock = paho_client.socket()
-                if sock is not None and hasattr(sock, "pending") and sock.pending() > 0:
-                    continue  # TLS: decrypted bytes wait in the SSL object, not the socket
-                if rc != paho.MQTT_ERR_SUCCESS or self._delivered == before:
-                    break  # nothing more to read now, or the link is gone
-                if self._ingest.paused:
-                    break
-        except Exception as exc:
-            if not self._disconnected.done():
-                self._disconnected.set_exception(exc)
-
-    def pause_reading(self) -> None:
-        if self._reader_fd >= 0:
-            self._loop.remove_reader(self._reader_fd)
-
-    def resume_reading(self) -> None:
-        if self._reader_fd >= 0 and self._live:
-            self._loop.add_reader(self._reader_fd, self._read)
-
-    def retire(self) -> None:
-        self._live = False
-
-    async def wait_disconnected(self) -> None:
-        await asyncio.wait([self._disconnected])
-
-
-def _retrieve_exception(future: asyncio.Future[None]) -> None:
-    if not future.cancelled():
-        future.exception()
 
 
 def _tls_context(cfg: BusConfig) -> ssl.SSLContext | None:
@@ -135,8 +59,7 @@ class MqttSource:
         self._rng = rng or random.Random()
         self.connected = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._client: _LookoutClient | None = None
-        self._group: asyncio.TaskGroup | None = None
+        self._client: ManualAckClient | None = None
         queue.set_flow_control(self._pause, self._resume)
 
     def _pause(self) -> None:
@@ -153,14 +76,13 @@ class MqttSource:
         client = self._client
         if client is None or not self.connected.is_set():
             return False
-        info = client._paho.publish(topic, payload, qos=qos)
-        return bool(info.rc == paho.MQTT_ERR_SUCCESS)
+        return client.publish_nowait(topic, payload, qos)
 
     def topics(self) -> list[str]:
         group = self._cfg.shared_group
         return [f"$share/{group}/{t}" if group else t for t in self._cfg.topics]
 
-    def _new_client(self) -> _LookoutClient:
+    def _new_client(self) -> ManualAckClient:
         cfg = self._cfg
         v5 = cfg.protocol == "5" or cfg.shared_group is not None
         kwargs: dict[str, Any] = {}
@@ -172,7 +94,7 @@ class MqttSource:
             kwargs["clean_start"] = not cfg.persistent_session
         else:
             kwargs["clean_session"] = not cfg.persistent_session
-        return _LookoutClient(
+        return ManualAckClient(
             self._queue,
             cfg.host,
             cfg.port,
@@ -186,21 +108,15 @@ class MqttSource:
             **kwargs,
         )
 
-    async def __aenter__(self) -> MqttSource:
-        self._group = asyncio.TaskGroup()
-        await self._group.__aenter__()
-        self._group.create_task(self._run(), name="mqtt-source")
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-        if self._group is not None:
-            await self._group.__aexit__(exc_type, exc, tb)
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[MqttSource]:
+        """Run the source in a task of its own for the block; stop() (drain) on the way out."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self.run(), name="mqtt-source")
+            try:
+                yield self
+            finally:
+                await self.stop()
 
     async def stop(self, drain_timeout_s: float = 3.0) -> None:
         """Stop reading, let the queue drain (acking each message), then disconnect."""
@@ -211,7 +127,8 @@ class MqttSource:
             await asyncio.wait_for(self._queue.wait_idle(), timeout=drain_timeout_s)
         self._stopping.set()
 
-    async def _run(self) -> None:
+    async def run(self) -> None:
+        """Connect, subscribe and feed the queue, reconnecting with backoff, until stop()."""
         attempt = 0
         warned = False
         where = f"{self._cfg.host}:{self._cfg.port}"
@@ -257,7 +174,7 @@ class MqttSource:
                 self._client = None
         self._mark_down()
 
-    async def _serve(self, client: _LookoutClient) -> None:
+    async def _serve(self, client: ManualAckClient) -> None:
         """Subscribe, then hold the connection until stopped or disconnected."""
         subscriptions: list[tuple[str, int]] = [(t, self._cfg.qos) for t in self.topics()]
         # A resumed session's backlog arrives before the SUBACK and is processed while we

@@ -1,0 +1,52 @@
+"""What every `lookout` subcommand shares: the consoles, the --config option, loading settings.
+
+Subcommand modules import from here and main.py imports the subcommand modules, so imports go
+one way: main -> subcommands -> common.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from lookout.errors import LookoutError
+from lookout.monitor.config import Settings, load_settings
+
+console = Console()
+err = Console(stderr=True)
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", envvar="LOOKOUT_CONFIG", help="YAML config file."),
+]
+
+
+def load_settings_or_exit(config: Path | None, **overrides: Any) -> Settings:
+    """The settings from `config` (and the environment); exit 2 with the reason if invalid."""
+    try:
+        settings = load_settings(config)
+    except LookoutError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    if overrides:
+        settings = settings.model_copy(update=overrides)
+    return settings
+
+
+def sqlite_file_or_exit(settings: Settings, what: str) -> Path:
+    """The SQLite database beside the store, where `what` lives; exit 2 on another store."""
+    from lookout.monitor.storage import sqlite_path
+
+    if not settings.store.url.startswith("sqlite:///"):
+        err.print(f"[red]error:[/red] {what} live in the SQLite store in this release")
+        raise typer.Exit(2)
+    return sqlite_path(settings.store.url)
+
+
+def utc_time(ts: float | None, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
+    """A Unix timestamp as UTC wall-clock text; "-" for none."""
+    return "-" if ts is None else datetime.fromtimestamp(ts, UTC).strftime(fmt)

@@ -1,0 +1,139 @@
+"""The one place that knows aiomqtt's internals: a client that acks manually after processing.
+
+aiomqtt owns the connection (connect off the loop, CONNACK/SUBACK/disconnect bookkeeping, TLS,
+auth, MQTT 5 properties, the write side of the socket and paho's housekeeping). Two of its
+behaviours do not fit ingest: its message iterator wraps every message in an asyncio task (most
+of its per-message cost, PERF_NOTES) and its queue drops when full. So `ManualAckClient` takes
+messages straight from paho's `on_message` callback into our bounded `IngestQueue`, acks each
+one through paho's `ack(mid, qos)` once the queue has processed it, and swaps aiomqtt's socket
+reader for one that reads in bursts and can be paused (back-pressure).
+
+That needs five aiomqtt internals: `_client` (the paho client), `_loop`, `_disconnected`, and
+the `_on_message` / `_on_socket_open` callbacks it registers with paho. `check_aiomqtt_internals`
+verifies them on every client built, so an aiomqtt release that changes them fails loudly,
+naming what moved, instead of silently losing acks; tests/monitor/test_aiomqtt_contract.py runs
+it without a broker, and pyproject.toml pins aiomqtt to the minor release it was checked on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import aiomqtt
+import paho.mqtt.client as paho
+
+from lookout.errors import LookoutError
+from lookout.monitor.ingest.queue import Inbound, IngestQueue
+
+_READ_BURST = 256  # packets read per wake-up of the socket reader
+_SOCKET_OPEN_PARAMS = ["self", "client", "userdata", "sock"]
+
+
+class AiomqttContractError(LookoutError):
+    """The installed aiomqtt no longer has an internal this module relies on."""
+
+
+def check_aiomqtt_internals(client: aiomqtt.Client) -> None:
+    """Raise AiomqttContractError naming the first aiomqtt internal that is not as expected."""
+    expected: list[tuple[str, type]] = [
+        ("_client", paho.Client),
+        ("_loop", asyncio.AbstractEventLoop),
+        ("_disconnected", asyncio.Future),
+    ]
+    for name, kind in expected:
+        if not isinstance(getattr(client, name, None), kind):
+            raise AiomqttContractError(f"aiomqtt.Client.{name} is no longer a {kind.__name__}")
+    paho_client: paho.Client = client._client
+    for callback, method in (("on_message", "_on_message"), ("on_socket_open", "_on_socket_open")):
+        registered = getattr(getattr(paho_client, callback, None), "__func__", None)
+        if registered is None or registered is not getattr(type(client), method, None):
+            raise AiomqttContractError(
+                f"aiomqtt.Client no longer registers self.{method} as paho's {callback}"
+            )
+    base_socket_open = getattr(aiomqtt.Client, "_on_socket_open", None)
+    if base_socket_open is None:
+        raise AiomqttContractError("aiomqtt.Client._on_socket_open is gone")
+    params = list(inspect.signature(base_socket_open).parameters)
+    if params != _SOCKET_OPEN_PARAMS:
+        raise AiomqttContractError(f"aiomqtt.Client._on_socket_open now takes {params}")
+
+
+class ManualAckClient(aiomqtt.Client):
+    """aiomqtt client whose messages go to an IngestQueue, acked after processing."""
+
+    def __init__(self, queue: IngestQueue, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        check_aiomqtt_internals(self)
+        self._ingest = queue
+        self._paho: paho.Client = self._client
+        self._paho.manual_ack_set(True)
+        self._reader_fd = -1
+        self._live = True
+        self._delivered = 0
+        # The reason for a disconnect is logged by the source; mark it retrieved here.
+        self._disconnected.add_done_callback(_retrieve_exception)
+
+    def publish_nowait(self, topic: str, payload: bytes, qos: int) -> bool:
+        """Hand a message to paho without waiting for the broker; False if paho refused it."""
+        return bool(self._paho.publish(topic, payload, qos=qos).rc == paho.MQTT_ERR_SUCCESS)
+
+    def _ack_after_processing(self, mid: int, qos: int) -> Callable[[], None]:
+        def ack() -> None:
+            # After a reconnect the mid belongs to a new session: the broker redelivers.
+            if self._live:
+                self._paho.ack(mid, qos)
+
+        return ack
+
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        ack = self._ack_after_processing(message.mid, message.qos) if message.qos > 0 else None
+        self._delivered += 1
+        self._ingest.offer(Inbound(message.topic, bytes(message.payload), ack))
+
+    def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        super()._on_socket_open(client, userdata, sock)
+        self._reader_fd = sock.fileno()
+        # Replace aiomqtt's reader, which takes one packet per loop iteration, with one that
+        # takes a burst, so the ingest task processes messages in chunks rather than one by
+        # one. Scheduled after aiomqtt's own add_reader, so this one wins.
+        self._loop.call_soon_threadsafe(self._loop.add_reader, self._reader_fd, self._read)
+
+    def _read(self) -> None:
+        paho_client = self._paho
+        try:
+            for _ in range(_READ_BURST):
+                before = self._delivered
+                rc = paho_client.loop_read()
+                sock = paho_client.socket()
+                if sock is not None and hasattr(sock, "pending") and sock.pending() > 0:
+                    continue  # TLS: decrypted bytes wait in the SSL object, not the socket
+                if rc != paho.MQTT_ERR_SUCCESS or self._delivered == before:
+                    break  # nothing more to read now, or the link is gone
+                if self._ingest.paused:
+                    break
+        except Exception as exc:
+            if not self._disconnected.done():
+                self._disconnected.set_exception(exc)
+
+    def pause_reading(self) -> None:
+        if self._reader_fd >= 0:
+            self._loop.remove_reader(self._reader_fd)
+
+    def resume_reading(self) -> None:
+        if self._reader_fd >= 0 and self._live:
+            self._loop.add_reader(self._reader_fd, self._read)
+
+    def retire(self) -> None:
+        """Stop acking: the session these mids belong to is gone."""
+        self._live = False
+
+    async def wait_disconnected(self) -> None:
+        await asyncio.wait([self._disconnected])
+
+
+def _retrieve_exception(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
