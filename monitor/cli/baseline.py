@@ -70,7 +70,7 @@ def _table(infos: list[ReferenceInfo]) -> Table:
 
 
 def _read(path: Path, settings: Settings, app: str | None) -> dict[tuple[str, str], list[str]]:
-    from lookout.monitor.daemon import decode_limits
+    from lookout.monitor.builders import decode_limits
     from lookout.monitor.ingest.records import decode_payload
 
     limits = decode_limits(settings)
