@@ -70,3 +70,10 @@ class RuleConfig(BaseModel):
                 known = ", ".join(sorted(RULE_LABELS))
                 raise ValueError(f"rule {self.name!r}: unknown label {label!r} (known: {known})")
         return self
+
+
+class SilencesConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # The longest a silence may last (API and CLI): a forgotten one must end on its own.
+    max_duration: DurationS = 90 * 86400.0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 import uuid
 from collections.abc import Collection
 from dataclasses import asdict, dataclass
@@ -91,8 +92,14 @@ class Silence:
         return all(labels.get(k) == v for k, v in self.matchers.items())
 
 
-def silence_from_request(body: object, now: float) -> Silence:
-    """A silence from `{"rule"?, "matchers"?, "duration"? | "ends_at"?, "comment"?}`."""
+DEFAULT_SILENCE_MAX_S = 90 * 86400.0  # `silences.max_duration`
+
+
+def silence_from_request(
+    body: object, now: float, max_duration_s: float = DEFAULT_SILENCE_MAX_S
+) -> Silence:
+    """A silence from `{"rule"?, "matchers"?, "duration"? | "ends_at"?, "comment"?}`, ending
+    after `now` and at most `max_duration_s` after it."""
     if not isinstance(body, dict):
         raise ValueError("a silence is a JSON object")
     rule = body.get("rule")
@@ -105,14 +112,35 @@ def silence_from_request(body: object, now: float) -> Silence:
         raise ValueError("matchers must map label names to values")
     if rule is None and not matchers:
         raise ValueError("a silence needs a rule, matchers, or both")
-    if "ends_at" in body:
-        ends_at = float(body["ends_at"])
-    else:
-        ends_at = now + parse_duration_s(body.get("duration", "1h"))
+    ends_at = _silence_end(body, now)
     if ends_at <= now:
         raise ValueError("the silence would end before it starts")
+    if ends_at - now > max_duration_s:
+        raise ValueError(
+            f"a silence lasts at most {_days(max_duration_s)} (silences.max_duration);"
+            " add a new one when it ends"
+        )
     comment = str(body.get("comment", ""))[:500]
     return Silence(uuid.uuid4().hex[:12], rule, matchers, now, ends_at, comment)
+
+
+def _silence_end(body: dict[str, Any], now: float) -> float:
+    """`ends_at` (epoch seconds) or now + `duration`; a finite number either way."""
+    if "ends_at" in body:
+        ends_at = body["ends_at"]
+        # A number, not a string: float("inf") and float("nan") would pass a string through.
+        if isinstance(ends_at, bool) or not isinstance(ends_at, int | float):
+            raise ValueError("ends_at must be a number of seconds since the epoch")
+        ends_at = float(ends_at)
+    else:
+        ends_at = now + parse_duration_s(body.get("duration", "1h"))
+    if not math.isfinite(ends_at):
+        raise ValueError("the silence needs a finite end: ends_at or duration")
+    return ends_at
+
+
+def _days(seconds: float) -> str:
+    return f"{seconds / 86400:g} days" if seconds >= 86400 else f"{seconds:g} s"
 
 
 class SqliteOutbox(SqliteBacked):

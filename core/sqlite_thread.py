@@ -4,12 +4,15 @@ SQLite's single-writer rule holds by construction."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
+
+from lookout.errors import DatabaseError
 
 T = TypeVar("T")
 
@@ -18,6 +21,21 @@ def dict_rows(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
     """A query's rows as {column: value} mappings."""
     names = [c[0] for c in cursor.description]
     return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+def create_private(path: Path) -> None:
+    """Create the database file 0600, and the directories missing above it 0700, unless they
+    exist: it holds prompts and responses, so no other local user may read it (systemd's
+    UMask=0077 does the same under the unit; this holds outside it). SQLite gives its -wal and
+    -shm files the database file's mode."""
+    missing = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+    for directory in reversed(missing):
+        directory.mkdir(mode=0o700, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
 
 
 class SqliteThread:
@@ -40,20 +58,29 @@ class SqliteThread:
         self._db: sqlite3.Connection | None = None
 
     def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        create_private(self.path)
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute(f"PRAGMA synchronous={self._synchronous}")
-        db.execute("PRAGMA busy_timeout=5000")
-        for table, column, declaration in self._added_columns:
-            present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
-            if present and column not in present:
-                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
-        db.executescript(self._schema)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={self._synchronous}")
+            db.execute("PRAGMA busy_timeout=5000")
+            for table, column, declaration in self._added_columns:
+                present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+                if present and column not in present:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+            db.executescript(self._schema)
+        except BaseException:
+            db.close()
+            raise
         self._db = db
 
     async def open(self) -> None:
-        await self.run(self._open)
+        try:
+            await self.run(self._open)
+        except (sqlite3.DatabaseError, OSError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            self._executor.shutdown(wait=False)
+            raise DatabaseError(f"cannot open the database {self.path}: {reason}") from exc
 
     async def close(self) -> None:
         db = self._db

@@ -26,7 +26,7 @@ from lookout.detectors.judge import criteria_from
 from lookout.errors import ConfigError
 from lookout.monitor.allocator import fix_mmap_threshold
 from lookout.monitor.builders import build_pipeline, build_windows, price_table
-from lookout.monitor.config import JudgeConfig, Settings
+from lookout.monitor.config import JudgeConfig, Settings, mask_url
 from lookout.monitor.detection.embedding import build_embedder
 from lookout.monitor.detection.service import DetectionService
 from lookout.monitor.detection.state import DetectorCollector
@@ -149,9 +149,9 @@ class Daemon:
             log.info(
                 "lookout_started",
                 version=__version__,
-                store=s.store.url,
+                store=mask_url(s.store.url),
                 api=s.api.bind,
-                bus=s.bus.url,
+                bus=mask_url(s.bus.url),
             )
             await stop.wait()
             log.info("lookout_stopping", queued=len(self.queue))
@@ -177,6 +177,7 @@ class Daemon:
         if s.judge.enabled:
             self.judge = await stack.enter_async_context(await self._judge_service(stack))
         extra_series = merged_series(self.detection, self.judge)
+        redactor = Redactor(s.redaction.patterns)
         if s.rules:
             self.alerts = await stack.enter_async_context(
                 await self._alert_engine(stack, extra_series)
@@ -190,6 +191,7 @@ class Daemon:
             source=self.source,
             queue=self.queue,
             current_stats=self.current_stats,
+            redact=lambda text: redactor.redact(text).text,
             detection=self.detection,
             judge=self.judge,
             judge_store=self.judge_store,
@@ -216,6 +218,8 @@ class Daemon:
             views=self.views,
             dashboard=dashboard,
             outbox=self.outbox,
+            max_body_bytes=self.settings.bus.max_payload_bytes,
+            silence_max_s=self.settings.silences.max_duration,
         )
         return ApiRoutes(deps)
 

@@ -48,5 +48,11 @@ def sqlite_file_or_exit(settings: Settings, what: str) -> Path:
 
 
 def utc_time(ts: float | None, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
-    """A Unix timestamp as UTC wall-clock text; "-" for none."""
-    return "-" if ts is None else datetime.fromtimestamp(ts, UTC).strftime(fmt)
+    """A Unix timestamp as UTC wall-clock text; "-" for none, "never" past the calendar (an
+    infinite silence an earlier version let in)."""
+    if ts is None:
+        return "-"
+    try:
+        return datetime.fromtimestamp(ts, UTC).strftime(fmt)
+    except (OverflowError, OSError, ValueError):
+        return "never" if ts > 0 else "-"

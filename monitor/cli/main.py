@@ -15,14 +15,14 @@ import yaml
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 from rich.table import Table
 
-from lookout.errors import LookoutError
+from lookout.errors import ConfigError, LookoutError
 from lookout.monitor.cli.baseline import baseline_app
 from lookout.monitor.cli.common import ConfigOpt, console, err, load_settings_or_exit
 from lookout.monitor.cli.demo import demo
 from lookout.monitor.cli.judge import judge_app
 from lookout.monitor.cli.notify import notify_test
 from lookout.monitor.cli.silence import silence_app
-from lookout.monitor.config import masked_dump
+from lookout.monitor.config import load_settings, masked_dump
 
 app = typer.Typer(
     name="lookout",
@@ -43,7 +43,11 @@ def run(
     from lookout.monitor.daemon import Daemon
     from lookout.monitor.logs import configure_logging
 
-    settings = load_settings_or_exit(config)
+    try:
+        settings = load_settings(config)
+    except ConfigError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(exc.exit_code) from None
     if embedded_broker:
         settings = settings.model_copy(
             update={"bus": settings.bus.model_copy(update={"embedded": True})}
@@ -62,10 +66,12 @@ def run(
         asyncio.run(main())
     except* (LookoutError, OSError) as group:
         failed.extend(_leaves(group))
-    for exc in failed:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+    for failure in failed:
+        err.print(f"[red]error:[/red] {failure}", highlight=False)
     if failed:
-        raise typer.Exit(1)
+        # A bad config or database: a code systemd does not restart on (RestartPreventExitStatus).
+        codes = [e.exit_code for e in failed if isinstance(e, LookoutError)]
+        raise typer.Exit(max(codes, default=1))
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

@@ -59,14 +59,15 @@ def silence_add(
             raise typer.Exit(2)
         matchers[name] = value
     body = {"rule": rule, "matchers": matchers, "duration": duration, "comment": comment}
+    settings = load_settings_or_exit(config)
     try:
-        silence = silence_from_request(body, time.time())
+        silence = silence_from_request(body, time.time(), settings.silences.max_duration)
     except ValueError as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
 
     async def add() -> None:
-        async with _silence_store(load_settings_or_exit(config)) as outbox:
+        async with _silence_store(settings) as outbox:
             await outbox.add_silence(silence)
 
     asyncio.run(add())

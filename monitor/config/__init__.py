@@ -17,6 +17,7 @@ from lookout.monitor.config.detection import (
     ReferenceConfig,
 )
 from lookout.monitor.config.judge import JudgeConfig, JudgeSchedule, RedactionConfig
+from lookout.monitor.config.masking import mask_url
 from lookout.monitor.config.service import (
     ApiConfig,
     BusConfig,
@@ -46,5 +47,6 @@ __all__ = [
     "StoreConfig",
     "default_store_url",
     "load_settings",
+    "mask_url",
     "masked_dump",
 ]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
-from typing import Literal
-from urllib.parse import urlparse
+from typing import Any, Literal
+from urllib.parse import unquote, urlparse, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
@@ -37,6 +37,28 @@ class BusConfig(Section):
     reconnect_min_s: DurationS = 0.5
     reconnect_max_s: DurationS = 30.0
 
+    @model_validator(mode="before")
+    @classmethod
+    def _credentials_from_url(cls, data: Any) -> Any:
+        """`mqtt://user:PASS@host` is used, not ignored: the user and password move to
+        `username` and `password` (a secret) and the URL keeps only the address."""
+        if not isinstance(data, dict) or not isinstance(data.get("url"), str):
+            return data
+        parts = urlsplit(data["url"])
+        if "@" not in parts.netloc:
+            return data
+        userinfo, host = parts.netloc.rsplit("@", 1)
+        user, has_password, password = (unquote(p) for p in userinfo.partition(":"))
+        data = {**data, "url": urlunsplit(parts._replace(netloc=host))}
+        for key, value in (("username", user), ("password", password if has_password else "")):
+            if not value:
+                continue
+            given = data.get(key)
+            if given is not None and _plain(given) != value:
+                raise ValueError(f"bus.url and bus.{key} give different values: give it once")
+            data[key] = value
+        return data
+
     @field_validator("url")
     @classmethod
     def _check_url(cls, v: str) -> str:
@@ -59,6 +81,10 @@ class BusConfig(Section):
     @property
     def tls(self) -> bool:
         return urlparse(self.url).scheme in ("mqtts", "ssl")
+
+
+def _plain(value: object) -> str:
+    return value.get_secret_value() if isinstance(value, SecretStr) else str(value)
 
 
 def default_store_url() -> str:
@@ -91,10 +117,35 @@ class StoreConfig(Section):
         return v
 
 
+MIN_TOKEN_CHARS = 16
+
+
 class ApiConfig(Section):
     bind: str = "127.0.0.1:8321"
     token: SecretStr | None = None
     external_url: str | None = None
+    # Host names (besides the bind address and loopback) that requests may name in `Host`,
+    # e.g. the name a reverse proxy forwards: anything else is refused (DNS rebinding).
+    allowed_hosts: list[str] = Field(default_factory=list)
+
+    @field_validator("token")
+    @classmethod
+    def _check_token(cls, v: SecretStr | None) -> SecretStr | None:
+        # An empty `${VAR}`, `LOOKOUT_API__TOKEN=` or credential file must not turn
+        # authentication off: refuse it, as a token anyone could guess.
+        if v is not None and len(v.get_secret_value().strip()) < MIN_TOKEN_CHARS:
+            size = len(v.get_secret_value().strip())
+            what = "empty" if size == 0 else f"{size} characters long"
+            raise ValueError(
+                f"api.token is {what}; it must be at least {MIN_TOKEN_CHARS} characters"
+                " (e.g. `openssl rand -hex 24`), or unset (null) for no token on loopback"
+            )
+        return v
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _lower_hosts(cls, v: list[str]) -> list[str]:
+        return [h.strip().strip("[]").lower() for h in v if h.strip()]
 
     @property
     def host(self) -> str:

@@ -16,11 +16,12 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from lookout.alerts.config import ChannelConfig, RuleConfig
+from lookout.alerts.config import ChannelConfig, RuleConfig, SilencesConfig
 from lookout.durations import DurationS
 from lookout.errors import ConfigError
 from lookout.monitor.config.detection import DetectorsConfig
 from lookout.monitor.config.judge import JudgeConfig, RedactionConfig
+from lookout.monitor.config.masking import mask_tree
 from lookout.monitor.config.service import (
     ApiConfig,
     BusConfig,
@@ -53,6 +54,7 @@ class Settings(BaseSettings):
     redaction: RedactionConfig = RedactionConfig()
     channels: dict[str, ChannelConfig] = Field(default_factory=dict)
     rules: list[RuleConfig] = Field(default_factory=list)
+    silences: SilencesConfig = SilencesConfig()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @classmethod
@@ -149,6 +151,7 @@ def load_settings(path: str | Path | None = None) -> Settings:
 
 
 def masked_dump(settings: Settings) -> dict[str, Any]:
-    """The effective configuration with every secret shown as `**********`."""
-    dumped: dict[str, Any] = settings.model_dump(mode="json", by_alias=True)
+    """The effective configuration with every secret shown as `**********`: secret fields,
+    header values and credentials in URLs."""
+    dumped: dict[str, Any] = mask_tree(settings.model_dump(mode="json", by_alias=True))
     return dumped

@@ -7,7 +7,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from lookout.monitor.ingest.records import DecodeLimits, Record, decode_payload
+from lookout.monitor.ingest.records import DecodeLimits, Record, Rejection, decode_payload
 from lookout.monitor.metrics.prices import PriceTable
 from lookout.monitor.metrics.prom import IngestMetrics
 from lookout.monitor.metrics.windows import WindowedMetrics
@@ -83,11 +83,7 @@ class Pipeline:
         messages = self._totals.messages
         messages[source] = messages.get(source, 0) + 1
         decoded = decode_payload(payload, topic, now, self._limits)
-        rejected = []
-        for rejection in decoded.rejections:
-            self._prom.rejected.labels(rejection.reason.value).inc()
-            self._store.put_rejected(rejection, source, now)
-            rejected.append((rejection.reason.value, rejection.detail))
+        rejected = [self._count_rejection(r, source, now) for r in decoded.rejections]
         accepted = duplicates = 0
         for record in decoded.records:
             if self.process_record(record, record.ts if event_time else now):
@@ -98,6 +94,17 @@ class Pipeline:
             return IngestResult(accepted, duplicates, rejected)
         stamps = [r.ts for r in decoded.records]
         return IngestResult(accepted, duplicates, rejected, min(stamps), max(stamps))
+
+    def reject(self, rejection: Rejection, source: str, now: float) -> IngestResult:
+        """Count a message refused before decoding (an HTTP body over the size limit)."""
+        messages = self._totals.messages
+        messages[source] = messages.get(source, 0) + 1
+        return IngestResult(0, 0, [self._count_rejection(rejection, source, now)])
+
+    def _count_rejection(self, rejection: Rejection, source: str, now: float) -> tuple[str, str]:
+        self._prom.rejected.labels(rejection.reason.value).inc()
+        self._store.put_rejected(rejection, source, now)
+        return rejection.reason.value, rejection.detail
 
     def process_record(self, record: Record, now: float) -> bool:
         """Count one record; False when it is a redelivery of one already counted."""

@@ -23,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from lookout.monitor.config import ApiConfig
 from lookout.monitor.storage import Store
+from lookout.monitor.web.guards import add_security_headers, guards
 from lookout.monitor.web.routes import SERVICE_ROUTES, ApiRoutes, Handler, Pick
 
 log = structlog.get_logger(__name__)
@@ -61,7 +62,11 @@ class ApiServer:
         self._routes = routes
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._auth], client_max_size=self._max_payload_bytes + 1)
+        app = web.Application(
+            middlewares=[*guards(self._cfg), self._auth],
+            client_max_size=self._max_payload_bytes + 1,
+        )
+        app.on_response_prepare.append(add_security_headers)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)

@@ -18,6 +18,8 @@ from aiohttp import web
 
 from lookout.monitor.metrics.windows import ALL
 from lookout.monitor.storage import RollupPoint
+from lookout.monitor.web.guards import served_over_https
+from lookout.monitor.web.params import query_int
 
 if TYPE_CHECKING:
     from lookout.clock import Clock
@@ -89,7 +91,14 @@ class Dashboard:
         response = web.Response(body=self._index, content_type="text/html", charset="utf-8")
         token = request.query.get("token")
         if token:  # the auth middleware has checked it
-            response.set_cookie("lookout_token", token, httponly=True, samesite="Strict", path="/")
+            response.set_cookie(
+                "lookout_token",
+                token,
+                httponly=True,
+                samesite="Strict",
+                path="/",
+                secure=served_over_https(request),
+            )
         return response
 
     async def asset(self, request: web.Request) -> web.Response:
@@ -177,7 +186,4 @@ class Dashboard:
 
 
 def _limit(request: web.Request) -> int:
-    try:
-        return max(1, min(int(request.query.get("limit", "20")), 200))
-    except ValueError:
-        raise web.HTTPBadRequest(text="limit must be an integer") from None
+    return query_int(request, "limit", 20, 1, 200)

@@ -5,6 +5,7 @@ serve exists; until then the API server answers these paths 503 (docs/api.md).""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 
@@ -13,9 +14,10 @@ from aiohttp import web
 from lookout.alerts.outbox import SqliteOutbox, silence_from_request
 from lookout.clock import Clock
 from lookout.monitor.ingest.pipeline import Pipeline
-from lookout.monitor.ingest.records import RejectReason
+from lookout.monitor.ingest.records import Rejection, RejectReason
 from lookout.monitor.storage import Store
 from lookout.monitor.web.dashboard import Dashboard
+from lookout.monitor.web.params import query_int
 from lookout.monitor.web.views import ApiViews, dump_json
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -29,6 +31,8 @@ class RouteDeps:
     views: ApiViews
     dashboard: Dashboard
     outbox: SqliteOutbox | None  # None without alert rules
+    max_body_bytes: int  # of a POST /api/v1/records body; larger ones are rejected unread
+    silence_max_s: float
 
 
 class ApiRoutes:
@@ -52,13 +56,20 @@ class ApiRoutes:
 
     async def list_silences(self, request: web.Request) -> web.Response:
         silences = await self._silences_outbox().silences()
-        return web.json_response([asdict(x) for x in silences])
+        # Earlier versions let an infinite end in; JSON has no Infinity.
+        return web.json_response(
+            [
+                {**asdict(x), "ends_at": x.ends_at if math.isfinite(x.ends_at) else None}
+                for x in silences
+            ]
+        )
 
     async def add_silence(self, request: web.Request) -> web.Response:
         outbox = self._silences_outbox()
         try:
-            silence = silence_from_request(await request.json(), self._deps.clock.now())
-        except (ValueError, TypeError) as exc:
+            body = json.loads(await request.read())
+            silence = silence_from_request(body, self._deps.clock.now(), self._deps.silence_max_s)
+        except (ValueError, TypeError, RecursionError) as exc:
             return web.json_response({"error": str(exc)}, status=400)
         await outbox.add_silence(silence)
         return web.json_response(asdict(silence), status=201)
@@ -71,8 +82,14 @@ class ApiRoutes:
         return web.json_response({"expired": True})
 
     async def post_records(self, request: web.Request) -> web.Response:
-        payload = await request.read()
-        result = self._deps.pipeline.process_payload(payload, None, "http", self._deps.clock.now())
+        payload = await _read_capped(request, self._deps.max_body_bytes)
+        now = self._deps.clock.now()
+        if payload is None:
+            result = self._deps.pipeline.reject(
+                _too_large(request, self._deps.max_body_bytes), "http", now
+            )
+        else:
+            result = self._deps.pipeline.process_payload(payload, None, "http", now)
         body = {
             "accepted": result.accepted,
             "duplicates": result.duplicates,
@@ -97,10 +114,7 @@ class ApiRoutes:
         return web.json_response(record)
 
     async def rejected(self, request: web.Request) -> web.Response:
-        try:
-            limit = min(int(request.query.get("limit", "100")), 1000)
-        except ValueError:
-            return web.json_response({"error": "limit must be an integer"}, status=400)
+        limit = query_int(request, "limit", 100, 1, 1000)
         samples = await self._deps.store.rejected(limit)
         return web.json_response(
             [
@@ -114,6 +128,25 @@ class ApiRoutes:
                 for s in samples
             ]
         )
+
+
+async def _read_capped(request: web.Request, limit: int) -> bytes | None:
+    """The body, or None when it is over `limit` bytes: then read no further than that (a
+    declared length over it is not read at all), so memory stays bounded at any size."""
+    if request.content_length is not None and request.content_length > limit:
+        return None
+    body = bytearray()
+    while len(body) <= limit:
+        chunk = await request.content.read(limit + 1 - len(body))
+        if not chunk:
+            return bytes(body)
+        body += chunk
+    return None
+
+
+def _too_large(request: web.Request, limit: int) -> Rejection:
+    size = f"{request.content_length} bytes" if request.content_length else "chunked, longer"
+    return Rejection(RejectReason.TOO_LARGE, f"body is {size}, over the limit of {limit}", b"")
 
 
 Pick = Callable[[ApiRoutes], Handler]

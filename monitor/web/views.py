@@ -134,6 +134,8 @@ class ApiViews:
     source: MqttSource
     queue: IngestQueue
     current_stats: Callable[[], list[WindowStats]]
+    # Applied to every text of the detectors' explanations, as the dashboard does.
+    redact: Callable[[str], str]
     detection: DetectionService | None = None
     judge: JudgeService | None = None
     judge_store: JudgeStore | None = None
@@ -152,9 +154,22 @@ class ApiViews:
                 paused=self.queue.paused,
             ),
             series=[WindowSeries.of(s) for s in self.current_stats()],
-            detectors=([] if self.detection is None else self.detection.status(self.window_s, now)),
+            detectors=self._detectors(now),
             judge=self._judge_status(now),
         )
+
+    def _detectors(self, now: float) -> list[dict[str, Any]]:
+        """The detectors' status; their explanations quote prompts and responses: redacted."""
+        if self.detection is None:
+            return []
+        listed = self.detection.status(self.window_s, now)
+        for entry in listed:
+            why = entry.get("explanation")
+            if why:
+                entry["explanation"] = {
+                    key: [self.redact(text) for text in texts] for key, texts in why.items()
+                }
+        return listed
 
     def _judge_status(self, now: float) -> JudgeStatus | None:
         if self.judge is None:

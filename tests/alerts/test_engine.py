@@ -48,7 +48,7 @@ def api(d: Daemon) -> httpx.AsyncClient:
 
 async def post(d: Daemon, records: list[dict[str, object]]) -> None:
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{d.api.port}") as http:  # type: ignore[union-attr]
-        assert (await http.post("/api/v1/records", content=json.dumps(records))).status_code == 200
+        assert (await http.post("/api/v1/records", json=records)).status_code == 200
 
 
 async def test_a_breach_fires_a_signed_webhook_then_resolves(

@@ -22,7 +22,9 @@ from tests.conftest import eventually, free_port, running, sample_value, status_
 
 
 def client(d: Daemon, token: str | None = None) -> httpx.AsyncClient:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
     return httpx.AsyncClient(base_url=f"http://127.0.0.1:{d.api.port}", headers=headers)  # type: ignore[union-attr]
 
 
@@ -69,7 +71,7 @@ async def test_post_records_same_format_and_read_one_back(
 
 
 async def test_token_protects_everything_but_health(settings_for: Callable[..., Settings]) -> None:
-    settings = settings_for(api={"bind": "127.0.0.1:0", "token": "sesame"})
+    settings = settings_for(api={"bind": "127.0.0.1:0", "token": "sesame-open-up-now"})
     async with running(Daemon(settings)) as d:
         async with client(d) as anonymous:
             assert (await anonymous.get("/healthz")).status_code == 200
@@ -79,7 +81,7 @@ async def test_token_protects_everything_but_health(settings_for: Callable[..., 
             assert (await anonymous.post("/api/v1/records", content=b"{}")).status_code == 401
         async with client(d, "wrong") as wrong:
             assert (await wrong.get("/api/v1/status")).status_code == 401
-        async with client(d, "sesame") as ok:
+        async with client(d, "sesame-open-up-now") as ok:
             assert (await ok.get("/api/v1/status")).status_code == 200
             assert (await ok.post("/api/v1/records", content=b"{}")).json()["accepted"] == 1
 
@@ -99,14 +101,16 @@ async def test_embedded_broker_needs_nothing_else(
 async def test_status_command_shows_a_running_daemons_series(
     settings_for: Callable[..., Settings], tmp_path: Path
 ) -> None:
-    async with running(Daemon(settings_for(api={"bind": "127.0.0.1:0", "token": "t0k"}))) as d:
-        async with client(d, "t0k") as http:
+    async with running(
+        Daemon(settings_for(api={"bind": "127.0.0.1:0", "token": "t0k-status-0123456"}))
+    ) as d:
+        async with client(d, "t0k-status-0123456") as http:
             body = {"app": "cli-app", "model": "gpt-4o-mini", "latency_ms": 1500, "prompt": "hi"}
             await http.post("/api/v1/records", content=json.dumps(body))
         assert d.detection is not None
         await asyncio.wait_for(d.detection.wait_idle(), 30)
         config = tmp_path / "status.yaml"
-        config.write_text(f"api: {{bind: '127.0.0.1:{d.api.port}', token: t0k}}\n")  # type: ignore[union-attr]
+        config.write_text(f"api: {{bind: '127.0.0.1:{d.api.port}', token: t0k-status-0123456}}\n")  # type: ignore[union-attr]
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",

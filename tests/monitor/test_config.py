@@ -74,7 +74,7 @@ def test_secrets_from_env_file_and_systemd_credentials(
     creds = tmp_path / "creds"
     creds.mkdir()
     (creds / "mqtt-password").write_text("from-credential\n")
-    (tmp_path / "token").write_text("from-file")
+    (tmp_path / "token").write_text("from-file-0123456789")
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
     monkeypatch.setenv("JUDGE_KEY", "from-env")
     f = tmp_path / "c.yaml"
@@ -85,7 +85,7 @@ def test_secrets_from_env_file_and_systemd_credentials(
     )
     s = load_settings(f)
     assert s.bus.password is not None and s.bus.password.get_secret_value() == "from-credential"
-    assert s.api.token is not None and s.api.token.get_secret_value() == "from-file"
+    assert s.api.token is not None and s.api.token.get_secret_value() == "from-file-0123456789"
     assert s.judge.api_key is not None and s.judge.api_key.get_secret_value() == "from-env"
     assert "from-env" not in repr(s) and "from-file" not in str(s)
 
@@ -102,7 +102,7 @@ def test_token_is_required_off_loopback(tmp_path: Path) -> None:
     f.write_text("api: {bind: '0.0.0.0:8321'}\n")
     with pytest.raises(ConfigError, match=r"api\.token is required"):
         load_settings(f)
-    f.write_text("api: {bind: '0.0.0.0:8321', token: t}\n")
+    f.write_text("api: {bind: '0.0.0.0:8321', token: a-token-of-16-chars}\n")
     assert load_settings(f).api.token is not None
 
 
@@ -116,7 +116,9 @@ def test_durations(text: str | int, seconds: float) -> None:
 
 def test_check_config_prints_effective_config_with_secrets_masked(tmp_path: Path) -> None:
     f = tmp_path / "c.yaml"
-    f.write_text("bus: {password: hunter2}\napi: {bind: '0.0.0.0:9000', token: tok-123}\n")
+    f.write_text(
+        "bus: {password: hunter2}\napi: {bind: '0.0.0.0:9000', token: tok-123-4567890abc}\n"
+    )
     out = subprocess.run(
         [sys.executable, "-m", "lookout", "check-config", str(f)],
         capture_output=True,

@@ -142,14 +142,16 @@ async def test_the_minute_just_completed_stays_on_the_charts_until_its_rollup_is
 async def test_the_dashboard_needs_the_token_when_one_is_set(
     settings_for: Callable[..., Settings],
 ) -> None:
-    settings = dashboard_settings(settings_for, api={"bind": "127.0.0.1:0", "token": "s3cret"})
+    settings = dashboard_settings(
+        settings_for, api={"bind": "127.0.0.1:0", "token": "s3cret-0123456789ab"}
+    )
     async with running(Daemon(settings), wait_bus=False) as d:
         base = f"http://127.0.0.1:{d.api.port}"  # type: ignore[union-attr]
         async with httpx.AsyncClient(base_url=base) as http:
             assert (await http.get("/")).status_code == 401
             assert (await http.get("/?token=wrong")).status_code == 401
             assert (await http.get("/api/v1/series")).status_code == 401
-            opened = await http.get("/?token=s3cret")
+            opened = await http.get("/?token=s3cret-0123456789ab")
             assert opened.status_code == 200
             assert "httponly" in opened.headers["set-cookie"].lower()
             assert (await http.get("/api/v1/series")).status_code == 200  # the cookie

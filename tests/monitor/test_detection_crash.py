@@ -3,7 +3,6 @@ checkpoint, so the drift score neither goes blank nor lets a drift alert resolve
 
 from __future__ import annotations
 
-import json
 import signal
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ async def send(api: str, texts: list[str]) -> None:
     async with httpx.AsyncClient() as http:
         for begin in range(0, len(texts), 50):
             body = [{"app": "bot", "prompt": t} for t in texts[begin : begin + 50]]
-            response = await http.post(f"{api}/api/v1/records", content=json.dumps(body))
+            response = await http.post(f"{api}/api/v1/records", json=body)
             assert response.status_code == 200
 
 
