@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import ssl
 import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -143,3 +146,41 @@ async def test_tls_with_a_private_ca(
             await app.publish(f"llm/records/{topic_root}", b'{"latency_ms": 1}', qos=1)
         labels = {"app": topic_root, "model": "unknown", "status": "ok"}
         await eventually(lambda: sample_value(d, "lookout_records_total", labels) == 1, d)
+
+
+async def test_a_password_in_bus_url_is_used_and_never_logged(
+    auth_broker: int, tmp_path: Path
+) -> None:
+    """`mqtt://user:PASS@host` once connected anonymously and logged the password."""
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"bus: {{url: 'mqtt://lookout:s3cret@127.0.0.1:{auth_broker}', topics: [none/#],"
+        f" client_id: lookout-{uuid.uuid4().hex[:8]}}}\n"
+        f"store: {{url: 'sqlite:///{tmp_path}/lookout.db'}}\n"
+        f"api: {{bind: '127.0.0.1:{free_port()}'}}\n"
+        "detectors: {enabled: false}\n"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "lookout",
+        "run",
+        "-c",
+        str(config),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    try:
+        while not any('"bus_connected"' in line for line in lines):
+            line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+            assert line, "".join(lines)
+            lines.append(line)
+    finally:
+        proc.terminate()
+        rest, _ = await asyncio.wait_for(proc.communicate(), 30)
+    logged = "".join(lines) + rest.decode()
+    assert "s3cret" not in logged
+    started = next(json.loads(line) for line in lines if '"lookout_started"' in line)
+    assert started["bus"] == f"mqtt://127.0.0.1:{auth_broker}"
