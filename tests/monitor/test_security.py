@@ -8,8 +8,6 @@ import json
 import os
 import sqlite3
 import stat
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from lookout.monitor.config import Settings
 from lookout.monitor.daemon import Daemon
 from tests.conftest import Receiver, running, sample_value, status_of
 from tests.monitor.test_detection import detecting, prompts, send
+from tests.monitor.test_secrets import lookout
 
 JSON = {"Content-Type": "application/json"}
 
@@ -191,17 +190,6 @@ async def test_the_silence_bound_is_configurable(
         assert at.status_code == 201
 
 
-def lookout(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "lookout", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env={**os.environ, "COLUMNS": "200", **env},
-    )
-
-
 def test_silence_cli_refuses_an_endless_silence_and_lists_an_old_one(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text(f"store: {{url: 'sqlite:///{tmp_path}/lookout.db'}}\n")
@@ -311,11 +299,14 @@ async def test_status_redacts_the_texts_that_explain_a_drift(
 async def test_state_files_are_private_to_the_user(
     settings_for: Callable[..., Settings], tmp_path: Path, receiver: Receiver
 ) -> None:
-    os.umask(0o022)  # a usual login shell's; systemd's UMask=0077 is not there to help
     db = tmp_path / "state" / "deep" / "lookout.db"
     settings = with_rules(settings_for, receiver.url, store={"url": f"sqlite:///{db}"})
-    async with running(Daemon(settings)):
-        pass
+    umask = os.umask(0o022)  # a usual login shell's; systemd's UMask=0077 is not there to help
+    try:
+        async with running(Daemon(settings)):
+            pass
+    finally:
+        os.umask(umask)
     for directory in (tmp_path / "state", db.parent):
         assert stat.S_IMODE(directory.stat().st_mode) == 0o700, directory
     files = [p for p in db.parent.iterdir() if p.name.startswith("lookout.db")]
