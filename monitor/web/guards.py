@@ -105,14 +105,14 @@ def guards(cfg: ApiConfig) -> list[Middleware]:
         if host is not None and request.path not in _ANY_HOST_PATHS and not policy.allows(host):
             return error_response(
                 403,
-                f"host {_hostname(host)!r} is not one this API serves: address it by its bind "
-                "address or add the name to api.allowed_hosts",
+                f"host {_hostname(host)[:100]!r} is not one this API serves: address it by its "
+                "bind address or add the name to api.allowed_hosts",
             )
         if request.method in _SAFE_METHODS:
             return await handler(request)
         origin = request.headers.get("Origin")
         if origin is not None and not policy.same_site(origin, host or ""):
-            return error_response(403, f"cross-origin request from {origin!r} refused")
+            return error_response(403, f"cross-origin request from {origin[:100]!r} refused")
         if request.method == "POST" and request.content_type != "application/json":
             return error_response(415, "send the body with Content-Type: application/json")
         return await handler(request)
