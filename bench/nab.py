@@ -133,8 +133,8 @@ def false_alarms_per_week(corpus: list[Series], zs: dict[str, list[float]], z: f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--false-alarms-per-week", type=float, default=1.0)
-    parser.add_argument("--episode-points", type=int, default=0)
-    parser.add_argument("--trailing-points", type=int, default=256)
+    parser.add_argument("--episode-points", type=int, default=1000)
+    parser.add_argument("--trailing-points", type=int, default=2048)
     parser.add_argument("--seasonality", default="auto", choices=[s.value for s in Seasonality])
     parser.add_argument("--direction", default="both", choices=[d.value for d in Direction])
     args = parser.parse_args()

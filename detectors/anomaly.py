@@ -64,10 +64,13 @@ class AnomalyConfig:
     direction: Direction = Direction.BOTH
     seasonality: Seasonality = Seasonality.AUTO
     threshold_z: float = 4.0
-    trailing_points: int = 256
+    trailing_points: int = 2048  # ~34 h of minutes: chosen on NAB (docs/benchmarks.md)
     min_points: int = 30  # fewer: LEARNING, never anomalous
     buckets_per_day: int = 24
-    values_per_bucket: int = 12
+    # A bucket keeps `samples_per_period` values from each period (one per equal slice of
+    # the bucket, so minutes 0, 15, 30, 45 of an hour) and the last `values_per_bucket`.
+    samples_per_period: int = 4
+    values_per_bucket: int = 24
     min_periods: int = 3
     seasonal_gain: float = 0.9  # a profile is used once its error is below this x trailing's
     error_halflife_points: float = 200.0
@@ -147,16 +150,33 @@ class _Profile:
     period_s: float
     buckets: int
     size: int
+    per_period: int = 4
     cells: list[_Sorted] = field(default_factory=list)
+    filled: list[int] = field(default_factory=list)  # per bucket: the last (period, slot) kept
     first_t: float | None = None
     error: float | None = None  # exponentially weighted mean absolute error of its median
 
     def __post_init__(self) -> None:
         if not self.cells:
             self.cells = [_Sorted(self.size) for _ in range(self.buckets)]
+        if not self.filled:
+            self.filled = [-1] * self.buckets
+
+    def index(self, t: float) -> int:
+        return int((t % self.period_s) / self.period_s * self.buckets) % self.buckets
 
     def cell(self, t: float) -> _Sorted:
-        return self.cells[int((t % self.period_s) / self.period_s * self.buckets) % self.buckets]
+        return self.cells[self.index(t)]
+
+    def learn(self, t: float, value: float) -> None:
+        """Keep `value` if it is the first of its slice of the bucket in this period."""
+        i = self.index(t)
+        bucket_s = self.period_s / self.buckets
+        slot = int((t % bucket_s) / bucket_s * self.per_period)
+        key = int(t // self.period_s) * self.per_period + slot
+        if key > self.filled[i]:
+            self.filled[i] = key
+            self.cells[i].add(value)
 
     def periods(self, t: float) -> float:
         return 0.0 if self.first_t is None else (t - self.first_t) / self.period_s
@@ -171,10 +191,12 @@ class AnomalyDetector:
         self._trailing_error: float | None = None
         self._profiles: dict[Baseline, _Profile] = {}
         if c.seasonality in (Seasonality.AUTO, Seasonality.DAILY):
-            self._profiles[Baseline.DAILY] = _Profile(DAY_S, c.buckets_per_day, c.values_per_bucket)
+            self._profiles[Baseline.DAILY] = _Profile(
+                DAY_S, c.buckets_per_day, c.values_per_bucket, c.samples_per_period
+            )
         if c.seasonality in (Seasonality.AUTO, Seasonality.WEEKLY):
             self._profiles[Baseline.WEEKLY] = _Profile(
-                WEEK_S, 7 * c.buckets_per_day, c.values_per_bucket
+                WEEK_S, 7 * c.buckets_per_day, c.values_per_bucket, c.samples_per_period
             )
         self._alpha = 1.0 - 0.5 ** (1.0 / c.error_halflife_points)
         self.points = 0
@@ -252,7 +274,7 @@ class AnomalyDetector:
         for profile in self._profiles.values():
             if profile.first_t is None:
                 profile.first_t = t
-            profile.cell(t).add(value)
+            profile.learn(t, value)
         self.points += 1
         return result
 
@@ -267,8 +289,8 @@ class AnomalyDetector:
             cell = profile.cell(t)
             if len(cell) >= 1 and profile.periods(t) >= 1:
                 err = abs(value - cell.quantile(0.5))
-                profile.error = err if profile.error is None else profile.error + a * (
-                    err - profile.error
+                profile.error = (
+                    err if profile.error is None else profile.error + a * (err - profile.error)
                 )
 
     # -- state ------------------------------------------------------------------------------
@@ -285,6 +307,7 @@ class AnomalyDetector:
                     "first_t": p.first_t,
                     "error": p.error,
                     "cells": [list(c.order) for c in p.cells],
+                    "filled": list(p.filled),
                 }
                 for name, p in self._profiles.items()
             },
@@ -305,4 +328,5 @@ class AnomalyDetector:
             profile.first_t = saved["first_t"]
             profile.error = saved["error"]
             profile.cells = [_Sorted(profile.size, list(v)) for v in saved["cells"]]
+            profile.filled = [int(k) for k in saved["filled"]]
         return detector
