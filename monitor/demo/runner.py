@@ -23,9 +23,11 @@ from aiohttp import web
 
 from lookout.monitor.config import Settings
 from lookout.monitor.daemon import Daemon
+from lookout.monitor.demo.history import seed_history
 from lookout.monitor.demo.judge import demo_judge
 from lookout.monitor.demo.traffic import (
     PROFILES,
+    SUPPORT,
     TIMELINE,
     TIMELINE_S,
     Incident,
@@ -92,6 +94,19 @@ def _demo_rules(speed: float) -> list[dict[str, Any]]:
             "p95 latency {value:.1f}s > {threshold:g}s ({app})",
             severity="warning",
         ),
+        {
+            "name": "unusual-latency",
+            "metric": "latency_p95",
+            "where": {"app": SUPPORT},
+            "op": "anomaly",
+            "direction": "up",
+            "sensitivity": 8,  # the demo's short windows are noisier than the learned minutes
+            "window": 30 / speed,
+            "for": 10 / speed,
+            "min_samples": 20,
+            "channels": [HOOK],
+            "severity": "warning",
+        },
         rule(
             "error-burst",
             "error_rate",
@@ -230,6 +245,7 @@ class Demo:
                     judge_url=judge_url,
                     state_dir=state,
                 )
+                await seed_history(settings, time.time())
                 daemon = Daemon(settings)
                 halt = asyncio.Event()
                 async with asyncio.TaskGroup() as tg:

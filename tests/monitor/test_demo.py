@@ -45,7 +45,7 @@ async def test_the_demo_fires_and_resolves_alerts_on_its_timeline() -> None:
     task = asyncio.create_task(demo.run(stop))
     wanted = {
         (rule, status)
-        for rule in ("slow-responses", "error-burst")
+        for rule in ("slow-responses", "error-burst", "unusual-latency")
         for status in ("firing", "resolved")
     }
     seen: set[tuple[str, str]] = set()
@@ -67,6 +67,9 @@ async def test_the_demo_fires_and_resolves_alerts_on_its_timeline() -> None:
     text = "\n".join(lines)
     assert "dashboard at http://127.0.0.1:" in text and "incident over" in text
     assert "webhook received: FIRING   slow-responses: p95 latency" in text
+    # The anomaly rule fired on the same incident and said what is usual (seeded history).
+    assert "FIRING   unusual-latency: unusual-latency: latency_p95" in text
+    assert "usual at this hour" in text
 
 
 def test_the_demo_judge_answers_in_the_judge_schema() -> None:
