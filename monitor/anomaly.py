@@ -119,6 +119,27 @@ class AnomalyBook:
             detector = AnomalyDetector(self._rules[rule].config)  # no history yet: learning
         return detector.score(now, value)
 
+    def bands(self, since: float, now: float, step_s: float) -> dict[str, dict[str, list[Any]]]:
+        """app -> metric -> [(time, low, high)]: each anomaly rule's band over all models, as
+        its detector expects the series now (the profile's hour by hour), for charts."""
+        out: dict[str, dict[str, list[Any]]] = {}
+        for (name, labels), detector in self.detectors.items():
+            scope = dict(labels)
+            if scope.get("model") != ALL:
+                continue
+            k = detector.config.threshold_z
+            band = []
+            t = since
+            while t <= now:
+                normal = detector.normal(t)
+                if normal is not None:
+                    _, level, spread = normal
+                    band.append((t, level - k * spread, level + k * spread))
+                t += step_s
+            if band:
+                out.setdefault(scope["app"], {})[self._rules[name].metric] = band
+        return out
+
     # -- learning -----------------------------------------------------------------------------
 
     def feed(self, points: list[RollupPoint]) -> int:

@@ -209,6 +209,7 @@ class Daemon:
                 live=rollups.live_points,
                 stored_minute=lambda: rollups.stored_minute,
                 judge_failures=self.views.judge_failures,
+                bands=self.anomaly.bands if self.anomaly is not None else None,
             )
         )
         deps = RouteDeps(

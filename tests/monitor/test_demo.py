@@ -59,6 +59,9 @@ async def test_the_demo_fires_and_resolves_alerts_on_its_timeline() -> None:
             page = await http.get(demo.dashboard_url)
             series = (await http.get(demo.dashboard_url + "api/v1/series")).json()
         assert page.status_code == 200 and set(series["apps"]) == {SUPPORT, TRAVEL}
+        # The anomaly rule's band for the latency chart: (time, low, high) with low < high.
+        band = series["bands"][SUPPORT]["latency_p95"]
+        assert band and all(low < high for _, low, high in band)
         # The demo's judge (a local OpenAI-compatible server) graded records of both apps.
         assert all("judge_pass_rate" in series["series"][app] for app in (SUPPORT, TRAVEL))
     finally:
