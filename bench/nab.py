@@ -76,12 +76,18 @@ def run_series(series: Series, config: AnomalyConfig, episode_points: int) -> li
     """Each value scored once, in order, then learned: the z along the direction, 0 while
     learning; with `episode_points`, only a point above every one of the previous ones."""
     detector = AnomalyDetector(config)
-    recent: deque[float] = deque(maxlen=max(1, episode_points))
+    # (index, score) with decreasing scores: the first is the window's maximum.
+    peaks: deque[tuple[int, float]] = deque()
     out = []
-    for t, v in zip(series.timestamps, series.values, strict=True):
+    for i, (t, v) in enumerate(zip(series.timestamps, series.values, strict=True)):
         s = detector.update(t.timestamp(), v).score
-        reported = s if not episode_points or not recent or s > max(recent) else 0.0
-        recent.append(s)
+        while peaks and peaks[0][0] <= i - episode_points:
+            peaks.popleft()
+        reported = s if not peaks or s > peaks[0][1] else 0.0
+        while peaks and peaks[-1][1] <= s:
+            peaks.pop()
+        if episode_points:
+            peaks.append((i, s))
         out.append(max(0.0, reported))
     return out
 
@@ -135,6 +141,7 @@ def main() -> None:
     parser.add_argument("--false-alarms-per-week", type=float, default=1.0)
     parser.add_argument("--episode-points", type=int, default=1000)
     parser.add_argument("--trailing-points", type=int, default=2048)
+    parser.add_argument("--min-points", type=int, default=AnomalyConfig().min_points)
     parser.add_argument("--seasonality", default="auto", choices=[s.value for s in Seasonality])
     parser.add_argument("--direction", default="both", choices=[d.value for d in Direction])
     args = parser.parse_args()
@@ -151,6 +158,7 @@ def main() -> None:
             seasonality=Seasonality(args.seasonality),
             threshold_z=own,
             trailing_points=args.trailing_points,
+            min_points=args.min_points,
         )
         start = time.process_time()
         zs[s.name] = run_series(s, config, args.episode_points)

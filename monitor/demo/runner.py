@@ -68,6 +68,23 @@ def free_port(preferred: int = 0) -> int:
         return int(s.getsockname()[1])
 
 
+def _anomaly_rule(speed: float) -> dict[str, Any]:
+    """support-bot's p95 latency against its learned normal (history seeded by `seed_history`)."""
+    return {
+        "name": "unusual-latency",
+        "metric": "latency_p95",
+        "where": {"app": SUPPORT},
+        "op": "anomaly",
+        "direction": "up",
+        "sensitivity": 8,  # the demo's short windows are noisier than the learned minutes
+        "window": 30 / speed,
+        "for": 10 / speed,
+        "min_samples": 20,
+        "channels": [HOOK],
+        "severity": "warning",
+    }
+
+
 def _demo_rules(speed: float) -> list[dict[str, Any]]:
     """The alert rules the demo's incidents fire, their windows scaled by the speed."""
 
@@ -94,19 +111,7 @@ def _demo_rules(speed: float) -> list[dict[str, Any]]:
             "p95 latency {value:.1f}s > {threshold:g}s ({app})",
             severity="warning",
         ),
-        {
-            "name": "unusual-latency",
-            "metric": "latency_p95",
-            "where": {"app": SUPPORT},
-            "op": "anomaly",
-            "direction": "up",
-            "sensitivity": 8,  # the demo's short windows are noisier than the learned minutes
-            "window": 30 / speed,
-            "for": 10 / speed,
-            "min_samples": 20,
-            "channels": [HOOK],
-            "severity": "warning",
-        },
+        _anomaly_rule(speed),
         rule(
             "error-burst",
             "error_rate",
