@@ -173,11 +173,16 @@ class AnomalyBook:
         now = self._now()
         until = int(now // ROLLUP_S) * ROLLUP_S
         since = max(self.fed_until, now - self._history_s)
-        learned = 0
+        learned, last = 0, None
         for metric in sorted({r.metric for r in self._rules.values()}):
-            rows = await self._store.rollups(since, series=metric)
-            learned += self.feed([p for p in rows if p.minute < until])
-        self.fed_until = max(self.fed_until, until)
+            rows = [p for p in await self._store.rollups(since, series=metric) if p.minute < until]
+            learned += self.feed(rows)
+            if rows:
+                last = max(rows[-1].minute, last or 0)
+        # Up to the last minute stored, not to now: a minute written but not yet flushed
+        # (rollups are written together, a few seconds after the minute) comes next pass.
+        if last is not None:
+            self.fed_until = max(self.fed_until, last + ROLLUP_S)
         return learned
 
     # -- state --------------------------------------------------------------------------------
