@@ -6,9 +6,10 @@ deviation for Gaussian data) from one of three baselines, chosen online by which
 the series best:
 
 - a trailing baseline: the last `trailing_points` values;
-- a daily and a weekly seasonal profile: per time-of-period bucket, the last values seen in
-  that bucket in earlier periods; usable once `min_periods` periods have been seen (and the
-  profile's median absolute error has beaten the trailing baseline's by `seasonal_gain`).
+- a daily and a weekly seasonal profile: per time-of-period bucket, a few values from each
+  of the last periods (`samples_per_period`, up to `values_per_bucket`); usable once
+  `min_periods` periods have been seen and, with `seasonality: auto`, once the profile's mean
+  absolute error predicting by its median beats the trailing baseline's by `seasonal_gain`.
 
 The score is a robust z: (value - level) / spread, signed, read along the rule's direction.
 The threshold comes from a target rate of false alarms per week through a Gaussian tail on
