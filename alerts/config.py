@@ -11,7 +11,11 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from lookout.alerts.rules import RULE_LABELS, RULE_SERIES
+from lookout.detectors.anomaly import Direction, threshold_for
 from lookout.durations import DurationS
+from lookout.series import SERIES_NAMES
+
+DEFAULT_FALSE_ALARMS_PER_WEEK = 1.0
 
 
 class ChannelConfig(BaseModel):
@@ -47,8 +51,15 @@ class RuleConfig(BaseModel):
     metric: str
     where: dict[str, str] = Field(default_factory=dict)
     window: DurationS = 300.0
-    op: Literal[">", ">=", "<", "<="] = ">"
-    threshold: float
+    op: Literal[">", ">=", "<", "<=", "anomaly"] = ">"
+    threshold: float | None = None  # required by the comparison ops
+    # op: anomaly (docs/detectors.md): which way counts, how rare a false alarm should be
+    # (or `sensitivity`, the robust z beyond which a value is anomalous), which seasonal
+    # profile (auto: the daily or weekly one once it predicts the series better)
+    direction: Literal["up", "down", "both"] = "both"
+    sensitivity: float | None = Field(default=None, gt=0)
+    false_alarms_per_week: float | None = Field(default=None, gt=0)
+    seasonality: Literal["auto", "none", "daily", "weekly"] = "auto"
     for_s: DurationS | None = Field(default=None, alias="for")
     keep_firing_for: DurationS | None = None
     repeat_interval: DurationS = 4 * 3600.0
@@ -69,7 +80,26 @@ class RuleConfig(BaseModel):
             if label not in RULE_LABELS:
                 known = ", ".join(sorted(RULE_LABELS))
                 raise ValueError(f"rule {self.name!r}: unknown label {label!r} (known: {known})")
+        if self.op == "anomaly":
+            if self.metric not in SERIES_NAMES:
+                known = ", ".join(SERIES_NAMES)
+                raise ValueError(f"rule {self.name!r}: op anomaly watches one of {known}")
+            if self.sensitivity is not None and self.false_alarms_per_week is not None:
+                raise ValueError(
+                    f"rule {self.name!r}: `sensitivity` or `false_alarms_per_week`, not both"
+                )
+        elif self.threshold is None:
+            raise ValueError(f"rule {self.name!r}: op {self.op!r} needs `threshold`")
         return self
+
+    @property
+    def anomaly_z(self) -> float:
+        """The robust z beyond which an anomaly rule's value is anomalous: `sensitivity`, or
+        the z for `false_alarms_per_week` over one decision per window (at least a minute)."""
+        if self.sensitivity is not None:
+            return self.sensitivity
+        rate = self.false_alarms_per_week or DEFAULT_FALSE_ALARMS_PER_WEEK
+        return threshold_for(rate, max(self.window, 60.0), Direction(self.direction))
 
 
 class SilencesConfig(BaseModel):

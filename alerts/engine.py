@@ -21,6 +21,7 @@ from urllib.parse import quote
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from lookout.alerts.anomaly import AnomalyReadings, AnomalyScorer, usual_text
 from lookout.alerts.delivery import ChannelDelivery, ChannelNotifier
 from lookout.alerts.outbox import Silence, SqliteOutbox
 from lookout.alerts.payload import NotifiedAlert, alertmanager_payload
@@ -107,6 +108,7 @@ class AlertEngine:
         external_url: str = "",
         max_age_s: Mapping[str, float] | None = None,
         drain_timeout_s: float = 1.5,
+        anomaly: AnomalyScorer | None = None,
     ) -> None:
         self._rules = rules
         # Built once: the pure rule and timing each rule config stands for.
@@ -117,6 +119,9 @@ class AlertEngine:
             )
             for r in rules
         ]
+        self.anomaly = AnomalyReadings(anomaly) if anomaly is not None else None
+        if self.anomaly is None and any(r.op == "anomaly" for r in rules):
+            raise ValueError("anomaly rules need an anomaly scorer")
         self._next_expiry_at = 0.0
         self._outbox = outbox
         self._series = series
@@ -234,7 +239,10 @@ class AlertEngine:
         silences: Sequence[Silence],
         now: float,
     ) -> _RuleOutcome:
-        observations = {o.labels: o for o in observe(spec, self._series(rule.window, now))}
+        observed = observe(spec, self._series(rule.window, now))
+        if self.anomaly is not None and rule.op == "anomaly":
+            observed = self.anomaly.observe(rule.name, rule.metric, observed, now)
+        observations = {o.labels: o for o in observed}
         # Alerts whose scope has gone quiet get a no-data observation.
         for name, labels in list(self._alerts):
             if name == rule.name and labels not in observations:
@@ -289,8 +297,14 @@ class AlertEngine:
 
     def _notified(self, rule: RuleConfig, note: Notification) -> NotifiedAlert:
         labels = dict(note.alert.labels)
-        values = {"value": note.alert.value, "threshold": rule.threshold, **labels}
-        default = f"{rule.name}: {rule.metric} {rule.op} {rule.threshold:g} ({{app}})"
+        threshold = rule.anomaly_z if rule.op == "anomaly" else rule.threshold
+        values = {"value": note.alert.value, "threshold": threshold, **labels}
+        if self.anomaly is not None and rule.op == "anomaly":
+            usual = usual_text(rule.metric, self.anomaly.last.get((rule.name, note.alert.labels)))
+            values["usual"] = usual
+            default = f"{rule.name}: {usual} ({{app}})"
+        else:
+            default = f"{rule.name}: {rule.metric} {rule.op} {rule.threshold:g} ({{app}})"
         dashboard = ""
         if self._external_url:
             dashboard = f"{self._external_url}/?app={quote(labels.get('app', ''))}"
@@ -299,7 +313,7 @@ class AlertEngine:
             severity=rule.severity,
             summary=render(rule.summary or default, values),
             description=render(rule.description, values),
-            threshold=rule.threshold,
+            threshold=threshold,
             dashboard_url=dashboard,
         )
 

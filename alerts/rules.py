@@ -41,7 +41,7 @@ class SeriesSource(Protocol):
 class Rule:
     name: str
     metric: str
-    threshold: float
+    threshold: float | None  # None for op anomaly, whose breach the anomaly scorer decides
     op: str = ">"
     where: Mapping[str, str] = field(default_factory=dict)
     min_samples: int = 1
@@ -108,4 +108,6 @@ def _observation(
 ) -> Observation:
     if point.value is None or point.count < rule.min_samples:
         return Observation(labels, None, point.value)
+    if rule.op not in OPS or rule.threshold is None:  # op anomaly: decided on the value later
+        return Observation(labels, False, point.value)
     return Observation(labels, OPS[rule.op](point.value, rule.threshold), point.value)

@@ -25,6 +25,7 @@ from lookout.clock import Clock, SystemClock
 from lookout.detectors.judge import criteria_from
 from lookout.errors import ConfigError
 from lookout.monitor.allocator import fix_mmap_threshold
+from lookout.monitor.anomaly import AnomalyBook
 from lookout.monitor.builders import build_pipeline, build_windows, price_table
 from lookout.monitor.config import JudgeConfig, Settings, mask_url
 from lookout.monitor.detection.embedding import build_embedder
@@ -103,6 +104,7 @@ class Daemon:
         self.judge_store: JudgeStore | None = None
         self.alerts: AlertEngine | None = None
         self.outbox: SqliteOutbox | None = None
+        self.anomaly: AnomalyBook | None = None
         self.rollups: RollupService | None = None
         self.views: ApiViews | None = None
         self.ready = asyncio.Event()
@@ -209,6 +211,7 @@ class Daemon:
                 live=rollups.live_points,
                 stored_minute=lambda: rollups.stored_minute,
                 judge_failures=self.views.judge_failures,
+                bands=self.anomaly.bands if self.anomaly is not None else None,
             )
         )
         deps = RouteDeps(
@@ -238,6 +241,15 @@ class Daemon:
                 build_notifier(name, channel, http=http, clock=self.clock, posted_messages=outbox)
             )
 
+        if any(r.op == "anomaly" for r in s.rules):
+            book = AnomalyBook(
+                s.rules,
+                self.store,
+                now=self.clock.now,
+                checkpoint_path=sqlite_path(s.store.url).with_suffix(".anomaly.json"),
+            )
+            self.anomaly = await stack.enter_async_context(book.running())
+
         def rule_series(window_s: float, now: float) -> list[SeriesPoint]:
             return self.windows.points(window_s, now) + list(extra_series(window_s, now))
 
@@ -251,6 +263,7 @@ class Daemon:
             eval_interval_s=s.eval_interval,
             external_url=s.api.external_url or "",
             max_age_s={name: c.max_age for name, c in s.channels.items()},
+            anomaly=self.anomaly,
         )
         return engine.running()
 

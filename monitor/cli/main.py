@@ -215,6 +215,8 @@ def status(config: ConfigOpt = None) -> None:
     console.print(_series_table(body["series"], window) if body["series"] else "no records yet")
     if body.get("detectors"):
         console.print(_detector_table(body["detectors"]))
+    if body.get("anomalies"):
+        console.print(_anomaly_table(body["anomalies"]))
     judge = body.get("judge")
     if judge and judge.get("last_run"):
         run = judge["last_run"]
@@ -243,6 +245,25 @@ def _detector_table(detectors: list[dict[str, Any]]) -> Table:
             "-" if score is None else f"{score:.2f}",
             "[red]yes[/red]" if d.get("drifted") else "no",
             "-" if rate is None else f"{rate:.1%}",
+        )
+    return table
+
+
+def _anomaly_table(anomalies: list[dict[str, Any]]) -> Table:
+    table = Table(title="anomaly rules")
+    for col in ("rule", "app", "value", "usual band", "robust z", "against"):
+        table.add_column(col, justify="left" if col in ("rule", "app", "against") else "right")
+    for a in anomalies:
+        learning = a["baseline"] == "learning"
+        band = "-" if learning else f"{a['low']:.3g}-{a['high']:.3g}"
+        z = "-" if a["z"] is None else f"{a['z']:+.1f}"
+        table.add_row(
+            a["rule"],
+            a["labels"].get("app", ""),
+            f"{a['value']:.3g}",
+            band,
+            f"[red]{z}[/red]" if a["anomalous"] else z,
+            f"learning ({a['history_points']} min)" if learning else a["baseline"],
         )
     return table
 

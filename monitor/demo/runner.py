@@ -23,9 +23,11 @@ from aiohttp import web
 
 from lookout.monitor.config import Settings
 from lookout.monitor.daemon import Daemon
+from lookout.monitor.demo.history import seed_history
 from lookout.monitor.demo.judge import demo_judge
 from lookout.monitor.demo.traffic import (
     PROFILES,
+    SUPPORT,
     TIMELINE,
     TIMELINE_S,
     Incident,
@@ -66,6 +68,23 @@ def free_port(preferred: int = 0) -> int:
         return int(s.getsockname()[1])
 
 
+def _anomaly_rule(speed: float) -> dict[str, Any]:
+    """support-bot's p95 latency against its learned normal (history seeded by `seed_history`)."""
+    return {
+        "name": "unusual-latency",
+        "metric": "latency_p95",
+        "where": {"app": SUPPORT},
+        "op": "anomaly",
+        "direction": "up",
+        "sensitivity": 8,  # the demo's short windows are noisier than the learned minutes
+        "window": 30 / speed,
+        "for": 10 / speed,
+        "min_samples": 20,
+        "channels": [HOOK],
+        "severity": "warning",
+    }
+
+
 def _demo_rules(speed: float) -> list[dict[str, Any]]:
     """The alert rules the demo's incidents fire, their windows scaled by the speed."""
 
@@ -92,6 +111,7 @@ def _demo_rules(speed: float) -> list[dict[str, Any]]:
             "p95 latency {value:.1f}s > {threshold:g}s ({app})",
             severity="warning",
         ),
+        _anomaly_rule(speed),
         rule(
             "error-burst",
             "error_rate",
@@ -230,6 +250,7 @@ class Demo:
                     judge_url=judge_url,
                     state_dir=state,
                 )
+                await seed_history(settings, time.time())
                 daemon = Daemon(settings)
                 halt = asyncio.Event()
                 async with asyncio.TaskGroup() as tg:

@@ -54,6 +54,8 @@ class DashboardDeps:
     live: Callable[[float, float], list[RollupPoint]]
     stored_minute: Callable[[], float]  # the first minute not known to be in the store
     judge_failures: Callable[[int], Awaitable[list[dict[str, Any]]]]
+    # (since, now, step_s) -> app -> series -> [(time, low, high)]: anomaly rules' bands
+    bands: Callable[[float, float, float], dict[str, dict[str, list[Any]]]] | None = None
 
 
 def _asset(name: str) -> bytes:
@@ -139,6 +141,7 @@ class Dashboard:
                 "step_s": step_s,
                 "apps": sorted(a for a in series if a != ALL),
                 "series": series,
+                "bands": self._deps.bands(since, now, step_s) if self._deps.bands else {},
             }
         )
 

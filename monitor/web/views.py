@@ -94,6 +94,22 @@ class StatusResponse(BaseModel):
     series: list[WindowSeries]
     detectors: list[dict[str, Any]]
     judge: JudgeStatus | None
+    anomalies: list[AnomalyView] = []
+
+
+class AnomalyView(BaseModel):
+    """An anomaly rule's last reading: the value, the band outside which it is anomalous,
+    its robust z, and which normal it was measured against (`learning`: too little history)."""
+
+    rule: str
+    labels: dict[str, str]
+    value: float
+    baseline: str
+    low: float | None
+    high: float | None
+    z: float | None
+    anomalous: bool
+    history_points: int
 
 
 class AlertView(BaseModel):
@@ -156,6 +172,7 @@ class ApiViews:
             series=[WindowSeries.of(s) for s in self.current_stats()],
             detectors=self._detectors(now),
             judge=self._judge_status(now),
+            anomalies=self._anomalies(),
         )
 
     def _detectors(self, now: float) -> list[dict[str, Any]]:
@@ -170,6 +187,24 @@ class ApiViews:
                     key: [self.redact(text) for text in texts] for key, texts in why.items()
                 }
         return listed
+
+    def _anomalies(self) -> list[AnomalyView]:
+        if self.alerts is None or self.alerts.anomaly is None:
+            return []
+        return [
+            AnomalyView(
+                rule=rule,
+                labels=dict(labels),
+                value=r.value,
+                baseline=r.baseline.value,
+                low=r.low,
+                high=r.high,
+                z=r.z,
+                anomalous=r.anomalous,
+                history_points=r.history,
+            )
+            for (rule, labels), r in self.alerts.anomaly.last.items()
+        ]
 
     def _judge_status(self, now: float) -> JudgeStatus | None:
         if self.judge is None:

@@ -45,7 +45,7 @@ async def test_the_demo_fires_and_resolves_alerts_on_its_timeline() -> None:
     task = asyncio.create_task(demo.run(stop))
     wanted = {
         (rule, status)
-        for rule in ("slow-responses", "error-burst")
+        for rule in ("slow-responses", "error-burst", "unusual-latency")
         for status in ("firing", "resolved")
     }
     seen: set[tuple[str, str]] = set()
@@ -59,6 +59,9 @@ async def test_the_demo_fires_and_resolves_alerts_on_its_timeline() -> None:
             page = await http.get(demo.dashboard_url)
             series = (await http.get(demo.dashboard_url + "api/v1/series")).json()
         assert page.status_code == 200 and set(series["apps"]) == {SUPPORT, TRAVEL}
+        # The anomaly rule's band for the latency chart: (time, low, high) with low < high.
+        band = series["bands"][SUPPORT]["latency_p95"]
+        assert band and all(low < high for _, low, high in band)
         # The demo's judge (a local OpenAI-compatible server) graded records of both apps.
         assert all("judge_pass_rate" in series["series"][app] for app in (SUPPORT, TRAVEL))
     finally:
@@ -67,6 +70,9 @@ async def test_the_demo_fires_and_resolves_alerts_on_its_timeline() -> None:
     text = "\n".join(lines)
     assert "dashboard at http://127.0.0.1:" in text and "incident over" in text
     assert "webhook received: FIRING   slow-responses: p95 latency" in text
+    # The anomaly rule fired on the same incident and said what is usual (seeded history).
+    assert "FIRING   unusual-latency: unusual-latency: latency_p95" in text
+    assert "usual at this hour" in text
 
 
 def test_the_demo_judge_answers_in_the_judge_schema() -> None:

@@ -50,7 +50,7 @@ function clock(ts) {
     : d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
 }
 
-function chart(spec, data, since, now) {
+function chart(spec, data, since, now, bands = {}) {
   const names = spec.prefix
     ? Object.keys(data).filter((k) => k.split(":")[0] === spec.prefix).sort()
     : spec.series.filter((k) => data[k]);
@@ -66,6 +66,7 @@ function chart(spec, data, since, now) {
       top = Math.max(top, v);
       bottom = Math.min(bottom, v);
     }
+    for (const [, , high] of bands[name] || []) top = Math.max(top, high);
   }
   if (spec.threshold) top = Math.max(top, spec.threshold * 1.2);
   top = spec.max && top <= spec.max ? spec.max : top > 0 ? top * 1.08 : 1;
@@ -85,6 +86,14 @@ function chart(spec, data, since, now) {
   if (spec.threshold) {
     svg.append(svgEl("line", { class: "threshold", x1: L, x2: W - R,
                                y1: y(spec.threshold), y2: y(spec.threshold) }));
+  }
+  // An anomaly rule's expected band: shaded under the series it watches.
+  for (const name of names.filter((n) => bands[n] && bands[n].length)) {
+    const band = bands[name];
+    const upper = band.map(([t, , hi]) => `${x(t).toFixed(1)},${y(hi).toFixed(1)}`);
+    const lower = band.map(([t, lo]) => `${x(t).toFixed(1)},${y(Math.max(lo, bottom)).toFixed(1)}`);
+    svg.append(svgEl("polygon", { class: "band", points: [...upper, ...lower.reverse()].join(" "),
+                                  "data-band": name }));
   }
   const legend = el("div", { class: "legend" });
   names.forEach((name, i) => {
@@ -125,7 +134,8 @@ function renderApps(body) {
     const section = el("section", { class: "app", "data-app": app });
     section.append(el("h2", {}, app));
     const grid = el("div", { class: "grid" });
-    for (const spec of CHARTS) grid.append(chart(spec, body.series[app] || {}, body.since, body.now));
+    for (const spec of CHARTS) grid.append(chart(spec, body.series[app] || {}, body.since, body.now,
+                                                 (body.bands || {})[app] || {}));
     section.append(grid);
     sections.push(section);
   }

@@ -1,0 +1,333 @@
+"""Anomaly scores for one numeric series: how far a value is from the series' learned normal.
+
+A streaming detector, one per series, fed one (time, value) at a time in time order. Its
+normal is a robust level (median) and spread (inter-quartile range / 1.349, a standard
+deviation for Gaussian data) from one of three baselines, chosen online by which predicts
+the series best:
+
+- a trailing baseline: the last `trailing_points` values;
+- a daily and a weekly seasonal profile: per time-of-period bucket, a few values from each
+  of the last periods (`samples_per_period`, up to `values_per_bucket`); usable once
+  `min_periods` periods have been seen and, with `seasonality: auto`, once the profile's mean
+  absolute error predicting by its median beats the trailing baseline's by `seasonal_gain`.
+
+The score is a robust z: (value - level) / spread, signed, read along the rule's direction.
+The threshold comes from a target rate of false alarms per week through a Gaussian tail on
+the independent decisions a week holds (`threshold_for`); docs/benchmarks.md measures the
+rate it gives on real series, whose tails are fatter.
+
+`score` never changes state; `update` scores and then learns. Memory is bounded by the
+configuration (buckets x values per bucket + trailing values); `save`/`restore` round-trip
+the state as plain JSON-able data. Method and measurement: docs/detectors.md, docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import bisect
+import enum
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from statistics import NormalDist
+from typing import Any
+
+DAY_S = 86_400.0
+WEEK_S = 7 * DAY_S
+IQR_TO_SIGMA = 1.349  # the IQR of a standard normal
+WIDE_TO_SIGMA = 3.29  # its 5-95% range
+WIDE_WEIGHT = 0.5  # ties: the spread is at least half the 5-95% range's
+
+
+class Direction(enum.StrEnum):
+    UP = "up"
+    DOWN = "down"
+    BOTH = "both"
+
+
+class Seasonality(enum.StrEnum):
+    AUTO = "auto"
+    NONE = "none"
+    DAILY = "daily"
+    WEEKLY = "weekly"
+
+
+class Baseline(enum.StrEnum):
+    """Which normal a score was measured against."""
+
+    LEARNING = "learning"  # too little history: no score
+    TRAILING = "trailing"
+    DAILY = "daily"
+    WEEKLY = "weekly"
+
+
+@dataclass(frozen=True, slots=True)
+class AnomalyConfig:
+    direction: Direction = Direction.BOTH
+    seasonality: Seasonality = Seasonality.AUTO
+    threshold_z: float = 4.0
+    trailing_points: int = 2048  # ~34 h of minutes: chosen on NAB (docs/benchmarks.md)
+    min_points: int = 30  # fewer: LEARNING, never anomalous
+    buckets_per_day: int = 24
+    # A bucket keeps `samples_per_period` values from each period (one per equal slice of
+    # the bucket, so minutes 0, 15, 30, 45 of an hour) and the last `values_per_bucket`.
+    samples_per_period: int = 4
+    values_per_bucket: int = 24
+    min_periods: int = 3
+    seasonal_gain: float = 0.9  # a profile is used once its error is below this x trailing's
+    error_halflife_points: float = 200.0
+    # The spread never falls below this fraction of |level| (a flat series is not infinitely
+    # sensitive) nor below `min_spread` in the series' units.
+    min_relative_spread: float = 0.01
+    min_spread: float = 1e-9
+
+
+@dataclass(frozen=True, slots=True)
+class AnomalyScore:
+    """One value against the normal: the band is level +- threshold_z x spread."""
+
+    value: float
+    baseline: Baseline
+    level: float | None
+    spread: float | None
+    z: float | None  # signed robust z; None while learning
+    score: float  # z read along the direction (up: z, down: -z, both: |z|), 0 while learning
+    low: float | None
+    high: float | None
+    anomalous: bool
+    history: int = 0  # values learned so far (LEARNING until `min_points`)
+
+
+def threshold_for(false_alarms_per_week: float, interval_s: float, direction: Direction) -> float:
+    """The z whose Gaussian tail gives `false_alarms_per_week` over a week of decisions made
+    every `interval_s` (a rule's `for:` and the series' autocorrelation make real alarms
+    rarer still; the bench measures it on NAB's anomaly-free series)."""
+    decisions = max(1.0, WEEK_S / interval_s)
+    tail = min(0.5, max(false_alarms_per_week, 1e-6) / decisions)
+    if direction is Direction.BOTH:
+        tail /= 2
+    return NormalDist().inv_cdf(1.0 - tail)
+
+
+class _Sorted:
+    """A bounded window of the last `size` values, also kept sorted for O(log n) quantiles."""
+
+    def __init__(self, size: int, values: list[float] | None = None) -> None:
+        self.size = size
+        self.order: deque[float] = deque(maxlen=size)
+        self.sorted: list[float] = []
+        for v in values or []:
+            self.add(v)
+
+    def add(self, value: float) -> None:
+        if len(self.order) == self.size:
+            old = self.order[0]
+            del self.sorted[bisect.bisect_left(self.sorted, old)]
+        self.order.append(value)
+        bisect.insort(self.sorted, value)
+
+    def __len__(self) -> int:
+        return len(self.sorted)
+
+    def quantile(self, q: float) -> float:
+        s = self.sorted
+        pos = q * (len(s) - 1)
+        lo = int(pos)
+        hi = min(lo + 1, len(s) - 1)
+        return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def _spread(window: _Sorted) -> float:
+    """A robust standard deviation: the IQR's, or (for values with many ties, whose IQR may
+    be 0) half the 5-95% range's."""
+    iqr = (window.quantile(0.75) - window.quantile(0.25)) / IQR_TO_SIGMA
+    wide = (window.quantile(0.95) - window.quantile(0.05)) / WIDE_TO_SIGMA
+    return max(iqr, WIDE_WEIGHT * wide)
+
+
+@dataclass(slots=True)
+class _Profile:
+    """A seasonal profile: per bucket of the period, the last values seen there."""
+
+    period_s: float
+    buckets: int
+    size: int
+    per_period: int = 4
+    cells: list[_Sorted] = field(default_factory=list)
+    filled: list[int] = field(default_factory=list)  # per bucket: the last (period, slot) kept
+    first_t: float | None = None
+    error: float | None = None  # exponentially weighted mean absolute error of its median
+
+    def __post_init__(self) -> None:
+        if not self.cells:
+            self.cells = [_Sorted(self.size) for _ in range(self.buckets)]
+        if not self.filled:
+            self.filled = [-1] * self.buckets
+
+    def index(self, t: float) -> int:
+        return int((t % self.period_s) / self.period_s * self.buckets) % self.buckets
+
+    def cell(self, t: float) -> _Sorted:
+        return self.cells[self.index(t)]
+
+    def learn(self, t: float, value: float) -> None:
+        """Keep `value` if it is the first of its slice of the bucket in this period."""
+        i = self.index(t)
+        bucket_s = self.period_s / self.buckets
+        slot = int((t % bucket_s) / bucket_s * self.per_period)
+        key = int(t // self.period_s) * self.per_period + slot
+        if key > self.filled[i]:
+            self.filled[i] = key
+            self.cells[i].add(value)
+
+    def periods(self, t: float) -> float:
+        return 0.0 if self.first_t is None else (t - self.first_t) / self.period_s
+
+
+class AnomalyDetector:
+    """The streaming detector of one series (see the module docstring)."""
+
+    def __init__(self, config: AnomalyConfig | None = None) -> None:
+        self.config = c = config or AnomalyConfig()
+        self._trailing = _Sorted(c.trailing_points)
+        self._trailing_error: float | None = None
+        self._profiles: dict[Baseline, _Profile] = {}
+        if c.seasonality in (Seasonality.AUTO, Seasonality.DAILY):
+            self._profiles[Baseline.DAILY] = _Profile(
+                DAY_S, c.buckets_per_day, c.values_per_bucket, c.samples_per_period
+            )
+        if c.seasonality in (Seasonality.AUTO, Seasonality.WEEKLY):
+            self._profiles[Baseline.WEEKLY] = _Profile(
+                WEEK_S, 7 * c.buckets_per_day, c.values_per_bucket, c.samples_per_period
+            )
+        self._alpha = 1.0 - 0.5 ** (1.0 / c.error_halflife_points)
+        self.points = 0
+
+    # -- the normal ---------------------------------------------------------------------
+
+    def _trailing_normal(self) -> tuple[float, float] | None:
+        if len(self._trailing) < self.config.min_points:
+            return None
+        return self._trailing.quantile(0.5), _spread(self._trailing)
+
+    def _profile_normal(self, profile: _Profile, t: float) -> tuple[float, float] | None:
+        cell = profile.cell(t)
+        if profile.periods(t) < self.config.min_periods or len(cell) < self.config.min_periods:
+            return None
+        return cell.quantile(0.5), _spread(cell)
+
+    def normal(self, t: float) -> tuple[Baseline, float, float] | None:
+        """The baseline in use at time `t`, its level and its (floored) spread."""
+        trailing = self._trailing_normal()
+        if trailing is None:
+            return None
+        best, (level, spread), best_error = Baseline.TRAILING, trailing, self._trailing_error
+        forced = self.config.seasonality is not Seasonality.AUTO
+        for name, profile in self._profiles.items():
+            found = self._profile_normal(profile, t)
+            if found is None or profile.error is None:
+                continue
+            beats = best_error is None or profile.error < self.config.seasonal_gain * best_error
+            if forced or beats:
+                best, (level, spread), best_error = name, found, profile.error
+        # The in-bucket spread rests on few values: never narrower than half the trailing one.
+        if best is not Baseline.TRAILING:
+            spread = max(spread, 0.5 * trailing[1])
+        floor = max(self.config.min_spread, self.config.min_relative_spread * abs(level))
+        return best, level, max(spread, floor)
+
+    # -- scoring and learning -------------------------------------------------------------
+
+    def score(self, t: float, value: float) -> AnomalyScore:
+        """`value` at time `t` against the normal learned so far (changes nothing)."""
+        normal = self.normal(t)
+        if normal is None:
+            return self._learning(value)
+        baseline, level, spread = normal
+        z = (value - level) / spread
+        direction = self.config.direction
+        read = z if direction is Direction.UP else -z if direction is Direction.DOWN else abs(z)
+        k = self.config.threshold_z
+        return AnomalyScore(
+            value,
+            baseline,
+            level,
+            spread,
+            z,
+            read,
+            level - k * spread,
+            level + k * spread,
+            read > k,
+            self.points,
+        )
+
+    def _learning(self, value: float) -> AnomalyScore:
+        return AnomalyScore(
+            value, Baseline.LEARNING, None, None, None, 0.0, None, None, False, self.points
+        )
+
+    def update(self, t: float, value: float) -> AnomalyScore:
+        """Score `value` at `t`, then learn it. Non-finite values are scored as nothing."""
+        if not math.isfinite(value):
+            return self._learning(value)
+        result = self.score(t, value)
+        self._learn_errors(t, value)
+        self._trailing.add(value)
+        for profile in self._profiles.values():
+            if profile.first_t is None:
+                profile.first_t = t
+            profile.learn(t, value)
+        self.points += 1
+        return result
+
+    def _learn_errors(self, t: float, value: float) -> None:
+        """Each baseline's running mean absolute error predicting `value` by its median."""
+        a = self._alpha
+        if len(self._trailing) >= self.config.min_points:
+            err = abs(value - self._trailing.quantile(0.5))
+            e = self._trailing_error
+            self._trailing_error = err if e is None else e + a * (err - e)
+        for profile in self._profiles.values():
+            cell = profile.cell(t)
+            if len(cell) >= 1 and profile.periods(t) >= 1:
+                err = abs(value - cell.quantile(0.5))
+                profile.error = (
+                    err if profile.error is None else profile.error + a * (err - profile.error)
+                )
+
+    # -- state ------------------------------------------------------------------------------
+
+    def save(self) -> dict[str, Any]:
+        """The learned state as JSON-able data (restore with `restore`)."""
+        return {
+            "version": 1,
+            "points": self.points,
+            "trailing": list(self._trailing.order),
+            "trailing_error": self._trailing_error,
+            "profiles": {
+                name.value: {
+                    "first_t": p.first_t,
+                    "error": p.error,
+                    "cells": [list(c.order) for c in p.cells],
+                    "filled": list(p.filled),
+                }
+                for name, p in self._profiles.items()
+            },
+        }
+
+    @classmethod
+    def restore(cls, config: AnomalyConfig, state: dict[str, Any]) -> AnomalyDetector:
+        """A detector with `config` and the saved `state` (a profile the config no longer
+        has is dropped; one whose bucket count changed starts afresh)."""
+        detector = cls(config)
+        detector.points = int(state.get("points", 0))
+        detector._trailing = _Sorted(config.trailing_points, list(state.get("trailing", [])))
+        detector._trailing_error = state.get("trailing_error")
+        for name, saved in state.get("profiles", {}).items():
+            profile = detector._profiles.get(Baseline(name))
+            if profile is None or len(saved["cells"]) != profile.buckets:
+                continue
+            profile.first_t = saved["first_t"]
+            profile.error = saved["error"]
+            profile.cells = [_Sorted(profile.size, list(v)) for v in saved["cells"]]
+            profile.filled = [int(k) for k in saved["filled"]]
+        return detector
