@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from lookout.alerts.rules import RULE_LABELS, RULE_SERIES
-from lookout.durations import DurationS
+from lookout.durations import DurationOrZeroS, DurationS
 
 
 class ChannelConfig(BaseModel):
@@ -49,8 +49,9 @@ class RuleConfig(BaseModel):
     window: DurationS = 300.0
     op: Literal[">", ">=", "<", "<="] = ">"
     threshold: float
-    for_s: DurationS | None = Field(default=None, alias="for")
-    keep_firing_for: DurationS | None = None
+    # 0 (or absent): no pending state, a breach fires at the first evaluation, as in Prometheus.
+    for_s: DurationOrZeroS | None = Field(default=None, alias="for")
+    keep_firing_for: DurationOrZeroS | None = None
     repeat_interval: DurationS = 4 * 3600.0
     no_data: Literal["ok", "keep", "alert"] = "ok"
     min_samples: int = Field(default=1, ge=1)
