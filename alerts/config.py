@@ -59,6 +59,9 @@ class RuleConfig(BaseModel):
     channels: list[str] = Field(default_factory=list)
     group_by: list[str] = Field(default_factory=lambda: ["app"])
     summary: str = ""
+    # The text of the resolution: {value}, {threshold}, labels and {back} (under, over or at the
+    # threshold), e.g. "p95 latency {value:.1f}s, back {back} {threshold:g}s ({app})".
+    resolved_summary: str = ""
     description: str = ""
 
     @model_validator(mode="after")

@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from lookout.alerts.delivery import ChannelDelivery, ChannelNotifier
 from lookout.alerts.outbox import Silence, SqliteOutbox
-from lookout.alerts.payload import NotifiedAlert, alertmanager_payload
+from lookout.alerts.payload import NotifiedAlert, alertmanager_payload, back, resolved_summary
 from lookout.alerts.rules import Observation, Rule, SeriesSource, observe
 from lookout.alerts.state import (
     Alert,
@@ -289,15 +289,26 @@ class AlertEngine:
 
     def _notified(self, rule: RuleConfig, note: Notification) -> NotifiedAlert:
         labels = dict(note.alert.labels)
-        values = {"value": note.alert.value, "threshold": rule.threshold, **labels}
+        value = note.alert.value
+        values = {
+            "value": value,
+            "threshold": rule.threshold,
+            "back": back(value, rule.threshold),
+            **labels,
+        }
         default = f"{rule.name}: {rule.metric} {rule.op} {rule.threshold:g} ({{app}})"
+        template = rule.summary or default
+        if note.kind is NotificationKind.RESOLVED:  # the firing text would read as false now
+            template = rule.resolved_summary or resolved_summary(
+                rule.name, rule.metric, rule.threshold, value
+            )
         dashboard = ""
         if self._external_url:
             dashboard = f"{self._external_url}/?app={quote(labels.get('app', ''))}"
         return NotifiedAlert(
             note,
             severity=rule.severity,
-            summary=render(rule.summary or default, values),
+            summary=render(template, values),
             description=render(rule.description, values),
             threshold=rule.threshold,
             dashboard_url=dashboard,

@@ -90,6 +90,7 @@ def _demo_rules(speed: float) -> list[dict[str, Any]]:
             3.0,
             10,
             "p95 latency {value:.1f}s > {threshold:g}s ({app})",
+            resolved_summary="p95 latency {value:.1f}s, back {back} {threshold:g}s ({app})",
             severity="warning",
         ),
         rule(
@@ -98,6 +99,7 @@ def _demo_rules(speed: float) -> list[dict[str, Any]]:
             0.15,
             5,
             "error rate {value:.0%} ({app})",
+            resolved_summary="error rate {value:.0%}, back {back} {threshold:.0%} ({app})",
             severity="critical",
             min_samples=10,
         ),
@@ -107,6 +109,7 @@ def _demo_rules(speed: float) -> list[dict[str, Any]]:
             1.5,
             10,
             "prompts drifted from the reference: score {value:.1f} ({app})",
+            resolved_summary="prompt drift score {value:.1f}, back {back} {threshold:g} ({app})",
             where={"field": "prompt"},
             severity="warning",
         ),
@@ -116,6 +119,8 @@ def _demo_rules(speed: float) -> list[dict[str, Any]]:
             0.25,
             5,
             "{value:.0%} of prompts out of distribution ({app})",
+            resolved_summary="{value:.0%} of prompts out of distribution, back {back} "
+            "{threshold:.0%} ({app})",
             where={"field": "prompt"},
             severity="warning",
         ),
