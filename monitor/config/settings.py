@@ -31,10 +31,6 @@ from lookout.monitor.config.service import (
 )
 
 
-def _default_prices() -> dict[str, Price]:
-    return {"gpt-4o-mini": Price(input=0.00015, output=0.0006)}
-
-
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="LOOKOUT_",
@@ -47,7 +43,8 @@ class Settings(BaseSettings):
     store: StoreConfig = Field(default_factory=StoreConfig)
     api: ApiConfig = ApiConfig()
     eval_interval: DurationS = 10.0
-    prices: dict[str, Price] = Field(default_factory=_default_prices)
+    # Overrides of genai-prices' table (per 1k tokens), and prices of models it does not know.
+    prices: dict[str, Price] = Field(default_factory=dict)
     metrics: MetricsConfig = MetricsConfig()
     detectors: DetectorsConfig = DetectorsConfig()
     judge: JudgeConfig = JudgeConfig()
