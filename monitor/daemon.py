@@ -209,6 +209,7 @@ class Daemon:
                 live=rollups.live_points,
                 stored_minute=lambda: rollups.stored_minute,
                 judge_failures=self.views.judge_failures,
+                rules=self.settings.rules,
             )
         )
         deps = RouteDeps(
