@@ -34,7 +34,12 @@ class Column:
         value = _get(row, self.key)
         if self.key == "count":
             return str(value)
-        return "-" if value is None else f"{value * self.scale:.{self.digits}f}"
+        if value is None:
+            return "-"
+        value *= self.scale
+        # Fewer decimals as the value grows, so a cell stays about six characters wide.
+        digits = min(self.digits, max(0, 5 - len(str(int(abs(value))))))
+        return f"{value:.{digits}f}"
 
 
 COMPACT = (
@@ -75,7 +80,7 @@ def _name_column(table: Table, header: str, names: Iterable[str]) -> None:
 def series_table(series: list[Any], title: str, *, wide: bool = False) -> Table:
     rows = _sorted(series)
     columns = WIDE if wide else COMPACT
-    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     _name_column(table, "app", (_get(s, "app") for s in rows))
     _name_column(table, "model", (_get(s, "model") for s in rows))
     for col in columns:
