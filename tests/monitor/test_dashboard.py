@@ -240,7 +240,7 @@ async def test_headless_chromium_shows_ingested_records_and_an_alert(
                 # Flagged records only, each with its score against the threshold.
                 ood_rows = await page.locator("#ood tbody tr").all_inner_texts()
                 assert len(ood_rows) == 1 and "Klingon" in ood_rows[0]
-                assert "0.90 > 0.62" in ood_rows[0] and "prompt" in ood_rows[0]
+                assert "0.900 > 0.620" in ood_rows[0] and "prompt" in ood_rows[0]
                 assert await page.locator("#alerts tr.alert.firing").count() == 0
                 await post(d, records(60, error="upstream 503", status="error"))
                 firing = page.locator('#alerts tr.alert.firing[data-rule="errors"]')

@@ -44,6 +44,11 @@ function fmt(value, percent) {
   return value.toPrecision(2);
 }
 
+// A score against its threshold: three decimals, so a close call does not read "0.42 > 0.42".
+function score(value) {
+  return value === null || value === undefined ? "-" : value.toFixed(3);
+}
+
 function clock(ts) {
   const d = new Date(ts * 1000);
   return shown === "7d"
@@ -104,7 +109,10 @@ function chart(spec, data, ctx) {
   const offset = new Date().getTimezoneOffset() * 60;  // ticks on round local times
   for (let t = Math.ceil((since - offset) / step) * step + offset; t <= now; t += step) {
     svg.append(svgEl("line", { class: "gridline", x1: x(t), x2: x(t), y1: T, y2: H - B }));
-    if (x(t) > L + 14 && x(t) < W - R - 14) label(clock(t), { x: x(t) - 14, y: H - 3 });
+    const half = clock(t).length * 2.6;  // about half the label's width at 10 px
+    if (x(t) - half > L && x(t) + half < W) {
+      label(clock(t), { x: x(t), y: H - 3, "text-anchor": "middle" });
+    }
   }
   svg.append(svgEl("line", { class: "gridline", x1: L, x2: W - R, y1: y((top + bottom) / 2),
                              y2: y((top + bottom) / 2) }));
@@ -257,7 +265,8 @@ async function refresh() {
     const flagged = ood.flatMap((r) => r.flagged.map((f) => ({ ...r, ...f })));
     renderRows("ood", flagged, (r) => [
       [clock(r.ts)], [r.app], [r.field],
-      [r.threshold === null ? fmt(r.score) : `${fmt(r.score)} > ${fmt(r.threshold)}`, "score"],
+      [r.threshold === null ? score(r.score) : `${score(r.score)} > ${score(r.threshold)}`,
+       "score"],
       [r[r.field] ?? "", "text"]]);
     document.getElementById("no-ood").hidden = flagged.length > 0;
     renderRows("judge", judge, (r) => [[clock(r.judged_at)], [r.app], [r.criterion],
