@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -183,3 +184,19 @@ async def test_status_long_names_become_blocks_and_wide_shows_every_series(
     assert "p99 s" in wide and "gen tok/s p50" in wide and "…" not in wide
 
     assert any(app in line and model in line and "1.851" in line for line in wide.splitlines())
+
+
+def test_a_port_in_use_names_the_setting(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        config = tmp_path / "c.yaml"
+        config.write_text(
+            f"api: {{bind: '127.0.0.1:{port}'}}\nstore: {{url: 'sqlite:///{tmp_path}/l.db'}}\n"
+            "detectors: {enabled: false}\n"
+        )
+        out = lookout("run", "--config", str(config))
+    assert out.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in out.stderr
+    assert "api.bind in the config or LOOKOUT_API__BIND" in out.stderr
