@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from lookout.alerts.rules import RULE_LABELS, RULE_SERIES
 from lookout.detectors.anomaly import Direction, threshold_for
-from lookout.durations import DurationS
+from lookout.durations import DurationOrZeroS, DurationS
 from lookout.series import SERIES_NAMES
 
 DEFAULT_FALSE_ALARMS_PER_WEEK = 1.0
@@ -60,8 +60,9 @@ class RuleConfig(BaseModel):
     sensitivity: float | None = Field(default=None, gt=0)
     false_alarms_per_week: float | None = Field(default=None, gt=0)
     seasonality: Literal["auto", "none", "daily", "weekly"] = "auto"
-    for_s: DurationS | None = Field(default=None, alias="for")
-    keep_firing_for: DurationS | None = None
+    # 0 (or absent): no pending state, a breach fires at the first evaluation, as in Prometheus.
+    for_s: DurationOrZeroS | None = Field(default=None, alias="for")
+    keep_firing_for: DurationOrZeroS | None = None
     repeat_interval: DurationS = 4 * 3600.0
     no_data: Literal["ok", "keep", "alert"] = "ok"
     min_samples: int = Field(default=1, ge=1)
@@ -69,6 +70,9 @@ class RuleConfig(BaseModel):
     channels: list[str] = Field(default_factory=list)
     group_by: list[str] = Field(default_factory=lambda: ["app"])
     summary: str = ""
+    # The text of the resolution: {value}, {threshold}, labels and {back} (under, over or at the
+    # threshold), e.g. "p95 latency {value:.1f}s, back {back} {threshold:g}s ({app})".
+    resolved_summary: str = ""
     description: str = ""
 
     @model_validator(mode="after")

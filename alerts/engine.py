@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from lookout.alerts.anomaly import AnomalyReadings, AnomalyScorer, usual_text
 from lookout.alerts.delivery import ChannelDelivery, ChannelNotifier
 from lookout.alerts.outbox import Silence, SqliteOutbox
-from lookout.alerts.payload import NotifiedAlert, alertmanager_payload
+from lookout.alerts.payload import NotifiedAlert, alertmanager_payload, back, resolved_summary
 from lookout.alerts.rules import Observation, Rule, SeriesSource, observe
 from lookout.alerts.state import (
     Alert,
@@ -297,21 +297,29 @@ class AlertEngine:
 
     def _notified(self, rule: RuleConfig, note: Notification) -> NotifiedAlert:
         labels = dict(note.alert.labels)
+        value = note.alert.value
         threshold = rule.anomaly_z if rule.op == "anomaly" else rule.threshold
-        values = {"value": note.alert.value, "threshold": threshold, **labels}
+        values: dict[str, object] = {"value": value, "threshold": threshold, **labels}
         if self.anomaly is not None and rule.op == "anomaly":
             usual = usual_text(rule.metric, self.anomaly.last.get((rule.name, note.alert.labels)))
             values["usual"] = usual
-            default = f"{rule.name}: {usual} ({{app}})"
+            # The usual band beside the value reads true both when firing and when resolved.
+            default = resolved_default = f"{rule.name}: {usual} ({{app}})"
         else:
+            assert rule.threshold is not None  # the config requires it for comparison ops
+            values["back"] = back(value, rule.threshold)
             default = f"{rule.name}: {rule.metric} {rule.op} {rule.threshold:g} ({{app}})"
+            resolved_default = resolved_summary(rule.name, rule.metric, rule.threshold, value)
+        template = rule.summary or default
+        if note.kind is NotificationKind.RESOLVED:  # the firing text would read as false now
+            template = rule.resolved_summary or resolved_default
         dashboard = ""
         if self._external_url:
             dashboard = f"{self._external_url}/?app={quote(labels.get('app', ''))}"
         return NotifiedAlert(
             note,
             severity=rule.severity,
-            summary=render(rule.summary or default, values),
+            summary=render(template, values),
             description=render(rule.description, values),
             threshold=threshold,
             dashboard_url=dashboard,

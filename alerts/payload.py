@@ -39,6 +39,23 @@ class NotifiedAlert:
     dashboard_url: str = ""
 
 
+def back(value: float | None, threshold: float) -> str:
+    """Where a resolved alert's value now is against its threshold: "under", "over" or "at"
+    (`{back}` in a rule's `resolved_summary`, e.g. "p95 latency 1.9s, back under 3s")."""
+    if value is None:
+        return "n/a"
+    if value == threshold:
+        return "at"
+    return "under" if value < threshold else "over"
+
+
+def resolved_summary(rule: str, metric: str, threshold: float, value: float | None) -> str:
+    """The default text of a resolution, a template for `{app}`; never the firing condition."""
+    if value is None:
+        return f"{rule}: {metric} has no data in the window any more, resolved ({{app}})"
+    return f"{rule}: {metric} {{value:.3g}}, back {{back}} {threshold:g} ({{app}})"
+
+
 def iso(ts: float | None) -> str:
     if ts is None:
         return "0001-01-01T00:00:00Z"

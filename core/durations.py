@@ -26,3 +26,5 @@ def parse_duration_s(value: object) -> float:
 
 # A positive duration in a config model: seconds, or a string such as `5m`.
 DurationS = Annotated[float, BeforeValidator(parse_duration_s), Field(gt=0)]
+# A duration that may be zero, where 0 means "not at all" (a rule's `for: 0s`, as in Prometheus).
+DurationOrZeroS = Annotated[float, BeforeValidator(parse_duration_s), Field(ge=0)]

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+from prometheus_client import CollectorRegistry
+
 from lookout.monitor.config import Settings
 from lookout.monitor.ingest.pipeline import Pipeline
 from lookout.monitor.ingest.records import DecodeLimits
-from lookout.monitor.metrics.prices import Price, PriceTable
+from lookout.monitor.metrics.prices import Price, PriceTable, UnknownModels
 from lookout.monitor.metrics.prom import IngestMetrics
 from lookout.monitor.metrics.windows import WindowedMetrics
 from lookout.monitor.storage import Store
@@ -30,11 +32,15 @@ def build_windows(
 
 
 def build_pipeline(
-    settings: Settings, windows: WindowedMetrics, prom: IngestMetrics, store: Store
+    settings: Settings,
+    windows: WindowedMetrics,
+    prom: IngestMetrics,
+    store: Store,
+    prices: PriceTable | None = None,
 ) -> Pipeline:
     return Pipeline(
         windows,
-        price_table(settings),
+        prices or price_table(settings, prom.registry),
         prom,
         store,
         decode_limits(settings),
@@ -43,8 +49,12 @@ def build_pipeline(
     )
 
 
-def price_table(settings: Settings) -> PriceTable:
-    return PriceTable({name: Price(p.input, p.output) for name, p in settings.prices.items()})
+def price_table(settings: Settings, registry: CollectorRegistry | None = None) -> PriceTable:
+    """The config's prices over genai-prices'; unknown models counted on `registry`."""
+    unknown = None if registry is None else UnknownModels(registry, settings.metrics.max_models)
+    return PriceTable(
+        {name: Price(p.input, p.output) for name, p in settings.prices.items()}, unknown=unknown
+    )
 
 
 def decode_limits(settings: Settings) -> DecodeLimits:

@@ -94,7 +94,9 @@ class Daemon:
         self.prom = IngestMetrics(self.registry)
         self.windows = build_windows(settings, self.clock.now())
         self.store = open_store(settings.store, self.prom, self.clock)
-        self.pipeline = build_pipeline(settings, self.windows, self.prom, self.store)
+        # One table for records and the judge: it owns lookout_cost_unknown_model_total.
+        self.prices = price_table(settings, self.registry)
+        self.pipeline = build_pipeline(settings, self.windows, self.prom, self.store, self.prices)
         self.queue = IngestQueue(settings.bus.queue_size, self.prom, settings.bus.queue_bytes)
         self.source = MqttSource(settings.bus, self.queue, self.prom)
         # Built in run(), as the config asks for them.
@@ -212,6 +214,7 @@ class Daemon:
                 stored_minute=lambda: rollups.stored_minute,
                 judge_failures=self.views.judge_failures,
                 bands=self.anomaly.bands if self.anomaly is not None else None,
+                rules=self.settings.rules,
             )
         )
         deps = RouteDeps(
@@ -312,7 +315,7 @@ class Daemon:
             client=client,
             clock=self.clock,
             registry=self.registry,
-            prices=price_table(s),
+            prices=self.prices,
             anchors=anchors,
             retention_s=s.store.retention,
             poll_interval_s=s.eval_interval,

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from lookout.errors import LookoutError
 from lookout.monitor.config import Settings, load_settings
@@ -25,12 +26,18 @@ ConfigOpt = Annotated[
 ]
 
 
-def load_settings_or_exit(config: Path | None, **overrides: Any) -> Settings:
-    """The settings from `config` (and the environment); exit 2 with the reason if invalid."""
+def load_settings_or_exit(
+    config: Path | None, *, unset: list[str] | None = None, **overrides: Any
+) -> Settings:
+    """The settings from `config` (and the environment); exit 2 with the reason if invalid.
+
+    With `unset`, references to secrets not at hand are listed there instead (`load_settings`).
+    """
     try:
-        settings = load_settings(config)
+        settings = load_settings(config, unset=unset)
     except LookoutError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        # soft_wrap: a long message stays one line (the terminal wraps it, not mid-word by rich)
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     if overrides:
         settings = settings.model_copy(update=overrides)

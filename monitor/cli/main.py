@@ -9,12 +9,13 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
-import httpx
 import typer
 import yaml
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 from rich.table import Table
 
+from lookout import __version__
 from lookout.errors import ConfigError, LookoutError
 from lookout.monitor.cli.baseline import baseline_app
 from lookout.monitor.cli.common import ConfigOpt, console, err, load_settings_or_exit
@@ -22,6 +23,7 @@ from lookout.monitor.cli.demo import demo
 from lookout.monitor.cli.judge import judge_app
 from lookout.monitor.cli.notify import notify_test
 from lookout.monitor.cli.silence import silence_app
+from lookout.monitor.cli.status import print_series, status
 from lookout.monitor.config import load_settings, masked_dump
 
 app = typer.Typer(
@@ -30,6 +32,24 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        console.print(f"lookout {__version__}", highlight=False)
+        raise typer.Exit
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version."
+        ),
+    ] = False,
+) -> None:
+    """Watch LLM applications in production."""
 
 
 @app.command()
@@ -84,11 +104,26 @@ def _leaves(exc: BaseException) -> list[BaseException]:
 @app.command("check-config")
 def check_config(
     file: Annotated[Path, typer.Argument(help="The YAML file to check.")],
+    strict: Annotated[
+        bool,
+        typer.Option("--strict", help="Fail (exit 2) on a secret that is not set, too."),
+    ] = False,
 ) -> None:
-    """Validate a config file and print the effective config, secrets masked."""
-    settings = load_settings_or_exit(file)
+    """Validate a config file and print the effective config, secrets masked.
+
+    A secret that is not at hand (`${VAR}` not set, a secret file missing) is a warning naming
+    it, so CI can check a config without production secrets; `--strict` makes it an error.
+    """
+    unset: list[str] = []
+    settings = load_settings_or_exit(file, unset=unset)
     console.print(yaml.safe_dump(masked_dump(settings), sort_keys=False), highlight=False)
-    err.print(f"[green]ok:[/green] {file} is valid")
+    for problem in unset:
+        label = "[red]error:[/red]" if strict else "[yellow]warning:[/yellow]"
+        err.print(f"{label} {escape(problem)}", highlight=False, soft_wrap=True)
+    if unset and strict:
+        raise typer.Exit(2)
+    not_set = f" ({len(unset)} secret{'s' if len(unset) > 1 else ''} not set)" if unset else ""
+    err.print(f"[green]ok:[/green] {file} is valid{not_set}", highlight=False)
 
 
 @app.command()
@@ -132,10 +167,6 @@ def replay(
         raise typer.Exit(1)
 
 
-def _fmt(value: float | None, digits: int = 3) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
 def _print_report(report: Any) -> None:
     summary = Table(title="replay", show_header=False)
     summary.add_row("lines", str(report.lines))
@@ -148,127 +179,11 @@ def _print_report(report: Any) -> None:
     summary.add_row("processing rate", f"{rate:,.0f} records/s")
     console.print(summary)
     if report.series:
-        console.print(_series_table(report.series, "series over the file's time span"))
-
-
-def _series_table(series: list[Any], title: str) -> Table:
-    table = Table(title=title)
-    for col in (
-        "app",
-        "model",
-        "count",
-        "qps",
-        "err %",
-        "p50 s",
-        "p95 s",
-        "p99 s",
-        "ttft p95",
-        "tok/s",
-        "gen tok/s p50",
-        "tok/req",
-        "cost/h",
-    ):
-        table.add_column(col, justify="left" if col in ("app", "model") else "right")
-
-    def get(s: Any, name: str) -> Any:
-        return s[name] if isinstance(s, dict) else getattr(s, name)
-
-    for s in sorted(series, key=lambda s: (get(s, "app") == "*", get(s, "app"), get(s, "model"))):
-        er = get(s, "error_rate")
-        table.add_row(
-            get(s, "app"),
-            get(s, "model"),
-            str(get(s, "count")),
-            _fmt(get(s, "qps")),
-            _fmt(er * 100 if er is not None else None, 1),
-            _fmt(get(s, "latency_p50")),
-            _fmt(get(s, "latency_p95")),
-            _fmt(get(s, "latency_p99")),
-            _fmt(get(s, "ttft_p95")),
-            _fmt(get(s, "tps"), 1),
-            _fmt(get(s, "gen_tps_p50"), 1),
-            _fmt(get(s, "tokens_per_request"), 1),
-            _fmt(get(s, "cost_per_hour"), 4),
-        )
-    return table
-
-
-@app.command()
-def status(config: ConfigOpt = None) -> None:
-    """Show a running daemon's current series, drift and OOD, and the judge's last run."""
-    settings = load_settings_or_exit(config)
-    host = "127.0.0.1" if settings.api.host in ("0.0.0.0", "::") else settings.api.host  # noqa: S104
-    url = f"http://{host}:{settings.api.port}/api/v1/status"
-    headers = {}
-    if settings.api.token is not None:
-        headers["Authorization"] = f"Bearer {settings.api.token.get_secret_value()}"
-    try:
-        response = httpx.get(url, headers=headers, timeout=5.0)
-        response.raise_for_status()
-    except httpx.HTTPError as exc:
-        err.print(f"[red]error:[/red] no daemon answering at {url}: {exc}", highlight=False)
-        raise typer.Exit(1) from None
-    body = response.json()
-    bus = "connected" if body["bus"]["connected"] else "[red]not connected[/red]"
-    console.print(f"lookout {body['version']}: bus {bus}, queue {body['ingest']['queue_depth']}")
-    window = f"last {body['window_s']:.0f} s"
-    console.print(_series_table(body["series"], window) if body["series"] else "no records yet")
-    if body.get("detectors"):
-        console.print(_detector_table(body["detectors"]))
-    if body.get("anomalies"):
-        console.print(_anomaly_table(body["anomalies"]))
-    judge = body.get("judge")
-    if judge and judge.get("last_run"):
-        run = judge["last_run"]
-        rates = [
-            f"{p['app']} {p['value']:.0%} of {p['count']}"
-            for p in judge.get("series", [])
-            if p["metric"] == "judge_pass_rate" and p["value"] is not None
-        ]
-        console.print(
-            f"judge: last run {run['outcome']} ({run['judged']} judged, "
-            f"{run['failed']} failed, {run['skipped']} skipped); pass rate: "
-            f"{', '.join(rates) or 'no verdicts in the window'}"
-        )
-
-
-def _detector_table(detectors: list[dict[str, Any]]) -> Table:
-    table = Table(title="drift and out-of-distribution")
-    for col in ("app", "field", "reference", "drift score", "drifted", "ood rate"):
-        table.add_column(col, justify="left" if col in ("app", "field") else "right")
-    for d in detectors:
-        score, rate = d.get("drift_score"), d.get("ood_rate")
-        table.add_row(
-            d["app"],
-            d["field"],
-            str(d["reference_id"]) if d.get("reference_id") is not None else "building",
-            "-" if score is None else f"{score:.2f}",
-            "[red]yes[/red]" if d.get("drifted") else "no",
-            "-" if rate is None else f"{rate:.1%}",
-        )
-    return table
-
-
-def _anomaly_table(anomalies: list[dict[str, Any]]) -> Table:
-    table = Table(title="anomaly rules")
-    for col in ("rule", "app", "value", "usual band", "robust z", "against"):
-        table.add_column(col, justify="left" if col in ("rule", "app", "against") else "right")
-    for a in anomalies:
-        learning = a["baseline"] == "learning"
-        band = "-" if learning else f"{a['low']:.3g}-{a['high']:.3g}"
-        z = "-" if a["z"] is None else f"{a['z']:+.1f}"
-        table.add_row(
-            a["rule"],
-            a["labels"].get("app", ""),
-            f"{a['value']:.3g}",
-            band,
-            f"[red]{z}[/red]" if a["anomalous"] else z,
-            f"learning ({a['history_points']} min)" if learning else a["baseline"],
-        )
-    return table
+        print_series(console, report.series, "series over the file's time span")
 
 
 # The subcommands from modules of their own, listed in --help after the ones above.
+app.command()(status)
 app.command("notify-test")(notify_test)
 app.add_typer(silence_app, name="silence")
 app.add_typer(baseline_app, name="baseline")

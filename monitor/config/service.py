@@ -64,9 +64,15 @@ class BusConfig(Section):
     def _check_url(cls, v: str) -> str:
         parsed = urlparse(v)
         if parsed.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-            raise ValueError("bus.url must start with mqtt:// or mqtts://")
+            raise ValueError("must start with mqtt:// or mqtts://")
         if not parsed.hostname:
-            raise ValueError("bus.url needs a host, e.g. mqtt://127.0.0.1:1883")
+            raise ValueError("needs a host, e.g. mqtt://127.0.0.1:1883")
+        try:
+            port = parsed.port
+        except ValueError:  # urllib: "Port out of range 0-65535" or not a number
+            port = 0
+        if port == 0 or (port is None and parsed.netloc.endswith(":")):
+            raise ValueError(f"{v} has an invalid port: a port is 1-65535")
         return v
 
     @property
@@ -113,7 +119,7 @@ class StoreConfig(Section):
     @classmethod
     def _check_url(cls, v: str) -> str:
         if not (v.startswith("sqlite:///") or v.startswith(("postgresql://", "postgres://"))):
-            raise ValueError("store.url must be sqlite:///PATH or postgresql://...")
+            raise ValueError("must be sqlite:///PATH or postgresql://...")
         return v
 
 
@@ -169,6 +175,8 @@ class ApiConfig(Section):
     def _token_off_loopback(self) -> ApiConfig:
         if ":" not in self.bind or not self.bind.rsplit(":", 1)[1].isdigit():
             raise ValueError("api.bind must be HOST:PORT, e.g. 127.0.0.1:8321")
+        if self.port > 65535:  # the TCP port range; 0 picks a free port
+            raise ValueError(f"api.bind has an invalid port; a port is 0-65535 ({self.bind})")
         if not self.loopback and self.token is None:
             raise ValueError(
                 f"api.token is required when api.bind ({self.bind}) is not a loopback address"

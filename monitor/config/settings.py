@@ -22,6 +22,7 @@ from lookout.errors import ConfigError
 from lookout.monitor.config.detection import DetectorsConfig
 from lookout.monitor.config.judge import JudgeConfig, RedactionConfig
 from lookout.monitor.config.masking import mask_tree
+from lookout.monitor.config.messages import format_errors
 from lookout.monitor.config.service import (
     ApiConfig,
     BusConfig,
@@ -29,10 +30,6 @@ from lookout.monitor.config.service import (
     Price,
     StoreConfig,
 )
-
-
-def _default_prices() -> dict[str, Price]:
-    return {"gpt-4o-mini": Price(input=0.00015, output=0.0006)}
 
 
 class Settings(BaseSettings):
@@ -47,7 +44,8 @@ class Settings(BaseSettings):
     store: StoreConfig = Field(default_factory=StoreConfig)
     api: ApiConfig = ApiConfig()
     eval_interval: DurationS = 10.0
-    prices: dict[str, Price] = Field(default_factory=_default_prices)
+    # Overrides of genai-prices' table (per 1k tokens), and prices of models it does not know.
+    prices: dict[str, Price] = Field(default_factory=dict)
     metrics: MetricsConfig = MetricsConfig()
     detectors: DetectorsConfig = DetectorsConfig()
     judge: JudgeConfig = JudgeConfig()
@@ -81,21 +79,30 @@ class Settings(BaseSettings):
 _VAR = re.compile(r"\$\{([^}]+)\}")
 
 
-def _expand(value: str, path: str) -> str:
+def _expand(value: str, path: str, unset: list[str] | None) -> str:
     def repl(match: re.Match[str]) -> str:
-        ref = match.group(1)
-        if ref.startswith("file:"):
-            return _read_secret_file(Path(ref[5:]), path)
-        if ref.startswith("cred:"):
-            cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
-            if not cred_dir:
-                raise ConfigError(f"{path}: ${{{ref}}} needs $CREDENTIALS_DIRECTORY (systemd)")
-            return _read_secret_file(Path(cred_dir) / ref[5:], path)
-        if ref not in os.environ:
-            raise ConfigError(f"{path}: environment variable {ref} is not set")
-        return os.environ[ref]
+        try:
+            return _resolve(match.group(1), path)
+        except ConfigError as exc:
+            if unset is None:
+                raise
+            unset.append(str(exc))
+            return match.group(0)  # left as written: a check without the secrets at hand
 
     return _VAR.sub(repl, value)
+
+
+def _resolve(ref: str, path: str) -> str:
+    if ref.startswith("file:"):
+        return _read_secret_file(Path(ref[5:]), path)
+    if ref.startswith("cred:"):
+        cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+        if not cred_dir:
+            raise ConfigError(f"{path}: ${{{ref}}} needs $CREDENTIALS_DIRECTORY (systemd)")
+        return _read_secret_file(Path(cred_dir) / ref[5:], path)
+    if ref not in os.environ:
+        raise ConfigError(f"{path}: environment variable {ref} is not set")
+    return os.environ[ref]
 
 
 def _read_secret_file(file: Path, path: str) -> str:
@@ -105,29 +112,25 @@ def _read_secret_file(file: Path, path: str) -> str:
         raise ConfigError(f"{path}: cannot read secret file {file}: {exc.strerror}") from exc
 
 
-def _expand_tree(node: Any, path: str = "") -> Any:
+def _expand_tree(node: Any, unset: list[str] | None, path: str = "") -> Any:
     if isinstance(node, dict):
-        return {k: _expand_tree(v, f"{path}.{k}" if path else str(k)) for k, v in node.items()}
+        return {
+            k: _expand_tree(v, unset, f"{path}.{k}" if path else str(k)) for k, v in node.items()
+        }
     if isinstance(node, list):
-        return [_expand_tree(v, f"{path}[{i}]") for i, v in enumerate(node)]
+        return [_expand_tree(v, unset, f"{path}[{i}]") for i, v in enumerate(node)]
     if isinstance(node, str):
-        return _expand(node, path)
+        return _expand(node, path, unset)
     return node
 
 
-def _format_errors(exc: ValidationError) -> str:
-    lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        if err["type"] == "extra_forbidden":
-            lines.append(f"{loc}: unknown key")
-        else:
-            lines.append(f"{loc}: {err['msg']}")
-    return "invalid configuration:\n  " + "\n  ".join(lines)
+def load_settings(path: str | Path | None = None, *, unset: list[str] | None = None) -> Settings:
+    """Load the YAML file at `path` (or `$LOOKOUT_CONFIG`), or defaults when there is none.
 
-
-def load_settings(path: str | Path | None = None) -> Settings:
-    """Load the YAML file at `path` (or `$LOOKOUT_CONFIG`), or defaults when there is none."""
+    A `${...}` reference that cannot be resolved (a variable not set, a secret file missing) is
+    an error; with an `unset` list it is left as written and described in the list instead, for
+    checking a config where the production secrets are not at hand.
+    """
     if path is None:
         path = os.environ.get("LOOKOUT_CONFIG") or None
     data: dict[str, Any] = {}
@@ -143,11 +146,11 @@ def load_settings(path: str | Path | None = None) -> Settings:
             raw = {}
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {file} must hold a mapping at the top level")
-        data = _expand_tree(raw)
+        data = _expand_tree(raw, unset)
     try:
         return Settings(**data)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc)) from exc
+        raise ConfigError(format_errors(exc, Settings)) from exc
 
 
 def masked_dump(settings: Settings) -> dict[str, Any]:

@@ -27,6 +27,7 @@ class ScoredText:
     item: QueuedText
     ood_score: float
     flagged: bool  # out of distribution
+    threshold: float  # the OOD threshold the score was held against
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,7 +44,8 @@ class ScoreOutputs:
                 record_id = kept[key]
                 if record_id is None:
                     continue
-            flags = {"ood": {s.item.field: {"score": s.ood_score, "flagged": s.flagged}}}
+            score = {"score": s.ood_score, "flagged": s.flagged, "threshold": s.threshold}
+            flags = {"ood": {s.item.field: score}}
             rows.append((record_id, s.ood_score, json.dumps(flags)))
             if s.flagged and self._publish is not None:
                 self._announce(s.item, record_id, s.ood_score)

@@ -205,7 +205,10 @@ class TrackTable:
         elif before is not None and before.drifted and not scores.drift.drifted:
             log.info("drift_ended", app=track.app, field=track.field)
         flags = zip(items, scores.ood.scores, scores.ood.flagged, strict=True)
-        return [ScoredText(item, float(score), bool(flag)) for item, score, flag in flags]
+        threshold = float(scores.ood.threshold)
+        return [
+            ScoredText(item, float(score), bool(flag), threshold) for item, score, flag in flags
+        ]
 
     def snapshot_windows(self, only_changed: bool) -> list[WindowSnapshot]:
         out = []

@@ -82,7 +82,10 @@ class ApiServer:
             await site.start()
         except OSError as exc:
             await self._runner.cleanup()
-            raise OSError(f"cannot listen on {self._cfg.bind}: {exc.strerror}") from exc
+            raise OSError(
+                f"cannot listen on {self._cfg.bind}: {exc.strerror}; choose another HOST:PORT "
+                "with api.bind in the config or LOOKOUT_API__BIND"
+            ) from exc
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else self._cfg.port

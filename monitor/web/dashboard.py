@@ -9,7 +9,8 @@ the token in an HttpOnly, SameSite=Strict cookie for its own requests.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import json
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -22,11 +23,15 @@ from lookout.monitor.web.guards import served_over_https
 from lookout.monitor.web.params import query_int
 
 if TYPE_CHECKING:
+    from lookout.alerts.config import RuleConfig
     from lookout.clock import Clock
     from lookout.monitor.storage import Store
     from lookout.redaction import Redactor
 
 RANGES_S = {"15m": 900, "1h": 3600, "24h": 86_400, "7d": 7 * 86_400}
+AUTO = "auto"  # the default: the shortest range that holds all the data, zoomed to the data
+MIN_SPAN_S = 300.0  # auto zooms in no further: a fresh daemon's first minutes
+_CACHED_QUERIES = 16  # store queries kept: the ranges auto tries and the ones asked for
 MAX_POINTS = 240  # per series and chart: enough for the width of a chart
 TEXT_CHARS = 400
 _ASSETS = {"app.js": "text/javascript", "style.css": "text/css"}
@@ -56,6 +61,7 @@ class DashboardDeps:
     judge_failures: Callable[[int], Awaitable[list[dict[str, Any]]]]
     # (since, now, step_s) -> app -> series -> [(time, low, high)]: anomaly rules' bands
     bands: Callable[[float, float, float], dict[str, dict[str, list[Any]]]] | None = None
+    rules: Sequence[RuleConfig] = ()  # their thresholds are drawn on the charts of their series
 
 
 def _asset(name: str) -> bytes:
@@ -87,7 +93,7 @@ class Dashboard:
         self._deps = deps
         self._index = _asset("index.html")
         self._assets = {name: _asset(name) for name in _ASSETS}
-        self._cache: dict[str, tuple[tuple[float, float], list[RollupPoint]]] = {}
+        self._cache: dict[tuple[str, float], tuple[float, list[RollupPoint]]] = {}
 
     async def page(self, request: web.Request) -> web.Response:
         response = web.Response(body=self._index, content_type="text/html", charset="utf-8")
@@ -114,15 +120,39 @@ class Dashboard:
         )
 
     async def series(self, request: web.Request) -> web.Response:
-        name = request.query.get("range", "1h")
-        if name not in RANGES_S:
+        name = request.query.get("range", AUTO)
+        if name != AUTO and name not in RANGES_S:
             return web.json_response(
-                {"error": f"range is one of {', '.join(RANGES_S)}"}, status=400
+                {"error": f"range is one of {AUTO}, {', '.join(RANGES_S)}"}, status=400
             )
         now = self._deps.clock.now()
-        range_s = RANGES_S[name]
-        step_s = max(60.0, range_s / MAX_POINTS)
-        since = (now - range_s) // 60 * 60
+        chosen, since = (await self._auto(now)) if name == AUTO else (name, now - RANGES_S[name])
+        since = since // 60 * 60
+        step_s = max(60.0, (RANGES_S[name] if name != AUTO else now - since) / MAX_POINTS)
+        return web.json_response(
+            {
+                "range": name,
+                "shown": chosen,  # the range auto chose, or the one asked for
+                "since": since,
+                "now": now,
+                "step_s": step_s,
+                **await self._series(chosen, since, step_s, now),
+                "bands": self._deps.bands(since, now, step_s) if self._deps.bands else {},
+                "thresholds": [
+                    {
+                        "rule": r.name,
+                        "metric": r.metric,
+                        "where": r.where,
+                        "op": r.op,
+                        "threshold": r.threshold,
+                    }
+                    for r in self._deps.rules
+                    if r.threshold is not None  # anomaly rules draw their band instead
+                ],
+            }
+        )
+
+    async def _series(self, name: str, since: float, step_s: float, now: float) -> dict[str, Any]:
         stored = self._deps.stored_minute()
         series = downsample(await self._stored(name, since, step_s, stored), since, step_s)
         # The minutes not in the store yet (the one under way, and the one just completed
@@ -133,28 +163,41 @@ class Dashboard:
         for app, named in downsample(live, first_live, 60.0).items():
             for key, values in named.items():
                 series.setdefault(app, {}).setdefault(key, []).extend(values)
-        return web.json_response(
-            {
-                "range": name,
-                "since": since,
-                "now": now,
-                "step_s": step_s,
-                "apps": sorted(a for a in series if a != ALL),
-                "series": series,
-                "bands": self._deps.bands(since, now, step_s) if self._deps.bands else {},
-            }
-        )
+        return {"apps": sorted(a for a in series if a != ALL), "series": series}
+
+    async def _auto(self, now: float) -> tuple[str, float]:
+        """The shortest range that holds the oldest data point, and a start zoomed to it (at
+        least `MIN_SPAN_S` back), so a fresh daemon's minutes fill the charts."""
+
+        async def oldest(name: str) -> float | None:
+            since = (now - RANGES_S[name]) // 60 * 60
+            body = await self._series(name, since, max(60.0, RANGES_S[name] / MAX_POINTS), now)
+            series = body["series"].values()
+            return min((t for named in series for p in named.values() for t, _ in p), default=None)
+
+        by_length = sorted(RANGES_S, key=RANGES_S.__getitem__)
+        # The longest range's buckets start at or before the oldest point: a range from there
+        # holds it all; its own finer buckets then say where the data starts.
+        first = await oldest(by_length[-1])
+        if first is None:
+            return by_length[0], now - MIN_SPAN_S
+        shown = next(n for n in by_length if now - RANGES_S[n] <= first or n == by_length[-1])
+        first = min(await oldest(shown) or first, now - MIN_SPAN_S)
+        shown = next(n for n in by_length if now - RANGES_S[n] <= first or n == by_length[-1])
+        return shown, max(first, now - RANGES_S[shown])
 
     async def _stored(
         self, name: str, since: float, step_s: float, until: float
     ) -> list[RollupPoint]:
-        """The store's part, computed once per range, minute and rollup (the live minutes are
+        """The store's part, computed once per range, start and rollup (the live minutes are
         added fresh on every request)."""
-        cached = self._cache.get(name)
-        if cached is not None and cached[0] == (since, until):
+        cached = self._cache.get((name, since))
+        if cached is not None and cached[0] == until:
             return list(cached[1])
         points = await self._deps.store.rollup_means(since, step_s, until)
-        self._cache[name] = ((since, until), points)
+        if len(self._cache) >= _CACHED_QUERIES:
+            self._cache.clear()
+        self._cache[(name, since)] = (until, points)
         return list(points)
 
     def _redact(self, text: str | None) -> str | None:
@@ -164,21 +207,27 @@ class Dashboard:
         return self._deps.redactor.redact(cut).text
 
     async def ood(self, request: web.Request) -> web.Response:
+        """The latest records flagged out of distribution: for each, the flagged fields with
+        their score against the threshold, and their text redacted."""
         rows = await self._deps.store.recent_flagged(_limit(request))
-        return web.json_response(
-            [
+        out = []
+        for r in rows:
+            fields = flagged_fields(r.get("flags"))
+            if not fields:
+                continue
+            out.append(
                 {
                     "id": r["id"],
                     "ts": r["ts"],
                     "app": r["app"],
                     "model": r["model"],
                     "ood_score": r["ood_score"],
+                    "flagged": fields,
                     "prompt": self._redact(r["prompt"]),
                     "response": self._redact(r["response"]),
                 }
-                for r in rows
-            ]
-        )
+            )
+        return web.json_response(out)
 
     async def judge_failures(self, request: web.Request) -> web.Response:
         rows = await self._deps.judge_failures(_limit(request))
@@ -186,6 +235,20 @@ class Dashboard:
             for key in ("prompt", "response", "reasoning"):
                 r[key] = self._redact(r[key])
         return web.json_response(rows)
+
+
+def flagged_fields(flags: str | None) -> list[dict[str, Any]]:
+    """[{field, score, threshold}] of the fields the OOD detector flagged, from a record's
+    flags (threshold None for records scored before it was kept)."""
+    try:
+        ood = json.loads(flags or "{}").get("ood", {})
+    except (ValueError, AttributeError):
+        return []
+    return [
+        {"field": field, "score": f.get("score"), "threshold": f.get("threshold")}
+        for field, f in sorted(ood.items())
+        if isinstance(f, dict) and f.get("flagged")
+    ]
 
 
 def _limit(request: web.Request) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from lookout.monitor.cli.main import _anomaly_table
+from lookout.monitor.cli.status import anomaly_table
 
 
 def test_the_status_table_shows_band_and_z_or_learning() -> None:
@@ -34,7 +34,7 @@ def test_the_status_table_shows_band_and_z_or_learning() -> None:
         },
     ]
     console = Console(width=120, record=True)
-    console.print(_anomaly_table(rows))
+    console.print(anomaly_table(rows))
     text = console.export_text()
     assert "1.2-1.8" in text and "+6.3" in text and "daily" in text
     assert "learning (12 min)" in text

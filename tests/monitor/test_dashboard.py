@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from playwright.async_api import ConsoleMessage, async_playwright
+from playwright.async_api import ConsoleMessage, Page, async_playwright
 
 from lookout.clock import FakeClock
 from lookout.monitor.config import Settings
@@ -89,11 +89,18 @@ async def test_series_come_from_ingested_records_and_ood_texts_are_redacted(
         await post(d, records(30))
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{d.api.port}") as http:  # type: ignore[union-attr]
             body = (await http.get("/api/v1/series", params={"range": "24h"})).json()
+            auto = (await http.get("/api/v1/series")).json()
             assert (await http.get("/api/v1/series", params={"range": "2y"})).status_code == 400
             page = await http.get("/")
             script = await http.get("/assets/app.js")
             assert (await http.get("/assets/../daemon.py")).status_code == 404
         assert body["apps"] == ["bot"] and body["step_s"] == 360
+        # A fresh daemon's minutes fill the charts: the default range is zoomed to the data.
+        assert (auto["range"], auto["shown"], auto["step_s"]) == ("auto", "15m", 60)
+        assert 300 <= auto["now"] - auto["since"] < 360
+        assert [(t["rule"], t["metric"], t["threshold"]) for t in auto["thresholds"]] == [
+            ("errors", "error_rate", 0.5)
+        ]
         [(_, qps)] = body["series"]["bot"]["qps"]
         assert qps > 0 and body["series"]["bot"]["latency_p50"][0][1] > 0.4
         assert page.status_code == 200 and "<title>lookout</title>" in page.text
@@ -157,6 +164,38 @@ async def test_the_dashboard_needs_the_token_when_one_is_set(
             assert (await http.get("/api/v1/series")).status_code == 200  # the cookie
 
 
+def put_ood(d: Daemon, record_id: str, prompt: str, score: float, *, flagged: bool) -> None:
+    now = d.clock.now()
+    record = Record(
+        id=record_id, ts=now, app="bot", model="m", status="ok", received_at=now, prompt=prompt
+    )
+    assert d.store.put_record(record, 0.0) == record_id
+    flags = {"ood": {"prompt": {"score": score, "flagged": flagged, "threshold": 0.62}}}
+    if not flagged:  # a record flagged on no field, though another scored higher
+        flags["ood"]["response"] = {"score": 0.3, "flagged": False, "threshold": 0.7}
+    d.store.put_scores([(record_id, score, json.dumps(flags))])
+
+
+async def check_range_grid_and_hover(page: Page, chart: str) -> None:
+    """The range shown says what auto chose; the data fills the chart from its left; time
+    gridlines; hovering shows the values at that time."""
+    shown = await page.locator("#shown-range").inner_text()
+    assert shown.startswith("auto (1h range): ") and "min" in shown
+    svg = page.locator(chart).first
+    points = await svg.locator('polyline[data-series="latency_p95"]').get_attribute("points")
+    assert points is not None
+    first_x = float(points.split()[0].split(",")[0])
+    assert first_x < 60  # of 320: the oldest point near the left edge, not squeezed right
+    assert await svg.locator("line.gridline").count() >= 3
+    box = await svg.bounding_box()
+    assert box is not None
+    await page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] / 2)
+    tip = page.locator("section.app[data-app='bot'] .chart .tip:not([hidden])").first
+    await tip.wait_for(timeout=5_000)
+    text = await tip.inner_text()
+    assert "latency p95 0.50" in text and ":" in text  # a time, then the values
+
+
 async def test_headless_chromium_shows_ingested_records_and_an_alert(
     settings_for: Callable[..., Settings],
 ) -> None:
@@ -168,6 +207,17 @@ async def test_headless_chromium_shows_ingested_records_and_an_alert(
 
     async with running(Daemon(dashboard_settings(settings_for)), wait_bus=False) as d:
         await post(d, records(40))
+        # Twenty minutes of history: "auto" picks the 1h range and zooms to those minutes.
+        now_minute = d.clock.now() // 60 * 60
+        d.store.put_rollups(
+            [
+                RollupPoint(int(now_minute - 60 * m), "bot", "*", "latency_p95", 0.5)
+                for m in (20, 10)
+            ]
+        )
+        put_ood(d, "flagged", "Summarise this contract in Klingon", 0.9, flagged=True)
+        put_ood(d, "in-dist", "How do I close my card?", 0.42, flagged=False)
+        await d.store.flush()
         url = f"http://127.0.0.1:{d.api.port}/?refresh=1"  # type: ignore[union-attr]
         async with async_playwright() as pw:
             browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -184,6 +234,15 @@ async def test_headless_chromium_shows_ingested_records_and_an_alert(
                 )
                 latency = page.locator(f'{chart} polyline[data-series="latency_p95"]')
                 assert await latency.count() == 1
+                await check_range_grid_and_hover(page, chart)
+                # The rule's threshold on the series it watches.
+                assert (
+                    await page.locator(f'{chart} line.threshold[data-rule="errors"]').count() == 1
+                )
+                # Flagged records only, each with its score against the threshold.
+                ood_rows = await page.locator("#ood tbody tr").all_inner_texts()
+                assert len(ood_rows) == 1 and "Klingon" in ood_rows[0]
+                assert "0.900 > 0.620" in ood_rows[0] and "prompt" in ood_rows[0]
                 assert await page.locator("#alerts tr.alert.firing").count() == 0
                 await post(d, records(60, error="upstream 503", status="error"))
                 firing = page.locator('#alerts tr.alert.firing[data-rule="errors"]')

@@ -7,14 +7,15 @@ const CHARTS = [
   { title: "Output tokens / s", series: ["tps"] },
   { title: "Error rate", series: ["error_rate"], percent: true },
   { title: "Cost / hour", series: ["cost_per_hour"] },
-  { title: "Drift score (threshold 1)", prefix: "drift_score", threshold: 1 },
+  { title: "Drift score (detector's threshold: 1)", prefix: "drift_score" },
   { title: "OOD rate", prefix: "ood_rate", percent: true },
   { title: "Judge pass rate", series: ["judge_pass_rate"], percent: true, max: 1 },
 ];
 const COLORS = ["#4c8dff", "#f5a524", "#e5484d", "#30a46c", "#a78bfa", "#22d3ee"];
 const params = new URLSearchParams(location.search);
 const REFRESH_S = Math.max(1, Number(params.get("refresh") || 10));
-let range = params.get("range") || "1h";
+let range = params.get("range") || "auto";
+let shown = "1h";  // the range on screen (what auto chose): how times are written
 
 async function getJSON(path) {
   const response = await fetch(path, { credentials: "same-origin" });
@@ -43,17 +44,43 @@ function fmt(value, percent) {
   return value.toPrecision(2);
 }
 
+// A score against its threshold: three decimals, so a close call does not read "0.42 > 0.42".
+function score(value) {
+  return value === null || value === undefined ? "-" : value.toFixed(3);
+}
+
 function clock(ts) {
   const d = new Date(ts * 1000);
-  return range === "7d"
+  return shown === "7d"
     ? d.toLocaleString([], { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" })
     : d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
 }
 
-function chart(spec, data, since, now, bands = {}) {
+const TICKS_S = [60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 172800];
+
+// The rules on one of a chart's series: a rule on its metric whose `where` the app and the
+// series' label (drift_score:prompt -> field=prompt) satisfy.
+function rulesOn(thresholds, app, name) {
+  const [metric, field] = name.split(":");
+  return thresholds.filter((r) => r.metric === metric
+    && (!r.where.app || r.where.app === app)
+    && (!r.where.field || r.where.field === field));
+}
+
+function nearest(series, t) {
+  let best = null;
+  for (const point of series) {
+    if (best === null || Math.abs(point[0] - t) < Math.abs(best[0] - t)) best = point;
+  }
+  return best;
+}
+
+function chart(spec, data, ctx) {
+  const { since, now, app, thresholds, bands } = ctx;
   const names = spec.prefix
     ? Object.keys(data).filter((k) => k.split(":")[0] === spec.prefix).sort()
     : spec.series.filter((k) => data[k]);
+  const rules = [...new Set(names.flatMap((n) => rulesOn(thresholds, app, n)))];
   const box = el("div", { class: "chart" });
   box.append(el("h3", {}, spec.title));
   const W = 320, H = 130, L = 34, B = 16, T = 6, R = 6;
@@ -68,25 +95,33 @@ function chart(spec, data, since, now, bands = {}) {
     }
     for (const [, , high] of bands[name] || []) top = Math.max(top, high);
   }
-  if (spec.threshold) top = Math.max(top, spec.threshold * 1.2);
+  for (const rule of rules) top = Math.max(top, rule.threshold * 1.15);
   top = spec.max && top <= spec.max ? spec.max : top > 0 ? top * 1.08 : 1;
-  const x = (t) => L + ((t - since) / Math.max(now - since, 1)) * (W - L - R);
+  const span = Math.max(now - since, 1);
+  const x = (t) => L + ((t - since) / span) * (W - L - R);
   const y = (v) => T + (1 - (v - bottom) / (top - bottom)) * (H - T - B);
-  svg.append(svgEl("line", { class: "axis", x1: L, y1: H - B, x2: W - R, y2: H - B }));
-  svg.append(svgEl("line", { class: "axis", x1: L, y1: T, x2: L, y2: H - B }));
   const label = (text, attrs) => {
     const t = svgEl("text", { class: "axis-label", ...attrs });
     t.textContent = text;
     svg.append(t);
   };
-  label(fmt(top, spec.percent), { x: 2, y: T + 8 });
-  label(bottom < 0 ? fmt(bottom, spec.percent) : "0", { x: 2, y: H - B });
-  label(clock(since), { x: L, y: H - 3 });
-  label("now", { x: W - R - 18, y: H - 3 });
-  if (spec.threshold) {
-    svg.append(svgEl("line", { class: "threshold", x1: L, x2: W - R,
-                               y1: y(spec.threshold), y2: y(spec.threshold) }));
+  // Time gridlines at a round step, about five across, labelled below.
+  const step = TICKS_S.find((s) => span / s <= 6) || TICKS_S[TICKS_S.length - 1];
+  const offset = new Date().getTimezoneOffset() * 60;  // ticks on round local times
+  for (let t = Math.ceil((since - offset) / step) * step + offset; t <= now; t += step) {
+    svg.append(svgEl("line", { class: "gridline", x1: x(t), x2: x(t), y1: T, y2: H - B }));
+    const half = clock(t).length * 2.6;  // about half the label's width at 10 px
+    if (x(t) - half > L && x(t) + half < W) {
+      label(clock(t), { x: x(t), y: H - 3, "text-anchor": "middle" });
+    }
   }
+  svg.append(svgEl("line", { class: "gridline", x1: L, x2: W - R, y1: y((top + bottom) / 2),
+                             y2: y((top + bottom) / 2) }));
+  svg.append(svgEl("line", { class: "axis", x1: L, y1: H - B, x2: W - R, y2: H - B }));
+  svg.append(svgEl("line", { class: "axis", x1: L, y1: T, x2: L, y2: H - B }));
+  label(fmt(top, spec.percent), { x: 2, y: T + 8 });
+  label(fmt((top + bottom) / 2, spec.percent), { x: 2, y: y((top + bottom) / 2) + 3 });
+  label(bottom < 0 ? fmt(bottom, spec.percent) : "0", { x: 2, y: H - B });
   // An anomaly rule's expected band: shaded under the series it watches.
   for (const name of names.filter((n) => bands[n] && bands[n].length)) {
     const band = bands[name];
@@ -96,6 +131,19 @@ function chart(spec, data, since, now, bands = {}) {
                                   "data-band": name }));
   }
   const legend = el("div", { class: "legend" });
+  for (const rule of rules) {
+    const line = svgEl("line", { class: "threshold", x1: L, x2: W - R, y1: y(rule.threshold),
+                                 y2: y(rule.threshold), "data-rule": rule.rule });
+    const title = svgEl("title");
+    title.textContent = `rule ${rule.rule}: ${rule.op} ${fmt(rule.threshold, spec.percent)}`;
+    line.append(title);
+    svg.append(line);
+    const item = el("span", { class: "rule" });
+    item.append(el("i", { class: "threshold-swatch" }),
+                `${rule.rule} ${rule.op} ${fmt(rule.threshold, spec.percent)}`);
+    legend.append(item);
+  }
+  const drawn = [];
   names.forEach((name, i) => {
     const color = COLORS[i % COLORS.length];
     const series = data[name];
@@ -112,9 +160,10 @@ function chart(spec, data, since, now, bands = {}) {
     const swatch = el("i");
     swatch.style.background = color;
     const last = series.length ? series[series.length - 1][1] : null;
-    const shown = spec.prefix ? name.split(":")[1] || name : name.replaceAll("_", " ");
-    item.append(swatch, `${shown} ${fmt(last, spec.percent)}`);
-    legend.append(item);
+    const shownName = spec.prefix ? name.split(":")[1] || name : name.replaceAll("_", " ");
+    item.append(swatch, `${shownName} ${fmt(last, spec.percent)}`);
+    legend.insertBefore(item, legend.querySelector(".rule"));
+    drawn.push({ label: shownName, color, series });
   });
   if (!names.length) {
     const t = svgEl("text", { class: "empty", x: W / 2 - 30, y: H / 2 });
@@ -123,10 +172,55 @@ function chart(spec, data, since, now, bands = {}) {
   }
   svg.setAttribute("data-points", String(points));
   box.append(svg, legend);
+  if (drawn.length) hover(box, svg, drawn, { x, W, L, R, T, B, H, since, span, percent: spec.percent });
   return box;
 }
 
+// Hover: a cursor line at the pointer's time and a tip with each series' nearest value.
+function hover(box, svg, drawn, g) {
+  const cursor = svgEl("line", { class: "cursor", y1: g.T, y2: g.H - g.B, visibility: "hidden" });
+  svg.append(cursor);
+  const tip = el("div", { class: "tip", hidden: "" });
+  box.append(tip);
+  svg.addEventListener("mousemove", (event) => {
+    const rect = svg.getBoundingClientRect();
+    const vx = ((event.clientX - rect.left) / rect.width) * g.W;
+    const t = g.since + ((vx - g.L) / (g.W - g.L - g.R)) * g.span;
+    const hits = drawn.map((d) => ({ ...d, point: nearest(d.series, t) })).filter((d) => d.point);
+    if (!hits.length) return;
+    const at = hits[0].point[0];
+    cursor.setAttribute("x1", g.x(at));
+    cursor.setAttribute("x2", g.x(at));
+    cursor.setAttribute("visibility", "visible");
+    tip.replaceChildren(el("b", {}, clock(at)));
+    for (const h of hits) {
+      const row = el("div");
+      const swatch = el("i");
+      swatch.style.background = h.color;
+      row.append(swatch, `${h.label} ${fmt(h.point[1], g.percent)}`);
+      tip.append(row);
+    }
+    tip.hidden = false;
+    const left = event.clientX - box.getBoundingClientRect().left;
+    tip.style.left = `${Math.min(left + 12, box.clientWidth - tip.offsetWidth - 4)}px`;
+  });
+  svg.addEventListener("mouseleave", () => {
+    cursor.setAttribute("visibility", "hidden");
+    tip.hidden = true;
+  });
+}
+
+function spanText(seconds) {
+  if (seconds < 5400) return `${Math.round(seconds / 60)} min`;
+  if (seconds < 2 * 86400) return `${Math.round(seconds / 3600)} h`;
+  return `${Math.round(seconds / 86400)} days`;
+}
+
 function renderApps(body) {
+  shown = body.shown;
+  const auto = body.range === "auto" ? `auto (${body.shown} range): ` : "";
+  document.getElementById("shown-range").textContent =
+    `${auto}${clock(body.since)} – ${clock(body.now)}, ${spanText(body.now - body.since)}`;
   const root = document.getElementById("apps");
   const sections = [];
   const apps = body.apps.length ? body.apps : [];
@@ -134,8 +228,9 @@ function renderApps(body) {
     const section = el("section", { class: "app", "data-app": app });
     section.append(el("h2", {}, app));
     const grid = el("div", { class: "grid" });
-    for (const spec of CHARTS) grid.append(chart(spec, body.series[app] || {}, body.since, body.now,
-                                                 (body.bands || {})[app] || {}));
+    const ctx = { since: body.since, now: body.now, app, thresholds: body.thresholds || [],
+                  bands: (body.bands || {})[app] || {} };
+    for (const spec of CHARTS) grid.append(chart(spec, body.series[app] || {}, ctx));
     section.append(grid);
     sections.push(section);
   }
@@ -176,8 +271,14 @@ async function refresh() {
     ]);
     renderApps(series);
     renderAlerts(alerts);
-    renderRows("ood", ood, (r) => [[clock(r.ts)], [r.app], [fmt(r.ood_score)],
-                                   [r.prompt, "text"], [r.response, "text"]]);
+    // One row per flagged field: its score against its threshold, and that field's text.
+    const flagged = ood.flatMap((r) => r.flagged.map((f) => ({ ...r, ...f })));
+    renderRows("ood", flagged, (r) => [
+      [clock(r.ts)], [r.app], [r.field],
+      [r.threshold === null ? score(r.score) : `${score(r.score)} > ${score(r.threshold)}`,
+       "score"],
+      [r[r.field] ?? "", "text"]]);
+    document.getElementById("no-ood").hidden = flagged.length > 0;
     renderRows("judge", judge, (r) => [[clock(r.judged_at)], [r.app], [r.criterion],
                                        [r.prompt, "text"], [r.response, "text"],
                                        [r.reasoning, "text"]]);
