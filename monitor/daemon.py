@@ -92,7 +92,14 @@ class Daemon:
         self.notifier = notifier or SystemdNotifier()
         self.prom = IngestMetrics(self.registry)
         self.windows = build_windows(settings, self.clock.now())
-        self.store = open_store(settings.store, self.prom, self.clock)
+        self.store = open_store(
+            settings.store,
+            self.prom,
+            self.clock,
+            keep_ids=settings.metrics.dedupe_ids,
+            # Half the broker's in-flight window: acks flow before the broker stops sending.
+            commit_at_callbacks=max(1, settings.bus.inflight_window // 2),
+        )
         self.pipeline = build_pipeline(settings, self.windows, self.prom, self.store)
         self.queue = IngestQueue(settings.bus.queue_size, self.prom, settings.bus.queue_bytes)
         self.source = MqttSource(settings.bus, self.queue, self.prom)
@@ -119,6 +126,7 @@ class Daemon:
         fix_mmap_threshold()  # large temporary buffers go back to the OS when freed
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(self.store)
+            await self.pipeline.restore()
             if s.bus.embedded:
                 await stack.enter_async_context(EmbeddedBroker(s.bus))
             api = await stack.enter_async_context(self._api_server())

@@ -13,6 +13,8 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from lookout.durations import DurationS
 from lookout.monitor.config.base import Section
 
+MOSQUITTO_MAX_INFLIGHT = 20  # Mosquitto's stock max_inflight_messages
+
 
 class BusConfig(Section):
     url: str = "mqtt://127.0.0.1:1883"
@@ -57,6 +59,12 @@ class BusConfig(Section):
         return parsed.port or (8883 if self.tls else 1883)
 
     @property
+    def inflight_window(self) -> int:
+        """Unacknowledged QoS 1 messages the broker sends before waiting for acks: our
+        Receive Maximum on MQTT 5; on 3.1.1 the broker's own setting (Mosquitto's stock 20)."""
+        return MOSQUITTO_MAX_INFLIGHT
+
+    @property
     def tls(self) -> bool:
         return urlparse(self.url).scheme in ("mqtts", "ssl")
 
@@ -81,7 +89,15 @@ class StoreConfig(Section):
     rejected_sample_bytes: int = Field(default=4096, ge=64)
     queue_size: int = Field(default=50_000, ge=100)
     buffer_bytes: int = Field(default=8 * 1024 * 1024, ge=1024 * 1024)
-    flush_interval_s: DurationS = 1.0
+    queue_hard_limit: int = Field(default=200_000, ge=100)
+    flush_interval_s: DurationS = 0.05
+    commit_rows: int = Field(default=5_000, ge=1)
+
+    @model_validator(mode="after")
+    def _hard_limit_above_soft(self) -> StoreConfig:
+        if self.queue_hard_limit < self.queue_size:
+            raise ValueError("store.queue_hard_limit must be at least store.queue_size")
+        return self
 
     @field_validator("url")
     @classmethod

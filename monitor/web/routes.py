@@ -4,6 +4,7 @@ serve exists; until then the API server answers these paths 503 (docs/api.md).""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
@@ -19,6 +20,8 @@ from lookout.monitor.web.dashboard import Dashboard
 from lookout.monitor.web.views import ApiViews, dump_json
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+COMMIT_WAIT_S = 10.0  # longest a POST waits for its records' commit before answering 503
+RETRY_AFTER_S = 1
 
 
 @dataclass(frozen=True)
@@ -71,8 +74,18 @@ class ApiRoutes:
         return web.json_response({"expired": True})
 
     async def post_records(self, request: web.Request) -> web.Response:
+        """Answered once the records are committed: a 2xx means they are durable. Under
+        back-pressure (or a store that cannot commit), 503 with Retry-After; a retried batch is
+        de-duplicated by its records' ids."""
+        pipeline = self._deps.pipeline
+        if not pipeline.has_room():
+            return _busy("the store is behind; retry")
         payload = await request.read()
-        result = self._deps.pipeline.process_payload(payload, None, "http", self._deps.clock.now())
+        result = pipeline.process_payload(payload, None, "http", self._deps.clock.now())
+        try:
+            await asyncio.wait_for(asyncio.shield(pipeline.committed()), COMMIT_WAIT_S)
+        except TimeoutError:
+            return _busy("not committed yet; retry (records with ids are counted once)")
         body = {
             "accepted": result.accepted,
             "duplicates": result.duplicates,
@@ -114,6 +127,12 @@ class ApiRoutes:
                 for s in samples
             ]
         )
+
+
+def _busy(reason: str) -> web.Response:
+    return web.json_response(
+        {"error": reason}, status=503, headers={"Retry-After": str(RETRY_AFTER_S)}
+    )
 
 
 Pick = Callable[[ApiRoutes], Handler]
