@@ -97,12 +97,12 @@ class Daemon:
             self.prom,
             self.clock,
             keep_ids=settings.metrics.dedupe_ids,
-            # Half the broker's in-flight window: acks flow before the broker stops sending.
-            commit_at_callbacks=max(1, settings.bus.inflight_window // 2),
         )
         self.pipeline = build_pipeline(settings, self.windows, self.prom, self.store)
         self.queue = IngestQueue(settings.bus.queue_size, self.prom, settings.bus.queue_bytes)
-        self.source = MqttSource(settings.bus, self.queue, self.prom)
+        self.source = MqttSource(
+            settings.bus, self.queue, self.prom, on_inflight_window=self.store.set_ack_window
+        )
         # Built in run(), as the config asks for them.
         self.api: ApiServer | None = None
         self.detection: DetectionService | None = None

@@ -13,8 +13,6 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from lookout.durations import DurationS
 from lookout.monitor.config.base import Section
 
-MOSQUITTO_MAX_INFLIGHT = 20  # Mosquitto's stock max_inflight_messages
-
 
 class BusConfig(Section):
     url: str = "mqtt://127.0.0.1:1883"
@@ -26,7 +24,8 @@ class BusConfig(Section):
     shared_group: str | None = None
     persistent_session: bool = True
     embedded: bool = False
-    protocol: Literal["3.1.1", "5"] = "3.1.1"
+    protocol: Literal["3.1.1", "5"] = "5"
+    receive_maximum: int = Field(default=1000, ge=1, le=65535)
     session_expiry_s: DurationS = 7 * 86400.0
     keepalive_s: int = Field(default=30, ge=5)
     ca_file: str | None = None
@@ -57,12 +56,6 @@ class BusConfig(Section):
     def port(self) -> int:
         parsed = urlparse(self.url)
         return parsed.port or (8883 if self.tls else 1883)
-
-    @property
-    def inflight_window(self) -> int:
-        """Unacknowledged QoS 1 messages the broker sends before waiting for acks: our
-        Receive Maximum on MQTT 5; on 3.1.1 the broker's own setting (Mosquitto's stock 20)."""
-        return MOSQUITTO_MAX_INFLIGHT
 
     @property
     def tls(self) -> bool:

@@ -29,14 +29,10 @@ def open_store(
     clock: Clock,
     *,
     keep_ids: int = 100_000,
-    commit_at_callbacks: int = 1 << 30,
 ) -> Store:
-    """`keep_ids`: how many recent record ids to keep for recognising redeliveries;
-    `commit_at_callbacks`: commit early once this many acknowledgements wait for a commit."""
+    """`keep_ids`: how many recent record ids to keep for recognising redeliveries."""
     if cfg.url.startswith("sqlite:///"):
-        return SqliteStore(
-            cfg, metrics, clock, keep_ids=keep_ids, commit_at_callbacks=commit_at_callbacks
-        )
+        return SqliteStore(cfg, metrics, clock, keep_ids=keep_ids)
     raise ConfigError(
         f"store.url {cfg.url.split('@')[-1]!r}: PostgreSQL support is not in this release; "
         "use sqlite:///PATH"

@@ -98,6 +98,11 @@ class Store(Protocol):
         """Call `fn` once everything put so far is committed."""
         ...
 
+    def set_ack_window(self, window: int) -> None:
+        """The source's in-flight window (unacknowledged messages the broker sends before
+        it waits): the store commits early once half of it waits for a commit."""
+        ...
+
     def committed(self) -> asyncio.Future[None]:
         """Resolved once everything put so far is committed."""
         ...

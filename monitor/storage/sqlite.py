@@ -78,7 +78,6 @@ class SqliteStore:
         clock: Clock,
         *,
         keep_ids: int = 100_000,
-        commit_at_callbacks: int = 1 << 30,
     ) -> None:
         self._cfg = cfg
         self._sql = SqliteThread(
@@ -92,9 +91,7 @@ class SqliteStore:
         self._group = CommitGroup()
         self._committing = CommitGroup()  # the group being written, for the buffer's bound
         self._closers: list[Callable[[], None]] = []
-        # Commit as soon as this many acknowledgements wait (the daemon sets it from the
-        # broker's in-flight window): the broker sends no more until some are acked.
-        self._commit_at_callbacks = commit_at_callbacks
+        self._commit_at_callbacks = 1 << 30  # see set_ack_window
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
@@ -181,6 +178,11 @@ class SqliteStore:
 
     def on_group_close(self, fn: Callable[[], None]) -> None:
         self._closers.append(fn)
+
+    def set_ack_window(self, window: int) -> None:
+        # The broker sends no more than `window` unacknowledged messages: commit as soon as
+        # half of them wait, so acks flow back before it stops sending.
+        self._commit_at_callbacks = max(1, window // 2)
 
     def after_commit(self, fn: Callable[[], None]) -> None:
         callbacks = self._group.callbacks
