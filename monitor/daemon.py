@@ -38,7 +38,7 @@ from lookout.monitor.judge.client import JudgeClient, chat_model
 from lookout.monitor.judge.service import JudgeService
 from lookout.monitor.judge.store import JudgeStore
 from lookout.monitor.metrics.prom import IngestMetrics, WindowCollector
-from lookout.monitor.metrics.rollups import RollupService, SeriesFn
+from lookout.monitor.metrics.rollups import ROLLUP_S, RollupService, SeriesFn
 from lookout.monitor.metrics.windows import WindowStats
 from lookout.monitor.storage import open_store, sqlite_path
 from lookout.monitor.storage.references import ReferenceStore
@@ -190,7 +190,11 @@ class Daemon:
                 await self._alert_engine(stack, extra_series)
             )
         self.rollups = RollupService(
-            self.windows, self.store, self.clock, extra_series=extra_series
+            self.windows,
+            self.store,
+            self.clock,
+            extra_series=extra_series,
+            resume_from=await self._first_minute_not_rolled_up(),
         )
         self.views = ApiViews(
             clock=self.clock,
@@ -203,6 +207,16 @@ class Daemon:
             judge_store=self.judge_store,
             alerts=self.alerts,
         )
+
+    async def _first_minute_not_rolled_up(self) -> int | None:
+        """After the last minute rolled up within the windows' reach; else the first stored
+        minute there; None for a fresh store."""
+        since = self.clock.now() - self.windows.max_window_s
+        stored = await self.store.rollups(since)
+        if stored:
+            return max(p.minute for p in stored) + ROLLUP_S
+        partials = await self.store.partials(since)
+        return min(p.minute for p in partials) if partials else None
 
     def _routes(self) -> ApiRoutes:
         assert self.views is not None and self.rollups is not None
