@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import signal
 import sqlite3
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ import paho.mqtt.client as paho
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
+from tests.alerts.test_crash import ready, start
 from tests.conftest import PrivateBroker, eventually, free_port
 
 RECORDS = 20_000
@@ -45,32 +44,10 @@ def write_config(tmp_path: Path, topic_root: str, broker_url: str, api_port: int
     return config
 
 
-async def start(config: Path) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "lookout",
-        "run",
-        "--config",
-        str(config),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-        env={**os.environ},
-    )
-
-
 async def kill_9(proc: asyncio.subprocess.Process) -> None:
     proc.send_signal(signal.SIGKILL)
     await proc.wait()
     assert proc.returncode == -9
-
-
-async def ready(api: str) -> bool:
-    try:
-        async with httpx.AsyncClient() as http:
-            return (await http.get(f"{api}/readyz", timeout=2)).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def count(db_path: Path, sql: str) -> int:
