@@ -20,8 +20,10 @@ from lookout.monitor.metrics.windows import WindowedMetrics
 from lookout.monitor.storage.sqlite import SqliteStore
 
 
-def make_pipeline(prom: IngestMetrics, tmp_path: Path) -> tuple[Pipeline, SqliteStore]:
-    cfg = StoreConfig(url=f"sqlite:///{tmp_path}/q.db", record_sample_rate=1.0)
+def make_pipeline(
+    prom: IngestMetrics, tmp_path: Path, queue_size: int = 50_000, sample_rate: float = 1.0
+) -> tuple[Pipeline, SqliteStore]:
+    cfg = StoreConfig(url=f"sqlite:///{tmp_path}/q.db", queue_size=queue_size)
     store = SqliteStore(cfg, prom, FakeClock())
     pipeline = Pipeline(
         WindowedMetrics(),
@@ -29,7 +31,7 @@ def make_pipeline(prom: IngestMetrics, tmp_path: Path) -> tuple[Pipeline, Sqlite
         prom,
         store,
         DecodeLimits(),
-        sample_rate=1.0,
+        sample_rate=sample_rate,
         dedupe_ids=100,
         rng=random.Random(1),
     )
@@ -79,10 +81,37 @@ async def test_queue_is_bounded_in_bytes_too(tmp_path: Path) -> None:
     for _ in range(4):
         queue.offer(Inbound("llm/records/a", big, None))
     assert events == ["pause"] and len(queue) == 4
-    pipeline, store = make_pipeline(prom, tmp_path)
+    pipeline, store = make_pipeline(prom, tmp_path, sample_rate=0.0)  # counted, not stored
     async with store:
         runner = asyncio.create_task(queue.run(pipeline, FakeClock()))
         await asyncio.wait_for(queue.wait_idle(), 30)
         runner.cancel()
     assert events == ["pause", "resume"]
     assert queue.queued_bytes == 0
+
+
+async def test_a_store_behind_on_commits_pauses_processing_and_so_the_source(
+    tmp_path: Path,
+) -> None:
+    prom = IngestMetrics(CollectorRegistry())
+    queue = IngestQueue(capacity=4, prom=prom)
+    events: list[str] = []
+    queue.set_flow_control(lambda: events.append("pause"), lambda: events.append("resume"))
+    pipeline, store = make_pipeline(prom, tmp_path, queue_size=100)
+    # Not opened yet: nothing commits, as with a disk that has stalled.
+    filler = b"[" + b",".join(b'{"id": "f%d"}' % i for i in range(100)) + b"]"
+    pipeline.process_payload(filler, "llm/records/a", "mqtt", 0.0)
+    assert not store.has_room()
+    runner = asyncio.create_task(queue.run(pipeline, FakeClock()))
+    acked: list[int] = []
+    for i in range(6):
+        queue.offer(Inbound("llm/records/a", b'{"id": "r%d"}' % i, partial(acked.append, i)))
+    for _ in range(20):
+        await asyncio.sleep(0)  # let the ingest task run as far as it can
+    assert queue.processed == 0 and events == ["pause"]  # held: the socket stays paused
+    async with store:  # commits resume
+        await asyncio.wait_for(queue.wait_idle(), 10)
+        await store.flush()
+    runner.cancel()
+    assert events == ["pause", "resume"] and acked == list(range(6))
+    assert prom.dropped.labels("store")._value.get() == 0  # nothing dropped on the way
