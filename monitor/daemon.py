@@ -101,7 +101,11 @@ class Daemon:
         self.pipeline = build_pipeline(settings, self.windows, self.prom, self.store)
         self.queue = IngestQueue(settings.bus.queue_size, self.prom, settings.bus.queue_bytes)
         self.source = MqttSource(
-            settings.bus, self.queue, self.prom, on_inflight_window=self.store.set_ack_window
+            settings.bus,
+            self.queue,
+            self.prom,
+            on_inflight_window=self.store.set_ack_window,
+            commit=self.store.flush,
         )
         # Built in run(), as the config asks for them.
         self.api: ApiServer | None = None

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import random
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import aiomqtt
@@ -54,11 +54,14 @@ class MqttSource:
         cfg: BusConfig,
         queue: IngestQueue,
         prom: IngestMetrics,
+        *,
         rng: random.Random | None = None,
         on_inflight_window: Callable[[int], None] | None = None,
+        commit: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._cfg = cfg
         self._on_inflight_window = on_inflight_window
+        self._commit = commit  # commits what was processed, running its acks
         self._v5_refused = cfg.embedded  # amqtt, the embedded broker, speaks 3.1.1 only
         self._queue = queue
         self._prom = prom
@@ -136,12 +139,16 @@ class MqttSource:
                 await self.stop()
 
     async def stop(self, drain_timeout_s: float = 3.0) -> None:
-        """Stop reading, let the queue drain (acking each message), then disconnect."""
+        """Stop reading, let the queue drain and commit (acking each message), then
+        disconnect: a message acked now is not redelivered after the restart."""
         if self._stopping.is_set():
             return
         self._pause()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._queue.wait_idle(), timeout=drain_timeout_s)
+            async with asyncio.timeout(drain_timeout_s):
+                await self._queue.wait_idle()
+                if self._commit is not None:
+                    await self._commit()
         self._stopping.set()
 
     async def run(self) -> None:
