@@ -16,6 +16,7 @@ alone drains 1M records in batches of 50 and reports its RSS after 100k and afte
         '{"kind": "sentence-transformers", "model": "all-MiniLM-L6-v2"}'   # the extra's model
     .venv/bin/python bench/ingest.py --rss-only # only the RSS growth from 100k to 1M records
     .venv/bin/python bench/ingest.py --live     # publishers and subscriber at the same time
+    LOOKOUT_BENCH_MQTT=3.1.1 .venv/bin/python bench/ingest.py ...   # lookout on MQTT 3.1.1
 
 Live mode (`--live`): the broker keeps Mosquitto's stock in-flight limit (max_inflight_messages
 20; lookout raises its own window with MQTT 5's Receive Maximum) and only queues without limit
@@ -30,6 +31,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import resource
 import shutil
 import socket
@@ -124,6 +126,7 @@ async def lookout(  # noqa: PLR0917
                 "topics": [TOPIC],
                 "qos": qos,
                 "client_id": client_id,
+                "protocol": os.environ.get("LOOKOUT_BENCH_MQTT", "5"),
             },
             "store": {"url": f"sqlite:///{tmp}/bench.db"},
             "api": {"bind": "127.0.0.1:0"},
