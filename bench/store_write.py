@@ -18,7 +18,8 @@ from pathlib import Path
 
 import msgspec
 
-from lookout.monitor.storage.sqlite import _INSERT_RECORDS, _ROWS_PER_STATEMENT, _SCHEMA
+from lookout.monitor.storage.groups import _INSERT_RECORDS, _ROWS_PER_STATEMENT
+from lookout.monitor.storage.sqlite import _SCHEMA
 
 ROWS = 20_000
 

@@ -39,7 +39,7 @@ from lookout.monitor.judge.client import JudgeClient, chat_model
 from lookout.monitor.judge.service import JudgeService
 from lookout.monitor.judge.store import JudgeStore
 from lookout.monitor.metrics.prom import IngestMetrics, WindowCollector
-from lookout.monitor.metrics.rollups import RollupService, SeriesFn
+from lookout.monitor.metrics.rollups import ROLLUP_S, RollupService, SeriesFn
 from lookout.monitor.metrics.windows import WindowStats
 from lookout.monitor.storage import open_store, sqlite_path
 from lookout.monitor.storage.references import ReferenceStore
@@ -93,12 +93,23 @@ class Daemon:
         self.notifier = notifier or SystemdNotifier()
         self.prom = IngestMetrics(self.registry)
         self.windows = build_windows(settings, self.clock.now())
-        self.store = open_store(settings.store, self.prom, self.clock)
+        self.store = open_store(
+            settings.store,
+            self.prom,
+            self.clock,
+            keep_ids=settings.metrics.dedupe_ids,
+        )
         # One table for records and the judge: it owns lookout_cost_unknown_model_total.
         self.prices = price_table(settings, self.registry)
         self.pipeline = build_pipeline(settings, self.windows, self.prom, self.store, self.prices)
         self.queue = IngestQueue(settings.bus.queue_size, self.prom, settings.bus.queue_bytes)
-        self.source = MqttSource(settings.bus, self.queue, self.prom)
+        self.source = MqttSource(
+            settings.bus,
+            self.queue,
+            self.prom,
+            on_inflight_window=self.store.set_ack_window,
+            commit=self.store.flush,
+        )
         # Built in run(), as the config asks for them.
         self.api: ApiServer | None = None
         self.detection: DetectionService | None = None
@@ -123,6 +134,7 @@ class Daemon:
         fix_mmap_threshold()  # large temporary buffers go back to the OS when freed
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(self.store)
+            await self.pipeline.restore()
             if s.bus.embedded:
                 await stack.enter_async_context(EmbeddedBroker(s.bus))
             api = await stack.enter_async_context(self._api_server())
@@ -187,7 +199,11 @@ class Daemon:
                 await self._alert_engine(stack, extra_series)
             )
         self.rollups = RollupService(
-            self.windows, self.store, self.clock, extra_series=extra_series
+            self.windows,
+            self.store,
+            self.clock,
+            extra_series=extra_series,
+            resume_from=await self._first_minute_not_rolled_up(),
         )
         self.views = ApiViews(
             clock=self.clock,
@@ -201,6 +217,16 @@ class Daemon:
             judge_store=self.judge_store,
             alerts=self.alerts,
         )
+
+    async def _first_minute_not_rolled_up(self) -> int | None:
+        """After the last minute rolled up within the windows' reach; else the first stored
+        minute there; None for a fresh store."""
+        since = self.clock.now() - self.windows.max_window_s
+        stored = await self.store.rollups(since)
+        if stored:
+            return max(p.minute for p in stored) + ROLLUP_S
+        partials = await self.store.partials(since)
+        return min(p.minute for p in partials) if partials else None
 
     def _routes(self) -> ApiRoutes:
         assert self.views is not None and self.rollups is not None

@@ -3,10 +3,14 @@
 Records go into a bounded in-memory queue; a background thread publishes them in batches
 (JSON arrays) at QoS 1. When the queue is full a record is dropped and counted in
 `publisher.dropped`: the app is never slowed down by its monitoring.
+
+A publisher flushes on exit: `close()`, the `with` block's end, or, if neither ran, when the
+interpreter exits (atexit), so a short script's last records are not lost.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import queue
@@ -67,6 +71,9 @@ class RecordPublisher:
         self._client.loop_start()
         self._thread = threading.Thread(target=self._sender, name="lookout-publisher", daemon=True)
         self._thread.start()
+        self._closed = False
+        # At interpreter exit, daemon threads still run, so the last batch can go out.
+        atexit.register(self.close)
 
     def publish_record(self, record: dict[str, Any]) -> bool:
         """Queue one record (a wire-format dict); False if dropped because the queue is full."""
@@ -115,7 +122,12 @@ class RecordPublisher:
         self._acked.add(mid)
 
     def close(self, timeout_s: float = 5.0) -> None:
-        """Publish what is queued, wait for the broker's acks (up to `timeout_s`), disconnect."""
+        """Publish what is queued, wait for the broker's acks (up to `timeout_s`), disconnect.
+        Called at exit if the app did not; once is enough."""
+        if self._closed:
+            return
+        self._closed = True
+        atexit.unregister(self.close)
         with contextlib.suppress(queue.Full):
             self._queue.put(_STOP, timeout=timeout_s)
         self._thread.join(timeout_s)

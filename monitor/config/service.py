@@ -24,7 +24,8 @@ class BusConfig(Section):
     shared_group: str | None = None
     persistent_session: bool = True
     embedded: bool = False
-    protocol: Literal["3.1.1", "5"] = "3.1.1"
+    protocol: Literal["3.1.1", "5"] = "5"
+    receive_maximum: int = Field(default=1000, ge=1, le=65535)
     session_expiry_s: DurationS = 7 * 86400.0
     keepalive_s: int = Field(default=30, ge=5)
     ca_file: str | None = None
@@ -113,7 +114,15 @@ class StoreConfig(Section):
     rejected_sample_bytes: int = Field(default=4096, ge=64)
     queue_size: int = Field(default=50_000, ge=100)
     buffer_bytes: int = Field(default=8 * 1024 * 1024, ge=1024 * 1024)
-    flush_interval_s: DurationS = 1.0
+    queue_hard_limit: int = Field(default=200_000, ge=100)
+    flush_interval_s: DurationS = 0.05
+    commit_rows: int = Field(default=5_000, ge=1)
+
+    @model_validator(mode="after")
+    def _hard_limit_above_soft(self) -> StoreConfig:
+        if self.queue_hard_limit < self.queue_size:
+            raise ValueError("store.queue_hard_limit must be at least store.queue_size")
+        return self
 
     @field_validator("url")
     @classmethod

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import random
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import aiomqtt
@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 _SUBACK_TIMEOUT_S = 600.0
+MQTT311_INFLIGHT = 20  # Mosquitto's stock max_inflight_messages, for MQTT 3.1.1 clients
+# CONNACK codes for "unsupported protocol version": 3.1.1's 1, MQTT 5's 0x84.
+_UNSUPPORTED_PROTOCOL = (1, 132)
 
 
 def _tls_context(cfg: BusConfig) -> ssl.SSLContext | None:
@@ -51,9 +54,15 @@ class MqttSource:
         cfg: BusConfig,
         queue: IngestQueue,
         prom: IngestMetrics,
+        *,
         rng: random.Random | None = None,
+        on_inflight_window: Callable[[int], None] | None = None,
+        commit: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._cfg = cfg
+        self._on_inflight_window = on_inflight_window
+        self._commit = commit  # commits what was processed, running its acks
+        self._v5_refused = cfg.embedded  # amqtt, the embedded broker, speaks 3.1.1 only
         self._queue = queue
         self._prom = prom
         self._rng = rng or random.Random()
@@ -82,14 +91,25 @@ class MqttSource:
         group = self._cfg.shared_group
         return [f"$share/{group}/{t}" if group else t for t in self._cfg.topics]
 
+    def _v5(self) -> bool:
+        cfg = self._cfg
+        return (cfg.protocol == "5" and not self._v5_refused) or cfg.shared_group is not None
+
+    def inflight_window(self) -> int:
+        """Unacknowledged QoS 1 messages the broker sends before it waits for acks: our
+        Receive Maximum on MQTT 5; on 3.1.1 the broker's own limit (Mosquitto's stock 20)."""
+        return self._cfg.receive_maximum if self._v5() else MQTT311_INFLIGHT
+
     def _new_client(self) -> ManualAckClient:
         cfg = self._cfg
-        v5 = cfg.protocol == "5" or cfg.shared_group is not None
+        v5 = self._v5()
         kwargs: dict[str, Any] = {}
         if v5:
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             if cfg.persistent_session:
                 props.SessionExpiryInterval = int(cfg.session_expiry_s)
+            # Acks follow commits: let the broker send this many before it waits for them.
+            props.ReceiveMaximum = cfg.receive_maximum
             kwargs["properties"] = props
             kwargs["clean_start"] = not cfg.persistent_session
         else:
@@ -119,12 +139,16 @@ class MqttSource:
                 await self.stop()
 
     async def stop(self, drain_timeout_s: float = 3.0) -> None:
-        """Stop reading, let the queue drain (acking each message), then disconnect."""
+        """Stop reading, let the queue drain and commit (acking each message), then
+        disconnect: a message acked now is not redelivered after the restart."""
         if self._stopping.is_set():
             return
         self._pause()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._queue.wait_idle(), timeout=drain_timeout_s)
+            async with asyncio.timeout(drain_timeout_s):
+                await self._queue.wait_idle()
+                if self._commit is not None:
+                    await self._commit()
         self._stopping.set()
 
     async def run(self) -> None:
@@ -142,12 +166,21 @@ class MqttSource:
                     attempt, warned = 0, False
                     self.connected.set()
                     self._prom.bus_connected.set(1)
-                    log.info("bus_connected", broker=where, topics=self.topics())
+                    if self._on_inflight_window is not None:
+                        self._on_inflight_window(self.inflight_window())
+                    log.info(
+                        "bus_connected",
+                        broker=where,
+                        topics=self.topics(),
+                        mqtt="5" if self._v5() else "3.1.1",
+                    )
                     if self._queue.paused:
                         client.pause_reading()
                     await self._serve(client)
             except aiomqtt.MqttError as exc:
                 client.retire()
+                if not linked and self._refuses_v5(exc):
+                    continue  # at once, on MQTT 3.1.1
                 self._mark_down()
                 self._prom.bus_reconnects.inc()
                 # A lost link was logged as bus_disconnected; say "unreachable" once per outage.
@@ -173,6 +206,25 @@ class MqttSource:
                 client.retire()
                 self._client = None
         self._mark_down()
+
+    def _refuses_v5(self, exc: aiomqtt.MqttError) -> bool:
+        """The broker refused MQTT 5 (CONNACK 'unsupported protocol version'): fall back to
+        3.1.1 for the rest of this process, with the broker's smaller in-flight window."""
+        if not (isinstance(exc, aiomqtt.MqttCodeError) and self._v5()):
+            return False
+        if self._cfg.shared_group is not None:
+            return False  # shared subscriptions need MQTT 5: nothing to fall back to
+        code = getattr(exc.rc, "value", exc.rc)
+        if code not in _UNSUPPORTED_PROTOCOL:
+            return False
+        self._v5_refused = True
+        log.warning(
+            "bus_mqtt5_refused",
+            broker=f"{self._cfg.host}:{self._cfg.port}",
+            hint="using MQTT 3.1.1: the broker's max_inflight_messages (20 on a stock "
+            "Mosquitto) then bounds throughput, as acks wait for commits (docs/deploy.md)",
+        )
+        return True
 
     async def _serve(self, client: ManualAckClient) -> None:
         """Subscribe, then hold the connection until stopped or disconnected."""

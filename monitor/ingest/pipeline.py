@@ -1,13 +1,19 @@
-"""The per-record path every source shares: decode, de-duplicate, count, sample to the store."""
+"""The per-record path every source shares: decode, de-duplicate, count, sample to the store.
+
+Each counted record also goes into the store's open commit group: its per-minute partial
+aggregate and its (app, id), committed with the group's sampled rows (docs/deploy.md).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from lookout.monitor.ingest.records import DecodeLimits, Record, Rejection, decode_payload
+from lookout.monitor.metrics.partials import GroupPartials
 from lookout.monitor.metrics.prices import PriceTable
 from lookout.monitor.metrics.prom import IngestMetrics
 from lookout.monitor.metrics.windows import WindowedMetrics
@@ -15,24 +21,42 @@ from lookout.monitor.storage import Store
 
 
 class RecentIds:
-    """The last `capacity` record ids, to ignore redeliveries; O(1) per id, bounded memory."""
+    """The last `capacity` (app, record id) pairs, to ignore redeliveries; ids are an app's
+    own, so two apps may use the same one. O(1) per id, bounded memory; the pairs added since
+    the last `take_new` go to the store with the commit group that counted them."""
 
     def __init__(self, capacity: int) -> None:
         self._capacity = capacity
-        self._order: deque[str] = deque()
-        self._ids: set[str] = set()
+        self._order: deque[tuple[str, str]] = deque()
+        self._ids: set[tuple[str, str]] = set()
+        self._new: list[tuple[str, str]] = []
 
-    def seen(self, record_id: str) -> bool:
-        """True if `record_id` was seen recently; remembers it otherwise."""
+    def seen(self, app: str, record_id: str) -> bool:
+        """True if `record_id` of `app` was seen recently; remembers it otherwise."""
         if self._capacity == 0:
             return False
-        if record_id in self._ids:
+        key = (app, record_id)
+        if key in self._ids:
             return True
+        self._remember(key)
+        self._new.append(key)
+        return False
+
+    def _remember(self, key: tuple[str, str]) -> None:
         if len(self._order) >= self._capacity:
             self._ids.discard(self._order.popleft())
-        self._order.append(record_id)
-        self._ids.add(record_id)
-        return False
+        self._order.append(key)
+        self._ids.add(key)
+
+    def restore(self, pairs: list[tuple[str, str]]) -> None:
+        """Remember ids committed before a restart (oldest first): their redeliveries."""
+        for key in pairs[-self._capacity :] if self._capacity else ():
+            if key not in self._ids:
+                self._remember(key)
+
+    def take_new(self) -> list[tuple[str, str]]:
+        new, self._new = self._new, []
+        return new
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,11 +88,45 @@ class Pipeline:
         self._limits = limits
         self._sample_rate = sample_rate
         self._recent = RecentIds(dedupe_ids)
+        self._recent_capacity = dedupe_ids
+        self._partials = GroupPartials()
+        store.on_group_close(self._close_group)
         self._totals = prom.totals
         self._random = (rng or random.Random()).random
         # Set by the daemon when detectors run: sees every counted record (it samples itself),
         # with the id it was stored under, if it was.
         self.detector: Callable[[Record, float, str | None, float], None] | None = None
+
+    def _close_group(self) -> None:
+        """The store is about to commit its group: add this group's partials and ids."""
+        if len(self._partials):
+            self._store.put_partials(self._partials.take())
+        new_ids = self._recent.take_new()
+        if new_ids:
+            self._store.put_seen_ids(new_ids)
+
+    async def restore(self) -> None:
+        """After a restart: remember the committed ids (their redeliveries are duplicates)
+        and seed the windows with the committed minutes they cover."""
+        self._recent.restore(await self._store.recent_ids(self._recent_capacity))
+        since = self.windows.started_at - self.windows.max_window_s
+        for p in await self._store.partials(since):
+            self.windows.merge_partial((p.app, p.model), float(p.minute), p)
+
+    def has_room(self) -> bool:
+        """False while the store holds more uncommitted rows than it should: pause ingest."""
+        return self._store.has_room()
+
+    async def wait_room(self) -> None:
+        await self._store.wait_room()
+
+    def committed(self) -> asyncio.Future[None]:
+        """Resolved once what has been processed so far is committed (an HTTP answer)."""
+        return self._store.committed()
+
+    def after_commit(self, fn: Callable[[], None]) -> None:
+        """Call `fn` (a message's ack) once what has been processed so far is committed."""
+        self._store.after_commit(fn)
 
     def process_payload(
         self,
@@ -108,7 +166,7 @@ class Pipeline:
 
     def process_record(self, record: Record, now: float) -> bool:
         """Count one record; False when it is a redelivery of one already counted."""
-        if record.id is not None and self._recent.seen(record.id):
+        if record.id is not None and self._recent.seen(record.app, record.id):
             self._prom.duplicates.inc()
             return False
         key = self.windows.labels_for(record.app, record.model)
@@ -120,6 +178,9 @@ class Pipeline:
         if input_tokens or output_tokens:
             cost = self._prices.cost(record.model, input_tokens, output_tokens)
         self.windows.observe(
+            key, now, error, latency_ms, record.ttft_ms, input_tokens, output_tokens, cost
+        )
+        self._partials.add(
             key, now, error, latency_ms, record.ttft_ms, input_tokens, output_tokens, cost
         )
         totals = self._totals.get(key)

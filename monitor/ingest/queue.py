@@ -2,8 +2,11 @@
 
 Sources offer messages without awaiting; when the queue reaches its capacity the source is told
 to pause reading its socket (back-pressure reaches the broker through TCP and, at QoS 1,
-through unacknowledged messages), and to resume once the queue is half empty. A message is
-acknowledged to the broker only after it has been processed, so a crash loses nothing at QoS 1.
+through unacknowledged messages), and to resume once the queue is half empty. Processing itself
+waits while the store's uncommitted rows are over their limit, so a slow disk fills this queue
+and pauses the socket rather than dropping rows. A message is acknowledged to the broker only
+once everything it changed is committed (the store runs the ack after its commit group's
+transaction), so a crash costs a redelivery, never a loss, at QoS 1.
 """
 
 from __future__ import annotations
@@ -98,6 +101,8 @@ class IngestQueue:
             await self._wake.wait()
             self._wake.clear()
             while items:
+                if not pipeline.has_room():
+                    await pipeline.wait_room()
                 now = clock.now()
                 chunk = records = 0
                 # A chunk ends after _CHUNK messages or _CHUNK_RECORDS records (batches), so
@@ -113,7 +118,7 @@ class IngestQueue:
                         # A bug must not stop ingest. No payload in logs: prompts may hold PII.
                         log.exception("ingest_failed", topic=item.topic, size=len(item.payload))
                     if item.ack is not None:
-                        item.ack()
+                        pipeline.after_commit(item.ack)
                 self.processed += chunk
                 prom.queue_depth.set(len(items))
                 self._signal_progress()

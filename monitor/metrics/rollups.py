@@ -56,13 +56,19 @@ class RollupService:
         *,
         extra_series: SeriesFn = no_series,
         sleep: Sleep = asyncio.sleep,
+        resume_from: int | None = None,
     ) -> None:
+        """`resume_from`: the first minute with no stored rollup, after a restart: the
+        minutes from there were committed as partial aggregates (and seeded into the windows)
+        but not rolled up before the process stopped, so they are rolled up now."""
         self._windows = windows
         self._store = store
         self._clock = clock
         self._extra_series = extra_series
         self._sleep = sleep
         self._written_until = int(clock.now() // ROLLUP_S) * ROLLUP_S
+        if resume_from is not None:
+            self._written_until = min(self._written_until, resume_from)
         self._stored_until = self._written_until
 
     @property

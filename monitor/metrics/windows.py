@@ -11,10 +11,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from fastdigest import TDigest
 
 from lookout.series import ALL, OTHER, SERIES_NAMES, SeriesPoint
+
+if TYPE_CHECKING:
+    from lookout.monitor.storage.base import PartialRow
 
 # ALL, OTHER and SERIES_NAMES live in the series catalogue; they are named here too for the
 # modules that read them beside the windows.
@@ -244,6 +248,26 @@ class WindowedMetrics:
                 if bucket.gen_tps is None:
                     bucket.gen_tps = TDigest(max_centroids=_CENTROIDS)
                 bucket.gen_tps.update(tout / (gen_ms / 1000.0))
+
+    def merge_partial(self, raw: tuple[str, str], at: float, part: PartialRow) -> None:
+        """Add a committed aggregate (a stored minute, after a restart) to the bucket at `at`."""
+        key = self.labels_for(*raw)
+        cell = self._cells.get(key)
+        if cell is None:
+            cell = self._cells[key] = _Cell(self._slots)
+        bucket = self._bucket(cell, int(at // self.bucket_s))
+        bucket.count += part.count
+        bucket.errors += part.errors
+        bucket.output_tokens += part.output_tokens
+        bucket.tokens += part.tokens
+        bucket.token_records += part.token_records
+        bucket.cost += part.cost
+        for name in ("latency_s", "ttft_s", "gen_tps"):
+            blob = getattr(part, name)
+            if blob is not None:
+                held = getattr(bucket, name) or TDigest(max_centroids=_CENTROIDS)
+                setattr(bucket, name, held.merge(TDigest.from_bytes(blob)))
+        self.started_at = min(self.started_at, at)
 
     def _bucket(self, cell: _Cell, index: int) -> _Bucket:
         slot = index % self._slots

@@ -6,7 +6,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from lookout.errors import ConfigError
-from lookout.monitor.storage.base import RejectedSample, RollupPoint, Store, sqlite_path
+from lookout.monitor.storage.base import (
+    PartialRow,
+    RejectedSample,
+    RollupPoint,
+    Store,
+    sqlite_path,
+)
 from lookout.monitor.storage.sqlite import SqliteStore
 
 if TYPE_CHECKING:
@@ -14,12 +20,19 @@ if TYPE_CHECKING:
     from lookout.monitor.config import StoreConfig
     from lookout.monitor.metrics.prom import IngestMetrics
 
-__all__ = ["RejectedSample", "RollupPoint", "Store", "open_store", "sqlite_path"]
+__all__ = ["PartialRow", "RejectedSample", "RollupPoint", "Store", "open_store", "sqlite_path"]
 
 
-def open_store(cfg: StoreConfig, metrics: IngestMetrics, clock: Clock) -> Store:
+def open_store(
+    cfg: StoreConfig,
+    metrics: IngestMetrics,
+    clock: Clock,
+    *,
+    keep_ids: int = 100_000,
+) -> Store:
+    """`keep_ids`: how many recent record ids to keep for recognising redeliveries."""
     if cfg.url.startswith("sqlite:///"):
-        return SqliteStore(cfg, metrics, clock)
+        return SqliteStore(cfg, metrics, clock, keep_ids=keep_ids)
     raise ConfigError(
         f"store.url {cfg.url.split('@')[-1]!r}: PostgreSQL support is not in this release; "
         "use sqlite:///PATH"

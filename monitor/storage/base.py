@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    import asyncio
+    from collections.abc import Callable
     from types import TracebackType
 
     from lookout.monitor.ingest.records import Record, Rejection
@@ -22,6 +24,25 @@ class RollupPoint:
 
 
 @dataclass(frozen=True, slots=True)
+class PartialRow:
+    """What one commit group adds to an (app, model, minute): counts, sums and t-digests
+    (fastdigest's `to_bytes`; None when the group had no such value)."""
+
+    minute: int  # epoch seconds of the minute's start
+    app: str
+    model: str
+    count: int
+    errors: int
+    output_tokens: int
+    tokens: int
+    token_records: int
+    cost: float
+    latency_s: bytes | None
+    ttft_s: bytes | None
+    gen_tps: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
 class RejectedSample:
     at: float
     source: str
@@ -31,7 +52,13 @@ class RejectedSample:
 
 
 class Store(Protocol):
-    """Durable state. `put_*` never block the event loop: they buffer, a task writes batches."""
+    """Durable state, written in commit groups.
+
+    `put_*` never block the event loop: they add to the open group, which a task commits in one
+    transaction (every `store.flush_interval_s`, or sooner when it grows); only then are the
+    group's `after_commit` callbacks run, in order: the acknowledgements of the messages and
+    requests whose rows and partials it holds.
+    """
 
     async def __aenter__(self) -> Store: ...
 
@@ -54,7 +81,53 @@ class Store(Protocol):
 
     def put_rollups(self, points: list[RollupPoint]) -> None: ...
 
-    async def flush(self) -> None: ...
+    def put_partials(self, rows: list[PartialRow]) -> None:
+        """Add per-minute partial aggregates to the stored minutes (in the group's commit)."""
+        ...
+
+    def put_seen_ids(self, ids: list[tuple[str, str]]) -> None:
+        """(app, record id) of the group's counted records, to recognise redeliveries after a
+        restart; the newest are kept (`keep_ids`)."""
+        ...
+
+    def on_group_close(self, fn: Callable[[], None]) -> None:
+        """Call `fn` just before each group is taken for its commit (to add partials, ids)."""
+        ...
+
+    def after_commit(self, fn: Callable[[], None]) -> None:
+        """Call `fn` once everything put so far is committed."""
+        ...
+
+    def set_ack_window(self, window: int) -> None:
+        """The source's in-flight window (unacknowledged messages the broker sends before
+        it waits): the store commits early once half of it waits for a commit."""
+        ...
+
+    def committed(self) -> asyncio.Future[None]:
+        """Resolved once everything put so far is committed."""
+        ...
+
+    def has_room(self) -> bool:
+        """False while the open and committing groups hold more than the soft limit."""
+        ...
+
+    async def wait_room(self) -> None:
+        """Until `has_room()`: sources pause here, so back-pressure reaches the broker."""
+        ...
+
+    async def flush(self) -> None:
+        """Commit everything put so far, now."""
+        ...
+
+    async def partials(
+        self, since: float, until: float = float("inf"), app: str | None = None
+    ) -> list[PartialRow]:
+        """Stored minutes from `since` to before `until`."""
+        ...
+
+    async def recent_ids(self, limit: int) -> list[tuple[str, str]]:
+        """The newest `limit` stored (app, record id), oldest first."""
+        ...
 
     async def get_record(self, record_id: str) -> dict[str, Any] | None: ...
 

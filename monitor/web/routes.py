@@ -4,6 +4,7 @@ serve exists; until then the API server answers these paths 503 (docs/api.md).""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections.abc import Awaitable, Callable
@@ -21,6 +22,8 @@ from lookout.monitor.web.params import query_int
 from lookout.monitor.web.views import ApiViews, dump_json
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+COMMIT_WAIT_S = 10.0  # longest a POST waits for its records' commit before answering 503
+RETRY_AFTER_S = 1
 
 
 @dataclass(frozen=True)
@@ -82,14 +85,22 @@ class ApiRoutes:
         return web.json_response({"expired": True})
 
     async def post_records(self, request: web.Request) -> web.Response:
+        """Answered once the records are committed: a 2xx means they are durable. Under
+        back-pressure (or a store that cannot commit), 503 with Retry-After; a retried batch is
+        de-duplicated by its records' ids."""
+        pipeline = self._deps.pipeline
+        if not pipeline.has_room():
+            return _busy("the store is behind; retry")
         payload = await _read_capped(request, self._deps.max_body_bytes)
         now = self._deps.clock.now()
         if payload is None:
-            result = self._deps.pipeline.reject(
-                _too_large(request, self._deps.max_body_bytes), "http", now
-            )
+            result = pipeline.reject(_too_large(request, self._deps.max_body_bytes), "http", now)
         else:
-            result = self._deps.pipeline.process_payload(payload, None, "http", now)
+            result = pipeline.process_payload(payload, None, "http", now)
+        try:
+            await asyncio.wait_for(asyncio.shield(pipeline.committed()), COMMIT_WAIT_S)
+        except TimeoutError:
+            return _busy("not committed yet; retry (records with ids are counted once)")
         body = {
             "accepted": result.accepted,
             "duplicates": result.duplicates,
@@ -147,6 +158,12 @@ async def _read_capped(request: web.Request, limit: int) -> bytes | None:
 def _too_large(request: web.Request, limit: int) -> Rejection:
     size = f"{request.content_length} bytes" if request.content_length else "chunked, longer"
     return Rejection(RejectReason.TOO_LARGE, f"body is {size}, over the limit of {limit}", b"")
+
+
+def _busy(reason: str) -> web.Response:
+    return web.json_response(
+        {"error": reason}, status=503, headers={"Retry-After": str(RETRY_AFTER_S)}
+    )
 
 
 Pick = Callable[[ApiRoutes], Handler]

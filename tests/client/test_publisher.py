@@ -120,3 +120,25 @@ async def test_records_published_while_the_broker_is_down_are_delivered_by_close
     finally:
         broker.stop()
     assert sorted(r["prompt"] for r in records) == sorted(f"q{i}" for i in range(25))
+
+
+async def test_a_script_that_exits_without_closing_still_delivers_its_last_records(
+    prefix: str, tmp_path: Path
+) -> None:
+    import sys
+
+    script = tmp_path / "short.py"
+    script.write_text(
+        "import sys\n"
+        "from lookout_client import RecordPublisher, publish_record\n"
+        "pub = RecordPublisher(app='short', topic_prefix=sys.argv[1], flush_interval_s=30)\n"
+        "for i in range(7):\n"
+        "    publish_record(pub, prompt=f'q{i}', latency_ms=i)\n"
+        # no close(): the batch is still queued, and the interpreter exits now
+    )
+    async with aiomqtt.Client("127.0.0.1", 1883, identifier=f"sub-{uuid.uuid4().hex[:8]}") as sub:
+        await sub.subscribe(f"{prefix}/#", qos=1)
+        proc = await asyncio.create_subprocess_exec(sys.executable, str(script), prefix)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+        records = await receive(sub, 7)
+    assert sorted(r["prompt"] for r in records) == [f"q{i}" for i in range(7)]

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from lookout.monitor.config import Settings
 from lookout.monitor.daemon import Daemon
@@ -154,3 +157,52 @@ async def test_shared_subscription_splits_records_between_instances(
     # Each record went to exactly one instance, and both took a share.
     assert sample_value(one, "lookout_records_total", ok) > 0
     assert sample_value(two, "lookout_records_total", ok) > 0
+
+
+@contextlib.asynccontextmanager
+async def mqtt_311_only_front(port: int = 1883) -> AsyncIterator[int]:
+    """A broker that speaks MQTT 3.1.1 only: it refuses an MQTT 5 CONNECT with 'unsupported
+    protocol version' (0x84) and passes everything else to the real Mosquitto at `port`."""
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.read(65536)
+        i = 1
+        while head[i] & 0x80:  # the remaining length's varint
+            i += 1
+        if head[i + 7] == 5:  # after the length: 00 04 'MQTT', then the protocol level
+            writer.write(bytes([0x20, 0x03, 0x00, 0x84, 0x00]))
+            await writer.drain()
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
+        up_writer.write(head)
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    async with server:
+        yield server.sockets[0].getsockname()[1]
+
+
+async def test_a_broker_that_refuses_mqtt_5_gets_3_1_1_and_ingest_flows(
+    settings_for: Callable[..., Settings], topic_root: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with mqtt_311_only_front() as port:
+        daemon = Daemon(settings_for(bus={"url": f"mqtt://127.0.0.1:{port}"}))
+        assert daemon.settings.bus.protocol == "5"  # the default
+        async with running(daemon) as d:
+            assert d.source.inflight_window() == 20
+            await publish(
+                [b'{"app": "bot", "latency_ms": 5}'], f"llm/records/{topic_root}", port=port
+            )
+            ok = {"app": "bot", "model": "unknown", "status": "ok"}
+            await eventually(lambda: sample_value(d, "lookout_records_total", ok) == 1, d)
+    out = capsys.readouterr().out
+    assert out.count("bus_mqtt5_refused") == 1
+    assert "bus_unreachable" not in out

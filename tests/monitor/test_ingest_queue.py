@@ -5,52 +5,40 @@ from __future__ import annotations
 import asyncio
 import random
 from functools import partial
-from typing import cast
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
 from lookout.clock import FakeClock
+from lookout.monitor.config import StoreConfig
 from lookout.monitor.ingest.pipeline import Pipeline
 from lookout.monitor.ingest.queue import Inbound, IngestQueue
 from lookout.monitor.ingest.records import DecodeLimits
 from lookout.monitor.metrics.prices import PriceTable
 from lookout.monitor.metrics.prom import IngestMetrics
 from lookout.monitor.metrics.windows import WindowedMetrics
-from lookout.monitor.storage import RollupPoint, Store
+from lookout.monitor.storage.sqlite import SqliteStore
 
 
-class ListStore:
-    """Records what the pipeline hands to a store."""
-
-    def __init__(self) -> None:
-        self.records: list[str] = []
-
-    def put_record(self, record: object, cost: float) -> None:
-        self.records.append(record.id)  # type: ignore[attr-defined]
-
-    def put_rejected(self, rejection: object, source: str, at: float) -> None:
-        pass
-
-    def put_rollups(self, points: list[RollupPoint]) -> None:
-        pass
-
-
-def make_pipeline(prom: IngestMetrics) -> tuple[Pipeline, ListStore]:
-    store = ListStore()
+def make_pipeline(
+    prom: IngestMetrics, tmp_path: Path, queue_size: int = 50_000, sample_rate: float = 1.0
+) -> tuple[Pipeline, SqliteStore]:
+    cfg = StoreConfig(url=f"sqlite:///{tmp_path}/q.db", queue_size=queue_size)
+    store = SqliteStore(cfg, prom, FakeClock())
     pipeline = Pipeline(
         WindowedMetrics(),
         PriceTable({}),
         prom,
-        cast(Store, store),
+        store,
         DecodeLimits(),
-        sample_rate=1.0,
+        sample_rate=sample_rate,
         dedupe_ids=100,
         rng=random.Random(1),
     )
     return pipeline, store
 
 
-async def test_full_queue_pauses_source_and_drained_queue_resumes_it() -> None:
+async def test_full_queue_pauses_source_and_drained_queue_resumes_it(tmp_path: Path) -> None:
     prom = IngestMetrics(CollectorRegistry())
     queue = IngestQueue(capacity=4, prom=prom)
     events: list[str] = []
@@ -59,13 +47,17 @@ async def test_full_queue_pauses_source_and_drained_queue_resumes_it() -> None:
     for i in range(6):
         queue.offer(Inbound("llm/records/a", b'{"id": "r%d"}' % i, partial(acked.append, i)))
     assert events == ["pause"] and queue.paused
-    pipeline, store = make_pipeline(prom)
-    runner = asyncio.create_task(queue.run(pipeline, FakeClock()))
-    await asyncio.wait_for(queue.wait_idle(), 5)
-    runner.cancel()
-    assert events == ["pause", "resume"]
-    assert acked == list(range(6))
-    assert store.records == [f"r{i}" for i in range(6)]
+    pipeline, store = make_pipeline(prom, tmp_path)
+    async with store:
+        runner = asyncio.create_task(queue.run(pipeline, FakeClock()))
+        await asyncio.wait_for(queue.wait_idle(), 5)
+        runner.cancel()
+        assert events == ["pause", "resume"]
+        assert acked == []  # processed, not yet committed: not acknowledged
+        await store.flush()
+        assert acked == list(range(6))  # acknowledged once committed, in order
+        for i in range(6):
+            assert await store.get_record(f"r{i}") is not None
 
 
 async def test_past_the_hard_limit_messages_are_dropped_unacked_and_counted() -> None:
@@ -80,7 +72,7 @@ async def test_past_the_hard_limit_messages_are_dropped_unacked_and_counted() ->
     assert acked == []
 
 
-async def test_queue_is_bounded_in_bytes_too() -> None:
+async def test_queue_is_bounded_in_bytes_too(tmp_path: Path) -> None:
     prom = IngestMetrics(CollectorRegistry())
     queue = IngestQueue(capacity=1000, prom=prom, capacity_bytes=1024 * 1024)
     events: list[str] = []
@@ -89,9 +81,37 @@ async def test_queue_is_bounded_in_bytes_too() -> None:
     for _ in range(4):
         queue.offer(Inbound("llm/records/a", big, None))
     assert events == ["pause"] and len(queue) == 4
-    pipeline, _store = make_pipeline(prom)
-    runner = asyncio.create_task(queue.run(pipeline, FakeClock()))
-    await asyncio.wait_for(queue.wait_idle(), 30)
-    runner.cancel()
+    pipeline, store = make_pipeline(prom, tmp_path, sample_rate=0.0)  # counted, not stored
+    async with store:
+        runner = asyncio.create_task(queue.run(pipeline, FakeClock()))
+        await asyncio.wait_for(queue.wait_idle(), 30)
+        runner.cancel()
     assert events == ["pause", "resume"]
     assert queue.queued_bytes == 0
+
+
+async def test_a_store_behind_on_commits_pauses_processing_and_so_the_source(
+    tmp_path: Path,
+) -> None:
+    prom = IngestMetrics(CollectorRegistry())
+    queue = IngestQueue(capacity=4, prom=prom)
+    events: list[str] = []
+    queue.set_flow_control(lambda: events.append("pause"), lambda: events.append("resume"))
+    pipeline, store = make_pipeline(prom, tmp_path, queue_size=100)
+    # Not opened yet: nothing commits, as with a disk that has stalled.
+    filler = b"[" + b",".join(b'{"id": "f%d"}' % i for i in range(100)) + b"]"
+    pipeline.process_payload(filler, "llm/records/a", "mqtt", 0.0)
+    assert not store.has_room()
+    runner = asyncio.create_task(queue.run(pipeline, FakeClock()))
+    acked: list[int] = []
+    for i in range(6):
+        queue.offer(Inbound("llm/records/a", b'{"id": "r%d"}' % i, partial(acked.append, i)))
+    for _ in range(20):
+        await asyncio.sleep(0)  # let the ingest task run as far as it can
+    assert queue.processed == 0 and events == ["pause"]  # held: the socket stays paused
+    async with store:  # commits resume
+        await asyncio.wait_for(queue.wait_idle(), 10)
+        await store.flush()
+    runner.cancel()
+    assert events == ["pause", "resume"] and acked == list(range(6))
+    assert prom.dropped.labels("store")._value.get() == 0  # nothing dropped on the way

@@ -72,7 +72,9 @@ async def test_daemon_costs_gpt_4o_and_counts_an_unknown_model(
     async with running(Daemon(settings_for())) as d:
         url = f"http://127.0.0.1:{d.api.port}"  # type: ignore[union-attr]
         async with httpx.AsyncClient(base_url=url) as http:
-            assert (await http.post("/api/v1/records", content=json.dumps(records))).is_success
+            body = json.dumps(records)
+            headers = {"Content-Type": "application/json"}
+            assert (await http.post("/api/v1/records", content=body, headers=headers)).is_success
         await eventually(lambda: sample_value(d, UNKNOWN, {"model": "acme-llm-7b"}) == 2, d)
         cost = sample_value(d, "lookout_cost_total", {"app": "a", "model": "gpt-4o"})
         assert cost == pytest.approx(0.0125)

@@ -30,7 +30,7 @@ def write_stream(path: Path) -> None:
         for i in range(120)
     ]
     lines.insert(5, "{broken")
-    lines.insert(9, json.dumps([{"id": "r0", "ts": T0}, {"latency_ms": -2}]))
+    lines.insert(9, json.dumps([{"id": "r0", "app": "bot", "ts": T0}, {"latency_ms": -2}]))
     path.write_text("\n".join(lines) + "\n\n")
 
 

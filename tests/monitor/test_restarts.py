@@ -84,8 +84,11 @@ async def test_broker_restart_reconnects_and_ingest_resumes(
 
 
 async def _publish_one(port: int, topic: str) -> None:
+    # With an id: a message processed just before the broker stops may be committed and not
+    # yet acknowledged; the broker redelivers it and the id says it was counted.
+    body = json.dumps({"id": uuid.uuid4().hex, "latency_ms": 5}).encode()
     async with aiomqtt.Client("127.0.0.1", port, identifier=f"pub-{uuid.uuid4().hex[:8]}") as c:
-        await c.publish(topic, b'{"latency_ms": 5}', qos=1)
+        await c.publish(topic, body, qos=1)
 
 
 async def test_unreachable_broker_logs_one_clear_line_and_keeps_retrying(
@@ -116,3 +119,26 @@ async def test_stopping_right_after_connecting_is_prompt(
         await asyncio.wait_for(daemon.source.connected.wait(), 15)
         stop.set()
         await asyncio.wait_for(task, 5)
+
+
+async def test_a_clean_stop_acknowledges_everything_so_nothing_is_redelivered(
+    private_broker: PrivateBroker, settings_for: Callable[..., Settings], topic_root: str
+) -> None:
+    settings = settings_for(bus={"url": private_broker.url})
+    topic = f"llm/records/{topic_root}"
+    ok = {"app": "bot", "model": "unknown", "status": "ok"}
+    async with running(Daemon(settings)) as d:
+        # No ids: a redelivery of these could not be recognised, and would count twice.
+        await publish_n(private_broker.port, topic, [b'{"app": "bot"}'] * 20)
+        await eventually(lambda: sample_value(d, "lookout_records_total", ok) == 20, d)
+    async with running(Daemon(settings)) as d2:
+        # The broker delivers in order: a redelivery would come before this one.
+        await publish_n(private_broker.port, topic, [b'{"app": "bot", "id": "after"}'])
+        await eventually(lambda: sample_value(d2, "lookout_records_total", ok) >= 1, d2)
+        assert sample_value(d2, "lookout_records_total", ok) == 1
+
+
+async def publish_n(port: int, topic: str, payloads: list[bytes]) -> None:
+    async with aiomqtt.Client("127.0.0.1", port, identifier=f"pub-{uuid.uuid4().hex[:8]}") as c:
+        for payload in payloads:
+            await c.publish(topic, payload, qos=1)

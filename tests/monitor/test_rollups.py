@@ -88,3 +88,30 @@ async def test_completed_minutes_are_written_once_and_shown_stored_only_after_th
             await asyncio.gather(task, return_exceptions=True)
     assert len(held.rows) == len(set(held.rows))  # no row written twice, the last one included
     assert (T0 + 60, "bot", "*", "judge_pass_rate") in held.rows
+
+
+async def test_minutes_committed_before_a_crash_are_rolled_up_after_the_restart(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock(T0 + 10.0)
+    settings = Settings.model_validate(
+        {"store": {"url": f"sqlite:///{tmp_path}/r.db"}, "api": {"bind": "127.0.0.1:0"}}
+    )
+    first = Daemon(settings, clock=clock)
+    async with first.store:
+        for _ in range(6):
+            first.pipeline.process_payload(b'{"app": "bot"}', None, "mqtt", clock.now())
+        await first.store.flush()  # committed; the process dies before the minute's rollup
+    clock.advance(120)
+    second = Daemon(settings, clock=clock)
+    async with second.store:
+        await second.pipeline.restore()
+        resume = await second._first_minute_not_rolled_up()
+        assert resume == T0
+        RollupService(second.windows, second.store, clock, resume_from=resume).write(clock.now())
+        await second.store.flush()
+        qps = await second.store.rollups(T0, app="bot", series="qps")
+    assert [(p.minute, p.model, p.value) for p in qps] == [
+        (T0, "*", 0.1),  # 6 records in the minute
+        (T0, "unknown", 0.1),
+    ]

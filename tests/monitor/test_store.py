@@ -83,11 +83,48 @@ async def test_retention_and_rejected_bound(tmp_path: Path) -> None:
         assert len(await store.rejected(limit=100)) == 5
 
 
-async def test_store_buffer_is_bounded_and_drops_are_counted(tmp_path: Path) -> None:
+async def test_store_buffer_asks_for_a_pause_then_drops_only_past_the_hard_limit(
+    tmp_path: Path,
+) -> None:
     registry = CollectorRegistry()
-    cfg = settings(tmp_path, queue_size=100).store
+    cfg = settings(tmp_path, queue_size=100, queue_hard_limit=120).store
     store = SqliteStore(cfg, IngestMetrics(registry), FakeClock(T0))
     records = decode_payload(b"[" + b",".join([b"{}"] * 150) + b"]", None, T0, DecodeLimits())
-    for record in records.records:  # not opened: nothing flushes, the buffer fills
+    for record in records.records[:99]:  # not opened: nothing commits, the buffer fills
         store.put_record(record, 0.0)
-    assert registry.get_sample_value("lookout_dropped_total", {"queue": "store"}) == 50
+    assert store.has_room()
+    store.put_record(records.records[99], 0.0)
+    assert not store.has_room()  # sources pause here (back-pressure)
+    assert registry.get_sample_value("lookout_dropped_total", {"queue": "store"}) is None
+    for record in records.records[100:]:  # a source that does not pause
+        store.put_record(record, 0.0)
+    assert registry.get_sample_value("lookout_dropped_total", {"queue": "store"}) == 30
+
+
+async def test_ids_are_an_apps_own_and_committed_ones_are_recognised_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock(T0 + 5)
+    payload = b'[{"id": "req-1", "app": "a", "latency_ms": 5}, {"id": "req-1", "app": "b"}]'
+    first = Daemon(settings(tmp_path), clock=clock)
+    async with first.store:
+        await first.pipeline.restore()
+        result = first.pipeline.process_payload(payload, None, "mqtt", clock.now())
+        assert (result.accepted, result.duplicates) == (2, 0)  # app-b's req-1 is not app-a's
+        await first.store.flush()
+    clock.advance(10)
+    second = Daemon(settings(tmp_path), clock=clock)  # a new process, say after kill -9
+    async with second.store:
+        await second.pipeline.restore()
+        # The committed minute is back in the windows, and the redelivery is recognised.
+        assert {(s.app, s.count) for s in second.current_stats() if s.model == "*"} == {
+            ("a", 1),
+            ("b", 1),
+            ("*", 2),
+        }
+        redelivered = second.pipeline.process_payload(payload, None, "mqtt", clock.now())
+        assert (redelivered.accepted, redelivered.duplicates) == (0, 2)
+        await second.store.flush()
+        partials = await second.store.partials(T0)
+    assert sorted((p.app, p.count) for p in partials) == [("a", 1), ("b", 1)]
+    assert partials[0].latency_s is not None

@@ -1,0 +1,186 @@
+"""Commit groups: what one SQLite transaction writes, and how it writes it.
+
+A group collects, on the event loop, the sampled rows, rejected samples, detector scores, rollup
+rows, per-minute partial aggregates and record ids that the records of its messages produced,
+and the callbacks (MQTT acks, HTTP answers) that may run only once all of it is committed.
+`write_group` writes it in one transaction on the store's thread.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from fastdigest import TDigest
+
+from lookout.monitor.storage.base import PartialRow
+
+if TYPE_CHECKING:
+    from lookout.monitor.ingest.records import Record
+
+_RECORD_COLUMNS = (
+    "id, ts, received_at, app, model, provider, status, latency_ms, ttft_ms, input_tokens, "
+    "output_tokens, cost, prompt, response, error, user_id, session_id, metadata"
+)
+_INSERT_RECORDS = (
+    f"INSERT OR IGNORE INTO records ({_RECORD_COLUMNS}) SELECT "
+    + ", ".join(f"value->>{i}" for i in range(18))
+    + " FROM json_each(?)"
+)
+_ROWS_PER_STATEMENT = 1000
+_UPSERT_PARTIAL = (
+    "INSERT INTO partials (minute, app, model, count, errors, output_tokens, tokens,"
+    " token_records, cost, latency_s, ttft_s, gen_tps) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+    " ON CONFLICT (minute, app, model) DO UPDATE SET count = count + excluded.count,"
+    " errors = errors + excluded.errors, output_tokens = output_tokens + excluded.output_tokens,"
+    " tokens = tokens + excluded.tokens, token_records = token_records + excluded.token_records,"
+    " cost = cost + excluded.cost, latency_s = excluded.latency_s, ttft_s = excluded.ttft_s,"
+    " gen_tps = excluded.gen_tps"
+)
+_encode = msgspec.json.Encoder().encode
+
+
+def encode_record_row(r: Record, record_id: str, cost: float) -> bytes:
+    """A records row as a JSON array in `_RECORD_COLUMNS` order, for `_INSERT_RECORDS`."""
+    return _encode(
+        (
+            record_id,
+            r.ts,
+            r.received_at,
+            r.app,
+            r.model,
+            r.provider,
+            r.status,
+            r.latency_ms,
+            r.ttft_ms,
+            r.input_tokens,
+            r.output_tokens,
+            cost,
+            r.prompt,
+            r.response,
+            r.error,
+            r.user_id,
+            r.session_id,
+            r.metadata,
+        )
+    )
+
+
+class CommitGroup:
+    """The rows and callbacks of one transaction, and what they weigh in the buffer."""
+
+    __slots__ = (
+        "bytes",
+        "callbacks",
+        "ids",
+        "partials",
+        "records",
+        "rejected",
+        "rollups",
+        "rows",
+        "scores",
+    )
+
+    def __init__(self) -> None:
+        self.records: list[bytes] = []
+        self.scores: list[tuple[str, float, str]] = []
+        self.rejected: list[tuple[Any, ...]] = []
+        self.rollups: list[tuple[Any, ...]] = []
+        self.partials: list[PartialRow] = []
+        self.ids: list[tuple[str, str]] = []
+        self.callbacks: list[Callable[[], None]] = []
+        self.rows = 0
+        self.bytes = 0
+
+    def empty(self) -> bool:
+        return not (self.rows or self.callbacks or self.partials or self.ids)
+
+
+def merge_digests(stored: bytes | None, added: bytes | None) -> bytes | None:
+    """Two serialised t-digests as one (either may be absent)."""
+    if stored is None or added is None:
+        return stored if added is None else added
+    merged = TDigest.from_bytes(stored).merge(TDigest.from_bytes(added))
+    return bytes(merged.to_bytes())
+
+
+def _add_partials(db: sqlite3.Connection, partials: list[PartialRow]) -> None:
+    for p in partials:
+        key = (p.minute, p.app, p.model)
+        stored = db.execute(
+            "SELECT latency_s, ttft_s, gen_tps FROM partials WHERE minute=? AND app=? AND model=?",
+            key,
+        ).fetchone() or (None, None, None)
+        db.execute(
+            _UPSERT_PARTIAL,
+            (
+                *key,
+                p.count,
+                p.errors,
+                p.output_tokens,
+                p.tokens,
+                p.token_records,
+                p.cost,
+                merge_digests(stored[0], p.latency_s),
+                merge_digests(stored[1], p.ttft_s),
+                merge_digests(stored[2], p.gen_tps),
+            ),
+        )
+
+
+def write_group(db: sqlite3.Connection, group: CommitGroup) -> None:
+    """Everything in `group`, in one transaction."""
+    with db:
+        db.execute("BEGIN")
+        records = group.records
+        # One statement per chunk of rows: SQLite unpacks the JSON array in C with the GIL
+        # released, where executemany would take the GIL back for every row and crawl (~1 ms a
+        # row) while the ingest loop keeps the GIL busy. Chunks keep the JSON parse small.
+        for i in range(0, len(records), _ROWS_PER_STATEMENT):
+            blob = b"[" + b",".join(records[i : i + _ROWS_PER_STATEMENT]) + b"]"
+            db.execute(_INSERT_RECORDS, (blob,))
+        if group.rejected:
+            db.executemany(
+                "INSERT INTO rejected (at, source, reason, detail, sample) VALUES (?,?,?,?,?)",
+                group.rejected,
+            )
+        if group.rollups:
+            db.executemany("INSERT OR REPLACE INTO rollups VALUES (?,?,?,?,?)", group.rollups)
+        if group.scores:
+            # A record's fields are scored separately: keep the highest score, merge flags.
+            db.executemany(
+                "UPDATE records SET ood_score = MAX(COALESCE(ood_score, ?2), ?2),"
+                " flags = json_patch(COALESCE(flags, '{}'), ?3) WHERE id = ?1",
+                group.scores,
+            )
+        _add_partials(db, group.partials)
+        if group.ids:
+            db.execute(
+                "INSERT INTO seen_ids (n, ids) VALUES (?, ?)",
+                (len(group.ids), _encode(group.ids)),
+            )
+
+
+def recent_ids(db: sqlite3.Connection, limit: int) -> list[tuple[str, str]]:
+    """The newest `limit` (app, id) pairs, oldest first."""
+    chunks: list[bytes] = []
+    total = 0
+    for n, blob in db.execute("SELECT n, ids FROM seen_ids ORDER BY rowid DESC"):
+        if total >= limit:
+            break
+        chunks.append(blob)
+        total += n
+    pairs = [tuple(pair) for blob in reversed(chunks) for pair in msgspec.json.decode(blob)]
+    return [(str(app), str(rid)) for app, rid in pairs[-limit:]] if limit else []
+
+
+def prune_ids(db: sqlite3.Connection, keep: int) -> None:
+    """Forget the ids older than the newest `keep` (in whole groups)."""
+    total = 0
+    for rowid, n in db.execute("SELECT rowid, n FROM seen_ids ORDER BY rowid DESC"):
+        total += n
+        if total >= keep:
+            db.execute("DELETE FROM seen_ids WHERE rowid < ?", (rowid,))
+            return
