@@ -52,4 +52,5 @@ def decode_limits(settings: Settings) -> DecodeLimits:
         max_payload_bytes=settings.bus.max_payload_bytes,
         max_metadata_bytes=settings.metrics.max_metadata_bytes,
         max_text_chars=settings.metrics.max_text_chars,
+        max_records_per_message=settings.metrics.max_records_per_message,
     )

@@ -85,7 +85,7 @@ class Pipeline:
         decoded = decode_payload(payload, topic, now, self._limits)
         rejected = []
         for rejection in decoded.rejections:
-            self._prom.rejected.labels(rejection.reason.value).inc()
+            self._prom.rejected.labels(rejection.reason.value).inc(rejection.count)
             self._store.put_rejected(rejection, source, now)
             rejected.append((rejection.reason.value, rejection.detail))
         accepted = duplicates = 0

@@ -57,6 +57,9 @@ _INSERT_RECORDS = (
     + ", ".join(f"value->>{i}" for i in range(18))
     + " FROM json_each(?)"
 )
+_INSERT_RECORD_VALUES = (
+    f"INSERT OR IGNORE INTO records ({_RECORD_COLUMNS}) VALUES ({', '.join('?' * 18)})"
+)
 _FLUSH_AT_ROWS = 1000
 _ROWS_PER_STATEMENT = 1000
 _FLUSH_AT_BYTES = 4 * 1024 * 1024
@@ -229,6 +232,10 @@ class SqliteStore:
         db = self._conn()
         with db:
             db.execute("BEGIN")
+            if nul_rows := [row for row in records if b"\\u0000" in row]:
+                # SQLite's JSON functions cut text at a NUL: bind these rows' values instead.
+                records = [row for row in records if b"\\u0000" not in row]
+                db.executemany(_INSERT_RECORD_VALUES, map(msgspec.json.decode, nul_rows))
             if records:
                 # One statement per chunk of rows: SQLite unpacks the JSON array in C with
                 # the GIL released, where executemany would take the GIL back for every row
