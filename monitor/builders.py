@@ -26,6 +26,8 @@ def build_windows(
         max_apps=m.max_apps,
         max_models=m.max_models,
         started_at=started_at,
+        pinned_apps=m.pinned_apps,
+        reclaim_after_s=m.reclaim_after,
     )
 
 

@@ -268,6 +268,8 @@ class Daemon:
             queue_size=s.detectors.queue_size,
             max_window_s=max(s.metrics.max_window, s.metrics.default_window),
             checkpoint_interval_s=s.detectors.checkpoint_interval,
+            pinned_apps=s.metrics.pinned_apps,
+            reclaim_after_s=s.metrics.reclaim_after,
         )
         self.registry.register(DetectorCollector(service, s.metrics.default_window, self.clock))
         return service

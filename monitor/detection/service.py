@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
@@ -64,6 +64,8 @@ class DetectionService:
         queue_size: int = 10_000,
         max_window_s: float = 3600.0,
         max_tracks: int = 200,
+        pinned_apps: Iterable[str] = (),
+        reclaim_after_s: float = 900.0,
         adapt_interval_s: float = 1.0,
         drain_timeout_s: float = 2.0,
         checkpoint_interval_s: float = 60.0,
@@ -78,6 +80,8 @@ class DetectionService:
         self._tracks = TrackTable(
             buckets=int(max_window_s // BUCKET_S) + 2,
             max_tracks=max_tracks,
+            pinned_apps=pinned_apps,
+            reclaim_after_s=reclaim_after_s,
             reference_size=max(cfg.reference.auto_size, params.min_reference()),
         )
         self._embeddings = EmbeddingCache(embedder, clock=clock, metrics=metrics)
@@ -102,6 +106,8 @@ class DetectionService:
             texts_per_s=cfg.max_texts_per_s,
             interval_s=adapt_interval_s,
             max_apps=max_tracks,
+            pinned_apps=pinned_apps,
+            reclaim_after_s=reclaim_after_s,
         )
         self._queue: deque[QueuedText] = deque()
         self._queue_size, self._adapt_interval_s = queue_size, adapt_interval_s

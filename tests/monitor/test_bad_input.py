@@ -36,7 +36,11 @@ def deep(levels: int) -> bytes:
 
 @pytest.mark.parametrize(
     "payload",
-    [deep(20_000), b"[" * 20_000 + b"]" * 20_000, b'{"metadata": {"a": ' + b"[" * 5000 + b"]" * 5000 + b"}}"],
+    [
+        deep(20_000),
+        b"[" * 20_000 + b"]" * 20_000,
+        b'{"metadata": {"a": ' + b"[" * 5000 + b"]" * 5000 + b"}}",
+    ],
     ids=["unknown_field", "bare_array", "metadata"],
 )
 def test_deep_nesting_is_a_rejection_not_a_recursion_error(payload: bytes) -> None:
