@@ -122,7 +122,7 @@ class JudgeClient:
         return self._tools_unsupported
 
     def _clean(self, text: str | None) -> tuple[str, int]:
-        redacted = self._redactor.redact((text or "")[: self._max_chars])
+        redacted = self._redactor.redact_cut(text or "", self._max_chars)
         return redacted.text, redacted.total
 
     async def _call(self, runnable: Any, messages: list[Any]) -> Any:

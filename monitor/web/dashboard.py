@@ -148,8 +148,7 @@ class Dashboard:
     def _redact(self, text: str | None) -> str | None:
         if text is None:
             return None
-        cut = text[:TEXT_CHARS] + ("…" if len(text) > TEXT_CHARS else "")
-        return self._deps.redactor.redact(cut).text
+        return self._deps.redactor.redact_cut(text, TEXT_CHARS, "…").text
 
     async def ood(self, request: web.Request) -> web.Response:
         rows = await self._deps.store.recent_flagged(_limit(request))
