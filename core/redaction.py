@@ -68,7 +68,7 @@ def _ip_ok(candidate: str) -> bool:
 
 # A key naming a secret ends with one of these (aws_secret_access_key, X-Api-Token, db_password).
 # No `\b[\w.-]*` before it: that rescans every word from each boundary (quadratic).
-_SECRET_KEY_NAMES = (
+_SENSITIVE_NAMES = (
     r"(?:api[_-]?key|secret|token|passw(?:or)?d|passwd|passphrase|access[_-]?key"
     r"|private[_-]?key|credentials?)"
 )
@@ -87,8 +87,8 @@ _SECRET = re.compile(
     r"|\bAIza[0-9A-Za-z\-_]{35}"  # Google
     r"|\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"  # JWTs
     # JSON: "password": "...", any length, escapes included.
-    rf"|(?i:{_SECRET_KEY_NAMES}\"\s*:\s*)\"(?:[^\"\\]|\\.)*\""
-    rf"|(?i:{_SECRET_KEY_NAMES}\b[\"']?\s*[:=]\s*)[\"']?[^\s\"',;]{{8,}}"
+    rf"|(?i:{_SENSITIVE_NAMES}\"\s*:\s*)\"(?:[^\"\\]|\\.)*\""
+    rf"|(?i:{_SENSITIVE_NAMES}\b[\"']?\s*[:=]\s*)[\"']?[^\s\"',;]{{8,}}"
 )
 # Lengths bounded as in RFC 5321: unbounded, `a.a.a...` without an @ took seconds (quadratic).
 _EMAIL = re.compile(
