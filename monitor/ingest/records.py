@@ -332,7 +332,11 @@ def _over_cap(payload: bytes, total: int, cap: int) -> Rejection:
 def _decode_split(
     payload: bytes, topic_app: str | None, received_at: float, limits: DecodeLimits
 ) -> Decoded:
-    raw_items = _raw_batch_decoder.decode(payload)
+    try:
+        raw_items = _raw_batch_decoder.decode(payload)
+    except msgspec.DecodeError as exc:
+        # `[""` fails typed decoding at the string, before the parser sees it is cut short.
+        return Decoded([], [Rejection(RejectReason.INVALID_JSON, str(exc), _sample(payload))])
     assert isinstance(raw_items, list)
     cap = limits.max_records_per_message
     wires: list[WireRecord] = []
