@@ -303,6 +303,10 @@ def decode_payload(
 def _decode_json(
     payload: bytes, topic_app: str | None, received_at: float, limits: DecodeLimits
 ) -> Decoded:
+    if payload.count(b"{") > limits.max_records_per_message:  # maybe over the cap: 0.2 ms/MB
+        capped = _decode_capped(payload, topic_app, received_at, limits)
+        if capped is not None:
+            return capped
     try:
         decoded = _batch_decoder.decode(payload)
     except msgspec.DecodeError as exc:
@@ -321,6 +325,25 @@ def _decode_json(
         return _decode_split(payload, topic_app, received_at, limits)
     if len(decoded) > cap:
         result.rejections.append(_over_cap(payload, len(decoded), cap))
+    return result
+
+
+def _decode_capped(
+    payload: bytes, topic_app: str | None, received_at: float, limits: DecodeLimits
+) -> Decoded | None:
+    """A batch over the cap: only its first records are decoded into structs. Typed decoding
+    of 100,000 tiny records (and freeing them) held the loop ~65 ms; splitting them as raw
+    slices ~15 ms. None when the message is not such a batch."""
+    try:
+        raw_items = _raw_batch_decoder.decode(payload)
+    except msgspec.DecodeError:
+        return None  # the usual path says why
+    cap = limits.max_records_per_message
+    if not isinstance(raw_items, list) or len(raw_items) <= cap:
+        return None
+    head = b"[" + b",".join([bytes(raw) for raw in raw_items[:cap]]) + b"]"
+    result = _decode_json(head, topic_app, received_at, limits)
+    result.rejections.append(_over_cap(payload, len(raw_items), cap))
     return result
 
 

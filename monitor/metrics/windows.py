@@ -271,9 +271,11 @@ class WindowedMetrics:
             bucket.output_tokens += tout
             if tout and latency_ms:
                 gen_ms = latency_ms - ttft_ms if ttft_ms and latency_ms > ttft_ms else latency_ms
-                if bucket.gen_tps is None:
-                    bucket.gen_tps = TDigest(max_centroids=_CENTROIDS)
-                bucket.gen_tps.update(tout / (gen_ms / 1000.0))
+                tps = tout / (gen_ms / 1000.0)
+                if tps < math.inf:  # a latency of 1e-320 ms would make it infinite
+                    if bucket.gen_tps is None:
+                        bucket.gen_tps = TDigest(max_centroids=_CENTROIDS)
+                    bucket.gen_tps.update(tps)
 
     def _bucket(self, cell: _Cell, index: int) -> _Bucket:
         slot = index % self._slots

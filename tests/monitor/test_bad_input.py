@@ -125,3 +125,14 @@ async def test_a_100k_record_message_is_capped_and_counted(
         assert r.json()["accepted"] == 1_000
         assert r.json()["rejected"][0]["reason"] == "too_many_records"
         assert rejected(d, "too_many_records") == 99_000
+
+
+def test_a_denormal_latency_does_not_break_the_window() -> None:
+    # Found by bench/fuzz.py: 5 tokens in 1e-320 ms is an infinite rate, which t-digests refuse.
+    from lookout.monitor.metrics.windows import WindowedMetrics
+
+    w = WindowedMetrics()
+    key = w.labels_for("app", "m")
+    w.observe(key, NOW, False, 1e-320, None, 1, 5, 0.0)
+    [*_, overall] = w.query(60, NOW)
+    assert overall.count == 1 and overall.gen_tps_p50 is None
