@@ -17,6 +17,8 @@ answer bounds how long one hot-path step holds the event loop.
 
     .venv/bin/python bench/fuzz.py                 # 100,000 payloads (a few minutes)
     .venv/bin/python bench/fuzz.py --payloads 5000 # quicker
+    .venv/bin/python bench/fuzz.py --payloads 0    # only the 100,000-record message, idle daemon
+    .venv/bin/python bench/fuzz.py --payloads 0 --cap 1000000   # the same, uncapped (before)
 """
 
 from __future__ import annotations
@@ -244,7 +246,9 @@ async def huge_message(broker_port: int, api_port: int) -> tuple[float, dict[str
     return worst, {k: v for k, v in delta.items() if v}
 
 
-def start(workdir: Path) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes], int, int]:
+def start(
+    workdir: Path, cap: int
+) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes], int, int]:
     broker_port, api_port = free_port(), free_port()
     conf = workdir / "mosquitto.conf"
     conf.write_text(
@@ -266,6 +270,7 @@ def start(workdir: Path) -> tuple[subprocess.Popen[bytes], subprocess.Popen[byte
                 },
                 "store": {"url": f"sqlite:///{workdir}/lookout.db"},
                 "api": {"bind": f"127.0.0.1:{api_port}"},
+                "metrics": {"max_records_per_message": cap},
             }
         )
     )
@@ -284,7 +289,7 @@ async def main(args: argparse.Namespace) -> int:
     sent_units = sum(units(p) for p in payloads)
     with tempfile.TemporaryDirectory(prefix="lookout-fuzz-") as tmp:
         workdir = Path(tmp)
-        broker, daemon, broker_port, api_port = start(workdir)
+        broker, daemon, broker_port, api_port = start(workdir, args.cap)
         try:
             await wait_processed(api_port, 0, 1)
             publish_s = await publish_all(broker_port, payloads)
@@ -327,4 +332,10 @@ if __name__ == "__main__":
     parser.add_argument("--payloads", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=12)
     parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument(
+        "--cap",
+        type=int,
+        default=CAP,
+        help="metrics.max_records_per_message (1000000: as if uncapped, the old behaviour)",
+    )
     sys.exit(asyncio.run(main(parser.parse_args())))
