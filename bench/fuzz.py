@@ -44,10 +44,26 @@ TOPIC = "llm/records/fuzz"
 MAX_PAYLOAD_BYTES = 1024 * 1024
 CAP = 1000  # metrics.max_records_per_message (the default)
 FIELDS = [
-    "id", "ts", "app", "model", "provider", "prompt", "messages", "response", "latency_ms",
-    "ttft_ms", "input_tokens", "output_tokens", "status", "error", "user_id", "session_id",
-    "metadata", "gen_ai.request.model", "gen_ai.usage.input_tokens",
-]  # fmt: skip
+    "id",
+    "ts",
+    "app",
+    "model",
+    "provider",
+    "prompt",
+    "messages",
+    "response",
+    "latency_ms",
+    "ttft_ms",
+    "input_tokens",
+    "output_tokens",
+    "status",
+    "error",
+    "user_id",
+    "session_id",
+    "metadata",
+    "gen_ai.request.model",
+    "gen_ai.usage.input_tokens",
+]
 ODD_TEXT = [
     "",
     "a\u0000b",

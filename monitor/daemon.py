@@ -28,6 +28,7 @@ from lookout.monitor.allocator import fix_mmap_threshold
 from lookout.monitor.builders import build_pipeline, build_windows, price_table
 from lookout.monitor.config import JudgeConfig, Settings
 from lookout.monitor.detection.embedding import build_embedder
+from lookout.monitor.detection.sampler import AppSlots
 from lookout.monitor.detection.service import DetectionService
 from lookout.monitor.detection.state import DetectorCollector
 from lookout.monitor.ingest.broker import EmbeddedBroker
@@ -268,8 +269,9 @@ class Daemon:
             queue_size=s.detectors.queue_size,
             max_window_s=max(s.metrics.max_window, s.metrics.default_window),
             checkpoint_interval_s=s.detectors.checkpoint_interval,
-            pinned_apps=s.metrics.pinned_apps,
-            reclaim_after_s=s.metrics.reclaim_after,
+            slots=AppSlots(
+                pinned=frozenset(s.metrics.pinned_apps), reclaim_after_s=s.metrics.reclaim_after
+            ),
         )
         self.registry.register(DetectorCollector(service, s.metrics.default_window, self.clock))
         return service

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from lookout.series import OTHER  # apps beyond `max_apps` are counted together under this name
 
@@ -30,6 +31,16 @@ def fair_shares(demand: Mapping[str, float], total: float) -> dict[str, float]:
         shares[app] = min(wanted, remaining / (len(ordered) - i))
         remaining -= shares[app]
     return shares
+
+
+@dataclass(frozen=True, slots=True)
+class AppSlots:
+    """How many apps the detectors keep apart (the rest share OTHER), the apps that always
+    get their own slot besides, and how long an app stays quiet before its slot goes back."""
+
+    max_apps: int = 200
+    pinned: frozenset[str] = frozenset()
+    reclaim_after_s: float = 900.0
 
 
 class _App:
@@ -52,18 +63,16 @@ class Sampler:
         app_rates: Mapping[str, float],
         texts_per_s: float,
         interval_s: float,
-        max_apps: int,
-        pinned_apps: Iterable[str] = (),
-        reclaim_after_s: float = 900.0,
+        slots: AppSlots,
         rand: Callable[[], float] = random.random,
     ) -> None:
         self._rate = rate
         self._app_rates = dict(app_rates)
         self._per_interval = texts_per_s * interval_s
-        self._max_apps = max_apps
-        self._pinned = frozenset(pinned_apps)  # never folded into OTHER, outside max_apps
+        self._max_apps = slots.max_apps
+        self._pinned = slots.pinned  # never folded into OTHER, outside max_apps
         # An app without a record for this many intervals gives its slot back.
-        self._idle_intervals = max(1, math.ceil(reclaim_after_s / interval_s))
+        self._idle_intervals = max(1, math.ceil(slots.reclaim_after_s / interval_s))
         self._random = rand
         self.load_factor = 1.0
         self._pool = self._per_interval  # nothing known yet: first come, first served

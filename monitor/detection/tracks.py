@@ -8,13 +8,13 @@ Every method that changes a track runs on the detection thread only; the loop re
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import numpy as np
 import structlog
 
 from lookout.monitor.detection.handoff import BatchOutcome, FitRequest, ScoredText
+from lookout.monitor.detection.sampler import AppSlots
 from lookout.monitor.detection.scoring import BatchScores, score_batch
 from lookout.monitor.storage.references import WindowSnapshot
 
@@ -103,15 +103,13 @@ class TrackTable:
         self,
         *,
         buckets: int,
-        max_tracks: int,
+        slots: AppSlots,
         reference_size: int,
-        pinned_apps: Iterable[str] = (),
-        reclaim_after_s: float = 900.0,
     ) -> None:
         self._buckets = buckets
-        self._max_tracks = max_tracks  # besides those of pinned apps
-        self._pinned = frozenset(pinned_apps)
-        self._reclaim_after_s = reclaim_after_s
+        self._max_tracks = slots.max_apps  # besides those of pinned apps
+        self._pinned = slots.pinned
+        self._reclaim_after_s = slots.reclaim_after_s
         self.reference_size = reference_size  # texts collected before a reference is fitted
         self._tracks: dict[tuple[str, str], Track] = {}
         # Until a batch hands them to the loop: a batch that fails after collecting a track's

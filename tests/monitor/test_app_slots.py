@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from lookout.monitor.detection.handoff import QueuedText
-from lookout.monitor.detection.sampler import Sampler
+from lookout.monitor.detection.sampler import AppSlots, Sampler
 from lookout.monitor.detection.tracks import TrackTable
 from lookout.monitor.ingest.records import Record
 from lookout.monitor.metrics.windows import WindowedMetrics
@@ -59,9 +59,7 @@ def test_the_sampler_gives_quiet_apps_slots_back_and_keeps_pinned_ones() -> None
         app_rates={},
         texts_per_s=1e9,
         interval_s=1.0,
-        max_apps=2,
-        pinned_apps=["vip"],
-        reclaim_after_s=3.0,
+        slots=AppSlots(max_apps=2, pinned=frozenset({"vip"}), reclaim_after_s=3.0),
     )
     for app in ("f1", "f2", "f3", "vip"):
         s.admit(app, 1, error=False)
@@ -80,7 +78,9 @@ def text(app: str, at: float) -> QueuedText:
 
 def test_detector_tracks_of_quiet_apps_are_reclaimed_and_pinned_apps_always_get_one() -> None:
     table = TrackTable(
-        buckets=10, max_tracks=3, reference_size=1000, pinned_apps=["vip"], reclaim_after_s=600
+        buckets=10,
+        slots=AppSlots(max_apps=3, pinned=frozenset({"vip"}), reclaim_after_s=600),
+        reference_size=1000,
     )
     x = np.zeros((1, 4), dtype=np.float32)
     for i in range(3):

@@ -32,10 +32,26 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 FIELDS = [
-    "id", "ts", "app", "model", "provider", "prompt", "messages", "response", "latency_ms",
-    "ttft_ms", "input_tokens", "output_tokens", "status", "error", "user_id", "session_id",
-    "metadata", "gen_ai.request.model", "gen_ai.usage.input_tokens",
-]  # fmt: skip
+    "id",
+    "ts",
+    "app",
+    "model",
+    "provider",
+    "prompt",
+    "messages",
+    "response",
+    "latency_ms",
+    "ttft_ms",
+    "input_tokens",
+    "output_tokens",
+    "status",
+    "error",
+    "user_id",
+    "session_id",
+    "metadata",
+    "gen_ai.request.model",
+    "gen_ai.usage.input_tokens",
+]
 REASONS = {r.value for r in RejectReason}
 LIMITS = DecodeLimits(max_payload_bytes=256 * 1024, max_records_per_message=50)
 
