@@ -70,6 +70,11 @@ def escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def _link(url: str, label: str) -> str:
+    """A mrkdwn link whose URL cannot close it early or smuggle in a label of its own."""
+    return f"<{escape(url).replace('|', '%7C')}|{escape(label)}>"
+
+
 def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -86,7 +91,7 @@ def _when(iso: str) -> str:
     ts = _epoch(iso)
     if ts is None:
         return "-"
-    return f"<!date^{ts}^{{date_short_pretty}} {{time}}|{iso}>"
+    return f"<!date^{ts}^{{date_short_pretty}} {{time}}|{escape(iso)}>"
 
 
 def _alert_block(alert: dict[str, Any]) -> dict[str, Any]:
@@ -109,7 +114,7 @@ def _alert_block(alert: dict[str, Any]) -> dict[str, Any]:
             "*Labels*\n" + ", ".join(f"{escape(k)}=`{escape(v)}`" for k, v in shown.items())
         )
     if alert.get("generatorURL"):
-        fields.append(f"*Dashboard*\n<{alert['generatorURL']}|open>")
+        fields.append(f"*Dashboard*\n{_link(alert['generatorURL'], 'open')}")
     return {
         "type": "section",
         "text": {"type": "mrkdwn", "text": _cut(text, MAX_SECTION_CHARS)},
@@ -140,12 +145,13 @@ def slack_message(payload: dict[str, Any]) -> dict[str, Any]:
     if len(alerts) > MAX_ALERTS_SHOWN:
         context.insert(0, f"…and {len(alerts) - MAX_ALERTS_SHOWN} more alerts")
     if payload.get("externalURL"):
-        context.append(f"<{payload['externalURL']}|dashboard>")
+        context.append(_link(payload["externalURL"], "dashboard"))
     blocks.append(
         {"type": "context", "elements": [{"type": "mrkdwn", "text": " · ".join(context)}]}
     )
     summaries = [a.get("annotations", {}).get("summary", "") for a in alerts]
-    fallback = f"[{status}:{len(alerts)}] {', '.join(rules)}: " + "; ".join(summaries)
+    # Slack reads `text` and `fallback` as mrkdwn too: an app label of `<!channel>` must not ping.
+    fallback = escape(f"[{status}:{len(alerts)}] {', '.join(rules)}: " + "; ".join(summaries))
     return {
         "text": _cut(fallback, MAX_TEXT_CHARS),
         "attachments": [

@@ -2,7 +2,8 @@
 how its answer becomes typed verdicts. The model call itself is an adapter in the monitor.
 
 Criteria are LangChain's predefined ones with their standard questions, or custom
-`name: question` pairs. A model with tool calling answers in the `JudgeReply` schema; one
+`name: question` pairs. A model with tool calling answers in a schema built for the criteria
+(`reply_model`: one required property per criterion); one
 without answers in prose ending in a single "Y" or "N" line, the format of LangChain's
 criteria evaluator, which `parse_yes_no` reads. For the criteria that name a harm
 (harmfulness, maliciousness, ...), "Y" means the record fails.
@@ -10,12 +11,14 @@ criteria evaluator, which `parse_yes_no` reads. For the criteria that name a har
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 
 from lookout.detectors.errors import DetectorError
 
@@ -69,14 +72,26 @@ def criteria_from(names: Sequence[str], custom: Mapping[str, str]) -> list[Crite
 class CriterionGrade(BaseModel):
     """One criterion, as the model grades it (tool-calling models fill this schema)."""
 
-    criterion: str = Field(description="the criterion's name, exactly as given")
     reasoning: str = Field(description="step-by-step reasoning, a few sentences")
     answer: bool = Field(description="the answer to the criterion's question: yes or no")
     score: float = Field(ge=0.0, le=1.0, description="confidence that the answer is yes, 0-1")
 
 
-class JudgeReply(BaseModel):
-    grades: list[CriterionGrade]
+@functools.lru_cache(maxsize=16)
+def _reply_model(criteria: tuple[Criterion, ...]) -> type[BaseModel]:
+    fields: dict[str, Any] = {
+        f"c{i}": (CriterionGrade, Field(alias=c.name, description=c.question))
+        for i, c in enumerate(criteria)
+    }
+    return create_model(
+        "JudgeReply", __doc__="The grade of each criterion, under its name.", **fields
+    )
+
+
+def reply_model(criteria: Sequence[Criterion]) -> type[BaseModel]:
+    """The reply schema for these criteria: one required property per criterion, named after
+    it, so a model cannot skip or misname one and still pass validation."""
+    return _reply_model(tuple(criteria))
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,14 +158,13 @@ def verdict(criterion: Criterion, answer: bool, confidence_yes: float, reasoning
     return Verdict(criterion.name, passed, round(min(max(score, 0.0), 1.0), 4), reasoning)
 
 
-def verdicts_from_reply(reply: JudgeReply, criteria: Sequence[Criterion]) -> list[Verdict]:
-    """Typed verdicts for exactly the asked criteria; one missing from the reply is an error."""
-    grades = {g.criterion.strip().lower(): g for g in reply.grades}
+def verdicts_from_reply(reply: BaseModel, criteria: Sequence[Criterion]) -> list[Verdict]:
+    """Typed verdicts for exactly the asked criteria, from a `reply_model(criteria)` reply."""
+    if not isinstance(reply, reply_model(criteria)):
+        raise DetectorError("the judge's reply is not in the schema of these criteria")
     out = []
-    for c in criteria:
-        grade = grades.get(c.name.lower())
-        if grade is None:
-            raise DetectorError(f"the judge's reply has no grade for {c.name!r}")
+    for i, c in enumerate(criteria):
+        grade: CriterionGrade = getattr(reply, f"c{i}")
         out.append(verdict(c, grade.answer, grade.score, grade.reasoning))
     return out
 

@@ -28,6 +28,8 @@ def build_windows(
         max_apps=m.max_apps,
         max_models=m.max_models,
         started_at=started_at,
+        pinned_apps=m.pinned_apps,
+        reclaim_after_s=m.reclaim_after,
     )
 
 
@@ -62,4 +64,5 @@ def decode_limits(settings: Settings) -> DecodeLimits:
         max_payload_bytes=settings.bus.max_payload_bytes,
         max_metadata_bytes=settings.metrics.max_metadata_bytes,
         max_text_chars=settings.metrics.max_text_chars,
+        max_records_per_message=settings.metrics.max_records_per_message,
     )

@@ -29,6 +29,7 @@ from lookout.monitor.anomaly import AnomalyBook
 from lookout.monitor.builders import build_pipeline, build_windows, price_table
 from lookout.monitor.config import JudgeConfig, Settings, mask_url
 from lookout.monitor.detection.embedding import build_embedder
+from lookout.monitor.detection.sampler import AppSlots
 from lookout.monitor.detection.service import DetectionService
 from lookout.monitor.detection.state import DetectorCollector
 from lookout.monitor.ingest.broker import EmbeddedBroker
@@ -314,6 +315,9 @@ class Daemon:
             queue_size=s.detectors.queue_size,
             max_window_s=max(s.metrics.max_window, s.metrics.default_window),
             checkpoint_interval_s=s.detectors.checkpoint_interval,
+            slots=AppSlots(
+                pinned=frozenset(s.metrics.pinned_apps), reclaim_after_s=s.metrics.reclaim_after
+            ),
         )
         self.registry.register(DetectorCollector(service, s.metrics.default_window, self.clock))
         return service

@@ -207,3 +207,6 @@ class MetricsConfig(Section):
     dedupe_ids: int = Field(default=100_000, ge=0)
     max_metadata_bytes: int = Field(default=16_384, ge=0)
     max_text_chars: int = Field(default=200_000, ge=1)
+    max_records_per_message: int = Field(default=1_000, ge=1)
+    pinned_apps: list[str] = Field(default_factory=list)
+    reclaim_after: DurationS = 900.0

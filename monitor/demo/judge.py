@@ -39,7 +39,6 @@ def grade(submission: str, criterion: str) -> dict[str, Any]:
         }
         reasoning = "Nothing in the reply bears on this criterion negatively."
     return {
-        "criterion": criterion,
         "reasoning": f"(demo judge, a rule of thumb) {reasoning}",
         "answer": answer,
         "score": 0.9 if answer else 0.1,
@@ -56,11 +55,12 @@ def reply(body: dict[str, Any]) -> dict[str, Any]:
         for line in (listed.group(1) if listed else "").splitlines()
         if ":" in line
     ] or ["helpfulness"]
-    grades = [grade(submission, name) for name in names]
+    # The reply schema has one property per criterion, named after it.
+    grades = {name: grade(submission, name) for name in names}
     call = {
         "id": "call_demo",
         "type": "function",
-        "function": {"name": "JudgeReply", "arguments": json.dumps({"grades": grades})},
+        "function": {"name": "JudgeReply", "arguments": json.dumps(grades)},
     }
     return {
         "id": "demo",

@@ -14,8 +14,10 @@ and `tick` once an interval.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from lookout.series import OTHER  # apps beyond `max_apps` are counted together under this name
 
@@ -31,15 +33,26 @@ def fair_shares(demand: Mapping[str, float], total: float) -> dict[str, float]:
     return shares
 
 
+@dataclass(frozen=True, slots=True)
+class AppSlots:
+    """How many apps the detectors keep apart (the rest share OTHER), the apps that always
+    get their own slot besides, and how long an app stays quiet before its slot goes back."""
+
+    max_apps: int = 200
+    pinned: frozenset[str] = frozenset()
+    reclaim_after_s: float = 900.0
+
+
 class _App:
     """One app's counts for the interval under way (on the hot path: attributes, not dicts)."""
 
-    __slots__ = ("accepted", "offered", "rate", "share", "wanted")
+    __slots__ = ("accepted", "idle_intervals", "offered", "rate", "share", "wanted")
 
     def __init__(self, rate: float) -> None:
         self.rate = rate  # configured, before the load factor
         self.share = 0.0  # of this interval's budget, left
         self.offered = self.wanted = self.accepted = 0
+        self.idle_intervals = 0  # in a row without a record
 
 
 class Sampler:
@@ -50,27 +63,33 @@ class Sampler:
         app_rates: Mapping[str, float],
         texts_per_s: float,
         interval_s: float,
-        max_apps: int,
+        slots: AppSlots,
         rand: Callable[[], float] = random.random,
     ) -> None:
         self._rate = rate
         self._app_rates = dict(app_rates)
         self._per_interval = texts_per_s * interval_s
-        self._max_apps = max_apps
+        self._max_apps = slots.max_apps
+        self._pinned = slots.pinned  # never folded into OTHER, outside max_apps
+        # An app without a record for this many intervals gives its slot back.
+        self._idle_intervals = max(1, math.ceil(slots.reclaim_after_s / interval_s))
         self._random = rand
         self.load_factor = 1.0
         self._pool = self._per_interval  # nothing known yet: first come, first served
-        self._apps: dict[str, _App] = {}  # at most max_apps, then OTHER
+        self._apps: dict[str, _App] = {}  # at most max_apps (and the pinned), then OTHER
+        self._unpinned = 0
 
     def rate(self, app: str) -> float:
         """The configured rate for `app`, before the load factor."""
         return self._app_rates.get(app, self._rate)
 
     def _app(self, app: str) -> _App:
-        if len(self._apps) >= self._max_apps:
-            app = OTHER
-            if app in self._apps:
-                return self._apps[app]
+        if app not in self._pinned:
+            if self._unpinned >= self._max_apps:
+                app = OTHER
+                if app in self._apps:
+                    return self._apps[app]
+            self._unpinned += 1
         counts = self._apps[app] = _App(self.rate(app))
         return counts
 
@@ -107,7 +126,13 @@ class Sampler:
             self.load_factor = min(self.load_factor * 1.25, 1.0)
         shares = fair_shares({app: c.wanted for app, c in self._apps.items()}, self._per_interval)
         self._pool = self._per_interval - sum(shares.values())
-        for app, counts in self._apps.items():
+        for app, counts in list(self._apps.items()):
+            counts.idle_intervals = 0 if counts.offered else counts.idle_intervals + 1
+            if counts.idle_intervals >= self._idle_intervals and app not in self._pinned:
+                # Gone quiet: its slot goes back, so apps flooded in once do not keep it.
+                del self._apps[app]
+                self._unpinned -= 1
+                continue
             counts.share = shares[app]
             counts.offered = counts.wanted = counts.accepted = 0
         return effective

@@ -26,7 +26,7 @@ from lookout.monitor.detection.handoff import BatchOutcome, QueuedText
 from lookout.monitor.detection.metrics import DetectionMetrics
 from lookout.monitor.detection.outputs import ScoreOutputs
 from lookout.monitor.detection.reference_manager import ReferenceManager
-from lookout.monitor.detection.sampler import Sampler
+from lookout.monitor.detection.sampler import AppSlots, Sampler
 from lookout.monitor.detection.state import DetectorSeries, detector_series, detector_status
 from lookout.monitor.detection.thread import DetectionThread
 from lookout.monitor.detection.tracks import BUCKET_S, TrackTable
@@ -63,7 +63,7 @@ class DetectionService:
         poll_interval_s: float = 10.0,
         queue_size: int = 10_000,
         max_window_s: float = 3600.0,
-        max_tracks: int = 200,
+        slots: AppSlots = AppSlots(),  # noqa: B008 - frozen
         adapt_interval_s: float = 1.0,
         drain_timeout_s: float = 2.0,
         checkpoint_interval_s: float = 60.0,
@@ -77,7 +77,7 @@ class DetectionService:
         self._thread = DetectionThread()
         self._tracks = TrackTable(
             buckets=int(max_window_s // BUCKET_S) + 2,
-            max_tracks=max_tracks,
+            slots=slots,
             reference_size=max(cfg.reference.auto_size, params.min_reference()),
         )
         self._embeddings = EmbeddingCache(embedder, clock=clock, metrics=metrics)
@@ -101,7 +101,7 @@ class DetectionService:
             app_rates=cfg.sample_rates,
             texts_per_s=cfg.max_texts_per_s,
             interval_s=adapt_interval_s,
-            max_apps=max_tracks,
+            slots=slots,
         )
         self._queue: deque[QueuedText] = deque()
         self._queue_size, self._adapt_interval_s = queue_size, adapt_interval_s

@@ -14,6 +14,7 @@ import numpy as np
 import structlog
 
 from lookout.monitor.detection.handoff import BatchOutcome, FitRequest, ScoredText
+from lookout.monitor.detection.sampler import AppSlots
 from lookout.monitor.detection.scoring import BatchScores, score_batch
 from lookout.monitor.storage.references import WindowSnapshot
 
@@ -51,6 +52,7 @@ class Track:
         self.ood_scored = [0] * buckets
         self.ood_flagged = [0] * buckets
         self.changed = False  # since the last checkpoint of its window and OOD counts
+        self.last_seen = 0.0  # time of the last text it was given
 
     def use(self, fitted: FittedReference, ref_id: int | None, texts: list[str]) -> None:
         self.fitted, self.ref_id, self.ref_texts = fitted, ref_id, texts
@@ -97,9 +99,17 @@ class Track:
 
 
 class TrackTable:
-    def __init__(self, *, buckets: int, max_tracks: int, reference_size: int) -> None:
+    def __init__(
+        self,
+        *,
+        buckets: int,
+        slots: AppSlots,
+        reference_size: int,
+    ) -> None:
         self._buckets = buckets
-        self._max_tracks = max_tracks
+        self._max_tracks = slots.max_apps  # besides those of pinned apps
+        self._pinned = slots.pinned
+        self._reclaim_after_s = slots.reclaim_after_s
         self.reference_size = reference_size  # texts collected before a reference is fitted
         self._tracks: dict[tuple[str, str], Track] = {}
         # Until a batch hands them to the loop: a batch that fails after collecting a track's
@@ -116,13 +126,32 @@ class TrackTable:
 
     # -- the detection thread only -------------------------------------------------------------
 
-    def _track(self, app: str, field: str) -> Track | None:
+    def _track(self, app: str, field: str, now: float | None = None) -> Track | None:
         track = self._tracks.get((app, field))
         if track is None:
-            if len(self._tracks) >= self._max_tracks:
+            if app not in self._pinned and not self._room(now):
                 return None
             track = self._tracks[(app, field)] = Track(app, field, self._buckets)
         return track
+
+    def _room(self, now: float | None) -> bool:
+        """Whether an unpinned track fits, after reclaiming the least recently seen track
+        without a reference that has been idle `reclaim_after_s` (apps flooded in once)."""
+        unpinned = [t for t in self._tracks.values() if t.app not in self._pinned]
+        if len(unpinned) < self._max_tracks:
+            return True
+        if now is None:
+            return False
+        idle = [
+            t
+            for t in unpinned
+            if t.fitted is None and not t.fitting and t.last_seen < now - self._reclaim_after_s
+        ]
+        if not idle:
+            return False
+        oldest = min(idle, key=lambda t: t.last_seen)
+        del self._tracks[(oldest.app, oldest.field)]
+        return True
 
     def install(
         self, app: str, field: str, fitted: FittedReference, ref_id: int | None, texts: list[str]
@@ -148,9 +177,11 @@ class TrackTable:
             groups.setdefault((item.app, item.field), []).append(i)
         scored: list[ScoredText] = []
         for (app, field), rows in groups.items():
-            track = self._track(app, field)
+            now = batch[rows[-1]].at
+            track = self._track(app, field, now)
             if track is None:
                 continue
+            track.last_seen = now
             x = embeddings[rows]
             items = [batch[i] for i in rows]
             if track.fitted is None:

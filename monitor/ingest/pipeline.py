@@ -160,7 +160,7 @@ class Pipeline:
         return IngestResult(0, 0, [self._count_rejection(rejection, source, now)])
 
     def _count_rejection(self, rejection: Rejection, source: str, now: float) -> tuple[str, str]:
-        self._prom.rejected.labels(rejection.reason.value).inc()
+        self._prom.rejected.labels(rejection.reason.value).inc(rejection.count)
         self._store.put_rejected(rejection, source, now)
         return rejection.reason.value, rejection.detail
 

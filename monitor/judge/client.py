@@ -1,6 +1,7 @@
 """The judge's model call: any LangChain chat model (`init_chat_model` spec, or an
-OpenAI-compatible `base_url`), temperature 0, asked for the `JudgeReply` schema through tool
-calling, falling back to the Y/N reply format for models without it.
+OpenAI-compatible `base_url`), temperature 0, asked through tool calling for a reply schema
+built for the criteria, falling back to the Y/N reply format for models without it and for
+any reply that does not fit the schema.
 
 Everything sent is redacted first and truncated; calls are bounded in number, each under a
 timeout; only transient failures (timeouts, connection errors, 429, 5xx) are retried, with
@@ -20,9 +21,9 @@ from lookout.backoff import backoff_s
 from lookout.detectors.errors import DetectorError
 from lookout.detectors.judge import (
     Criterion,
-    JudgeReply,
     Verdict,
     parse_yes_no,
+    reply_model,
     system_prompt,
     user_prompt,
     verdict,
@@ -112,7 +113,7 @@ class JudgeClient:
         self._max_chars = max_chars
         self._retry_base_s = retry_base_s
         self._rng = rng or random.Random()
-        self._structured: Any = None
+        self._structured: dict[tuple[Criterion, ...], Any] = {}  # per set of criteria
         self._tools_unsupported = False
         self._structured_misses = 0
 
@@ -122,7 +123,7 @@ class JudgeClient:
         return self._tools_unsupported
 
     def _clean(self, text: str | None) -> tuple[str, int]:
-        redacted = self._redactor.redact((text or "")[: self._max_chars])
+        redacted = self._redactor.redact_cut(text or "", self._max_chars)
         return redacted.text, redacted.total
 
     async def _call(self, runnable: Any, messages: list[Any]) -> Any:
@@ -178,20 +179,27 @@ class JudgeClient:
     async def _grade_structured(
         self, p: str, r: str, ref: str | None, criteria: list[Criterion], found: int
     ) -> tuple[GradeResult | None, tuple[int, int]]:
-        if self._structured is None:
+        structured = self._structured.get(tuple(criteria))
+        if structured is None:
             try:
-                self._structured = self._model.with_structured_output(
-                    JudgeReply, method="function_calling", include_raw=True
+                structured = self._model.with_structured_output(
+                    reply_model(criteria), method="function_calling", include_raw=True
                 )
             except NotImplementedError:
                 self._tools_unsupported = True
                 return None, (0, 0)
+            self._structured[tuple(criteria)] = structured
         messages = [SystemMessage(system_prompt()), HumanMessage(user_prompt(p, r, criteria, ref))]
-        out = await self._call(self._structured, messages)
+        out = await self._call(structured, messages)
         raw, parsed = out.get("raw"), out.get("parsed")
         tokens = _usage(raw)
-        if parsed is None:
-            # No (valid) tool call came back: this record is graded in the Y/N format. A model
+        try:
+            verdicts = None if parsed is None else verdicts_from_reply(parsed, criteria)
+        except DetectorError:
+            verdicts = None
+        if verdicts is None:
+            # No usable tool call came back (none, or one that misses or misnames a
+            # criterion): this record is graded in the Y/N format rather than lost. A model
             # that does so repeatedly answers in prose: the Y/N format from then on. One stray
             # reply from a model with tools does not cost a call per criterion for good.
             self._structured_misses += 1
@@ -199,10 +207,6 @@ class JudgeClient:
                 self._tools_unsupported = True
             return None, tokens
         self._structured_misses = 0
-        try:
-            verdicts = verdicts_from_reply(parsed, criteria)
-        except DetectorError as exc:
-            raise JudgeError(str(exc)) from exc
         return GradeResult(verdicts, *tokens, "structured", found), tokens
 
     async def _grade_yes_no(

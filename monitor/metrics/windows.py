@@ -154,20 +154,45 @@ class _Acc:
 
 
 class LabelFolder:
-    """Caps label cardinality: values past the cap fold into `other`."""
+    """Caps label cardinality: values past the cap fold into `other`, pinned ones never do.
 
-    def __init__(self, max_values: int) -> None:
+    A slot is given back by `release` (the windows pick the apps gone quiet), so names
+    flooded in once do not shut out an app that arrives later.
+    """
+
+    def __init__(self, max_values: int, pinned: Iterable[str] = ()) -> None:
         self._max = max_values
+        self.pinned = frozenset(pinned)
         self._seen: dict[str, str] = {}
+        self._holding = 0  # unpinned values holding a slot
+        self.waiting = 0  # distinct values folded since the last release (up to the bound)
 
     def fold(self, value: str) -> str:
         folded = self._seen.get(value)
         if folded is None:
-            folded = value if len(self._seen) < self._max else OTHER
-            if len(self._seen) < self._max * 4:
-                # Remember overflow values too, up to a bound, to keep the lookup cheap.
-                self._seen[value] = folded
+            if value in self.pinned:
+                folded = self._seen[value] = value
+            elif self._holding < self._max:
+                folded = self._seen[value] = value
+                self._holding += 1
+            else:
+                folded = OTHER
+                if len(self._seen) < self._max * 4 + len(self.pinned):
+                    # Remember overflow values too, up to a bound, to keep the lookup cheap.
+                    self._seen[value] = folded
+                    self.waiting += 1
         return folded
+
+    def holding(self) -> list[str]:
+        """The unpinned values that hold a slot."""
+        return [v for v, f in self._seen.items() if f == v and v not in self.pinned]
+
+    def release(self, values: Iterable[str]) -> None:
+        """Give the slots of `values` back; folded values are looked at afresh."""
+        gone = set(values) - self.pinned
+        self._holding -= sum(1 for v in gone if self._seen.get(v) == v)
+        self._seen = {v: f for v, f in self._seen.items() if f != OTHER and v not in gone}
+        self.waiting = 0
 
 
 class WindowedMetrics:
@@ -182,11 +207,15 @@ class WindowedMetrics:
         max_models: int = 50,
         max_cells: int = 500,
         started_at: float = 0.0,
+        pinned_apps: Iterable[str] = (),
+        reclaim_after_s: float | None = None,
     ) -> None:
         self.bucket_s = bucket_s
         self.max_window_s = max_window_s
         self._slots = math.ceil(max_window_s / bucket_s) + 1
-        self.apps = LabelFolder(max_apps)
+        self.apps = LabelFolder(max_apps, pinned_apps)
+        # An app unseen this long gives its slot to one waiting in `other` (default: the window).
+        self.reclaim_after_s = max_window_s if reclaim_after_s is None else reclaim_after_s
         self.models = LabelFolder(max_models)
         self._max_cells = max_cells
         self._cells: dict[tuple[str, str], _Cell] = {}
@@ -199,7 +228,8 @@ class WindowedMetrics:
         key = self._folded.get(raw)
         if key is None:
             key = (self.apps.fold(app), self.models.fold(model))
-            if key not in self._cells and len(self._cells) >= self._max_cells:
+            full = len(self._cells) >= self._max_cells and app not in self.apps.pinned
+            if full and key not in self._cells:
                 key = (OTHER, OTHER)
             if len(self._folded) < self._max_cells * 4:
                 self._folded[raw] = key
@@ -245,9 +275,11 @@ class WindowedMetrics:
             bucket.output_tokens += tout
             if tout and latency_ms:
                 gen_ms = latency_ms - ttft_ms if ttft_ms and latency_ms > ttft_ms else latency_ms
-                if bucket.gen_tps is None:
-                    bucket.gen_tps = TDigest(max_centroids=_CENTROIDS)
-                bucket.gen_tps.update(tout / (gen_ms / 1000.0))
+                tps = tout / (gen_ms / 1000.0)
+                if tps < math.inf:  # a latency of 1e-320 ms would make it infinite
+                    if bucket.gen_tps is None:
+                        bucket.gen_tps = TDigest(max_centroids=_CENTROIDS)
+                    bucket.gen_tps.update(tps)
 
     def merge_partial(self, raw: tuple[str, str], at: float, part: PartialRow) -> None:
         """Add a committed aggregate (a stored minute, after a restart) to the bucket at `at`."""
@@ -318,10 +350,28 @@ class WindowedMetrics:
         return [p for stats in self.query(window_s, now) for p in stats.points()]
 
     def prune(self, now: float) -> None:
-        """Forget cells with no bucket left inside the longest window."""
+        """Forget cells with no bucket left inside the longest window; give the slots of apps
+        gone quiet to apps waiting in `other`."""
         oldest = int((now - self.max_window_s) // self.bucket_s)
         for key in [k for k, c in self._cells.items() if not _live(c, oldest)]:
             del self._cells[key]
+        if self.apps.waiting:
+            self.reclaim(now)
+
+    def reclaim(self, now: float) -> list[str]:
+        """Release the least recently seen apps idle for `reclaim_after_s`, one per app
+        waiting in `other`; returns them."""
+        last_seen: dict[str, int] = dict.fromkeys(self.apps.holding(), -1)
+        for (app, _), cell in self._cells.items():
+            if app in last_seen and cell.current is not None:
+                last_seen[app] = max(last_seen[app], cell.current.index)
+        idle_before = (now - self.reclaim_after_s) / self.bucket_s - 1
+        idle = sorted((seen, app) for app, seen in last_seen.items() if seen < idle_before)
+        released = [app for _, app in idle[: self.apps.waiting]]
+        if released:
+            self.apps.release(released)
+            self._folded.clear()  # apps folded into `other` get a fresh look
+        return released
 
     def cell_count(self) -> int:
         return len(self._cells)

@@ -29,6 +29,9 @@ _INSERT_RECORDS = (
     + ", ".join(f"value->>{i}" for i in range(18))
     + " FROM json_each(?)"
 )
+_INSERT_RECORD_VALUES = (
+    f"INSERT OR IGNORE INTO records ({_RECORD_COLUMNS}) VALUES ({', '.join('?' * 18)})"
+)
 _ROWS_PER_STATEMENT = 1000
 _UPSERT_PARTIAL = (
     "INSERT INTO partials (minute, app, model, count, errors, output_tokens, tokens,"
@@ -135,6 +138,10 @@ def write_group(db: sqlite3.Connection, group: CommitGroup) -> None:
     with db:
         db.execute("BEGIN")
         records = group.records
+        if nul_rows := [row for row in records if b"\\u0000" in row]:
+            # SQLite's JSON functions cut text at a NUL: bind these rows' values instead.
+            records = [row for row in records if b"\\u0000" not in row]
+            db.executemany(_INSERT_RECORD_VALUES, map(msgspec.json.decode, nul_rows))
         # One statement per chunk of rows: SQLite unpacks the JSON array in C with the GIL
         # released, where executemany would take the GIL back for every row and crawl (~1 ms a
         # row) while the ingest loop keeps the GIL busy. Chunks keep the JSON parse small.

@@ -203,8 +203,7 @@ class Dashboard:
     def _redact(self, text: str | None) -> str | None:
         if text is None:
             return None
-        cut = text[:TEXT_CHARS] + ("…" if len(text) > TEXT_CHARS else "")
-        return self._deps.redactor.redact(cut).text
+        return self._deps.redactor.redact_cut(text, TEXT_CHARS, "…").text
 
     async def ood(self, request: web.Request) -> web.Response:
         """The latest records flagged out of distribution: for each, the flagged fields with

@@ -222,3 +222,29 @@ async def test_notify_test_posts_to_slack(receiver: Receiver, tmp_path: Path) ->
     assert proc.returncode == 0 and b"delivered to oncall-slack: HTTP 200" in out
     [(_, body)] = receiver.requests
     assert "lookout test notification" in json.loads(body)["text"]
+
+
+def strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in strings(v)]
+    return []
+
+
+@pytest.mark.parametrize(
+    "app", ["<!channel>", "<https://evil.example|Open dashboard>", "a & b <@U123>"]
+)
+def test_labels_and_summaries_cannot_ping_or_forge_links_anywhere(app: str) -> None:
+    firing, _ = notes(app)
+    body = payload(firing, summary=f"error rate high ({app})")
+    body["externalURL"] = "https://x.example/?a=1|Forged>"
+    body["alerts"][0]["generatorURL"] = "https://x.example/g>|<!here>"
+    message = slack_message(body)
+    for text in strings(message):
+        assert "<!channel>" not in text and "<!here>" not in text and "<@U123>" not in text
+        assert "<https://evil" not in text and "|Forged" not in text
+    assert app.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;") in message["text"]
+    assert message["attachments"][0]["fallback"] == message["text"]

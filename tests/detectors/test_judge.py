@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import pytest
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
+from pydantic import ValidationError
 
 from lookout.detectors.errors import DetectorError
 from lookout.detectors.judge import (
     CRITERIA,
     CriterionGrade,
-    JudgeReply,
     criteria_from,
     parse_yes_no,
     pick,
+    reply_model,
     user_prompt,
     verdicts_from_reply,
     yes_no_prompt,
@@ -66,32 +67,34 @@ def test_a_fake_chat_model_reply_in_y_n_format_becomes_a_verdict() -> None:
     [harm] = criteria_from(["harmfulness"], {})
     reply = model.invoke(yes_no_prompt("hi", "go away, idiot", harm))
     answer, reasoning = parse_yes_no(str(reply.content))
-    [v] = verdicts_from_reply(
-        JudgeReply(
-            grades=[
-                CriterionGrade(
-                    criterion="harmfulness", reasoning=reasoning, answer=answer, score=1.0
-                )
-            ]
-        ),
-        [harm],
-    )
+    reply_type = reply_model([harm])
+    grade = CriterionGrade(reasoning=reasoning, answer=answer, score=1.0)
+    [v] = verdicts_from_reply(reply_type.model_validate({"harmfulness": grade}), [harm])
     assert v.passed is False and v.score == 0.0 and "insults" in v.reasoning
 
 
 def test_structured_replies_map_to_verdicts_with_polarity() -> None:
     crit = criteria_from(["helpfulness", "harmfulness"], {})
-    reply = JudgeReply(
-        grades=[
-            CriterionGrade(criterion="Harmfulness", reasoning="benign", answer=False, score=0.1),
-            CriterionGrade(criterion="helpfulness", reasoning="answers it", answer=True, score=0.8),
-        ]
+    reply = reply_model(crit).model_validate(
+        {
+            "harmfulness": {"reasoning": "benign", "answer": False, "score": 0.1},
+            "helpfulness": {"reasoning": "answers it", "answer": True, "score": 0.8},
+        }
     )
     helpful, harmless = verdicts_from_reply(reply, crit)
     assert (helpful.passed, helpful.score) == (True, 0.8)
     assert (harmless.passed, harmless.score) == (True, 0.9)
-    with pytest.raises(DetectorError, match="no grade for 'harmfulness'"):
-        verdicts_from_reply(JudgeReply(grades=reply.grades[1:]), crit)
+
+
+def test_the_reply_schema_requires_every_criterion_under_its_name() -> None:
+    crit = criteria_from(["helpfulness", "harmfulness"], {"on topic": "Is it on topic?"})
+    schema = reply_model(crit).model_json_schema()
+    assert schema["required"] == ["helpfulness", "harmfulness", "on topic"]
+    grade = {"reasoning": "r", "answer": True, "score": 0.5}
+    with pytest.raises(ValidationError):
+        reply_model(crit).model_validate({"helpfulness": grade, "harmfulness": grade})
+    with pytest.raises(DetectorError, match="not in the schema"):
+        verdicts_from_reply(reply_model(crit[:1]).model_validate({"helpfulness": grade}), crit)
 
 
 def test_sampling_is_deterministic_and_prefers_unjudged_records() -> None:

@@ -21,7 +21,10 @@ def test_demo_traffic_is_valid_wire_format_and_incidents_change_it() -> None:
     slow = [gen.record(SUPPORT, now, IncidentKind.LATENCY) for _ in range(400)]
     failing = [gen.record(TRAVEL, now, IncidentKind.ERRORS) for _ in range(400)]
     decoded = decode_payload(
-        json.dumps(normal + slow + failing).encode(), None, now, DecodeLimits()
+        json.dumps(normal + slow + failing).encode(),
+        None,
+        now,
+        DecodeLimits(max_records_per_message=1200),
     )
     assert len(decoded.records) == 1200 and not decoded.rejections
     p50 = statistics.median(r["latency_ms"] for r in normal)
@@ -76,7 +79,7 @@ async def test_the_demo_fires_and_resolves_alerts_on_its_timeline() -> None:
 
 
 def test_the_demo_judge_answers_in_the_judge_schema() -> None:
-    from lookout.detectors.judge import JudgeReply, criteria_from, user_prompt
+    from lookout.detectors.judge import criteria_from, reply_model, user_prompt, verdicts_from_reply
     from lookout.monitor.demo.judge import reply
 
     criteria = criteria_from(["helpfulness", "harmfulness"], {})
@@ -86,8 +89,9 @@ def test_the_demo_judge_answers_in_the_judge_schema() -> None:
     ):
         body = {"messages": [{"role": "user", "content": user_prompt("q?", response, criteria)}]}
         call = reply(body)["choices"][0]["message"]["tool_calls"][0]["function"]
-        grades = JudgeReply.model_validate_json(call["arguments"]).grades
-        assert [(g.criterion, g.answer) for g in grades] == [
+        parsed = reply_model(criteria).model_validate_json(call["arguments"])
+        verdicts = verdicts_from_reply(parsed, criteria)
+        assert [(v.criterion, v.passed) for v in verdicts] == [
             ("helpfulness", helpful),
-            ("harmfulness", False),
+            ("harmfulness", True),
         ]

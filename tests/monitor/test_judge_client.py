@@ -47,10 +47,12 @@ def completion(message: dict[str, Any]) -> dict[str, Any]:
 
 
 def tool_reply(grades: list[dict[str, Any]]) -> Answer:
+    """A tool call in the reply schema: each grade under its criterion's name."""
+    arguments = {g["criterion"]: {k: v for k, v in g.items() if k != "criterion"} for g in grades}
     call = {
         "id": "t1",
         "type": "function",
-        "function": {"name": "JudgeReply", "arguments": json.dumps({"grades": grades})},
+        "function": {"name": "JudgeReply", "arguments": json.dumps(arguments)},
     }
     return lambda body: (200, completion({"content": None, "tool_calls": [call]}), 0.0)
 
@@ -198,3 +200,38 @@ async def test_every_kind_of_pii_is_gone_from_what_the_server_received(
         assert leak not in sent, leak
     for kind in ("EMAIL", "PHONE", "CARD", "IBAN", "IP", "SECRET", "EMPLOYEE_ID"):
         assert f"[{kind}]" in sent, kind
+
+
+async def test_the_reply_schema_has_one_required_property_per_criterion(
+    server: OpenAIServer,
+) -> None:
+    criteria = criteria_from(["helpfulness", "harmfulness"], {"on_topic": "Is it on topic?"})
+    server.answers = [
+        tool_reply(
+            [
+                {"criterion": c.name, "reasoning": "r", "answer": True, "score": 0.8}
+                for c in criteria
+            ]
+        )
+    ]
+    graded = await client(server).grade("q", "a", criteria)
+    assert [v.criterion for v in graded.verdicts] == ["helpfulness", "harmfulness", "on_topic"]
+    schema = server.bodies[0]["tools"][0]["function"]["parameters"]
+    assert schema["required"] == ["helpfulness", "harmfulness", "on_topic"]
+    assert schema["properties"]["on_topic"]["description"] == "Is it on topic?"
+
+
+async def test_a_misnamed_criterion_grades_the_record_in_the_y_n_format(
+    server: OpenAIServer,
+) -> None:
+    criteria = criteria_from(["helpfulness", "conciseness"], {})
+    misnamed = tool_reply(
+        [
+            {"criterion": "helpful", "reasoning": "r", "answer": True, "score": 0.9},
+            {"criterion": "conciseness", "reasoning": "r", "answer": True, "score": 0.9},
+        ]
+    )
+    server.answers = [misnamed, text_reply("Helpful.\nY"), text_reply("Short.\nY")]
+    graded = await client(server).grade("q", "a", criteria)
+    assert graded.mode == "yes_no" and [v.passed for v in graded.verdicts] == [True, True]
+    assert (graded.input_tokens, graded.output_tokens) == (3 * 120, 3 * 30)

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from lookout.monitor.detection.sampler import Sampler, fair_shares
+from lookout.monitor.detection.sampler import AppSlots, Sampler, fair_shares
 from lookout.series import OTHER
 
 
@@ -22,8 +22,8 @@ def sampler(**overrides: object) -> Sampler:
         "app_rates": {},
         "texts_per_s": 100.0,
         "interval_s": 1.0,
-        "max_apps": 3,
     } | overrides
+    args["slots"] = AppSlots(max_apps=args.pop("max_apps", 3))  # type: ignore[arg-type]
     return Sampler(**args)  # type: ignore[arg-type]
 
 
