@@ -23,7 +23,8 @@ NOW = 1_700_000_000.0
 
 
 def client(d: Daemon) -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=f"http://127.0.0.1:{d.api.port}")  # type: ignore[union-attr]
+    url = f"http://127.0.0.1:{d.api.port}"  # type: ignore[union-attr]
+    return httpx.AsyncClient(base_url=url, headers={"Content-Type": "application/json"})
 
 
 def rejected(d: Daemon, reason: str) -> float:

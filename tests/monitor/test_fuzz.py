@@ -203,7 +203,10 @@ class DaemonThread:
 
 @pytest.fixture(scope="module")
 def http(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DaemonThread, httpx.Client]]:
-    with DaemonThread(tmp_path_factory.mktemp("fuzz")) as d, httpx.Client(base_url=d.url) as c:
+    with (
+        DaemonThread(tmp_path_factory.mktemp("fuzz")) as d,
+        httpx.Client(base_url=d.url, headers={"Content-Type": "application/json"}) as c,
+    ):
         yield d, c
 
 
