@@ -2,6 +2,8 @@
 
     pip install -e '.[bench]'   # alibi-detect, torch==2.13.0
     python bench/drift.py [--runs 300] [--alibi-runs 30]
+    python bench/drift.py --no-alibi --stream clinc150 --embedder onnx-int8   # other embedders:
+        static (default), onnx-int8, onnx-fp32 (with --onnx-fp32 DIR), torch (MiniLM layers 2)
 
 Streams: synthetic (384-d Gaussian, +0.3 in 20 dims from step 250) and real (CLINC150 prompts
 embedded with the default static embedder: some domains as reference, then others). For each
@@ -22,6 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,11 +32,23 @@ from clinc import load
 from numpy.typing import NDArray
 
 from lookout.detectors.drift import MmdDrift
-from lookout.detectors.embedders import StaticEmbedder
+from lookout.detectors.embedders import Embedder, SentenceTransformerEmbedder, StaticEmbedder
+from lookout.detectors.onnx_embedder import OnnxEmbedder
 
 F32 = NDArray[np.float32]
 ERT, WINDOW, SHIFT_AT = 1000, 50, 250
 TARGET_ERT = {"lookout": float(ERT)}  # --target-ert: lookout calibrated to another ERT
+EMBEDDERS = ("static", "onnx-int8", "onnx-fp32", "torch")
+
+
+def embedder(kind: str, fp32: str | None) -> Embedder:
+    if kind == "onnx-int8":
+        return OnnxEmbedder(precision="int8", threads=1)
+    if kind == "onnx-fp32":
+        return OnnxEmbedder(Path(fp32 or "."), precision="fp32", threads=1)
+    if kind == "torch":
+        return SentenceTransformerEmbedder("all-MiniLM-L6-v2", layers=2, threads=1)
+    return StaticEmbedder()
 
 
 class Ours:
@@ -144,12 +159,12 @@ def synthetic() -> tuple[F32, Callable[[int, bool], F32]]:
     return ref, streams
 
 
-def clinc() -> tuple[F32, Callable[[int, bool], F32]]:
+def clinc(make: Embedder) -> tuple[F32, Callable[[int, bool], F32]]:
     """Reference: 2,000 random utterances of four domains (all splits); no-change streams: the
     other utterances of those domains, without repeats; the change: other domains."""
     rows = [r for r in load() if not r.is_oos]
     before = {"banking", "credit_cards", "work", "utility"}
-    x = StaticEmbedder().embed([r.text for r in rows])
+    x = make.embed([r.text for r in rows])
     inside = np.flatnonzero([r.domain in before for r in rows])
     outside = np.flatnonzero([r.domain not in before for r in rows])
     order = np.random.default_rng(0).permutation(inside)
@@ -183,7 +198,9 @@ def main() -> None:
     parser.add_argument("--alibi-runs", type=int, default=30, help="alibi is ~20x slower")
     parser.add_argument("--no-alibi", action="store_true")
     parser.add_argument("--only", choices=["lookout", "alibi"], help=argparse.SUPPRESS)
-    parser.add_argument("--stream", choices=["synthetic", "clinc150"], help=argparse.SUPPRESS)
+    parser.add_argument("--stream", choices=["synthetic", "clinc150"], help="only this stream")
+    parser.add_argument("--embedder", choices=EMBEDDERS, default="static", help="for CLINC150")
+    parser.add_argument("--onnx-fp32", help="a directory with model.fp32.onnx")
     parser.add_argument("--first-seed", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument(
         "--target-ert",
@@ -195,7 +212,10 @@ def main() -> None:
     args = parser.parse_args()
     TARGET_ERT["lookout"] = args.target_ert
     if args.only:  # one detector, some runs of one stream, in a process of its own
-        ref, streams = synthetic() if args.stream == "synthetic" else clinc()
+        if args.stream == "synthetic":
+            ref, streams = synthetic()
+        else:
+            ref, streams = clinc(embedder(args.embedder, args.onnx_fp32))
         kind = Alibi if args.only == "alibi" else Ours
         result = measure(kind, ref, streams, args.runs, args.first_seed)
         print(json.dumps({**result, "reference": list(ref.shape)}))
@@ -204,7 +224,7 @@ def main() -> None:
     # dynamic one, alibi's calibration temporaries (15 MB each, thousands) piled up past this
     # box's 24 GiB now and then.
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "1048576"}
-    for stream in ("synthetic", "clinc150"):
+    for stream in [args.stream] if args.stream else ["synthetic", "clinc150"]:
         results = []
         plans = [("lookout", [(0, args.runs)])]
         if not args.no_alibi:
@@ -231,6 +251,9 @@ def main() -> None:
                         str(first),
                         "--target-ert",
                         str(args.target_ert),
+                        "--embedder",
+                        args.embedder,
+                        *(["--onnx-fp32", args.onnx_fp32] if args.onnx_fp32 else []),
                     ],
                     check=True,
                     capture_output=True,
@@ -241,7 +264,10 @@ def main() -> None:
             results.append(summary(parts))
             if len(results) == 1:
                 shape = tuple(parts[0]["reference"])
-                print(f"\n{stream}: reference {shape}, ERT {ERT}, window {WINDOW}")
+                print(
+                    f"\n{stream}: reference {shape}, ERT {ERT}, window {WINDOW}"
+                    + (f", embedder {args.embedder}" if stream == "clinc150" else "")
+                )
             print(_line(results[-1]), flush=True)
         if len(results) == 2:
             ours, alibi = results

@@ -3,8 +3,11 @@ out-of-scope test (1,000). AUROC, FPR at 95% TPR and AUPR per embedder and score
 CPU each costs. For all-MiniLM-L6-v2, also the choice of `layers` (the mean of the last N
 layers) by 5-NN AUROC on the validation split (in-scope val against out-of-scope val).
 
-    python bench/ood.py                      # the packaged static and hashing embedders
+    python bench/ood.py                      # static, hashing, ONNX int8 (all packaged)
     pip install -e '.[sentence-transformers]' && python bench/ood.py   # adds all-MiniLM-L6-v2
+    python tools/export_onnx.py --fp32 /tmp/onnx-fp32 && \
+        python bench/ood.py --onnx-fp32 /tmp/onnx-fp32        # adds the fp32 ONNX graph
+    python bench/ood.py --only onnx --rss    # a subset; RSS of each embedder in a fresh process
 """
 
 from __future__ import annotations
@@ -14,8 +17,12 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import argparse
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 from clinc import load
@@ -30,6 +37,7 @@ from lookout.detectors.embedders import (
     StaticEmbedder,
 )
 from lookout.detectors.errors import DetectorError
+from lookout.detectors.onnx_embedder import OnnxEmbedder
 from lookout.detectors.ood import KnnOod
 
 F32 = NDArray[np.float32]
@@ -60,14 +68,54 @@ SCORERS: dict[str, Callable[[F32, F32], F32]] = {
 MINILM_LAYERS = (1, 2, 3)  # 2 is lookout's default (detectors.embedder.layers)
 
 
-def embedders() -> list[Embedder]:
-    found: list[Embedder] = [StaticEmbedder(), HashingEmbedder(512)]
-    try:
-        for layers in MINILM_LAYERS:
-            found.append(SentenceTransformerEmbedder("all-MiniLM-L6-v2", layers=layers))
-    except DetectorError as exc:
-        print(f"(all-MiniLM-L6-v2 skipped: {exc})")
-    return found
+def embedders(only: str | None, fp32: Path | None) -> list[Callable[[], Embedder]]:
+    """Factories, in the order they are measured; `only` keeps those whose label contains it."""
+    found: list[tuple[str, Callable[[], Embedder]]] = [
+        ("static", StaticEmbedder),
+        ("hashing", lambda: HashingEmbedder(512)),
+        ("onnx-int8", lambda: OnnxEmbedder(precision="int8", threads=1)),
+    ]
+    if fp32 is not None:
+        found.append(("onnx-fp32", lambda: OnnxEmbedder(fp32, precision="fp32", threads=1)))
+    for layers in MINILM_LAYERS:
+        found.append(
+            (
+                f"torch-layers-{layers}",
+                lambda layers=layers: SentenceTransformerEmbedder(  # type: ignore[misc]
+                    "all-MiniLM-L6-v2", layers=layers, threads=1
+                ),
+            )
+        )
+    return [make for label, make in found if only is None or only in label]
+
+
+def rss_mb(make: str, fp32: Path | None) -> None:
+    """In a fresh process: RSS after loading an embedder and embedding 2,000 texts."""
+    texts = [r.text for r in load()][:2000]
+    factory = dict(zip(LABELS, embedders(None, fp32), strict=False))[make]
+    factory().embed(texts)
+    rss_kb = next(
+        int(line.split()[1])
+        for line in Path("/proc/self/status").read_text().splitlines()
+        if line.startswith("VmRSS:")
+    )
+    print(rss_kb / 1024)
+
+
+LABELS = ["static", "hashing", "onnx-int8", "onnx-fp32"]
+
+
+def rss_table(fp32: Path | None) -> None:
+    labels = LABELS if fp32 else LABELS[:3]
+    figures = {}
+    for label in labels:
+        cmd = [sys.executable, __file__, "--rss-child", label]
+        cmd += ["--onnx-fp32", str(fp32)] if fp32 else []
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        figures[label] = float(out.strip().splitlines()[-1])
+    print("\nRSS after loading and embedding 2,000 texts, each in a fresh process:")
+    for label, mb in figures.items():
+        print(f"  {label:12s} {mb:7.1f} MB  ({mb - figures['static']:+.1f} MB over static)")
 
 
 def auroc_5nn(x_ref: F32, x: F32, labels: NDArray[np.float64]) -> float:
@@ -75,6 +123,21 @@ def auroc_5nn(x_ref: F32, x: F32, labels: NDArray[np.float64]) -> float:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--only", help="embedders whose label contains this (static, onnx, ...)")
+    parser.add_argument("--onnx-fp32", type=Path, help="a directory with model.fp32.onnx")
+    parser.add_argument("--rss", action="store_true", help="also RSS per embedder")
+    parser.add_argument("--rss-child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.rss_child:
+        rss_mb(args.rss_child, args.onnx_fp32)
+        return
+    evaluate(embedders(args.only, args.onnx_fp32))
+    if args.rss:
+        rss_table(args.onnx_fp32)
+
+
+def evaluate(factories: list[Callable[[], Embedder]]) -> None:
     rows = load()
     ref = [r.text for r in rows if r.split == "train" and not r.is_oos]
     inside = [r.text for r in rows if r.split == "test" and not r.is_oos]
@@ -85,7 +148,13 @@ def main() -> None:
     val_labels = np.r_[np.zeros(len(val_in)), np.ones(len(val_out))]
     print(f"reference {len(ref)}, in-scope test {len(inside)}, out-of-scope test {len(outside)}")
     chosen: list[tuple[str, float, float]] = []
-    for embedder in embedders():
+    for make in factories:
+        try:
+            embedder = make()
+        except DetectorError as exc:
+            print(f"(skipped: {exc})")
+            continue
+        embedder.embed(ref[:64])  # warm up (ONNX Runtime's first run plans its memory)
         started = time.process_time()
         x_ref = embedder.embed(ref)
         x_test = embedder.embed(inside + outside)
@@ -117,7 +186,7 @@ def main() -> None:
                 f"{fpr95:.3f}  AUPR {average_precision_score(labels, scores):.3f}  "
                 f"(fit+score all {cpu_s:.1f} s CPU){extra}"
             )
-        if isinstance(embedder, SentenceTransformerEmbedder):
+        if isinstance(embedder, SentenceTransformerEmbedder | OnnxEmbedder):
             x_val = embedder.embed(val_in + val_out)
             chosen.append(
                 (

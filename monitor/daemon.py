@@ -45,6 +45,7 @@ from lookout.monitor.metrics.windows import WindowStats
 from lookout.monitor.storage import open_store, sqlite_path
 from lookout.monitor.storage.references import ReferenceStore
 from lookout.monitor.systemd import SystemdNotifier
+from lookout.monitor.threads import limit_native_threads
 from lookout.monitor.web.api import ApiServer, Probes
 from lookout.monitor.web.dashboard import Dashboard, DashboardDeps
 from lookout.monitor.web.routes import ApiRoutes, RouteDeps
@@ -133,6 +134,7 @@ class Daemon:
         """Run until `stop` is set, then drain the queue and flush the store."""
         s = self.settings
         fix_mmap_threshold()  # large temporary buffers go back to the OS when freed
+        limit_native_threads()  # no BLAS workers spinning beside the ingest loop
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(self.store)
             await self.pipeline.restore()

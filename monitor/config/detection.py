@@ -12,8 +12,9 @@ from lookout.monitor.config.base import Section
 
 class EmbedderConfig(Section):
     # static: packaged, distilled from all-MiniLM-L6-v2, no download (bench/ood.py chose it)
-    kind: Literal["static", "hashing", "sentence-transformers", "langchain"] = "static"
-    model: str | None = None  # sentence-transformers name or path; static: a model directory
+    kind: Literal["static", "hashing", "onnx", "sentence-transformers", "langchain"] = "static"
+    # sentence-transformers name or path; static, onnx: a model directory (default: packaged)
+    model: str | None = None
     spec: str | None = None  # langchain: init_embeddings spec, e.g. openai:text-embedding-3-small
     base_url: str | None = None  # langchain: an OpenAI-compatible endpoint
     api_key: SecretStr | None = None
@@ -21,9 +22,13 @@ class EmbedderConfig(Section):
     # sentence-transformers: pool the mean of the last N layers (2 ranks out-of-scope texts
     # best on CLINC150's validation split; 1 is the model's own sentence embedding)
     layers: int = Field(default=2, ge=1)
-    # sentence-transformers: torch's threads (null: torch's default, one per core); 1 leaves
-    # the other cores to ingest and the API (bench/ingest.py --embedder)
+    # sentence-transformers: torch's threads (null: torch's default, one per core); onnx:
+    # ONNX Runtime's (null: 1). 1 leaves the other cores to ingest and the API
+    # (bench/ingest.py --embedder)
     threads: int | None = Field(default=1, ge=1)
+    # onnx: the packaged graph is int8 (dynamic quantisation); fp32 needs a graph built with
+    # tools/export_onnx.py --fp32 DIR and `model: DIR`
+    precision: Literal["int8", "fp32"] = "int8"
 
 
 class ReferenceConfig(Section):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -17,6 +17,7 @@ from lookout.detectors.embedders import (
     SentenceTransformerEmbedder,
     StaticEmbedder,
 )
+from lookout.detectors.onnx_embedder import OnnxEmbedder
 from lookout.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -46,12 +47,20 @@ def _static(path: str | None) -> StaticEmbedder:
     return StaticEmbedder(Path(path) if path else None)
 
 
+@functools.lru_cache(maxsize=4)
+def _onnx(path: str | None, precision: Literal["int8", "fp32"], threads: int) -> OnnxEmbedder:
+    # Stateless once loaded (ONNX Runtime sessions may run from several threads).
+    return OnnxEmbedder(Path(path) if path else None, precision=precision, threads=threads)
+
+
 def build_embedder(cfg: EmbedderConfig) -> Embedder:
     try:
         if cfg.kind == "static":
             return _static(cfg.model)
         if cfg.kind == "hashing":
             return HashingEmbedder(cfg.dim)
+        if cfg.kind == "onnx":
+            return _onnx(cfg.model, cfg.precision, cfg.threads or 1)
         if cfg.kind == "sentence-transformers":
             if not cfg.model:
                 raise ConfigError("detectors.embedder.model: a sentence-transformers model")
