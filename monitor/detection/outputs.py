@@ -46,7 +46,7 @@ class ScoreOutputs:
                     continue
             score = {"score": s.ood_score, "flagged": s.flagged, "threshold": s.threshold}
             flags = {"ood": {s.item.field: score}}
-            rows.append((record_id, s.ood_score, json.dumps(flags)))
+            rows.append((s.item.record.app, record_id, s.ood_score, json.dumps(flags)))
             if s.flagged and self._publish is not None:
                 self._announce(s.item, record_id, s.ood_score)
         self._store.put_scores(rows)

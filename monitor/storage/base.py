@@ -73,8 +73,9 @@ class Store(Protocol):
         """Buffer a record; its id (the record's own or a fresh one), None if dropped."""
         ...
 
-    def put_scores(self, rows: list[tuple[str, float, str]]) -> None:
-        """Attach detector scores to stored records: (id, OOD score, flags JSON object)."""
+    def put_scores(self, rows: list[tuple[str, str, float, str]]) -> None:
+        """Attach detector scores to stored records: (app, id, OOD score, flags JSON object);
+        ids are unique per app only."""
         ...
 
     def put_rejected(self, rejection: Rejection, source: str, at: float) -> None: ...

@@ -88,7 +88,7 @@ class CommitGroup:
 
     def __init__(self) -> None:
         self.records: list[bytes] = []
-        self.scores: list[tuple[str, float, str]] = []
+        self.scores: list[tuple[str, str, float, str]] = []
         self.rejected: list[tuple[Any, ...]] = []
         self.rollups: list[tuple[Any, ...]] = []
         self.partials: list[PartialRow] = []
@@ -158,8 +158,8 @@ def write_group(db: sqlite3.Connection, group: CommitGroup) -> None:
         if group.scores:
             # A record's fields are scored separately: keep the highest score, merge flags.
             db.executemany(
-                "UPDATE records SET ood_score = MAX(COALESCE(ood_score, ?2), ?2),"
-                " flags = json_patch(COALESCE(flags, '{}'), ?3) WHERE id = ?1",
+                "UPDATE records SET ood_score = MAX(COALESCE(ood_score, ?3), ?3),"
+                " flags = json_patch(COALESCE(flags, '{}'), ?4) WHERE app = ?1 AND id = ?2",
                 group.scores,
             )
         _add_partials(db, group.partials)

@@ -215,8 +215,9 @@ class SqliteStore:
         self._group.records.append(row)
         return record_id
 
-    def put_scores(self, rows: list[tuple[str, float, str]]) -> None:
-        """(record id, OOD score, flags as a JSON object merged into the record's flags)."""
+    def put_scores(self, rows: list[tuple[str, str, float, str]]) -> None:
+        """(app, record id, OOD score, flags as a JSON object merged into the record's flags):
+        ids are unique per app only."""
         for row in rows:
             if self._admit():
                 self._group.scores.append(row)

@@ -118,7 +118,7 @@ async def test_series_come_from_ingested_records_and_ood_texts_are_redacted(
         )
         assert d.store.put_record(flagged, 0.0) == "ood-1"
         flags = {"ood": {"prompt": {"score": 0.9, "flagged": True}}}
-        d.store.put_scores([("ood-1", 0.9, json.dumps(flags))])
+        d.store.put_scores([("bot", "ood-1", 0.9, json.dumps(flags))])
         await d.store.flush()
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{d.api.port}") as http:  # type: ignore[union-attr]
             [ood] = (await http.get("/api/v1/ood")).json()
@@ -173,7 +173,7 @@ def put_ood(d: Daemon, record_id: str, prompt: str, score: float, *, flagged: bo
     flags = {"ood": {"prompt": {"score": score, "flagged": flagged, "threshold": 0.62}}}
     if not flagged:  # a record flagged on no field, though another scored higher
         flags["ood"]["response"] = {"score": 0.3, "flagged": False, "threshold": 0.7}
-    d.store.put_scores([(record_id, score, json.dumps(flags))])
+    d.store.put_scores([("bot", record_id, score, json.dumps(flags))])
 
 
 async def check_range_grid_and_hover(page: Page, chart: str) -> None:

@@ -57,12 +57,9 @@ async def store_records(path: Path, records: list[Record], flagged: tuple[str, .
         for r in records:
             store.put_record(r, 0.0)
         await store.flush()
-        store.put_scores(
-            [
-                (rid, 0.9, json.dumps({"ood": {"prompt": {"score": 0.9, "flagged": True}}}))
-                for rid in flagged
-            ]
-        )
+        app_of = {r.id: r.app for r in records}
+        flags = json.dumps({"ood": {"prompt": {"score": 0.9, "flagged": True}}})
+        store.put_scores([(app_of[rid], rid, 0.9, flags) for rid in flagged])
         await store.flush()
 
 

@@ -128,3 +128,22 @@ async def test_ids_are_an_apps_own_and_committed_ones_are_recognised_after_a_res
         partials = await second.store.partials(T0)
     assert sorted((p.app, p.count) for p in partials) == [("a", 1), ("b", 1)]
     assert partials[0].latency_s is not None
+
+
+async def test_a_score_lands_on_its_own_apps_record_when_ids_repeat_across_apps(
+    tmp_path: Path,
+) -> None:
+    # Ids are unique per app only: app-b's req-1 is another record than app-a's.
+    clock = FakeClock(T0)
+    daemon = Daemon(settings(tmp_path, record_sample_rate=1.0), clock=clock)
+    async with daemon.store:
+        for app in ("app-a", "app-b"):
+            payload = f'{{"id": "req-1", "app": "{app}", "latency_ms": 5}}'.encode()
+            daemon.pipeline.process_payload(payload, None, "mqtt", clock.now())
+        await daemon.store.flush()
+        flags = '{"ood": {"prompt": {"score": 0.9, "flagged": true, "threshold": 0.5}}}'
+        daemon.store.put_scores([("app-a", "req-1", 0.9, flags)])
+        await daemon.store.flush()
+        with sqlite3.connect(tmp_path / "s.db") as db:
+            scores = dict(db.execute("SELECT app, ood_score FROM records WHERE id = 'req-1'"))
+    assert scores == {"app-a": 0.9, "app-b": None}
