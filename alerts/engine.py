@@ -300,8 +300,9 @@ class AlertEngine:
         value = note.alert.value
         threshold = rule.anomaly_z if rule.op == "anomaly" else rule.threshold
         values: dict[str, object] = {"value": value, "threshold": threshold, **labels}
-        if self.anomaly is not None and rule.op == "anomaly":
-            usual = usual_text(rule.metric, self.anomaly.last.get((rule.name, note.alert.labels)))
+        if rule.op == "anomaly":
+            key = (rule.name, note.alert.labels)
+            usual = usual_text(rule.metric, self.anomaly.last.get(key) if self.anomaly else None)
             values["usual"] = usual
             # The usual band beside the value reads true both when firing and when resolved.
             default = resolved_default = f"{rule.name}: {usual} ({{app}})"
