@@ -40,30 +40,13 @@ from typing import Any
 
 import msgspec
 
+from lookout.monitor.ingest.records import WireRecord
+
 TOPIC = "llm/records/fuzz"
 MAX_PAYLOAD_BYTES = 1024 * 1024
 CAP = 1000  # metrics.max_records_per_message (the default)
-FIELDS = [
-    "id",
-    "ts",
-    "app",
-    "model",
-    "provider",
-    "prompt",
-    "messages",
-    "response",
-    "latency_ms",
-    "ttft_ms",
-    "input_tokens",
-    "output_tokens",
-    "status",
-    "error",
-    "user_id",
-    "session_id",
-    "metadata",
-    "gen_ai.request.model",
-    "gen_ai.usage.input_tokens",
-]
+# Every key the wire format knows (aliases included), from the decoder's own struct.
+FIELDS = [f.encode_name for f in msgspec.structs.fields(WireRecord)]
 ODD_TEXT = [
     "",
     "a\u0000b",

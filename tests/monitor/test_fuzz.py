@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lookout.monitor.daemon import Daemon
-from lookout.monitor.ingest.records import DecodeLimits, RejectReason, decode_payload
+from lookout.monitor.ingest.records import DecodeLimits, RejectReason, WireRecord, decode_payload
 from tests.conftest import make_settings
 
 FUZZ = settings(
@@ -31,27 +32,8 @@ FUZZ = settings(
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-FIELDS = [
-    "id",
-    "ts",
-    "app",
-    "model",
-    "provider",
-    "prompt",
-    "messages",
-    "response",
-    "latency_ms",
-    "ttft_ms",
-    "input_tokens",
-    "output_tokens",
-    "status",
-    "error",
-    "user_id",
-    "session_id",
-    "metadata",
-    "gen_ai.request.model",
-    "gen_ai.usage.input_tokens",
-]
+# Every key the wire format knows (aliases included), from the decoder's own struct.
+FIELDS = [f.encode_name for f in msgspec.structs.fields(WireRecord)]
 REASONS = {r.value for r in RejectReason}
 LIMITS = DecodeLimits(max_payload_bytes=256 * 1024, max_records_per_message=50)
 
