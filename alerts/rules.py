@@ -14,13 +14,16 @@ from typing import Protocol
 from lookout.series import (
     ALL,
     DETECTOR_SERIES,
+    FEEDBACK_SERIES,
     JUDGE_SERIES,
     SERIES_LABELS,
     SERIES_NAMES,
     SeriesPoint,
 )
 
-RULE_SERIES: frozenset[str] = frozenset((*SERIES_NAMES, *DETECTOR_SERIES, *JUDGE_SERIES))
+RULE_SERIES: frozenset[str] = frozenset(
+    (*SERIES_NAMES, *DETECTOR_SERIES, *JUDGE_SERIES, *FEEDBACK_SERIES)
+)
 RULE_LABELS: frozenset[str] = frozenset(SERIES_LABELS)
 OPS: Mapping[str, Callable[[float, float], bool]] = {
     ">": operator.gt,

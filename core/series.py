@@ -34,13 +34,16 @@ DETECTOR_SERIES: tuple[str, ...] = ("drift_score", "drift_statistic", "drift_thr
 # The judge's series: pass rate per app, score per (app, criterion), agreement with the
 # anchors' expected verdicts (no labels).
 JUDGE_SERIES: tuple[str, ...] = ("judge_pass_rate", "judge_score", "judge_agreement")
+# Users' feedback, per (app, key): events in the window, their mean score, and the share at
+# or below the key's negative score (docs/metrics.md).
+FEEDBACK_SERIES: tuple[str, ...] = ("feedback_count", "feedback_score", "negative_feedback_rate")
 # The labels a series point may carry.
-SERIES_LABELS: tuple[str, ...] = ("app", "model", "field", "criterion")
+SERIES_LABELS: tuple[str, ...] = ("app", "model", "field", "criterion", "key")
 
 
 @dataclass(frozen=True, slots=True)
 class SeriesPoint:
-    metric: str  # a name from SERIES_NAMES, DETECTOR_SERIES or JUDGE_SERIES
+    metric: str  # a name from SERIES_NAMES, DETECTOR_SERIES, JUDGE_SERIES or FEEDBACK_SERIES
     labels: tuple[tuple[str, str], ...]
     value: float | None  # None: no data in the window
     count: int  # how many observations the value rests on (a rule's min_samples)

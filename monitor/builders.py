@@ -3,15 +3,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry
 
 from lookout.monitor.config import Settings
+from lookout.monitor.ingest.feedback_ingest import FeedbackIngest
 from lookout.monitor.ingest.pipeline import Pipeline
 from lookout.monitor.ingest.records import DecodeLimits
+from lookout.monitor.metrics.feedback import FeedbackCollector, FeedbackMetrics, FeedbackWindows
 from lookout.monitor.metrics.prices import Price, PriceTable, UnknownModels
 from lookout.monitor.metrics.prom import IngestMetrics
 from lookout.monitor.metrics.windows import WindowedMetrics
 from lookout.monitor.storage import Store
+from lookout.redaction import Redactor
 
 
 def build_windows(
@@ -66,3 +71,30 @@ def decode_limits(settings: Settings) -> DecodeLimits:
         max_text_chars=settings.metrics.max_text_chars,
         max_records_per_message=settings.metrics.max_records_per_message,
     )
+
+
+def build_feedback(
+    settings: Settings, store: Store, registry: CollectorRegistry, now: Callable[[], float]
+) -> FeedbackIngest:
+    """Feedback ingest and its windows; its series exported on `registry` (default window)."""
+    m, f = settings.metrics, settings.feedback
+    windows = FeedbackWindows(
+        negative=f.negative,
+        bucket_s=m.bucket_s,
+        max_window_s=max(m.max_window, m.default_window),
+        max_apps=m.max_apps,
+        max_keys=f.max_keys,
+        pinned_apps=m.pinned_apps,
+    )
+    redactor = Redactor(settings.redaction.patterns)
+    ingest = FeedbackIngest(
+        f,
+        settings.bus.feedback_topics,
+        windows,
+        store,
+        FeedbackMetrics(registry),
+        decode_limits(settings),
+        lambda text: redactor.redact(text).text,
+    )
+    registry.register(FeedbackCollector(lambda: ingest.points(m.default_window, now())))
+    return ingest

@@ -26,13 +26,14 @@ from lookout.detectors.judge import criteria_from
 from lookout.errors import ConfigError
 from lookout.monitor.allocator import fix_mmap_threshold
 from lookout.monitor.anomaly import AnomalyBook
-from lookout.monitor.builders import build_pipeline, build_windows, price_table
+from lookout.monitor.builders import build_feedback, build_pipeline, build_windows, price_table
 from lookout.monitor.config import JudgeConfig, Settings, mask_url
 from lookout.monitor.detection.embedding import build_embedder
 from lookout.monitor.detection.sampler import AppSlots
 from lookout.monitor.detection.service import DetectionService
 from lookout.monitor.detection.state import DetectorCollector
 from lookout.monitor.ingest.broker import EmbeddedBroker
+from lookout.monitor.ingest.feedback_ingest import FeedbackIngest
 from lookout.monitor.ingest.mqtt import MqttSource
 from lookout.monitor.ingest.queue import IngestQueue
 from lookout.monitor.judge.anchors import load_anchors
@@ -64,11 +65,15 @@ def judge_model_from_config(cfg: JudgeConfig) -> Any:
     return chat_model(cfg.model, base_url=cfg.base_url, api_key=api_key, timeout_s=cfg.timeout_s)
 
 
-def merged_series(detection: DetectionService | None, judge: JudgeService | None) -> SeriesFn:
-    """The detectors' and the judge's series, as rules and rollups read them."""
+def merged_series(
+    detection: DetectionService | None,
+    judge: JudgeService | None,
+    feedback: FeedbackIngest | None = None,
+) -> SeriesFn:
+    """The detectors', the judge's and the feedback series, as rules and rollups read them."""
 
     def series(window_s: float, now: float) -> list[SeriesPoint]:
-        points: list[SeriesPoint] = []
+        points: list[SeriesPoint] = [] if feedback is None else feedback.points(window_s, now)
         if detection is not None:
             points += [s.point() for s in detection.series(window_s, now)]
         if judge is not None:
@@ -104,6 +109,8 @@ class Daemon:
         # One table for records and the judge: it owns lookout_cost_unknown_model_total.
         self.prices = price_table(settings, self.registry)
         self.pipeline = build_pipeline(settings, self.windows, self.prom, self.store, self.prices)
+        self.feedback = build_feedback(settings, self.store, self.registry, self.clock.now)
+        self.pipeline.route = self.feedback.route
         self.queue = IngestQueue(settings.bus.queue_size, self.prom, settings.bus.queue_bytes)
         self.source = MqttSource(
             settings.bus,
@@ -138,6 +145,7 @@ class Daemon:
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(self.store)
             await self.pipeline.restore()
+            await self.feedback.restore(self.clock.now())
             if s.bus.embedded:
                 await stack.enter_async_context(EmbeddedBroker(s.bus))
             api = await stack.enter_async_context(self._api_server())
@@ -195,7 +203,7 @@ class Daemon:
             self.pipeline.detector = self.detection.offer
         if s.judge.enabled:
             self.judge = await stack.enter_async_context(await self._judge_service(stack))
-        extra_series = merged_series(self.detection, self.judge)
+        extra_series = merged_series(self.detection, self.judge, self.feedback)
         redactor = Redactor(s.redaction.patterns)
         if s.rules:
             self.alerts = await stack.enter_async_context(
@@ -219,6 +227,7 @@ class Daemon:
             judge=self.judge,
             judge_store=self.judge_store,
             alerts=self.alerts,
+            feedback=self.feedback.points,
         )
 
     async def _first_minute_not_rolled_up(self) -> int | None:
@@ -255,6 +264,7 @@ class Daemon:
             outbox=self.outbox,
             max_body_bytes=self.settings.bus.max_payload_bytes,
             silence_max_s=self.settings.silences.max_duration,
+            feedback=self.feedback,
         )
         return ApiRoutes(deps)
 

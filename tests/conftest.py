@@ -117,6 +117,9 @@ def make_settings(tmp_path: Path, topic_app: str, **overrides: Any) -> Settings:
     bus = {
         "url": "mqtt://127.0.0.1:1883",
         "topics": [f"llm/records/{topic_app}/#"],
+        # The test's own feedback tree too: a persistent session on llm/feedback/# would keep
+        # every other test's feedback queued at the shared broker.
+        "feedback_topics": [f"llm/feedback/{topic_app}/#"],
         "client_id": f"lookout-test-{uuid.uuid4().hex[:8]}",
         "reconnect_min_s": 0.05,
         "reconnect_max_s": 0.5,

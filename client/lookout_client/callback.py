@@ -127,6 +127,11 @@ class LookoutCallbackHandler(BaseCallbackHandler):
         record["status"] = "ok"
         self._publisher.publish_record({k: v for k, v in record.items() if v is not None})
 
+    def feedback(self, run_id: UUID | str, key: str, score: float, **fields: Any) -> bool:
+        """A user's feedback on the LLM call of `run_id` (the id of the record published for
+        it): `value`, `comment`, `user_id` as `RecordPublisher.feedback` takes them."""
+        return self._publisher.feedback(str(run_id), key, score, **fields)
+
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         record = self._finish(run_id)
         if record is None:

@@ -33,6 +33,7 @@ class RecordPublisher:
         *,
         app: str = "default",
         topic_prefix: str = "llm/records",
+        feedback_prefix: str = "llm/feedback",
         username: str | None = None,
         password: str | None = None,
         client_id: str | None = None,
@@ -43,12 +44,14 @@ class RecordPublisher:
     ) -> None:
         parsed = urlparse(url)
         self.topic = f"{topic_prefix}/{app}"
+        self.feedback_topic = f"{feedback_prefix}/{app}"
         self.app = app
         self.dropped = 0
         self.published = 0
         self._batch_size = batch_size
         self._flush_interval_s = flush_interval_s
         self._qos = qos
+        # (topic, body) pairs, or _STOP.
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max_queued)
         # Message ids handed to paho, and those the broker acknowledged (QoS 1) or that were
         # written (QoS 0): close() waits until the first are all in the second. Paho's
@@ -77,15 +80,42 @@ class RecordPublisher:
 
     def publish_record(self, record: dict[str, Any]) -> bool:
         """Queue one record (a wire-format dict); False if dropped because the queue is full."""
+        return self._put(self.topic, record)
+
+    def feedback(
+        self,
+        run_id: str,
+        key: str,
+        score: float,
+        *,
+        value: str | None = None,
+        comment: str | None = None,
+        user_id: str | None = None,
+    ) -> bool:
+        """Queue a user's feedback on the record published under `run_id` (a LangChain run's
+        id is its record's id); False if dropped because the queue is full. Never blocks."""
+        event: dict[str, Any] = {
+            "record_id": str(run_id),
+            "app": self.app,
+            "key": key,
+            "score": score,
+            "value": value,
+            "comment": comment,
+            "user_id": user_id,
+            "ts": time.time(),
+        }
+        return self._put(self.feedback_topic, {k: v for k, v in event.items() if v is not None})
+
+    def _put(self, topic: str, body: dict[str, Any]) -> bool:
         try:
-            self._queue.put_nowait(record)
+            self._queue.put_nowait((topic, body))
         except queue.Full:
             self.dropped += 1
             return False
         return True
 
     def _sender(self) -> None:
-        batch: list[object] = []
+        batches: dict[str, list[object]] = {}
         deadline = time.monotonic() + self._flush_interval_s
         while True:
             timeout = max(deadline - time.monotonic(), 0.0)
@@ -94,20 +124,26 @@ class RecordPublisher:
             except queue.Empty:
                 item = None
             if item is _STOP:
-                self._send(batch)
+                self._send_all(batches)
                 return
-            if item is not None:
-                batch.append(item)
-            if len(batch) >= self._batch_size or time.monotonic() >= deadline:
-                self._send(batch)
-                batch = []
+            if isinstance(item, tuple):
+                topic, body = item
+                batches.setdefault(topic, []).append(body)
+            full = any(len(b) >= self._batch_size for b in batches.values())
+            if full or time.monotonic() >= deadline:
+                self._send_all(batches)
+                batches = {}
                 deadline = time.monotonic() + self._flush_interval_s
 
-    def _send(self, batch: list[object]) -> None:
+    def _send_all(self, batches: dict[str, list[object]]) -> None:
+        for topic, batch in batches.items():
+            self._send(topic, batch)
+
+    def _send(self, topic: str, batch: list[object]) -> None:
         if not batch:
             return
         payload = json.dumps(batch, default=str, ensure_ascii=False).encode()
-        info = self._client.publish(self.topic, payload, qos=self._qos)
+        info = self._client.publish(topic, payload, qos=self._qos)
         if info.rc in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
             # NO_CONN still queues the message in paho for when the link is back.
             self.published += len(batch)

@@ -16,6 +16,7 @@ from lookout.monitor.config.detection import (
     OodConfig,
     ReferenceConfig,
 )
+from lookout.monitor.config.feedback import FeedbackConfig
 from lookout.monitor.config.judge import JudgeConfig, JudgeSchedule, RedactionConfig
 from lookout.monitor.config.masking import mask_url
 from lookout.monitor.config.service import (
@@ -35,6 +36,7 @@ __all__ = [
     "DetectorsConfig",
     "DriftConfig",
     "EmbedderConfig",
+    "FeedbackConfig",
     "JudgeConfig",
     "JudgeSchedule",
     "MetricsConfig",

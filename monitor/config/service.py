@@ -19,6 +19,8 @@ class BusConfig(Section):
     username: str | None = None
     password: SecretStr | None = None
     topics: list[str] = Field(default_factory=lambda: ["llm/records/#"], min_length=1)
+    # Users' feedback on records (docs/wire-format.md); [] subscribes to none.
+    feedback_topics: list[str] = Field(default_factory=lambda: ["llm/feedback/#"])
     qos: Literal[0, 1] = 1
     client_id: str = "lookout"
     shared_group: str | None = None

@@ -89,7 +89,8 @@ class MqttSource:
 
     def topics(self) -> list[str]:
         group = self._cfg.shared_group
-        return [f"$share/{group}/{t}" if group else t for t in self._cfg.topics]
+        topics = [*self._cfg.topics, *self._cfg.feedback_topics]
+        return [f"$share/{group}/{t}" if group else t for t in topics]
 
     def _v5(self) -> bool:
         cfg = self._cfg

@@ -96,6 +96,8 @@ class Pipeline:
         # Set by the daemon when detectors run: sees every counted record (it samples itself),
         # with the id it was stored under, if it was.
         self.detector: Callable[[Record, float, str | None, float], None] | None = None
+        # Set by the daemon: takes the messages of other kinds by topic (feedback), None else.
+        self.route: Callable[[bytes, str, str, float], IngestResult | None] | None = None
 
     def _close_group(self) -> None:
         """The store is about to commit its group: add this group's partials and ids."""
@@ -138,6 +140,10 @@ class Pipeline:
         event_time: bool = False,
     ) -> IngestResult:
         """Process one message. With `event_time`, windows follow each record's own ts (replay)."""
+        if self.route is not None and topic is not None:
+            routed = self.route(payload, topic, source, now)
+            if routed is not None:
+                return routed
         messages = self._totals.messages
         messages[source] = messages.get(source, 0) + 1
         decoded = decode_payload(payload, topic, now, self._limits)

@@ -35,6 +35,7 @@ class RejectReason(enum.StrEnum):
     OUT_OF_RANGE = "out_of_range"
     TOO_DEEP = "too_deep"
     TOO_MANY_RECORDS = "too_many_records"
+    MISSING_FIELD = "missing_field"  # feedback without record_id, key or score
 
 
 class Message(msgspec.Struct, frozen=True, gc=False):
@@ -384,3 +385,8 @@ def _reason_for_item(exc: msgspec.ValidationError) -> RejectReason:
     if str(exc).startswith("Expected `object`"):
         return RejectReason.NOT_AN_OBJECT
     return _reason_for(exc)
+
+
+# For the feedback decoder (ingest/feedback.py), which shares the timestamp and error rules.
+parse_ts = _parse_ts
+reason_for = _reason_for

@@ -120,14 +120,15 @@ class RollupService:
 
     def extra_points(self, minute: int, now: float) -> list[RollupPoint]:
         """The detector and judge series as rollup rows (over all models); a labelled series'
-        row name carries the label: drift_score:prompt, judge_score:helpfulness."""
+        row name carries the label: drift_score:prompt, judge_score:helpfulness,
+        feedback_score:thumbs."""
         out = []
         for p in self._extra_series(ROLLUP_S, now):
             if p.value is None:
                 continue
             labels = dict(p.labels)
             name = p.metric + "".join(
-                f":{labels[k]}" for k in ("field", "criterion") if k in labels
+                f":{labels[k]}" for k in ("field", "criterion", "key") if k in labels
             )
             out.append(RollupPoint(minute, labels.get("app", ALL), ALL, name, p.value))
         return out

@@ -11,7 +11,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from types import TracebackType
 
+    from lookout.monitor.ingest.feedback import Feedback
     from lookout.monitor.ingest.records import Record, Rejection
+    from lookout.monitor.storage.feedback import FeedbackReader
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +62,11 @@ class Store(Protocol):
     requests whose rows and partials it holds.
     """
 
+    @property
+    def feedback(self) -> FeedbackReader:
+        """Stored feedback events, read back."""
+        ...
+
     async def __aenter__(self) -> Store: ...
 
     async def __aexit__(
@@ -79,6 +86,10 @@ class Store(Protocol):
         ...
 
     def put_rejected(self, rejection: Rejection, source: str, at: float) -> None: ...
+
+    def put_feedback(self, event: Feedback) -> None:
+        """Buffer a feedback event (its identity is stored once; a repeat is ignored)."""
+        ...
 
     def put_rollups(self, points: list[RollupPoint]) -> None: ...
 

@@ -1,7 +1,7 @@
 """Commit groups: what one SQLite transaction writes, and how it writes it.
 
 A group collects, on the event loop, the sampled rows, rejected samples, detector scores, rollup
-rows, per-minute partial aggregates and record ids that the records of its messages produced,
+rows, per-minute partial aggregates, record ids and feedback events that its messages produced,
 and the callbacks (MQTT acks, HTTP answers) that may run only once all of it is committed.
 `write_group` writes it in one transaction on the store's thread.
 """
@@ -16,6 +16,7 @@ import msgspec
 from fastdigest import TDigest
 
 from lookout.monitor.storage.base import PartialRow
+from lookout.monitor.storage.feedback import write_feedback
 
 if TYPE_CHECKING:
     from lookout.monitor.ingest.records import Record
@@ -77,6 +78,7 @@ class CommitGroup:
     __slots__ = (
         "bytes",
         "callbacks",
+        "feedback",
         "ids",
         "partials",
         "records",
@@ -93,6 +95,7 @@ class CommitGroup:
         self.rollups: list[tuple[Any, ...]] = []
         self.partials: list[PartialRow] = []
         self.ids: list[tuple[str, str]] = []
+        self.feedback: list[tuple[Any, ...]] = []
         self.callbacks: list[Callable[[], None]] = []
         self.rows = 0
         self.bytes = 0
@@ -163,6 +166,7 @@ def write_group(db: sqlite3.Connection, group: CommitGroup) -> None:
                 group.scores,
             )
         _add_partials(db, group.partials)
+        write_feedback(db, group.feedback)
         if group.ids:
             db.execute(
                 "INSERT INTO seen_ids (n, ids) VALUES (?, ?)",

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from lookout.errors import StoreError
+from lookout.monitor.storage import feedback as feedback_table
 from lookout.monitor.storage.base import PartialRow, RejectedSample, RollupPoint, sqlite_path
 from lookout.monitor.storage.groups import (
     CommitGroup,
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
     from lookout.clock import Clock
     from lookout.monitor.config import StoreConfig
+    from lookout.monitor.ingest.feedback import Feedback
     from lookout.monitor.ingest.records import Record, Rejection
     from lookout.monitor.metrics.prom import IngestMetrics
 
@@ -63,6 +65,7 @@ CREATE TABLE IF NOT EXISTS rejected (
     reason TEXT NOT NULL, detail TEXT NOT NULL, sample BLOB NOT NULL
 );
 """
+_SCHEMA += feedback_table.FEEDBACK_SCHEMA
 _COMMIT_AT_BYTES = 4 * 1024 * 1024
 _ROW_OVERHEAD_BYTES = 100
 _PRUNE_EVERY_S = 60.0
@@ -85,6 +88,7 @@ class SqliteStore:
         )
         self._run = self._sql.run
         self._conn = self._sql.conn
+        self.feedback = feedback_table.SqliteFeedback(self._run, self._conn)
         self._metrics = metrics
         self._clock = clock
         self._keep_ids = keep_ids
@@ -215,6 +219,10 @@ class SqliteStore:
         self._group.records.append(row)
         return record_id
 
+    def put_feedback(self, event: Feedback) -> None:
+        if self._admit(len(event.comment or "") + _ROW_OVERHEAD_BYTES):
+            self._group.feedback.append(feedback_table.feedback_row(event))
+
     def put_scores(self, rows: list[tuple[str, str, float, str]]) -> None:
         """(app, record id, OOD score, flags as a JSON object merged into the record's flags):
         ids are unique per app only."""
@@ -265,6 +273,7 @@ class SqliteStore:
             m.labels("records").inc(len(group.records))
             m.labels("rejected").inc(len(group.rejected))
             m.labels("rollups").inc(len(group.rollups))
+            m.labels("feedback").inc(len(group.feedback))
 
     async def _commit(self, group: CommitGroup) -> bool:
         """Write the group, retrying with backoff: a transient error (disk full, a locked
@@ -294,6 +303,7 @@ class SqliteStore:
                 db.execute("DELETE FROM records WHERE received_at < ?", (cutoff,))
                 db.execute("DELETE FROM rollups WHERE minute < ?", (cutoff,))
                 db.execute("DELETE FROM partials WHERE minute < ?", (cutoff,))
+                feedback_table.prune_feedback(db, cutoff)
                 prune_ids(db, self._keep_ids)
                 db.execute(
                     "DELETE FROM rejected WHERE id <= (SELECT MAX(id) FROM rejected) - ?", (keep,)

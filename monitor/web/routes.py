@@ -14,7 +14,8 @@ from aiohttp import web
 
 from lookout.alerts.outbox import SqliteOutbox, silence_from_request
 from lookout.clock import Clock
-from lookout.monitor.ingest.pipeline import Pipeline
+from lookout.monitor.ingest.feedback_ingest import FeedbackIngest
+from lookout.monitor.ingest.pipeline import IngestResult, Pipeline
 from lookout.monitor.ingest.records import Rejection, RejectReason
 from lookout.monitor.storage import Store
 from lookout.monitor.web.dashboard import Dashboard
@@ -36,6 +37,7 @@ class RouteDeps:
     outbox: SqliteOutbox | None  # None without alert rules
     max_body_bytes: int  # of a POST /api/v1/records body; larger ones are rejected unread
     silence_max_s: float
+    feedback: FeedbackIngest | None = None
 
 
 class ApiRoutes:
@@ -89,6 +91,23 @@ class ApiRoutes:
         back-pressure (or a store that cannot commit), 503 with Retry-After; a retried batch is
         de-duplicated by its records' ids."""
         pipeline = self._deps.pipeline
+        return await self._ingest(
+            request, lambda payload, now: pipeline.process_payload(payload, None, "http", now)
+        )
+
+    async def post_feedback(self, request: web.Request) -> web.Response:
+        """Feedback events (docs/wire-format.md), answered like records: once committed."""
+        feedback = self._deps.feedback
+        if feedback is None:
+            return web.json_response({"error": "feedback is not configured"}, status=404)
+        return await self._ingest(
+            request, lambda payload, now: feedback.process_payload(payload, None, "http", now)
+        )
+
+    async def _ingest(
+        self, request: web.Request, process: Callable[[bytes, float], IngestResult]
+    ) -> web.Response:
+        pipeline = self._deps.pipeline
         if not pipeline.has_room():
             return _busy("the store is behind; retry")
         payload = await _read_capped(request, self._deps.max_body_bytes)
@@ -96,11 +115,11 @@ class ApiRoutes:
         if payload is None:
             result = pipeline.reject(_too_large(request, self._deps.max_body_bytes), "http", now)
         else:
-            result = pipeline.process_payload(payload, None, "http", now)
+            result = process(payload, now)
         try:
             await asyncio.wait_for(asyncio.shield(pipeline.committed()), COMMIT_WAIT_S)
         except TimeoutError:
-            return _busy("not committed yet; retry (records with ids are counted once)")
+            return _busy("not committed yet; retry (what carries an id is counted once)")
         body = {
             "accepted": result.accepted,
             "duplicates": result.duplicates,
@@ -122,6 +141,8 @@ class ApiRoutes:
             if record.get(key):
                 record[key] = json.loads(record[key])
         record["verdicts"] = dump_json(await self._deps.views.verdicts(record["id"]))
+        stored = await self._deps.store.feedback.for_record(record["app"], record["id"])
+        record["feedback"] = [asdict(f) for f in stored]
         return web.json_response(record)
 
     async def rejected(self, request: web.Request) -> web.Response:
@@ -172,6 +193,7 @@ Pick = Callable[[ApiRoutes], Handler]
 SERVICE_ROUTES: tuple[tuple[str, str, Pick], ...] = (
     ("GET", "/api/v1/status", lambda r: r.status),
     ("POST", "/api/v1/records", lambda r: r.post_records),
+    ("POST", "/api/v1/feedback", lambda r: r.post_feedback),
     ("GET", "/api/v1/records/{record_id}", lambda r: r.get_record),
     ("GET", "/api/v1/rejected", lambda r: r.rejected),
     ("GET", "/api/v1/alerts", lambda r: r.alerts),

@@ -74,6 +74,25 @@ class JudgeSeriesValue(BaseModel):
         )
 
 
+class FeedbackSeriesValue(BaseModel):
+    metric: str
+    app: str
+    key: str
+    value: float | None
+    count: int
+
+    @classmethod
+    def of(cls, point: SeriesPoint) -> FeedbackSeriesValue:
+        labels = dict(point.labels)
+        return cls(
+            metric=point.metric,
+            app=labels["app"],
+            key=labels["key"],
+            value=point.value,
+            count=point.count,
+        )
+
+
 class JudgeStatus(BaseModel):
     model_config = ConfigDict(from_attributes=True)
     model: str | None
@@ -95,6 +114,7 @@ class StatusResponse(BaseModel):
     detectors: list[dict[str, Any]]
     judge: JudgeStatus | None
     anomalies: list[AnomalyView] = []
+    feedback: list[FeedbackSeriesValue] = []
 
 
 class AnomalyView(BaseModel):
@@ -156,6 +176,7 @@ class ApiViews:
     judge: JudgeService | None = None
     judge_store: JudgeStore | None = None
     alerts: AlertEngine | None = None
+    feedback: Callable[[float, float], list[SeriesPoint]] | None = None  # (window_s, now)
 
     def status(self) -> StatusResponse:
         now = self.clock.now()
@@ -173,6 +194,10 @@ class ApiViews:
             detectors=self._detectors(now),
             judge=self._judge_status(now),
             anomalies=self._anomalies(),
+            feedback=[
+                FeedbackSeriesValue.of(p)
+                for p in (self.feedback(self.window_s, now) if self.feedback else [])
+            ],
         )
 
     def _detectors(self, now: float) -> list[dict[str, Any]]:

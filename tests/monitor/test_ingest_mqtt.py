@@ -151,7 +151,10 @@ async def test_shared_subscription_splits_records_between_instances(
         )
 
     async with running(one), running(two):
-        assert one.source.topics() == [f"$share/{group}/llm/records/{topic_root}/#"]
+        assert one.source.topics() == [
+            f"$share/{group}/llm/records/{topic_root}/#",
+            f"$share/{group}/llm/feedback/{topic_root}/#",
+        ]
         await publish(payloads, f"llm/records/{topic_root}")
         await eventually(lambda: total() == 200)
     # Each record went to exactly one instance, and both took a share.

@@ -1,0 +1,116 @@
+"""Stored feedback: every accepted event, in its own table, joined to records by id when read.
+
+Feedback often arrives before its record is stored, or for a record that is never stored (only
+a sample of ok records is), so it is not a column of `records`. Rows go into the store's commit
+groups like records (committed before the message is acknowledged); the primary key is the
+event's identity, so a redelivery is stored once even across restarts.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from lookout.monitor.ingest.feedback import Feedback
+
+T = TypeVar("T")
+
+FEEDBACK_SCHEMA = """
+CREATE TABLE IF NOT EXISTS feedback (
+    app TEXT NOT NULL, record_id TEXT NOT NULL, key TEXT NOT NULL, user_id TEXT NOT NULL,
+    score REAL NOT NULL, value TEXT, comment TEXT, ts REAL NOT NULL, received_at REAL NOT NULL,
+    PRIMARY KEY (app, record_id, key, user_id)
+);
+CREATE INDEX IF NOT EXISTS feedback_received ON feedback (received_at);
+"""
+_COLUMNS = "app, record_id, key, user_id, score, value, comment, ts, received_at"
+_INSERT = f"INSERT OR IGNORE INTO feedback ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFeedback:
+    app: str
+    record_id: str
+    key: str
+    user_id: str
+    score: float
+    value: str | None
+    comment: str | None  # redacted before it was stored
+    ts: float
+    received_at: float
+
+
+def feedback_row(f: Feedback) -> tuple[Any, ...]:
+    """An event as a row in `_COLUMNS` order."""
+    return (
+        f.app,
+        f.record_id,
+        f.key,
+        f.user_id,
+        f.score,
+        f.value,
+        f.comment,
+        f.ts,
+        f.received_at,
+    )
+
+
+def write_feedback(db: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Inside the commit group's transaction."""
+    if rows:
+        db.executemany(_INSERT, rows)
+
+
+def prune_feedback(db: sqlite3.Connection, cutoff: float) -> None:
+    db.execute("DELETE FROM feedback WHERE received_at < ?", (cutoff,))
+
+
+class FeedbackReader(Protocol):
+    """What the API and a restart read back."""
+
+    async def for_record(self, app: str, record_id: str) -> list[StoredFeedback]:
+        """A record's feedback, oldest first."""
+        ...
+
+    async def since(self, received_since: float) -> list[StoredFeedback]:
+        """Events received from `received_since` on, oldest first (to seed the windows)."""
+        ...
+
+    async def recent_identities(self, limit: int) -> list[tuple[str, str, str, str]]:
+        """The newest `limit` events' (app, record id, key, user id), oldest first."""
+        ...
+
+
+class SqliteFeedback:
+    """Reads on the store's SQLite thread."""
+
+    def __init__(
+        self,
+        run: Callable[[Callable[[], Any]], Awaitable[Any]],
+        conn: Callable[[], sqlite3.Connection],
+    ) -> None:
+        self._run = run
+        self._conn = conn
+
+    async def _rows(self, sql: str, args: tuple[Any, ...]) -> list[StoredFeedback]:
+        rows = await self._run(lambda: self._conn().execute(sql, args).fetchall())
+        return [StoredFeedback(*row) for row in rows]
+
+    async def for_record(self, app: str, record_id: str) -> list[StoredFeedback]:
+        sql = f"SELECT {_COLUMNS} FROM feedback WHERE app = ? AND record_id = ? ORDER BY ts"
+        return await self._rows(sql, (app, record_id))
+
+    async def since(self, received_since: float) -> list[StoredFeedback]:
+        sql = f"SELECT {_COLUMNS} FROM feedback WHERE received_at >= ? ORDER BY received_at"
+        return await self._rows(sql, (received_since,))
+
+    async def recent_identities(self, limit: int) -> list[tuple[str, str, str, str]]:
+        sql = (
+            "SELECT app, record_id, key, user_id FROM feedback"
+            " ORDER BY received_at DESC, rowid DESC LIMIT ?"
+        )
+        rows = await self._run(lambda: self._conn().execute(sql, (limit,)).fetchall())
+        return [(str(a), str(r), str(k), str(u)) for a, r, k, u in reversed(rows)]
