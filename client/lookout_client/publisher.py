@@ -1,8 +1,9 @@
 """Publish one record per LLM call to lookout over MQTT, without blocking the app.
 
-Records go into a bounded in-memory queue; a background thread publishes them in batches
-(JSON arrays) at QoS 1. When the queue is full a record is dropped and counted in
-`publisher.dropped`: the app is never slowed down by its monitoring.
+Records (and users' feedback on them, on their own topic) go into a bounded in-memory queue; a
+background thread publishes them in batches (JSON arrays, one per topic) at QoS 1. When the
+queue is full a record is dropped and counted in `publisher.dropped`: the app is never slowed
+down by its monitoring.
 
 A publisher flushes on exit: `close()`, the `with` block's end, or, if neither ran, when the
 interpreter exits (atexit), so a short script's last records are not lost.
@@ -84,7 +85,7 @@ class RecordPublisher:
 
     def feedback(
         self,
-        run_id: str,
+        run_id: str | uuid.UUID,
         key: str,
         score: float,
         *,

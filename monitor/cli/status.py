@@ -181,6 +181,28 @@ def anomaly_table(anomalies: list[dict[str, Any]]) -> Table:
     return table
 
 
+def feedback_table(points: list[dict[str, Any]]) -> Table:
+    """Users' feedback per (app, key): events, mean score, share negative."""
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for p in points:
+        rows.setdefault((p["app"], p["key"]), {})[p["metric"]] = p["value"]
+    table = Table(title="user feedback", box=box.SIMPLE_HEAD, pad_edge=False)
+    _name_column(table, "app", (app for app, _ in rows))
+    table.add_column("key", no_wrap=True)
+    for col in ("events", "mean score", "negative"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for (app, key), values in sorted(rows.items()):
+        negative = values.get("negative_feedback_rate")
+        table.add_row(
+            escape(app),
+            escape(key),
+            f"{values.get('feedback_count') or 0:.0f}",
+            f"{values.get('feedback_score') or 0:.3g}",
+            "-" if negative is None else f"{negative:.1%}",
+        )
+    return table
+
+
 def print_status(out: Console, body: dict[str, Any], *, wide: bool = False) -> None:
     """A daemon's `/api/v1/status` answer, for people."""
     bus = "connected" if body["bus"]["connected"] else "[red]not connected[/red]"
@@ -194,6 +216,8 @@ def print_status(out: Console, body: dict[str, Any], *, wide: bool = False) -> N
         _fit(out, detector_table(detectors), lambda: detector_blocks(detectors), wide=wide)
     if anomalies := body.get("anomalies"):
         out.print(anomaly_table(anomalies))
+    if feedback := body.get("feedback"):
+        out.print(feedback_table(feedback))
     judge = body.get("judge")
     if judge and judge.get("last_run"):
         run = judge["last_run"]
@@ -215,7 +239,8 @@ def status(
         bool, typer.Option("--wide", help="Every series (p50/p99, TTFT, tokens), however wide.")
     ] = False,
 ) -> None:
-    """Show a running daemon's current series, drift and OOD, and the judge's last run."""
+    """Show a running daemon's current series, drift and OOD, users' feedback, and the judge's
+    last run."""
     settings = load_settings_or_exit(config)
     host = "127.0.0.1" if settings.api.host in ("0.0.0.0", "::") else settings.api.host  # noqa: S104
     url = f"http://{host}:{settings.api.port}/api/v1/status"

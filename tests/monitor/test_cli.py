@@ -171,6 +171,19 @@ async def test_status_fits_80_columns_and_never_cuts_names(tmp_path: Path) -> No
     assert "p99" not in text  # the compact columns
 
 
+async def test_status_shows_users_feedback_per_app_and_key(tmp_path: Path) -> None:
+    body = _status([("support-bot", "gpt-4o-mini")])
+    labels = {"app": "support-bot", "key": "thumbs", "count": 8}
+    body["feedback"] = [
+        {"metric": "feedback_count", "value": 8.0, **labels},
+        {"metric": "feedback_score", "value": 0.625, **labels},
+        {"metric": "negative_feedback_rate", "value": 0.375, **labels},
+    ]
+    text = await _status_output(tmp_path, body)
+    row = next(line for line in text.splitlines() if "thumbs" in line)
+    assert row.split() == ["support-bot", "thumbs", "8", "0.625", "37.5%"]
+
+
 async def test_status_long_names_become_blocks_and_wide_shows_every_series(
     tmp_path: Path,
 ) -> None:
