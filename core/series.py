@@ -32,8 +32,13 @@ SERIES_NAMES: tuple[str, ...] = (
 # The detectors' series, per (app, field).
 DETECTOR_SERIES: tuple[str, ...] = ("drift_score", "drift_statistic", "drift_threshold", "ood_rate")
 # The judge's series: pass rate per app, score per (app, criterion), agreement with the
-# anchors' expected verdicts (no labels).
-JUDGE_SERIES: tuple[str, ...] = ("judge_pass_rate", "judge_score", "judge_agreement")
+# anchors' expected verdicts (no labels), agreement with users' feedback per app.
+JUDGE_SERIES: tuple[str, ...] = (
+    "judge_pass_rate",
+    "judge_score",
+    "judge_agreement",
+    "judge_feedback_agreement",
+)
 # Users' feedback, per (app, key): events in the window, their mean score, and the share at
 # or below the key's negative score (docs/metrics.md).
 FEEDBACK_SERIES: tuple[str, ...] = ("feedback_count", "feedback_score", "negative_feedback_rate")

@@ -79,7 +79,6 @@ def build_feedback(
     """Feedback ingest and its windows; its series exported on `registry` (default window)."""
     m, f = settings.metrics, settings.feedback
     windows = FeedbackWindows(
-        negative=f.negative,
         bucket_s=m.bucket_s,
         max_window_s=max(m.max_window, m.default_window),
         max_apps=m.max_apps,

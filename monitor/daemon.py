@@ -203,6 +203,7 @@ class Daemon:
             self.pipeline.detector = self.detection.offer
         if s.judge.enabled:
             self.judge = await stack.enter_async_context(await self._judge_service(stack))
+            self.judge.ledger.user_verdict = self.feedback.user_verdict
         extra_series = merged_series(self.detection, self.judge, self.feedback)
         redactor = Redactor(s.redaction.patterns)
         if s.rules:

@@ -49,6 +49,7 @@ class JudgeConfig(Section):
     models: list[str] = Field(default_factory=list)
     statuses: list[Literal["ok", "error"]] = Field(default_factory=_OK_ONLY.copy)
     ood_first: bool = False  # records flagged out-of-distribution before the rest
+    feedback_first: bool = True  # records with negative user feedback before all the rest
     seed: str = "lookout"  # the deterministic sample's seed
     reference_key: str = "reference"  # a record's metadata key holding a reference answer
     anchors: str | None = None  # JSONL of records with expected verdicts, re-judged each run

@@ -30,21 +30,38 @@ Identity = tuple[str, str, str, str]
 
 
 class RecentFeedback:
-    """The last `capacity` event identities: a repeat among them is a duplicate."""
+    """The last `capacity` events: their identities, to spot repeats, and per record how many
+    of its events were negative, to set users' opinion beside the judge's."""
 
     def __init__(self, capacity: int) -> None:
         self._capacity = capacity
-        self._seen: OrderedDict[Identity, None] = OrderedDict()
+        self._seen: OrderedDict[Identity, bool] = OrderedDict()
+        self._records: dict[tuple[str, str], list[int]] = {}  # (negative, all) events
 
     def seen(self, identity: Identity) -> bool:
-        """True if seen recently; remembers it otherwise."""
-        if identity in self._seen:
-            return True
-        if self._capacity:
-            self._seen[identity] = None
-            if len(self._seen) > self._capacity:
-                self._seen.popitem(last=False)
-        return False
+        return identity in self._seen
+
+    def add(self, identity: Identity, negative: bool) -> None:
+        if not self._capacity:
+            return
+        self._seen[identity] = negative
+        self._count(identity, negative, 1)
+        if len(self._seen) > self._capacity:
+            self._count(*self._seen.popitem(last=False), -1)
+
+    def _count(self, identity: Identity, negative: bool, step: int) -> None:
+        record = (identity[0], identity[1])
+        tally = self._records.setdefault(record, [0, 0])
+        tally[0] += step * negative
+        tally[1] += step
+        if not tally[1]:
+            del self._records[record]
+
+    def user_verdict(self, app: str, record_id: str) -> bool | None:
+        """True if a record's users were content (no negative event), False if not, None
+        without feedback on it (among the last `capacity` events)."""
+        tally = self._records.get((app, record_id))
+        return None if tally is None else tally[0] == 0
 
 
 class FeedbackIngest:
@@ -71,10 +88,10 @@ class FeedbackIngest:
     async def restore(self, now: float) -> None:
         """After a restart: the stored events' identities (their redeliveries are duplicates)
         and the windows' counts over the longest window."""
-        for identity in await self._store.feedback.recent_identities(self._cfg.dedupe):
-            self._recent.seen(identity)
+        for f in await self._store.feedback.recent(self._cfg.dedupe):
+            self._recent.add((f.app, f.record_id, f.key, f.user_id), f.negative)
         for f in await self._store.feedback.since(now - self.windows.max_window_s):
-            self.windows.observe(f.app, f.key, f.score, f.received_at)
+            self.windows.observe(f.app, f.key, f.score, f.negative, f.received_at)
 
     def routes(self, topic: str) -> bool:
         """Is a message on `topic` feedback? Memoised: a deployment has few topics."""
@@ -118,8 +135,14 @@ class FeedbackIngest:
     def _accept(self, event: Feedback, now: float) -> None:
         if event.comment:
             event = msgspec.structs.replace(event, comment=self._redact(event.comment))
-        self._store.put_feedback(event)
-        self.windows.observe(event.app, event.key, event.score, now)
+        negative = self._cfg.negative(event.key, event.score)
+        self._recent.add(event.identity, negative)
+        self._store.put_feedback(event, negative)
+        self.windows.observe(event.app, event.key, event.score, negative, now)
+
+    def user_verdict(self, app: str, record_id: str) -> bool | None:
+        """Were a record's users content with it? None without (recent) feedback on it."""
+        return self._recent.user_verdict(app, record_id)
 
     def points(self, window_s: float, now: float) -> list[SeriesPoint]:
         """The feedback series over the window ending at `now` (rules, status, /metrics)."""

@@ -122,6 +122,7 @@ class JudgeRunner:
             models=cfg.models,
             statuses=cfg.statuses,
             ood_first=cfg.ood_first,
+            feedback_first=cfg.feedback_first,
         )
 
     async def _finish_run(self, run: _RunState, budget: TokenBudget) -> None:
@@ -203,7 +204,7 @@ class JudgeRunner:
             rows = [stored(v, c, run.id, at, self._cfg.model or "") for v in graded.verdicts]
             for v in graded.verdicts:
                 self._m.verdicts.labels(v.criterion, "pass" if v.passed else "fail").inc()
-            run.judged.append(JudgedRecord.of(at, c.app, graded.verdicts))
+            run.judged.append(JudgedRecord.of(at, c.app, graded.verdicts, c.id))
         await self._store.record(run.id, rows, run.totals)
 
     async def _judge_anchor(

@@ -9,7 +9,7 @@ three.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -33,14 +33,18 @@ class JudgedRecord:
     app: str
     passed: bool  # every criterion passed
     scores: tuple[tuple[str, float], ...]  # (criterion, score 0-1, 1 best)
+    record_id: str = ""
 
     @classmethod
-    def of(cls, at: float, app: str, verdicts: Sequence[CriterionVerdict]) -> JudgedRecord:
+    def of(
+        cls, at: float, app: str, verdicts: Sequence[CriterionVerdict], record_id: str = ""
+    ) -> JudgedRecord:
         return cls(
             at,
             app,
             all(v.passed for v in verdicts),
             tuple((v.criterion, v.score) for v in verdicts),
+            record_id,
         )
 
 
@@ -57,6 +61,8 @@ class JudgeLedger:
         self._min_window_s = min_window_s
         self._records: deque[JudgedRecord] = deque(maxlen=max_records)
         self._agreements: deque[Agreement] = deque(maxlen=10_000)
+        # (app, record id) -> were its users content (no negative feedback)? None: no feedback.
+        self.user_verdict: Callable[[str, str], bool | None] | None = None
 
     def add(self, record: JudgedRecord) -> None:
         self._records.append(record)
@@ -72,8 +78,8 @@ class JudgeLedger:
             self._agreements.popleft()
 
     def series(self, window_s: float, now: float) -> list[SeriesPoint]:
-        """judge_pass_rate{app}, judge_score{app,criterion} and judge_agreement over the window
-        (at least one schedule period)."""
+        """judge_pass_rate{app}, judge_score{app,criterion}, judge_agreement and
+        judge_feedback_agreement{app} over the window (at least one schedule period)."""
         since = now - max(window_s, self._min_window_s)
         passed: dict[str, list[int]] = {}
         scores: dict[tuple[str, str], list[float]] = {}
@@ -97,4 +103,24 @@ class JudgeLedger:
         if recent:
             last = recent[-1]
             out.append(SeriesPoint("judge_agreement", (), last.value, last.count))
-        return out
+        return out + self._feedback_agreement(since, now)
+
+    def _feedback_agreement(self, since: float, now: float) -> list[SeriesPoint]:
+        """judge_feedback_agreement{app}: of the records judged in the window that users gave
+        feedback on, the share where the judge's verdict (every criterion passed) matches the
+        users' (no negative feedback). Feedback given after the verdict counts as it comes."""
+        if self.user_verdict is None:
+            return []
+        tallies: dict[str, list[int]] = {}
+        for r in self._records:
+            if not since < r.at <= now or not r.record_id:
+                continue
+            users_content = self.user_verdict(r.app, r.record_id)
+            if users_content is not None:
+                tally = tallies.setdefault(r.app, [0, 0])
+                tally[0] += users_content == r.passed
+                tally[1] += 1
+        return [
+            SeriesPoint("judge_feedback_agreement", (("app", app),), agreed / n, n)
+            for app, (agreed, n) in sorted(tallies.items())
+        ]

@@ -267,5 +267,5 @@ def _judged_records(verdicts: list[StoredVerdict]) -> list[JudgedRecord]:
     grouped: dict[str, tuple[str, float, list[StoredVerdict]]] = {}
     for v in verdicts:
         grouped.setdefault(v.record_id, (v.app, v.judged_at, []))[2].append(v)
-    oldest_first = sorted(grouped.values(), key=lambda g: g[1])
-    return [JudgedRecord.of(at, app, vs) for app, at, vs in oldest_first]
+    oldest_first = sorted(grouped.items(), key=lambda g: g[1][1])
+    return [JudgedRecord.of(at, app, vs, rid) for rid, (app, at, vs) in oldest_first]

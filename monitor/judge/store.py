@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lookout.detectors.judge import sample_key
+from lookout.monitor.storage.feedback import FEEDBACK_SCHEMA, NEGATIVE_FEEDBACK_SQL
 from lookout.sqlite_thread import SqliteBacked, SqliteThread, dict_rows
 
 if TYPE_CHECKING:
@@ -71,6 +72,7 @@ class Candidate:
     response: str | None
     metadata: dict[str, Any] | None
     ood_flagged: bool
+    disliked: bool = False  # a user gave it negative feedback
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +84,7 @@ class SampleQuery:
     models: Sequence[str] = ()
     statuses: Sequence[str] = ("ok",)
     ood_first: bool = False
+    feedback_first: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,12 +145,15 @@ def _candidates(db: sqlite3.Connection, q: SampleQuery) -> list[Candidate]:
         "EXISTS (SELECT 1 FROM json_each(r.flags, '$.ood') f"
         " WHERE json_extract(f.value, '$.flagged'))"
     )
-    order = "judged, flagged DESC" if q.ood_first else "judged"
+    order = "judged"
+    order += ", disliked DESC" if q.feedback_first else ""
+    order += ", flagged DESC" if q.ood_first else ""
     sql = (
-        "SELECT id, app, model, prompt, response, metadata, flagged FROM ("
+        "SELECT id, app, model, prompt, response, metadata, flagged, disliked FROM ("
         f" SELECT *, ROW_NUMBER() OVER (PARTITION BY app ORDER BY {order}, judge_key(id, ?))"
         " AS rank FROM ("
         f"  SELECT r.id, r.app, r.model, r.prompt, r.response, r.metadata, {ood} AS flagged,"
+        f"   {NEGATIVE_FEEDBACK_SQL} AS disliked,"
         "   r.id IN (SELECT record_id FROM judge_verdicts) AS judged"
         f"  FROM records r WHERE {where}"
         " )) WHERE rank <= ? ORDER BY app, rank"
@@ -169,6 +175,7 @@ def _candidates(db: sqlite3.Connection, q: SampleQuery) -> list[Candidate]:
                 row[4],
                 meta if isinstance(meta, dict) else None,
                 bool(row[6]),
+                bool(row[7]),
             )
         )
     return out
@@ -177,7 +184,10 @@ def _candidates(db: sqlite3.Connection, q: SampleQuery) -> list[Candidate]:
 class JudgeStore(SqliteBacked):
     def __init__(self, path: Path) -> None:
         self._sql = SqliteThread(
-            path, schema=_RECORDS + _SCHEMA, synchronous="NORMAL", name="lookout-judge"
+            path,
+            schema=_RECORDS + FEEDBACK_SCHEMA + _SCHEMA,
+            synchronous="NORMAL",
+            name="lookout-judge",
         )
 
     async def __aenter__(self) -> JudgeStore:
@@ -196,7 +206,8 @@ class JudgeStore(SqliteBacked):
         return self
 
     async def candidates(self, query: SampleQuery) -> list[Candidate]:
-        """Up to `per_app` records per app: unjudged first (OOD-flagged first if asked), each
+        """Up to `per_app` records per app: unjudged first (those with negative feedback, then
+        OOD-flagged ones, first if asked), each
         group in the order of the seeded sample key, so the same state picks the same ids."""
         return await self._sql.run(lambda: _candidates(self._sql.conn(), query))
 

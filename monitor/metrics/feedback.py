@@ -35,22 +35,20 @@ class FeedbackWindows:
     def __init__(
         self,
         *,
-        negative: Callable[[str, float], bool],
         bucket_s: float = 10.0,
         max_window_s: float = 3600.0,
         max_apps: int = 50,
         max_keys: int = 20,
         pinned_apps: Iterable[str] = (),
     ) -> None:
-        self._negative = negative
         self.bucket_s = bucket_s
         self.max_window_s = max_window_s
         self._apps = LabelFolder(max_apps, pinned_apps)
         self._keys = LabelFolder(max_keys)
         self._cells: dict[tuple[str, str], dict[int, _Bucket]] = {}
 
-    def observe(self, app: str, key: str, score: float, now: float) -> None:
-        """Count one event at `now`; its negativity is judged on its own key, not the folded one."""
+    def observe(self, app: str, key: str, score: float, negative: bool, now: float) -> None:
+        """Count one event at `now` (`negative` judged on its own key, not the folded one)."""
         cell_key = (self._apps.fold(app), self._keys.fold(key))
         buckets = self._cells.setdefault(cell_key, {})
         index = int(now // self.bucket_s)
@@ -60,7 +58,7 @@ class FeedbackWindows:
             self._prune(buckets, index)
         bucket.count += 1
         bucket.score_sum += score
-        bucket.negatives += self._negative(key, score)
+        bucket.negatives += negative
 
     def _prune(self, buckets: dict[int, _Bucket], index: int) -> None:
         oldest = index - int(self.max_window_s // self.bucket_s) - 1

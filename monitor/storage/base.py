@@ -87,8 +87,9 @@ class Store(Protocol):
 
     def put_rejected(self, rejection: Rejection, source: str, at: float) -> None: ...
 
-    def put_feedback(self, event: Feedback) -> None:
-        """Buffer a feedback event (its identity is stored once; a repeat is ignored)."""
+    def put_feedback(self, event: Feedback, negative: bool) -> None:
+        """Buffer a feedback event (its identity is stored once; a repeat is ignored) and
+        whether it is negative (at or below its key's negative score)."""
         ...
 
     def put_rollups(self, points: list[RollupPoint]) -> None: ...

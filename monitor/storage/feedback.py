@@ -22,12 +22,17 @@ FEEDBACK_SCHEMA = """
 CREATE TABLE IF NOT EXISTS feedback (
     app TEXT NOT NULL, record_id TEXT NOT NULL, key TEXT NOT NULL, user_id TEXT NOT NULL,
     score REAL NOT NULL, value TEXT, comment TEXT, ts REAL NOT NULL, received_at REAL NOT NULL,
-    PRIMARY KEY (app, record_id, key, user_id)
+    negative INTEGER NOT NULL, PRIMARY KEY (app, record_id, key, user_id)
 );
 CREATE INDEX IF NOT EXISTS feedback_received ON feedback (received_at);
 """
-_COLUMNS = "app, record_id, key, user_id, score, value, comment, ts, received_at"
-_INSERT = f"INSERT OR IGNORE INTO feedback ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)"
+_COLUMNS = "app, record_id, key, user_id, score, value, comment, ts, received_at, negative"
+_INSERT = f"INSERT OR IGNORE INTO feedback ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)"
+# Has the record negative feedback? For the judge's sampling, on a `records r` row.
+NEGATIVE_FEEDBACK_SQL = (
+    "EXISTS (SELECT 1 FROM feedback fb WHERE fb.app = r.app AND fb.record_id = r.id"
+    " AND fb.negative)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,9 +46,10 @@ class StoredFeedback:
     comment: str | None  # redacted before it was stored
     ts: float
     received_at: float
+    negative: bool  # at or below its key's negative score when it was received
 
 
-def feedback_row(f: Feedback) -> tuple[Any, ...]:
+def feedback_row(f: Feedback, negative: bool) -> tuple[Any, ...]:
     """An event as a row in `_COLUMNS` order."""
     return (
         f.app,
@@ -55,6 +61,14 @@ def feedback_row(f: Feedback) -> tuple[Any, ...]:
         f.comment,
         f.ts,
         f.received_at,
+        int(negative),
+    )
+
+
+def _stored(*row: Any) -> StoredFeedback:
+    app, record_id, key, user_id, score, value, comment, ts, received_at, negative = row
+    return StoredFeedback(
+        app, record_id, key, user_id, score, value, comment, ts, received_at, bool(negative)
     )
 
 
@@ -79,8 +93,8 @@ class FeedbackReader(Protocol):
         """Events received from `received_since` on, oldest first (to seed the windows)."""
         ...
 
-    async def recent_identities(self, limit: int) -> list[tuple[str, str, str, str]]:
-        """The newest `limit` events' (app, record id, key, user id), oldest first."""
+    async def recent(self, limit: int) -> list[StoredFeedback]:
+        """The newest `limit` events, oldest first (to recognise their repeats)."""
         ...
 
 
@@ -97,7 +111,7 @@ class SqliteFeedback:
 
     async def _rows(self, sql: str, args: tuple[Any, ...]) -> list[StoredFeedback]:
         rows = await self._run(lambda: self._conn().execute(sql, args).fetchall())
-        return [StoredFeedback(*row) for row in rows]
+        return [_stored(*row) for row in rows]
 
     async def for_record(self, app: str, record_id: str) -> list[StoredFeedback]:
         sql = f"SELECT {_COLUMNS} FROM feedback WHERE app = ? AND record_id = ? ORDER BY ts"
@@ -107,10 +121,6 @@ class SqliteFeedback:
         sql = f"SELECT {_COLUMNS} FROM feedback WHERE received_at >= ? ORDER BY received_at"
         return await self._rows(sql, (received_since,))
 
-    async def recent_identities(self, limit: int) -> list[tuple[str, str, str, str]]:
-        sql = (
-            "SELECT app, record_id, key, user_id FROM feedback"
-            " ORDER BY received_at DESC, rowid DESC LIMIT ?"
-        )
-        rows = await self._run(lambda: self._conn().execute(sql, (limit,)).fetchall())
-        return [(str(a), str(r), str(k), str(u)) for a, r, k, u in reversed(rows)]
+    async def recent(self, limit: int) -> list[StoredFeedback]:
+        sql = f"SELECT {_COLUMNS} FROM feedback ORDER BY received_at DESC, rowid DESC LIMIT ?"
+        return list(reversed(await self._rows(sql, (limit,))))

@@ -219,9 +219,9 @@ class SqliteStore:
         self._group.records.append(row)
         return record_id
 
-    def put_feedback(self, event: Feedback) -> None:
+    def put_feedback(self, event: Feedback, negative: bool) -> None:
         if self._admit(len(event.comment or "") + _ROW_OVERHEAD_BYTES):
-            self._group.feedback.append(feedback_table.feedback_row(event))
+            self._group.feedback.append(feedback_table.feedback_row(event, negative))
 
     def put_scores(self, rows: list[tuple[str, str, float, str]]) -> None:
         """(app, record id, OOD score, flags as a JSON object merged into the record's flags):

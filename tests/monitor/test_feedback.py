@@ -10,7 +10,10 @@ from typing import Any
 
 import httpx
 import pytest
-from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+from langchain_core.language_models.fake_chat_models import (
+    FakeListChatModel,
+    GenericFakeChatModel,
+)
 from langchain_core.messages import AIMessage
 
 from lookout.monitor.config import FeedbackConfig, Settings
@@ -65,13 +68,17 @@ def test_wire_format_accepts_events_and_says_why_it_rejects_others() -> None:
 
 def test_series_equal_hand_computed_values_and_keys_are_capped() -> None:
     cfg = FeedbackConfig(negative_at={"rating": 2})
-    windows = FeedbackWindows(negative=cfg.negative, bucket_s=10, max_window_s=600, max_keys=2)
+    windows = FeedbackWindows(bucket_s=10, max_window_s=600, max_keys=2)
+
+    def observe(key: str, score: float, now: float) -> None:
+        windows.observe("bot", key, score, cfg.negative(key, score), now)
+
     for i, score in enumerate([1, 0, 1, 1, 0]):
-        windows.observe("bot", "thumbs", score, 1000.0 + i)
+        observe("thumbs", score, 1000.0 + i)
     for score in (5, 4, 2, 1):
-        windows.observe("bot", "rating", score, 1100.0)
-    windows.observe("bot", "thumbs", 0, 500.0)  # before the 5-minute window: not counted
-    windows.observe("bot", "resolved", 0, 1100.0)  # a third key: under `other`
+        observe("rating", score, 1100.0)
+    observe("thumbs", 0, 500.0)  # before the 5-minute window: not counted
+    observe("resolved", 0, 1100.0)  # a third key: under `other`
     got = {(p.metric, dict(p.labels)["key"]): p.value for p in windows.points(300, 1120.0)}
     assert got == {
         ("feedback_count", "thumbs"): 5.0,
@@ -93,7 +100,7 @@ def http(d: Daemon) -> httpx.AsyncClient:
     )
 
 
-def feedback_settings(settings_for: Callable[..., Settings], root: str, **extra: Any) -> Settings:
+def feedback_settings(settings_for: Callable[..., Settings], **extra: Any) -> Settings:
     """The test's own trees: llm/records/<root>/# and llm/feedback/<root>/#."""
     return settings_for(detectors={"enabled": False}, **extra)
 
@@ -105,7 +112,7 @@ def series_of(d: Daemon) -> dict[tuple[str, str, str], float | None]:
 async def test_feedback_before_and_after_its_record_is_joined_and_redacted(
     settings_for: Callable[..., Settings], topic_root: str
 ) -> None:
-    async with running(Daemon(feedback_settings(settings_for, topic_root))) as d, http(d) as api:
+    async with running(Daemon(feedback_settings(settings_for))) as d, http(d) as api:
         before = {"record_id": "r1", "key": "thumbs", "score": 0, "user_id": "u1"}
         before["comment"] = "wrong again, mail me at jane.doe@example.com"
         await publish([json.dumps(before).encode()], f"llm/feedback/{topic_root}")
@@ -129,7 +136,7 @@ async def test_feedback_before_and_after_its_record_is_joined_and_redacted(
 async def test_feedback_for_a_record_never_stored_and_duplicates_counted_once(
     settings_for: Callable[..., Settings], topic_root: str
 ) -> None:
-    settings = feedback_settings(settings_for, topic_root)
+    settings = feedback_settings(settings_for)
     event = {"record_id": "ghost", "app": "shop", "key": "thumbs", "score": 0, "user_id": "u9"}
     async with running(Daemon(settings)) as d, http(d) as api:
         first = await api.post("/api/v1/feedback", content=json.dumps(event))
@@ -156,7 +163,7 @@ async def test_feedback_for_a_record_never_stored_and_duplicates_counted_once(
 async def test_series_on_a_known_stream_in_status_and_metrics(
     settings_for: Callable[..., Settings], topic_root: str
 ) -> None:
-    settings = feedback_settings(settings_for, topic_root, feedback={"negative_at": {"rating": 2}})
+    settings = feedback_settings(settings_for, feedback={"negative_at": {"rating": 2}})
     scores = {"thumbs": [1, 1, 0, 1, 0, 0, 1, 1], "rating": [5, 3, 2, 1, 4]}
     events = [
         {"record_id": f"r{i}", "key": key, "score": s}
@@ -182,7 +189,6 @@ async def test_a_rule_on_negative_feedback_rate_notifies_a_webhook(
 ) -> None:
     settings = feedback_settings(
         settings_for,
-        topic_root,
         eval_interval="100ms",
         channels={"hook": {"kind": "webhook", "url": receiver.url}},
         rules=[
@@ -211,7 +217,7 @@ async def test_a_rule_on_negative_feedback_rate_notifies_a_webhook(
 async def test_the_client_and_the_langchain_callback_send_feedback_on_a_run(
     settings_for: Callable[..., Settings], topic_root: str
 ) -> None:
-    async with running(Daemon(feedback_settings(settings_for, topic_root))) as d, http(d) as api:
+    async with running(Daemon(feedback_settings(settings_for))) as d, http(d) as api:
         publisher = RecordPublisher(app=topic_root, flush_interval_s=0.05)
         handler = LookoutCallbackHandler(publisher)
         run_id = uuid.uuid4()
@@ -232,3 +238,62 @@ async def test_the_client_and_the_langchain_callback_send_feedback_on_a_run(
         ("thumbs", 1.0, "u1")
     ]
     assert [(f["key"], f["comment"]) for f in plain["feedback"]] == [("resolved", "no")]
+
+
+async def judged(d: Daemon) -> list[str]:
+    assert d.judge_store is not None
+    return [v.record_id for v in await d.judge_store.verdicts_since(0.0)]
+
+
+async def post(api: httpx.AsyncClient, path: str, body: Any) -> None:
+    response = await api.post(path, content=json.dumps(body))
+    assert response.status_code == 200, response.text
+
+
+async def test_records_users_disliked_are_judged_first_and_agreement_follows_feedback(
+    settings_for: Callable[..., Settings],
+) -> None:
+    settings = feedback_settings(
+        settings_for,
+        judge={
+            "enabled": True,
+            "model": "openai:judge-mini",
+            "criteria": ["helpfulness"],
+            "schedule": {"interval": "1h"},
+            "sample_size": 2,
+        },
+    )
+
+    def judge_model(_: Any) -> FakeListChatModel:
+        return FakeListChatModel(responses=["Helpful enough.\nY"])  # every record passes
+
+    daemon = Daemon(settings, judge_model_factory=judge_model)
+    async with running(daemon) as d, http(d) as api:
+        assert d.judge is not None
+        records = [{"id": f"r{i}", "app": "bot", "prompt": "q", "response": "a"} for i in range(6)]
+        await post(api, "/api/v1/records", records)
+        downs = [
+            {"record_id": rid, "app": "bot", "key": "thumbs", "score": 0} for rid in ("r4", "r5")
+        ]
+        await post(api, "/api/v1/feedback", downs)
+        await d.judge.run_once()
+        first = set(await judged(d))
+        assert first == {"r4", "r5"}  # the disliked ones, before the four others
+
+        def agreement() -> tuple[float | None, int] | None:
+            for p in status_of(d)["judge"]["series"]:
+                if p["metric"] == "judge_feedback_agreement" and p["app"] == "bot":
+                    return p["value"], p["count"]
+            return None
+
+        assert agreement() == (0.0, 2)  # the judge passed both, users disliked both
+        up = {"record_id": "r0", "app": "bot", "key": "thumbs", "score": 1}
+        await post(api, "/api/v1/feedback", up)
+        await d.judge.run_once()
+        await d.judge.run_once()
+        value = agreement()
+        assert value is not None and value[1] == 3  # r0 agrees; unrated records: not counted
+        assert value[0] == pytest.approx(1 / 3)
+        late = {"record_id": "r0", "app": "bot", "key": "resolved", "score": 0, "user_id": "u2"}
+        await post(api, "/api/v1/feedback", late)  # after the verdict: counts as it comes
+        assert agreement() == (0.0, 3)
