@@ -14,6 +14,7 @@ from typing import Protocol
 from lookout.series import (
     ALL,
     DETECTOR_SERIES,
+    ENGAGEMENT_SERIES,
     FEEDBACK_SERIES,
     JUDGE_SERIES,
     SERIES_LABELS,
@@ -22,7 +23,7 @@ from lookout.series import (
 )
 
 RULE_SERIES: frozenset[str] = frozenset(
-    (*SERIES_NAMES, *DETECTOR_SERIES, *JUDGE_SERIES, *FEEDBACK_SERIES)
+    (*SERIES_NAMES, *DETECTOR_SERIES, *JUDGE_SERIES, *FEEDBACK_SERIES, *ENGAGEMENT_SERIES)
 )
 RULE_LABELS: frozenset[str] = frozenset(SERIES_LABELS)
 OPS: Mapping[str, Callable[[float, float], bool]] = {

@@ -42,13 +42,22 @@ JUDGE_SERIES: tuple[str, ...] = (
 # Users' feedback, per (app, key): events in the window, their mean score, and the share at
 # or below the key's negative score (docs/metrics.md).
 FEEDBACK_SERIES: tuple[str, ...] = ("feedback_count", "feedback_score", "negative_feedback_rate")
+# Engagement per app, from records' user_id and session_id: distinct users and sessions in the
+# window, and the requests and length of the sessions that ended in it.
+ENGAGEMENT_SERIES: tuple[str, ...] = (
+    "active_users",
+    "active_sessions",
+    "requests_per_session",
+    "session_duration_p50",
+    "session_duration_p95",
+)
 # The labels a series point may carry.
 SERIES_LABELS: tuple[str, ...] = ("app", "model", "field", "criterion", "key")
 
 
 @dataclass(frozen=True, slots=True)
 class SeriesPoint:
-    metric: str  # a name from SERIES_NAMES, DETECTOR_SERIES, JUDGE_SERIES or FEEDBACK_SERIES
+    metric: str  # a name from one of the tuples above
     labels: tuple[tuple[str, str], ...]
     value: float | None  # None: no data in the window
     count: int  # how many observations the value rests on (a rule's min_samples)

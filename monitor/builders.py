@@ -11,6 +11,7 @@ from lookout.monitor.config import Settings
 from lookout.monitor.ingest.feedback_ingest import FeedbackIngest
 from lookout.monitor.ingest.pipeline import Pipeline
 from lookout.monitor.ingest.records import DecodeLimits
+from lookout.monitor.metrics.engagement import EngagementCollector, EngagementWindows
 from lookout.monitor.metrics.feedback import FeedbackCollector, FeedbackMetrics, FeedbackWindows
 from lookout.monitor.metrics.prices import Price, PriceTable, UnknownModels
 from lookout.monitor.metrics.prom import IngestMetrics
@@ -97,3 +98,25 @@ def build_feedback(
     )
     registry.register(FeedbackCollector(lambda: ingest.points(m.default_window, now())))
     return ingest
+
+
+def build_engagement(
+    settings: Settings, registry: CollectorRegistry, now: Callable[[], float]
+) -> EngagementWindows | None:
+    """Engagement windows (None when disabled); their series exported on `registry`."""
+    m, e = settings.metrics, settings.engagement
+    if not e.enabled:
+        return None
+    windows = EngagementWindows(
+        bucket_s=e.bucket,
+        max_window_s=max(m.max_window, m.default_window),
+        lg_k=e.lg_k,
+        idle_gap_s=e.session_idle_gap,
+        max_open_sessions=e.max_open_sessions,
+    )
+    registry.register(
+        EngagementCollector(
+            lambda: windows.points(m.default_window, now()), lambda: windows.evicted
+        )
+    )
+    return windows

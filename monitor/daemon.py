@@ -26,7 +26,13 @@ from lookout.detectors.judge import criteria_from
 from lookout.errors import ConfigError
 from lookout.monitor.allocator import fix_mmap_threshold
 from lookout.monitor.anomaly import AnomalyBook
-from lookout.monitor.builders import build_feedback, build_pipeline, build_windows, price_table
+from lookout.monitor.builders import (
+    build_engagement,
+    build_feedback,
+    build_pipeline,
+    build_windows,
+    price_table,
+)
 from lookout.monitor.config import JudgeConfig, Settings, mask_url
 from lookout.monitor.detection.embedding import build_embedder
 from lookout.monitor.detection.sampler import AppSlots
@@ -40,6 +46,7 @@ from lookout.monitor.judge.anchors import load_anchors
 from lookout.monitor.judge.client import JudgeClient, chat_model
 from lookout.monitor.judge.service import JudgeService
 from lookout.monitor.judge.store import JudgeStore
+from lookout.monitor.metrics.engagement import EngagementWindows
 from lookout.monitor.metrics.prom import IngestMetrics, WindowCollector
 from lookout.monitor.metrics.rollups import ROLLUP_S, RollupService, SeriesFn
 from lookout.monitor.metrics.windows import WindowStats
@@ -69,11 +76,15 @@ def merged_series(
     detection: DetectionService | None,
     judge: JudgeService | None,
     feedback: FeedbackIngest | None = None,
+    engagement: EngagementWindows | None = None,
 ) -> SeriesFn:
-    """The detectors', the judge's and the feedback series, as rules and rollups read them."""
+    """The detectors', the judge's, the feedback and the engagement series, as rules and
+    rollups read them."""
 
     def series(window_s: float, now: float) -> list[SeriesPoint]:
         points: list[SeriesPoint] = [] if feedback is None else feedback.points(window_s, now)
+        if engagement is not None:
+            points += engagement.points(window_s, now)
         if detection is not None:
             points += [s.point() for s in detection.series(window_s, now)]
         if judge is not None:
@@ -111,6 +122,9 @@ class Daemon:
         self.pipeline = build_pipeline(settings, self.windows, self.prom, self.store, self.prices)
         self.feedback = build_feedback(settings, self.store, self.registry, self.clock.now)
         self.pipeline.route = self.feedback.route
+        self.engagement = build_engagement(settings, self.registry, self.clock.now)
+        if self.engagement is not None:
+            self.pipeline.engagement = self.engagement.observe
         self.queue = IngestQueue(settings.bus.queue_size, self.prom, settings.bus.queue_bytes)
         self.source = MqttSource(
             settings.bus,
@@ -204,7 +218,7 @@ class Daemon:
         if s.judge.enabled:
             self.judge = await stack.enter_async_context(await self._judge_service(stack))
             self.judge.ledger.user_verdict = self.feedback.user_verdict
-        extra_series = merged_series(self.detection, self.judge, self.feedback)
+        extra_series = merged_series(self.detection, self.judge, self.feedback, self.engagement)
         redactor = Redactor(s.redaction.patterns)
         if s.rules:
             self.alerts = await stack.enter_async_context(
@@ -229,6 +243,7 @@ class Daemon:
             judge_store=self.judge_store,
             alerts=self.alerts,
             feedback=self.feedback.points,
+            engagement=self.engagement.points if self.engagement is not None else None,
         )
 
     async def _first_minute_not_rolled_up(self) -> int | None:

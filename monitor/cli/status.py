@@ -203,6 +203,30 @@ def feedback_table(points: list[dict[str, Any]]) -> Table:
     return table
 
 
+def engagement_table(points: list[dict[str, Any]]) -> Table:
+    """Per app: distinct users and sessions, and the sessions that ended in the window."""
+    rows: dict[str, dict[str, Any]] = {}
+    for p in points:
+        rows.setdefault(p["app"], {})[p["metric"]] = p["value"]
+    table = Table(title="engagement", box=box.SIMPLE_HEAD, pad_edge=False)
+    _name_column(table, "app", rows)
+    columns = (
+        ("users", "active_users", "{:.0f}"),
+        ("sessions", "active_sessions", "{:.0f}"),
+        ("req/session", "requests_per_session", "{:.1f}"),
+        ("session p50 s", "session_duration_p50", "{:.0f}"),
+        ("p95 s", "session_duration_p95", "{:.0f}"),
+    )
+    for header, _, _ in columns:
+        table.add_column(header, justify="right", no_wrap=True)
+    for app, values in sorted(rows.items()):
+        cells = [
+            "-" if values.get(key) is None else fmt.format(values[key]) for _, key, fmt in columns
+        ]
+        table.add_row(escape(app), *cells)
+    return table
+
+
 def print_status(out: Console, body: dict[str, Any], *, wide: bool = False) -> None:
     """A daemon's `/api/v1/status` answer, for people."""
     bus = "connected" if body["bus"]["connected"] else "[red]not connected[/red]"
@@ -218,6 +242,8 @@ def print_status(out: Console, body: dict[str, Any], *, wide: bool = False) -> N
         out.print(anomaly_table(anomalies))
     if feedback := body.get("feedback"):
         out.print(feedback_table(feedback))
+    if engagement := body.get("engagement"):
+        out.print(engagement_table(engagement))
     judge = body.get("judge")
     if judge and judge.get("last_run"):
         run = judge["last_run"]

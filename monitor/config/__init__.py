@@ -16,6 +16,7 @@ from lookout.monitor.config.detection import (
     OodConfig,
     ReferenceConfig,
 )
+from lookout.monitor.config.engagement import EngagementConfig
 from lookout.monitor.config.feedback import FeedbackConfig
 from lookout.monitor.config.judge import JudgeConfig, JudgeSchedule, RedactionConfig
 from lookout.monitor.config.masking import mask_url
@@ -36,6 +37,7 @@ __all__ = [
     "DetectorsConfig",
     "DriftConfig",
     "EmbedderConfig",
+    "EngagementConfig",
     "FeedbackConfig",
     "JudgeConfig",
     "JudgeSchedule",

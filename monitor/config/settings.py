@@ -20,6 +20,7 @@ from lookout.alerts.config import ChannelConfig, RuleConfig, SilencesConfig
 from lookout.durations import DurationS
 from lookout.errors import ConfigError
 from lookout.monitor.config.detection import DetectorsConfig
+from lookout.monitor.config.engagement import EngagementConfig
 from lookout.monitor.config.feedback import FeedbackConfig
 from lookout.monitor.config.judge import JudgeConfig, RedactionConfig
 from lookout.monitor.config.masking import mask_tree
@@ -51,6 +52,7 @@ class Settings(BaseSettings):
     detectors: DetectorsConfig = DetectorsConfig()
     judge: JudgeConfig = JudgeConfig()
     feedback: FeedbackConfig = FeedbackConfig()
+    engagement: EngagementConfig = EngagementConfig()
     redaction: RedactionConfig = RedactionConfig()
     channels: dict[str, ChannelConfig] = Field(default_factory=dict)
     rules: list[RuleConfig] = Field(default_factory=list)

@@ -96,6 +96,9 @@ class Pipeline:
         # Set by the daemon when detectors run: sees every counted record (it samples itself),
         # with the id it was stored under, if it was.
         self.detector: Callable[[Record, float, str | None, float], None] | None = None
+        # Set by the daemon: sees the (folded app, user_id, session_id) of each counted record
+        # that has either (engagement); records without them never reach it.
+        self.engagement: Callable[[str, str | None, str | None, float], None] | None = None
         # Set by the daemon: takes the messages of other kinds by topic (feedback), None else.
         self.route: Callable[[bytes, str, str, float], IngestResult | None] | None = None
 
@@ -206,4 +209,6 @@ class Pipeline:
             stored_id = self._store.put_record(record, cost)
         if self.detector is not None:
             self.detector(record, now, stored_id, cost)
+        if self.engagement is not None and (record.user_id or record.session_id):
+            self.engagement(key[0], record.user_id, record.session_id, now)
         return True

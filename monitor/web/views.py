@@ -93,6 +93,18 @@ class FeedbackSeriesValue(BaseModel):
         )
 
 
+class EngagementSeriesValue(BaseModel):
+    metric: str
+    app: str
+    value: float | None
+    count: int
+
+    @classmethod
+    def of(cls, point: SeriesPoint) -> EngagementSeriesValue:
+        app = dict(point.labels)["app"]
+        return cls(metric=point.metric, app=app, value=point.value, count=point.count)
+
+
 class JudgeStatus(BaseModel):
     model_config = ConfigDict(from_attributes=True)
     model: str | None
@@ -115,6 +127,7 @@ class StatusResponse(BaseModel):
     judge: JudgeStatus | None
     anomalies: list[AnomalyView] = []
     feedback: list[FeedbackSeriesValue] = []
+    engagement: list[EngagementSeriesValue] = []
 
 
 class AnomalyView(BaseModel):
@@ -177,6 +190,7 @@ class ApiViews:
     judge_store: JudgeStore | None = None
     alerts: AlertEngine | None = None
     feedback: Callable[[float, float], list[SeriesPoint]] | None = None  # (window_s, now)
+    engagement: Callable[[float, float], list[SeriesPoint]] | None = None
 
     def status(self) -> StatusResponse:
         now = self.clock.now()
@@ -197,6 +211,10 @@ class ApiViews:
             feedback=[
                 FeedbackSeriesValue.of(p)
                 for p in (self.feedback(self.window_s, now) if self.feedback else [])
+            ],
+            engagement=[
+                EngagementSeriesValue.of(p)
+                for p in (self.engagement(self.window_s, now) if self.engagement else [])
             ],
         )
 

@@ -171,7 +171,7 @@ async def test_status_fits_80_columns_and_never_cuts_names(tmp_path: Path) -> No
     assert "p99" not in text  # the compact columns
 
 
-async def test_status_shows_users_feedback_per_app_and_key(tmp_path: Path) -> None:
+async def test_status_shows_users_feedback_and_engagement(tmp_path: Path) -> None:
     body = _status([("support-bot", "gpt-4o-mini")])
     labels = {"app": "support-bot", "key": "thumbs", "count": 8}
     body["feedback"] = [
@@ -179,9 +179,15 @@ async def test_status_shows_users_feedback_per_app_and_key(tmp_path: Path) -> No
         {"metric": "feedback_score", "value": 0.625, **labels},
         {"metric": "negative_feedback_rate", "value": 0.375, **labels},
     ]
+    body["engagement"] = [
+        {"metric": "active_users", "app": "support-bot", "value": 1204.0, "count": 1204},
+        {"metric": "requests_per_session", "app": "support-bot", "value": 3.25, "count": 40},
+    ]
     text = await _status_output(tmp_path, body)
     row = next(line for line in text.splitlines() if "thumbs" in line)
     assert row.split() == ["support-bot", "thumbs", "8", "0.625", "37.5%"]
+    engaged = next(line for line in text.splitlines() if "1204" in line)
+    assert engaged.split() == ["support-bot", "1204", "-", "3.2", "-", "-"]
 
 
 async def test_status_long_names_become_blocks_and_wide_shows_every_series(
