@@ -19,11 +19,19 @@ from lookout.series import (
     JUDGE_SERIES,
     SERIES_LABELS,
     SERIES_NAMES,
+    TOOL_SERIES,
     SeriesPoint,
 )
 
 RULE_SERIES: frozenset[str] = frozenset(
-    (*SERIES_NAMES, *DETECTOR_SERIES, *JUDGE_SERIES, *FEEDBACK_SERIES, *ENGAGEMENT_SERIES)
+    (
+        *SERIES_NAMES,
+        *DETECTOR_SERIES,
+        *JUDGE_SERIES,
+        *FEEDBACK_SERIES,
+        *ENGAGEMENT_SERIES,
+        *TOOL_SERIES,
+    )
 )
 RULE_LABELS: frozenset[str] = frozenset(SERIES_LABELS)
 OPS: Mapping[str, Callable[[float, float], bool]] = {

@@ -51,8 +51,17 @@ ENGAGEMENT_SERIES: tuple[str, ...] = (
     "session_duration_p50",
     "session_duration_p95",
 )
+# Tool and retrieval use, from records' `tools` and `retrieval`: per (app, tool) and per app.
+TOOL_SERIES: tuple[str, ...] = (
+    "tool_calls_per_request",
+    "tool_error_rate",
+    "tool_latency_p95",
+    "retrieval_rate",
+    "retrieval_latency_p95",
+    "empty_retrieval_rate",
+)
 # The labels a series point may carry.
-SERIES_LABELS: tuple[str, ...] = ("app", "model", "field", "criterion", "key")
+SERIES_LABELS: tuple[str, ...] = ("app", "model", "field", "criterion", "key", "tool")
 
 
 @dataclass(frozen=True, slots=True)

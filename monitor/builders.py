@@ -15,7 +15,8 @@ from lookout.monitor.metrics.engagement import EngagementCollector, EngagementWi
 from lookout.monitor.metrics.feedback import FeedbackCollector, FeedbackMetrics, FeedbackWindows
 from lookout.monitor.metrics.prices import Price, PriceTable, UnknownModels
 from lookout.monitor.metrics.prom import IngestMetrics
-from lookout.monitor.metrics.windows import WindowedMetrics
+from lookout.monitor.metrics.tools import ToolCollector, ToolWindows
+from lookout.monitor.metrics.windows import ALL, WindowedMetrics
 from lookout.monitor.storage import Store
 from lookout.redaction import Redactor
 
@@ -120,3 +121,29 @@ def build_engagement(
         )
     )
     return windows
+
+
+def build_tool_use(
+    settings: Settings,
+    windows: WindowedMetrics,
+    registry: CollectorRegistry,
+    now: Callable[[], float],
+) -> ToolWindows | None:
+    """Tool and retrieval windows (None when disabled), their rates over `windows`' record
+    counts; their series exported on `registry`."""
+    m = settings.metrics
+    if not settings.tools.enabled:
+        return None
+
+    def requests(window_s: float, at: float) -> dict[str, int]:
+        stats = windows.query(window_s, at)
+        return {s.app: s.count for s in stats if s.model == ALL and s.app != ALL}
+
+    tools = ToolWindows(
+        requests,
+        bucket_s=m.bucket_s,
+        max_window_s=max(m.max_window, m.default_window),
+        max_tools=settings.tools.max_names,
+    )
+    registry.register(ToolCollector(tools, lambda: tools.points(m.default_window, now())))
+    return tools

@@ -30,6 +30,7 @@ from lookout.monitor.builders import (
     build_engagement,
     build_feedback,
     build_pipeline,
+    build_tool_use,
     build_windows,
     price_table,
 )
@@ -39,14 +40,12 @@ from lookout.monitor.detection.sampler import AppSlots
 from lookout.monitor.detection.service import DetectionService
 from lookout.monitor.detection.state import DetectorCollector
 from lookout.monitor.ingest.broker import EmbeddedBroker
-from lookout.monitor.ingest.feedback_ingest import FeedbackIngest
 from lookout.monitor.ingest.mqtt import MqttSource
 from lookout.monitor.ingest.queue import IngestQueue
 from lookout.monitor.judge.anchors import load_anchors
 from lookout.monitor.judge.client import JudgeClient, chat_model
 from lookout.monitor.judge.service import JudgeService
 from lookout.monitor.judge.store import JudgeStore
-from lookout.monitor.metrics.engagement import EngagementWindows
 from lookout.monitor.metrics.prom import IngestMetrics, WindowCollector
 from lookout.monitor.metrics.rollups import ROLLUP_S, RollupService, SeriesFn
 from lookout.monitor.metrics.windows import WindowStats
@@ -73,18 +72,15 @@ def judge_model_from_config(cfg: JudgeConfig) -> Any:
 
 
 def merged_series(
-    detection: DetectionService | None,
-    judge: JudgeService | None,
-    feedback: FeedbackIngest | None = None,
-    engagement: EngagementWindows | None = None,
+    detection: DetectionService | None, judge: JudgeService | None, *more: SeriesFn
 ) -> SeriesFn:
-    """The detectors', the judge's, the feedback and the engagement series, as rules and
-    rollups read them."""
+    """The detectors', the judge's and `more` series (feedback, engagement, tool use), as
+    rules and rollups read them."""
 
     def series(window_s: float, now: float) -> list[SeriesPoint]:
-        points: list[SeriesPoint] = [] if feedback is None else feedback.points(window_s, now)
-        if engagement is not None:
-            points += engagement.points(window_s, now)
+        points: list[SeriesPoint] = []
+        for extra in more:
+            points += extra(window_s, now)
         if detection is not None:
             points += [s.point() for s in detection.series(window_s, now)]
         if judge is not None:
@@ -125,6 +121,9 @@ class Daemon:
         self.engagement = build_engagement(settings, self.registry, self.clock.now)
         if self.engagement is not None:
             self.pipeline.engagement = self.engagement.observe
+        self.tool_use = build_tool_use(settings, self.windows, self.registry, self.clock.now)
+        if self.tool_use is not None:
+            self.pipeline.tool_use = self.tool_use.observe
         self.queue = IngestQueue(settings.bus.queue_size, self.prom, settings.bus.queue_bytes)
         self.source = MqttSource(
             settings.bus,
@@ -218,7 +217,7 @@ class Daemon:
         if s.judge.enabled:
             self.judge = await stack.enter_async_context(await self._judge_service(stack))
             self.judge.ledger.user_verdict = self.feedback.user_verdict
-        extra_series = merged_series(self.detection, self.judge, self.feedback, self.engagement)
+        extra_series = merged_series(self.detection, self.judge, *self._series_of_extras())
         redactor = Redactor(s.redaction.patterns)
         if s.rules:
             self.alerts = await stack.enter_async_context(
@@ -244,7 +243,14 @@ class Daemon:
             alerts=self.alerts,
             feedback=self.feedback.points,
             engagement=self.engagement.points if self.engagement is not None else None,
+            tool_use=self.tool_use.points if self.tool_use is not None else None,
         )
+
+    def _series_of_extras(self) -> list[SeriesFn]:
+        """The feedback series, and the engagement and tool-use ones when enabled."""
+        extras: list[SeriesFn] = [self.feedback.points]
+        extras += [x.points for x in (self.engagement, self.tool_use) if x is not None]
+        return extras
 
     async def _first_minute_not_rolled_up(self) -> int | None:
         """After the last minute rolled up within the windows' reach; else the first stored

@@ -227,6 +227,34 @@ def engagement_table(points: list[dict[str, Any]]) -> Table:
     return table
 
 
+_TOOL_COLUMNS = {  # series -> (column, format); retrieval shows as a tool named `retrieval`
+    "tool_calls_per_request": ("per request", "{:.2f}"),
+    "retrieval_rate": ("per request", "{:.2f}"),
+    "tool_error_rate": ("errors", "{:.1%}"),
+    "tool_latency_p95": ("p95 s", "{:.3f}"),
+    "retrieval_latency_p95": ("p95 s", "{:.3f}"),
+    "empty_retrieval_rate": ("empty", "{:.1%}"),
+}
+
+
+def tools_table(points: list[dict[str, Any]]) -> Table:
+    """Per app and tool: calls per request, errors, p95 latency; retrieval's empty share."""
+    rows: dict[tuple[str, str], dict[str, str]] = {}
+    for p in points:
+        column, fmt = _TOOL_COLUMNS[p["metric"]]
+        cells = rows.setdefault((p["app"], p.get("tool") or "retrieval"), {})
+        cells[column] = "-" if p["value"] is None else fmt.format(p["value"])
+    table = Table(title="tools and retrieval", box=box.SIMPLE_HEAD, pad_edge=False)
+    _name_column(table, "app", (app for app, _ in rows))
+    _name_column(table, "tool", (tool for _, tool in rows))
+    headers = ("per request", "errors", "p95 s", "empty")
+    for header in headers:
+        table.add_column(header, justify="right", no_wrap=True)
+    for (app, name), cells in sorted(rows.items()):
+        table.add_row(escape(app), escape(name), *(cells.get(h, "-") for h in headers))
+    return table
+
+
 def print_status(out: Console, body: dict[str, Any], *, wide: bool = False) -> None:
     """A daemon's `/api/v1/status` answer, for people."""
     bus = "connected" if body["bus"]["connected"] else "[red]not connected[/red]"
@@ -244,6 +272,8 @@ def print_status(out: Console, body: dict[str, Any], *, wide: bool = False) -> N
         out.print(feedback_table(feedback))
     if engagement := body.get("engagement"):
         out.print(engagement_table(engagement))
+    if tools := body.get("tools"):
+        out.print(tools_table(tools))
     judge = body.get("judge")
     if judge and judge.get("last_run"):
         run = judge["last_run"]

@@ -29,6 +29,7 @@ from lookout.monitor.config.service import (
     default_store_url,
 )
 from lookout.monitor.config.settings import Settings, load_settings, masked_dump
+from lookout.monitor.config.tools import ToolsConfig
 
 __all__ = [
     "ApiConfig",
@@ -49,6 +50,7 @@ __all__ = [
     "RuleConfig",
     "Settings",
     "StoreConfig",
+    "ToolsConfig",
     "default_store_url",
     "load_settings",
     "mask_url",

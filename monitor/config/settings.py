@@ -32,6 +32,7 @@ from lookout.monitor.config.service import (
     Price,
     StoreConfig,
 )
+from lookout.monitor.config.tools import ToolsConfig
 
 
 class Settings(BaseSettings):
@@ -53,6 +54,7 @@ class Settings(BaseSettings):
     judge: JudgeConfig = JudgeConfig()
     feedback: FeedbackConfig = FeedbackConfig()
     engagement: EngagementConfig = EngagementConfig()
+    tools: ToolsConfig = ToolsConfig()
     redaction: RedactionConfig = RedactionConfig()
     channels: dict[str, ChannelConfig] = Field(default_factory=dict)
     rules: list[RuleConfig] = Field(default_factory=list)

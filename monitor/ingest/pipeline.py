@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from lookout.monitor.ingest.records import DecodeLimits, Record, Rejection, decode_payload
+from lookout.monitor.ingest.tool_use import Retrieval, ToolCall
 from lookout.monitor.metrics.partials import GroupPartials
 from lookout.monitor.metrics.prices import PriceTable
 from lookout.monitor.metrics.prom import IngestMetrics
@@ -99,6 +100,10 @@ class Pipeline:
         # Set by the daemon: sees the (folded app, user_id, session_id) of each counted record
         # that has either (engagement); records without them never reach it.
         self.engagement: Callable[[str, str | None, str | None, float], None] | None = None
+        # Set by the daemon: sees the tools and retrieval of each counted record that has them.
+        self.tool_use: (
+            Callable[[str, list[ToolCall] | None, Retrieval | None, float], None] | None
+        ) = None
         # Set by the daemon: takes the messages of other kinds by topic (feedback), None else.
         self.route: Callable[[bytes, str, str, float], IngestResult | None] | None = None
 
@@ -211,4 +216,6 @@ class Pipeline:
             self.detector(record, now, stored_id, cost)
         if self.engagement is not None and (record.user_id or record.session_id):
             self.engagement(key[0], record.user_id, record.session_id, now)
+        if self.tool_use is not None and (record.tools or record.retrieval):
+            self.tool_use(key[0], record.tools, record.retrieval, now)
         return True

@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from lookout.monitor.ingest.tool_use import Retrieval, ToolCall, ToolCalls
+
 # Plausible ranges: a value past them is a bug or an attack, and one of them would turn an
 # app's percentiles and cost per hour into nonsense for a whole window (docs/wire-format.md).
 MAX_DURATION_MS = 86_400_000.0  # a day
@@ -63,6 +65,8 @@ class WireRecord(msgspec.Struct, frozen=True, gc=False):
     user_id: ShortStr | None = None
     session_id: ShortStr | None = None
     metadata: msgspec.Raw = msgspec.Raw(b"")
+    tools: ToolCalls | None = None
+    retrieval: Retrieval | None = None
     gen_ai_request_model: ShortStr | None = msgspec.field(default=None, name="gen_ai.request.model")
     gen_ai_system: ShortStr | None = msgspec.field(default=None, name="gen_ai.system")
     gen_ai_provider_name: ShortStr | None = msgspec.field(default=None, name="gen_ai.provider.name")
@@ -98,6 +102,8 @@ class Record(msgspec.Struct, gc=False):
     user_id: str | None = None
     session_id: str | None = None
     metadata: str | None = None
+    tools: list[ToolCall] | None = None
+    retrieval: Retrieval | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +254,8 @@ def normalize(
         wire.user_id,
         wire.session_id,
         metadata,
+        wire.tools,
+        wire.retrieval,
     )
 
 

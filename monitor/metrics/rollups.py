@@ -128,7 +128,7 @@ class RollupService:
                 continue
             labels = dict(p.labels)
             name = p.metric + "".join(
-                f":{labels[k]}" for k in ("field", "criterion", "key") if k in labels
+                f":{labels[k]}" for k in ("field", "criterion", "key", "tool") if k in labels
             )
             out.append(RollupPoint(minute, labels.get("app", ALL), ALL, name, p.value))
         return out

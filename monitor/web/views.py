@@ -105,6 +105,25 @@ class EngagementSeriesValue(BaseModel):
         return cls(metric=point.metric, app=app, value=point.value, count=point.count)
 
 
+class ToolSeriesValue(BaseModel):
+    metric: str
+    app: str
+    tool: str | None = Field(default=None, exclude_if=lambda v: v is None)
+    value: float | None
+    count: int
+
+    @classmethod
+    def of(cls, point: SeriesPoint) -> ToolSeriesValue:
+        labels = dict(point.labels)
+        return cls(
+            metric=point.metric,
+            app=labels["app"],
+            tool=labels.get("tool"),
+            value=point.value,
+            count=point.count,
+        )
+
+
 class JudgeStatus(BaseModel):
     model_config = ConfigDict(from_attributes=True)
     model: str | None
@@ -128,6 +147,7 @@ class StatusResponse(BaseModel):
     anomalies: list[AnomalyView] = []
     feedback: list[FeedbackSeriesValue] = []
     engagement: list[EngagementSeriesValue] = []
+    tools: list[ToolSeriesValue] = []
 
 
 class AnomalyView(BaseModel):
@@ -191,6 +211,7 @@ class ApiViews:
     alerts: AlertEngine | None = None
     feedback: Callable[[float, float], list[SeriesPoint]] | None = None  # (window_s, now)
     engagement: Callable[[float, float], list[SeriesPoint]] | None = None
+    tool_use: Callable[[float, float], list[SeriesPoint]] | None = None
 
     def status(self) -> StatusResponse:
         now = self.clock.now()
@@ -215,6 +236,10 @@ class ApiViews:
             engagement=[
                 EngagementSeriesValue.of(p)
                 for p in (self.engagement(self.window_s, now) if self.engagement else [])
+            ],
+            tools=[
+                ToolSeriesValue.of(p)
+                for p in (self.tool_use(self.window_s, now) if self.tool_use else [])
             ],
         )
 

@@ -171,7 +171,7 @@ async def test_status_fits_80_columns_and_never_cuts_names(tmp_path: Path) -> No
     assert "p99" not in text  # the compact columns
 
 
-async def test_status_shows_users_feedback_and_engagement(tmp_path: Path) -> None:
+async def test_status_shows_feedback_engagement_and_tools(tmp_path: Path) -> None:
     body = _status([("support-bot", "gpt-4o-mini")])
     labels = {"app": "support-bot", "key": "thumbs", "count": 8}
     body["feedback"] = [
@@ -183,11 +183,23 @@ async def test_status_shows_users_feedback_and_engagement(tmp_path: Path) -> Non
         {"metric": "active_users", "app": "support-bot", "value": 1204.0, "count": 1204},
         {"metric": "requests_per_session", "app": "support-bot", "value": 3.25, "count": 40},
     ]
+    tool = {"app": "support-bot", "tool": "order_status", "count": 8}
+    body["tools"] = [
+        {"metric": "tool_calls_per_request", "value": 0.5, **tool},
+        {"metric": "tool_error_rate", "value": 0.25, **tool},
+        {"metric": "tool_latency_p95", "value": 0.12, **tool},
+        {"metric": "retrieval_rate", "app": "support-bot", "value": 1.0, "count": 16},
+        {"metric": "empty_retrieval_rate", "app": "support-bot", "value": 0.125, "count": 16},
+    ]
     text = await _status_output(tmp_path, body)
     row = next(line for line in text.splitlines() if "thumbs" in line)
     assert row.split() == ["support-bot", "thumbs", "8", "0.625", "37.5%"]
     engaged = next(line for line in text.splitlines() if "1204" in line)
     assert engaged.split() == ["support-bot", "1204", "-", "3.2", "-", "-"]
+    tools = next(line for line in text.splitlines() if "order_status" in line)
+    assert tools.split() == ["support-bot", "order_status", "0.50", "25.0%", "0.120", "-"]
+    retrieval = next(line for line in text.splitlines() if "retrieval" in line.split()[1:2])
+    assert retrieval.split() == ["support-bot", "retrieval", "1.00", "-", "-", "12.5%"]
 
 
 async def test_status_long_names_become_blocks_and_wide_shows_every_series(

@@ -1,0 +1,174 @@
+"""Tool and retrieval use per app (and tool), over sliding windows in bounded memory.
+
+Only records that carry `tools` or `retrieval` reach here; the per-request rates divide by the
+app's record count in the same window, which the main windows already keep. Tool names past
+`max_tools` are counted under `other` (and each such call in `folded`), so an app that names
+its tools by request id cannot grow memory or Prometheus' label sets.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+from fastdigest import TDigest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from lookout.monitor.ingest.tool_use import Retrieval, ToolCall
+from lookout.monitor.metrics.windows import LabelFolder
+from lookout.series import SeriesPoint
+
+_CENTROIDS = 100
+RETRIEVAL = "retrieval"  # the cell of an app's retrievals, beside its tools' cells
+# (window_s, now) -> records per folded app over that window
+RequestCounts = Callable[[float, float], dict[str, int]]
+
+
+class _Bucket:
+    __slots__ = ("calls", "empty", "errors", "index", "latency_s", "sized")
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.calls = 0
+        self.errors = 0
+        self.empty = 0  # retrievals that returned no document
+        self.sized = 0  # retrievals that said how many documents
+        self.latency_s: TDigest | None = None
+
+
+class ToolWindows:
+    """Not thread-safe: owned by the ingest loop."""
+
+    def __init__(
+        self,
+        requests: RequestCounts,
+        *,
+        bucket_s: float = 10.0,
+        max_window_s: float = 3600.0,
+        max_tools: int = 20,
+    ) -> None:
+        self._requests = requests
+        self.bucket_s = bucket_s
+        self.max_window_s = max_window_s
+        self._tools = LabelFolder(max_tools, pinned=(RETRIEVAL,))
+        # (app, tool name or RETRIEVAL) -> bucket index -> bucket
+        self._cells: dict[tuple[str, str], dict[int, _Bucket]] = {}
+        self.folded = 0  # tool calls counted under `other`
+
+    def observe(
+        self, app: str, tools: list[ToolCall] | None, retrieval: Retrieval | None, now: float
+    ) -> None:
+        """A record's tool calls and retrieval, at `now`, under its folded app label."""
+        for call in tools or ():
+            name = self._tools.fold(call.name)
+            if name != call.name:
+                self.folded += 1
+            self._add(self._bucket((app, name), now), call.status, call.latency_ms)
+        if retrieval is not None:
+            bucket = self._bucket((app, RETRIEVAL), now)
+            self._add(bucket, retrieval.status, retrieval.latency_ms)
+            if retrieval.documents is not None:
+                bucket.sized += 1
+                bucket.empty += retrieval.documents == 0
+
+    @staticmethod
+    def _add(bucket: _Bucket, status: str, latency_ms: float | None) -> None:
+        bucket.calls += 1
+        bucket.errors += status == "error"
+        if latency_ms is not None:
+            if bucket.latency_s is None:
+                bucket.latency_s = TDigest(max_centroids=_CENTROIDS)
+            bucket.latency_s.update(latency_ms / 1000.0)
+
+    def _bucket(self, key: tuple[str, str], at: float) -> _Bucket:
+        buckets = self._cells.setdefault(key, {})
+        index = int(at // self.bucket_s)
+        bucket = buckets.get(index)
+        if bucket is None:
+            bucket = buckets[index] = _Bucket(index)
+            oldest = index - int(self.max_window_s // self.bucket_s) - 1
+            for old in [i for i in buckets if i < oldest]:
+                del buckets[old]
+        return bucket
+
+    def points(self, window_s: float, now: float) -> list[SeriesPoint]:
+        """Per (app, tool): tool_calls_per_request, tool_error_rate, tool_latency_p95; per app:
+        retrieval_rate, retrieval_latency_p95, empty_retrieval_rate; over the window ending
+        at `now` (buckets whose start lies in it)."""
+        first = math.ceil((now - min(window_s, self.max_window_s)) / self.bucket_s - 1e-9)
+        last = int(now // self.bucket_s)
+        requests = self._requests(window_s, now)
+        out: list[SeriesPoint] = []
+        for (app, name), buckets in sorted(self._cells.items()):
+            inside = [b for b in buckets.values() if first <= b.index <= last]
+            calls = sum(b.calls for b in inside)
+            if calls:
+                out += _cell_points(app, name, inside, calls, requests.get(app, 0))
+        return out
+
+    def prune(self, now: float) -> None:
+        index = int(now // self.bucket_s) - int(self.max_window_s // self.bucket_s) - 1
+        for key, buckets in list(self._cells.items()):
+            if all(i < index for i in buckets):
+                del self._cells[key]
+
+
+def _cell_points(
+    app: str, name: str, buckets: list[_Bucket], calls: int, requests: int
+) -> list[SeriesPoint]:
+    latency = TDigest(max_centroids=_CENTROIDS)
+    for b in buckets:
+        if b.latency_s is not None:
+            latency.merge_inplace(b.latency_s)
+    p95 = None if latency.is_empty() else float(latency.quantile(0.95))
+    per_request = calls / requests if requests else None
+    if name == RETRIEVAL:
+        labels: tuple[tuple[str, str], ...] = (("app", app),)
+        sized = sum(b.sized for b in buckets)
+        empty = sum(b.empty for b in buckets) / sized if sized else None
+        return [
+            SeriesPoint("retrieval_rate", labels, per_request, requests),
+            SeriesPoint("retrieval_latency_p95", labels, p95, calls),
+            SeriesPoint("empty_retrieval_rate", labels, empty, sized),
+        ]
+    labels = (("app", app), ("tool", name))
+    errors = sum(b.errors for b in buckets)
+    return [
+        SeriesPoint("tool_calls_per_request", labels, per_request, requests),
+        SeriesPoint("tool_error_rate", labels, errors / calls, calls),
+        SeriesPoint("tool_latency_p95", labels, p95, calls),
+    ]
+
+
+_GAUGES = {
+    "tool_calls_per_request": ("lookout_tool_calls_per_request", ["app", "tool"]),
+    "tool_error_rate": ("lookout_tool_error_ratio", ["app", "tool"]),
+    "tool_latency_p95": ("lookout_tool_latency_p95_seconds", ["app", "tool"]),
+    "retrieval_rate": ("lookout_retrieval_ratio", ["app"]),
+    "retrieval_latency_p95": ("lookout_retrieval_latency_p95_seconds", ["app"]),
+    "empty_retrieval_rate": ("lookout_empty_retrieval_ratio", ["app"]),
+}
+
+
+class ToolCollector(Collector):
+    """The default window's tool and retrieval series as gauges, at scrape time."""
+
+    def __init__(self, windows: ToolWindows, points: Callable[[], list[SeriesPoint]]) -> None:
+        self._windows = windows
+        self._points = points
+
+    def collect(self) -> Iterable[Metric]:
+        families = {
+            name: GaugeMetricFamily(metric, f"{name} over the default window", labels=labels)
+            for name, (metric, labels) in _GAUGES.items()
+        }
+        for p in self._points():
+            if p.value is not None:
+                families[p.metric].add_metric([v for _, v in p.labels], p.value)
+        folded = CounterMetricFamily(
+            "lookout_tool_calls_folded",
+            "Tool calls counted under `other`: past tools.max_names tool names",
+            value=self._windows.folded,
+        )
+        return [*families.values(), folded]
