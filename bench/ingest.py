@@ -17,7 +17,7 @@ alone drains 1M records in batches of 50 and reports its RSS after 100k and afte
     .venv/bin/python bench/ingest.py --rss-only # only the RSS growth from 100k to 1M records
     .venv/bin/python bench/ingest.py --live     # publishers and subscriber at the same time
     LOOKOUT_BENCH_MQTT=3.1.1 .venv/bin/python bench/ingest.py ...   # lookout on MQTT 3.1.1
-    LOOKOUT_BENCH_ENGAGEMENT=0 .venv/bin/python bench/ingest.py ... # engagement series off
+    LOOKOUT_BENCH_EXTRAS=0 .venv/bin/python bench/ingest.py ...  # engagement, tool series off
 
 Live mode (`--live`): the broker keeps Mosquitto's stock in-flight limit (max_inflight_messages
 20; lookout raises its own window with MQTT 5's Receive Maximum) and only queues without limit
@@ -62,6 +62,8 @@ def record(i: int) -> dict[str, Any]:
         "output_tokens": 80 + i % 40,
         "user_id": f"u-{i % 1000}",
         "session_id": f"s-{i % 5000}",
+        "tools": [{"name": "order_lookup", "latency_ms": 40 + i % 20, "status": "ok"}],
+        "retrieval": {"latency_ms": 12 + i % 7, "documents": i % 4},
         "metadata": {"tenant": "acme"},
     }
 
@@ -132,7 +134,11 @@ async def lookout(  # noqa: PLR0917
             },
             "store": {"url": f"sqlite:///{tmp}/bench.db"},
             "api": {"bind": "127.0.0.1:0"},
-            "engagement": {"enabled": os.environ.get("LOOKOUT_BENCH_ENGAGEMENT", "1") == "1"},
+            # Off: the engagement and tool-use series (the records still carry their fields).
+            **{
+                section: {"enabled": os.environ.get("LOOKOUT_BENCH_EXTRAS", "1") == "1"}
+                for section in ("engagement", "tools")
+            },
             **({"detectors": {"embedder": json.loads(embedder)}} if embedder else {}),
         }
     )
