@@ -44,6 +44,7 @@ from lookout.monitor.ingest.mqtt import MqttSource
 from lookout.monitor.ingest.queue import IngestQueue
 from lookout.monitor.judge.anchors import load_anchors
 from lookout.monitor.judge.client import JudgeClient, chat_model
+from lookout.monitor.judge.metrics import FeedbackAgreementCollector
 from lookout.monitor.judge.service import JudgeService
 from lookout.monitor.judge.store import JudgeStore
 from lookout.monitor.metrics.prom import IngestMetrics, WindowCollector
@@ -217,6 +218,10 @@ class Daemon:
         if s.judge.enabled:
             self.judge = await stack.enter_async_context(await self._judge_service(stack))
             self.judge.ledger.user_verdict = self.feedback.user_verdict
+            judge, window_s = self.judge, s.metrics.default_window
+            self.registry.register(
+                FeedbackAgreementCollector(lambda: judge.series(window_s, self.clock.now()))
+            )
         extra_series = merged_series(self.detection, self.judge, *self._series_of_extras())
         redactor = Redactor(s.redaction.patterns)
         if s.rules:

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from lookout.series import SeriesPoint
 
 
 class JudgeMetrics:
@@ -39,3 +45,21 @@ class JudgeMetrics:
             "Share of anchor verdicts as expected in the last run that had anchors",
             registry=registry,
         )
+
+
+class FeedbackAgreementCollector(Collector):
+    """judge_feedback_agreement{app} over the default window, at scrape time."""
+
+    def __init__(self, points: Callable[[], list[SeriesPoint]]) -> None:
+        self._points = points
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(
+            "lookout_judge_feedback_agreement_ratio",
+            "Of the judged records users gave feedback on, the share where judge and users agree",
+            labels=["app"],
+        )
+        for p in self._points():
+            if p.metric == "judge_feedback_agreement" and p.value is not None:
+                family.add_metric([dict(p.labels)["app"]], p.value)
+        return [family]

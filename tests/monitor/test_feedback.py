@@ -287,6 +287,8 @@ async def test_records_users_disliked_are_judged_first_and_agreement_follows_fee
             return None
 
         assert agreement() == (0.0, 2)  # the judge passed both, users disliked both
+        labels = {"app": "bot"}
+        assert sample_value(d, "lookout_judge_feedback_agreement_ratio", labels) == 0.0
         up = {"record_id": "r0", "app": "bot", "key": "thumbs", "score": 1}
         await post(api, "/api/v1/feedback", up)
         await d.judge.run_once()
