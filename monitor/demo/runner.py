@@ -306,6 +306,8 @@ class Demo:
                     owed[app] -= len(batch)
                     if batch:
                         await client.publish(f"llm/records/{app}", json.dumps(batch), qos=1)
+                    if thumbs := [e for e in map(gen.feedback, batch) if e is not None]:
+                        await client.publish(f"llm/feedback/{app}", json.dumps(thumbs), qos=1)
                 if timeline_s > self._end_s() and not over:
                     over = True
                     if opts.once:

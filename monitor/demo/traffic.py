@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import random
+import uuid
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -182,6 +183,8 @@ class Traffic:
 
     def __init__(self, seed: int = 7) -> None:
         self._rng = random.Random(seed)
+        self._sent = 0
+        self._run = uuid.uuid4().hex[:8]  # ids unique across demo runs on one store
 
     def _texts(self, app: str, incident: IncidentKind | None) -> tuple[str, str]:
         r = self._rng
@@ -213,8 +216,13 @@ class Traffic:
             "latency_ms": round(latency, 1),
             "ttft_ms": round(latency * r.uniform(0.15, 0.3), 1),
             "input_tokens": len(prompt) // 4 + 150,  # plus a system prompt
-            "user_id": f"u{r.randrange(1, 500)}",
         }
+        self._sent += 1
+        user = r.randrange(1, 500)
+        record.update(
+            id=f"{app}-{self._run}-{self._sent}", user_id=f"u{user}", session_id=f"s{user}"
+        )
+        record.update(self._steps(app, latency))
         if r.random() < error_rate:
             record.update(
                 status="error",
@@ -223,6 +231,32 @@ class Traffic:
         else:
             record.update(response=response, output_tokens=out_tokens)
         return record
+
+    def _steps(self, app: str, latency_ms: float) -> dict[str, Any]:
+        """support-bot retrieves from its help centre; travel-assistant calls a flight search."""
+        r = self._rng
+        if app == SUPPORT:
+            documents = r.choice((0, 2, 3, 4, 5))
+            return {
+                "retrieval": {"latency_ms": round(latency_ms * 0.05, 1), "documents": documents}
+            }
+        status = "error" if r.random() < 0.03 else "ok"
+        call = {"name": "flight_search", "latency_ms": round(latency_ms * 0.3, 1), "status": status}
+        return {"tools": [call]}
+
+    def feedback(self, record: dict[str, Any]) -> dict[str, Any] | None:
+        """A user's thumbs on a tenth of the answers: mostly up, down after a failure."""
+        r = self._rng
+        if r.random() >= 0.1:
+            return None
+        bad = record.get("status") == "error" or r.random() < 0.15
+        return {
+            "record_id": record["id"],
+            "app": record["app"],
+            "key": "thumbs",
+            "score": 0 if bad else 1,
+            "user_id": record["user_id"],
+        }
 
 
 def active(timeline: tuple[Incident, ...], app: str, elapsed_s: float) -> Incident | None:

@@ -12,6 +12,7 @@ import httpx
 
 from lookout.monitor.demo.runner import Demo, DemoOptions
 from lookout.monitor.demo.traffic import SUPPORT, TIMELINE, TRAVEL, IncidentKind, Traffic, active
+from lookout.monitor.ingest.feedback import decode_feedback
 from lookout.monitor.ingest.records import DecodeLimits, decode_payload
 
 
@@ -36,6 +37,14 @@ def test_demo_traffic_is_valid_wire_format_and_incidents_change_it() -> None:
     assert 130 < sum(p not in usual for p in drifted) < 190  # about 80% on another topic
     assert active(TIMELINE, SUPPORT, 50).kind is IncidentKind.LATENCY  # type: ignore[union-attr]
     assert active(TIMELINE, TRAVEL, 50) is None
+    # Sessions, a retrieval (support) or a tool call (travel) on every record; thumbs on some.
+    assert all(r.session_id and r.user_id for r in decoded.records)
+    assert all(r.retrieval for r in decoded.records if r.app == SUPPORT)
+    assert all(r.tools for r in decoded.records if r.app == TRAVEL)
+    thumbs = [e for e in map(gen.feedback, failing) if e is not None]
+    feedback = decode_feedback(json.dumps(thumbs).encode(), None, now, DecodeLimits(), 100)
+    assert 20 < len(feedback.events) < 65 and not feedback.rejections
+    assert sum(e.score == 0 for e in feedback.events) > len(feedback.events) / 3  # failures
 
 
 async def test_the_demo_fires_and_resolves_alerts_on_its_timeline() -> None:
