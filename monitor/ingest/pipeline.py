@@ -1,7 +1,8 @@
 """The per-record path every source shares: decode, de-duplicate, count, sample to the store.
 
-Each counted record also goes into the store's open commit group: its per-minute partial
-aggregate and its (app, id), committed with the group's sampled rows (docs/deploy.md).
+Each record is counted once, into the windows' open partial of its bucket; when the store
+closes a commit group the pipeline hands it those partials, merged per minute, and the (app, id)
+pairs counted since, committed with the group's sampled rows (docs/deploy.md).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from lookout.monitor.ingest.records import DecodeLimits, Record, Rejection, decode_payload
-from lookout.monitor.metrics.partials import GroupPartials
+from lookout.monitor.metrics.partials import partial_rows
 from lookout.monitor.metrics.prices import PriceTable
 from lookout.monitor.metrics.prom import IngestMetrics
 from lookout.monitor.metrics.windows import WindowedMetrics
@@ -89,7 +90,6 @@ class Pipeline:
         self._sample_rate = sample_rate
         self._recent = RecentIds(dedupe_ids)
         self._recent_capacity = dedupe_ids
-        self._partials = GroupPartials()
         store.on_group_close(self._close_group)
         self._totals = prom.totals
         self._random = (rng or random.Random()).random
@@ -99,8 +99,9 @@ class Pipeline:
 
     def _close_group(self) -> None:
         """The store is about to commit its group: add this group's partials and ids."""
-        if len(self._partials):
-            self._store.put_partials(self._partials.take())
+        taken = self.windows.take_open()
+        if taken:
+            self._store.put_partials(partial_rows(taken))
         new_ids = self._recent.take_new()
         if new_ids:
             self._store.put_seen_ids(new_ids)
@@ -178,9 +179,6 @@ class Pipeline:
         if input_tokens or output_tokens:
             cost = self._prices.cost(record.model, input_tokens, output_tokens)
         self.windows.observe(
-            key, now, error, latency_ms, record.ttft_ms, input_tokens, output_tokens, cost
-        )
-        self._partials.add(
             key, now, error, latency_ms, record.ttft_ms, input_tokens, output_tokens, cost
         )
         totals = self._totals.get(key)

@@ -151,3 +151,13 @@ def test_an_incomplete_channel_is_an_error_naming_it(tmp_path: Path) -> None:
     f.write_text("channels:\n  hook: {kind: webhook}\n")
     with pytest.raises(ConfigError, match=r"channels\.hook.*needs `url`"):
         load_settings(f)
+
+
+def test_a_bucket_that_straddles_minutes_is_refused(tmp_path: Path) -> None:
+    # Each bucket's records are committed into one stored minute.
+    path = tmp_path / "c.yaml"
+    path.write_text("metrics:\n  bucket_s: 7s\n")
+    with pytest.raises(ConfigError, match="bucket_s must divide a minute"):
+        load_settings(path)
+    path.write_text("metrics:\n  bucket_s: 15s\n")
+    assert load_settings(path).metrics.bucket_s == 15.0

@@ -10,8 +10,11 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
 import httpx
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from lookout.monitor.config import Settings
 from lookout.monitor.daemon import Daemon
@@ -206,3 +209,32 @@ async def test_a_broker_that_refuses_mqtt_5_gets_3_1_1_and_ingest_flows(
     out = capsys.readouterr().out
     assert out.count("bus_mqtt5_refused") == 1
     assert "bus_unreachable" not in out
+
+
+async def test_publishes_with_and_without_mqtt_5_properties_all_arrive(
+    settings_for: Callable[..., Settings], topic_root: str
+) -> None:
+    # Plain publishes take lookout's fast path; those with properties paho's own.
+    topic = f"llm/records/{topic_root}"
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    props.UserProperty = [("tenant", "acme")]
+    props.ContentType = "application/json"
+    daemon = Daemon(settings_for())
+    async with running(daemon) as d:
+        async with aiomqtt.Client(
+            "127.0.0.1", 1883, identifier=f"pub5-{topic_root}", protocol=aiomqtt.ProtocolVersion.V5
+        ) as pub:
+            for i in range(30):
+                record = json.dumps({"id": f"r{i}", "app": "bot", "latency_ms": i}).encode()
+                await pub.publish(
+                    topic, record, qos=(0, 1, 2)[i % 3], properties=props if i % 2 else None
+                )
+        ok = {"app": "bot", "model": "unknown", "status": "ok"}
+        await eventually(lambda: sample_value(d, "lookout_records_total", ok) == 30, d)
+        client = d.source._client
+        assert client is not None
+        # The broker delivers QoS 2 publishes at the subscription's QoS 1: every publish
+        # without properties (i even) takes the fast path, those with them paho's.
+        assert client.fast_path_messages == 15
+        await d.store.flush()
+        assert await d.store.get_record("r29") is not None
