@@ -37,9 +37,14 @@ class RecentIds:
         if self._capacity == 0:
             return False
         key = (app, record_id)
-        if key in self._ids:
+        ids = self._ids
+        if key in ids:
             return True
-        self._remember(key)
+        order = self._order
+        if len(order) >= self._capacity:
+            ids.discard(order.popleft())
+        order.append(key)
+        ids.add(key)
         self._new.append(key)
         return False
 
