@@ -140,8 +140,20 @@ def _add_partials(db: sqlite3.Connection, partials: list[PartialRow]) -> None:
         )
 
 
-def write_group(db: sqlite3.Connection, group: CommitGroup) -> None:
-    """Everything in `group`, in one transaction."""
+def write_group(db: sqlite3.Connection, group: CommitGroup, refused_at: float, keep: int) -> int:
+    """Everything in `group`, in one transaction; if SQLite refuses it for its content, row by
+    row (`write_group_row_by_row`). Returns how many rows were refused; raises the errors
+    worth retrying."""
+    try:
+        _write_all(db, group)
+    except sqlite3.Error as exc:
+        if transient(exc):
+            raise
+        return write_group_row_by_row(db, group, refused_at, keep)
+    return 0
+
+
+def _write_all(db: sqlite3.Connection, group: CommitGroup) -> None:
     with db:
         db.execute("BEGIN")
         records = group.records

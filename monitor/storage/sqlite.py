@@ -22,9 +22,7 @@ from lookout.monitor.storage.groups import (
     encode_record_row,
     prune_ids,
     recent_ids,
-    transient,
     write_group,
-    write_group_row_by_row,
 )
 from lookout.sqlite_thread import SqliteThread, dict_rows
 
@@ -274,31 +272,22 @@ class SqliteStore:
         SQLite refuses for its content is written row by row, leaving out (and keeping as
         rejected samples) only the rows it refuses: one bad row must not stall ingest."""
         attempt = 0
-        by_row = False
+        at, keep = self._clock.now(), self._cfg.rejected_sample_bytes  # for refused rows
         while True:
             try:
-                if by_row:
-                    refused = await self._run(self._write_row_by_row(group))
+                refused = await self._run(lambda: write_group(self._conn(), group, at, keep))
+                if refused:
                     self._metrics.dropped.labels("store").inc(refused)
                     log.error("store_rows_refused", rows=refused, of=group.rows)
-                else:
-                    await self._run(lambda: write_group(self._conn(), group))
                 return True
             except sqlite3.Error as exc:
                 self._metrics.store_errors.inc()
                 log.error("store_write_failed", error=str(exc), rows=group.rows, attempt=attempt)
-                if not transient(exc) and not by_row:
-                    by_row = True
-                    continue
                 attempt += 1
                 if self._stop.is_set() and attempt >= _ATTEMPTS_WHEN_CLOSING:
                     self._metrics.dropped.labels("store").inc(group.rows)
                     return False
                 await asyncio.sleep(min(0.1 * 2**attempt, _RETRY_MAX_S))
-
-    def _write_row_by_row(self, group: CommitGroup) -> Callable[[], int]:
-        at, sample_bytes = self._clock.now(), self._cfg.rejected_sample_bytes
-        return lambda: write_group_row_by_row(self._conn(), group, at, sample_bytes)
 
     async def prune(self, now: float) -> None:
         cutoff = now - self._cfg.retention
