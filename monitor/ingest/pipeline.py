@@ -97,6 +97,7 @@ class Pipeline:
         self._recent_capacity = dedupe_ids
         store.on_group_close(self._close_group)
         self._totals = prom.totals
+        windows.on_release.append(prom.totals.forget_apps)
         self._random = (rng or random.Random()).random
         # Set by the daemon when detectors run: sees every counted record (it samples itself),
         # with the id it was stored under, if it was.

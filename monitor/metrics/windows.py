@@ -12,7 +12,7 @@ merged from the cells at query time.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -207,6 +207,9 @@ class WindowedMetrics:
         self._cells: dict[tuple[str, str], _Cell] = {}
         self._folded: dict[tuple[str, str], tuple[str, str]] = {}
         self._open: list[tuple[tuple[str, str], _Bucket]] = []  # buckets with an open partial
+        # Told which apps gave their slot back, so per-app state elsewhere (the Prometheus
+        # totals) does not grow with every app that ever held one.
+        self.on_release: list[Callable[[list[str]], None]] = []
         self.started_at = started_at
 
     def labels_for(self, app: str, model: str) -> tuple[str, str]:
@@ -373,6 +376,8 @@ class WindowedMetrics:
         if released:
             self.apps.release(released)
             self._folded.clear()  # apps folded into `other` get a fresh look
+            for forget in self.on_release:
+                forget(released)
         return released
 
     def cell_count(self) -> int:
