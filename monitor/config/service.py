@@ -20,7 +20,7 @@ class BusConfig(Section):
     password: SecretStr | None = None
     topics: list[str] = Field(default_factory=lambda: ["llm/records/#"], min_length=1)
     qos: Literal[0, 1] = 1
-    client_id: str = "lookout"
+    client_id: str | None = None  # default: see node.mqtt_client_id
     shared_group: str | None = None
     persistent_session: bool = True
     embedded: bool = False

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -238,3 +239,67 @@ async def test_publishes_with_and_without_mqtt_5_properties_all_arrive(
         assert client.fast_path_messages == 15
         await d.store.flush()
         assert await d.store.get_record("r29") is not None
+
+
+def node_settings(tmp_path: Path, topic_root: str, node: str) -> Settings:
+    # No client_id: each node's session is named after its node.id.
+    return make_settings(
+        tmp_path / node,
+        topic_root,
+        node={"id": f"{node}-{topic_root}"},
+        bus={"shared_group": f"g{topic_root}", "client_id": None},
+    )
+
+
+def stored_ids(daemon: Daemon) -> set[str]:
+    with sqlite3.connect(daemon.settings.store.url.removeprefix("sqlite:///")) as db:
+        return {row[0] for row in db.execute("SELECT id FROM records")}
+
+
+async def test_nodes_of_a_shared_group_split_the_records_evenly(
+    tmp_path: Path, topic_root: str
+) -> None:
+    one = Daemon(node_settings(tmp_path, topic_root, "n1"))
+    two = Daemon(node_settings(tmp_path, topic_root, "n2"))
+    assert one.source.client_id == f"lookout-n1-{topic_root}"
+    payloads = [json.dumps({"id": f"r{i}", "app": "bot"}).encode() for i in range(400)]
+    ok = {"app": "bot", "model": "unknown", "status": "ok"}
+    async with running(one), running(two):
+        await publish(payloads, f"llm/records/{topic_root}")
+        await eventually(
+            lambda: (
+                sample_value(one, "lookout_records_total", ok)
+                + sample_value(two, "lookout_records_total", ok)
+                == 400
+            )
+        )
+    # Mosquitto hands a shared subscription's messages round-robin: half each, +-5%.
+    assert 180 <= sample_value(one, "lookout_records_total", ok) <= 220
+
+
+async def test_a_node_that_restarts_gets_the_records_queued_for_it_while_it_was_down(
+    tmp_path: Path, topic_root: str
+) -> None:
+    # The broker keeps a stopped node's persistent session in the group and queues its share:
+    # a delay, not a loss, when the node comes back under the same node.id.
+    payloads = [json.dumps({"id": f"r{i}", "app": "bot"}).encode() for i in range(200)]
+    ok = {"app": "bot", "model": "unknown", "status": "ok"}
+    two = Daemon(node_settings(tmp_path, topic_root, "n2"))
+    async with running(two):
+        async with running(Daemon(node_settings(tmp_path, topic_root, "n1"))):
+            pass  # n1 joins the group and stops: its session stays
+        await publish(payloads, f"llm/records/{topic_root}")
+        await eventually(lambda: sample_value(two, "lookout_records_total", ok) >= 80)
+        back = Daemon(node_settings(tmp_path, topic_root, "n1"))
+        async with running(back):
+            await eventually(
+                lambda: (
+                    sample_value(back, "lookout_records_total", ok)
+                    + sample_value(two, "lookout_records_total", ok)
+                    == 200
+                )
+            )
+            assert sample_value(back, "lookout_records_total", ok) >= 80
+    # Every record stored once, across the two nodes' stores.
+    first, second = stored_ids(back), stored_ids(two)
+    assert not first & second and len(first | second) == 200
