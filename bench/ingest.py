@@ -299,7 +299,7 @@ def run_one(  # noqa: PLR0917
     result["records_per_s"] = result["msg_per_s"] * batch
     result["cpu_us_per_record"] = result["cpu_s"] / (counted * batch) * 1e6
     if "detection" in result:
-        print(describe(f"{messages:,} x {batch} at QoS {qos}", result["detection"]), flush=True)
+        print(describe(f"{messages:,} x {batch} at QoS {qos}", result), flush=True)
     return result
 
 
@@ -398,7 +398,7 @@ def main() -> None:
             f" {bare_cpu_us:16.1f} {ours['cpu_us_per_record']:19.2f}"
         )
     for label, qos, _, ours in rows:
-        print(describe(f"{label}, QoS {qos}, lookout's best round", ours["detection"]))
+        print(describe(f"{label}, QoS {qos}, lookout's best round", ours))
     print(
         f"\nRSS after 100k records: {rss['rss_100k_mb']:.1f} MB; after {rss_records:,}: "
         f"{rss['rss_mb']:.1f} MB (growth {rss['rss_mb'] - rss['rss_100k_mb']:+.1f} MB); "
