@@ -6,8 +6,10 @@ run on the hot path: the effective sample rate gauge (`lookout_detector_sample_r
 of an app's records the sampler really took in the last interval), sampled about twice a second
 through the round; and, as differences from the round's start to its end, texts embedded,
 texts served from the embedding cache, seconds spent embedding and texts dropped because the
-detection queue was full; and the detection thread's own CPU time (from /proc), so a round's
-CPU per record splits into the detectors' share and the rest (ingest).
+detection queue was full; and, from /proc, the CPU time of the detection thread and of the
+event loop's thread (ingest: decode, windows, store hand-off), so a round's CPU splits into the
+detection thread's, the loop's and that of the other threads (the store's writer, the
+tokenizers' own pool).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class DetectionWatch:
         self._registry = registry.restricted_registry([*_COUNTERS.values(), _RATE, _DEPTH])
         self._start = self._counters()
         self._thread_cpu_s = detection_thread_cpu_s()
+        self._loop_cpu_s = thread_cpu_s(threading.main_thread().native_id)
         self._rates: list[float] = []
         self._last_sample = 0.0
 
@@ -65,7 +68,8 @@ class DetectionWatch:
         self._last_sample = 0.0
         self.sample()
         end = self._counters()
-        thread_cpu_s = detection_thread_cpu_s() - self._thread_cpu_s
+        detection_cpu_s = detection_thread_cpu_s() - self._thread_cpu_s
+        loop_cpu_s = thread_cpu_s(threading.main_thread().native_id) - self._loop_cpu_s
         delta = {key: end[key] - self._start[key] for key in _COUNTERS}
         looked_up = delta["embedded"] + delta["cache_hits"]
         return {
@@ -74,27 +78,36 @@ class DetectionWatch:
             "embedded_per_s": delta["embedded"] / elapsed_s,
             "cache_hit_rate": delta["cache_hits"] / looked_up if looked_up else None,
             "embed_core_share": delta["embed_s"] / elapsed_s,
-            "detection_cpu_s": thread_cpu_s,
+            "detection_cpu_s": detection_cpu_s,
+            "loop_cpu_s": loop_cpu_s,
             "dropped": delta["dropped"],
             "queue_depth": sum(self._samples().get(_DEPTH, [0.0])),
         }
 
 
+def thread_cpu_s(native_id: int | None) -> float:
+    """User + system CPU of one of this process's threads so far."""
+    if native_id is None:
+        return 0.0
+    fields = Path(f"/proc/self/task/{native_id}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def detection_thread_cpu_s() -> float:
-    """User + system CPU of the daemon's detection thread so far (0 before it starts)."""
+    """CPU of the daemon's detection thread so far (0 before it starts)."""
     for thread in threading.enumerate():
-        if thread.name.startswith("lookout-detect") and thread.native_id is not None:
-            stat = Path(f"/proc/self/task/{thread.native_id}/stat").read_text()
-            fields = stat.rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        if thread.name.startswith("lookout-detect"):
+            return thread_cpu_s(thread.native_id)
     return 0.0
 
 
 def describe(label: str, result: dict[str, Any]) -> str:
     """One line for a lookout round (run_one's result): what the detectors achieved while
-    lookout drained it, and CPU per record without the detection thread's."""
+    lookout drained it, and where the CPU went."""
     figures = result["detection"]
-    rest = result["cpu_s"] - figures["detection_cpu_s"]
+    elapsed_s, cpu_s = result["elapsed_s"], result["cpu_s"]
+    other_s = cpu_s - figures["detection_cpu_s"] - figures["loop_cpu_s"]
+    per_record_us = result["cpu_us_per_record"] / cpu_s
 
     def share(x: float | None) -> str:
         return "-" if x is None else f"{x:.4f}"
@@ -105,7 +118,8 @@ def describe(label: str, result: dict[str, Any]) -> str:
         f"{figures['embedded_per_s']:,.0f} texts embedded/s, cache hit rate "
         f"{share(figures['cache_hit_rate'])}, embedder busy (wall) "
         f"{figures['embed_core_share']:.2f} of the round, {figures['dropped']:,.0f} texts "
-        f"dropped, queue {figures['queue_depth']:,.0f}; detection thread "
-        f"{figures['detection_cpu_s'] / result['elapsed_s']:.2f} of a core, the rest "
-        f"{result['cpu_us_per_record'] * rest / result['cpu_s']:.2f} us CPU/record"
+        f"dropped, queue {figures['queue_depth']:,.0f}; CPU: detection thread "
+        f"{figures['detection_cpu_s'] / elapsed_s:.2f} of a core, other threads "
+        f"{other_s / elapsed_s:.2f}, event loop {figures['loop_cpu_s'] / elapsed_s:.2f} "
+        f"({per_record_us * figures['loop_cpu_s']:.2f} us/record)"
     )
