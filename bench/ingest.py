@@ -8,11 +8,11 @@ parallel, at QoS 1 so they finish only once the broker holds everything) then pu
 embedder works as it would on real traffic: bench/ingest_payloads.py); the subscriber reconnects
 and drains them as fast as it can, at its subscription's QoS. Its rate is messages (records)
 over the time from its first to its last; CPU time per record is the steadier figure on a
-shared box. The two
-subscribers alternate on the same broker in the same run, best of `--rounds` each. Last, lookout
-alone drains 1M records in batches of 50 and reports its RSS after 100k and after 1M. The
-detectors' figures for each lookout round (effective sample rate, texts embedded a second,
-embedding cache hit rate) come from the daemon's metrics: bench/ingest_detection.py.
+shared box. The two subscribers alternate on the same broker in the same run, best of
+`--rounds` each. Last, lookout alone drains 1M records in batches of 50 and reports its RSS
+after 100k and after 1M. The detectors' figures for each lookout round (effective sample
+rate, texts embedded a second, embedding cache hit rate) come from the daemon's metrics:
+bench/ingest_detection.py.
 
     .venv/bin/python bench/ingest.py            # full run (a few minutes)
     .venv/bin/python bench/ingest.py --quick    # smaller counts, one round
