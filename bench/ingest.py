@@ -2,13 +2,17 @@
 
 Method (a backlog drain, so the publisher never competes with the subscriber for the 2 cores):
 each subscriber, in its own process, opens a persistent session on a private Mosquitto (no queue
-limit, QoS 0 messages queued too) and disconnects; C publishers (`mosquitto_pub --repeat`, in
+limit, QoS 0 messages queued too) and disconnects; C publishers (`mosquitto_pub`, four in
 parallel, at QoS 1 so they finish only once the broker holds everything) then put N messages of
-~1 KB records in the broker's queue for it; the subscriber reconnects and drains them as fast as
-it can, at its subscription's QoS. Its rate is messages (records) over the time from
-its first to its last; CPU time per record is the steadier figure on a shared box. The two
-subscribers alternate on the same broker in the same run, best of `--rounds` each. Last, lookout
-alone drains 1M records in batches of 50 and reports its RSS after 100k and after 1M.
+~1 KB records in the broker's queue for it (each record with its own prompt and response, so the
+embedder works as it would on real traffic: bench/ingest_payloads.py); the subscriber reconnects
+and drains them as fast as it can, at its subscription's QoS. Its rate is messages (records)
+over the time from its first to its last; CPU time per record is the steadier figure on a
+shared box. The two subscribers alternate on the same broker in the same run, best of
+`--rounds` each. Last, lookout alone drains 1M records in batches of 50 and reports its RSS
+after 100k and after 1M. The detectors' figures for each lookout round (effective sample
+rate, texts embedded a second, embedding cache hit rate) come from the daemon's metrics:
+bench/ingest_detection.py.
 
     .venv/bin/python bench/ingest.py            # full run (a few minutes)
     .venv/bin/python bench/ingest.py --quick    # smaller counts, one round
@@ -16,6 +20,8 @@ alone drains 1M records in batches of 50 and reports its RSS after 100k and afte
         '{"kind": "sentence-transformers", "model": "all-MiniLM-L6-v2"}'   # the extra's model
     .venv/bin/python bench/ingest.py --rss-only # only the RSS growth from 100k to 1M records
     .venv/bin/python bench/ingest.py --live     # publishers and subscriber at the same time
+    .venv/bin/python bench/ingest.py --payload repeated   # one record repeated (the old method)
+    LOOKOUT_BENCH_DETECTORS='{"max_texts_per_s": 100}' .venv/bin/python bench/ingest.py ...
     LOOKOUT_BENCH_MQTT=3.1.1 .venv/bin/python bench/ingest.py ...   # lookout on MQTT 3.1.1
     LOOKOUT_BENCH_EXTRAS=0 .venv/bin/python bench/ingest.py ...  # engagement, tool series off
 
@@ -43,6 +49,9 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+from ingest_detection import DetectionWatch, describe
+from ingest_payloads import Payload, payload_bytes, publish, write_payload
 
 BATCH = 50
 TOPIC = "llm/records/bench"
@@ -139,7 +148,7 @@ async def lookout(  # noqa: PLR0917
                 section: {"enabled": os.environ.get("LOOKOUT_BENCH_EXTRAS", "1") == "1"}
                 for section in ("engagement", "tools")
             },
-            **({"detectors": {"embedder": json.loads(embedder)}} if embedder else {}),
+            "detectors": detectors_section(embedder),
         }
     )
 
@@ -149,7 +158,9 @@ async def lookout(  # noqa: PLR0917
         while queue.processed == 0:
             await queue.wait_progress()
         t0, c0, first = time.perf_counter(), cpu_s(), queue.processed
+        watch = DetectionWatch(daemon.registry)
         while queue.processed < expect:
+            watch.sample()
             try:
                 await asyncio.wait_for(queue.wait_progress(), 30)
             except TimeoutError:
@@ -165,6 +176,7 @@ async def lookout(  # noqa: PLR0917
                 result.setdefault("detector_queue_path", []).append(depth)
                 result.setdefault("rss_100k_mb", result["rss_path_mb"][0])
         result.update(elapsed_s=time.perf_counter() - t0, cpu_s=cpu_s() - c0, first=first)
+        result["detection"] = watch.finish(result["elapsed_s"])
         result["rss_mb"] = rss_mb()
         return result
 
@@ -185,6 +197,14 @@ async def lookout(  # noqa: PLR0917
     result = await session(drain=True)
     shutil.rmtree(tmp, ignore_errors=True)
     return result
+
+
+def detectors_section(embedder: str | None) -> dict[str, Any]:
+    """LOOKOUT_BENCH_DETECTORS (JSON) for the detectors' other keys, e.g. a CPU budget."""
+    section: dict[str, Any] = json.loads(os.environ.get("LOOKOUT_BENCH_DETECTORS", "{}"))
+    if embedder:
+        section["embedder"] = json.loads(embedder)
+    return section
 
 
 async def forget_session(port: int, client_id: str) -> None:
@@ -227,32 +247,11 @@ class Broker:
             time.sleep(0.05)
         raise RuntimeError("mosquitto did not start")
 
-    def publish(self, payload_file: Path, messages: int) -> None:
+    def publish(self, payload: Payload, messages: int) -> None:
         # Published at QoS 1 whatever the subscription's QoS (delivery takes the lower of the
         # two): a publisher then exits only once the broker holds every message, so the
         # subscriber drains a complete backlog rather than racing the publishers.
-        share = [messages // PUBLISHERS + (i < messages % PUBLISHERS) for i in range(PUBLISHERS)]
-        procs = [
-            subprocess.Popen(
-                [
-                    "mosquitto_pub",
-                    "-p",
-                    str(self.port),
-                    "-t",
-                    TOPIC,
-                    "-q",
-                    "1",
-                    "-f",
-                    str(payload_file),
-                    "--repeat",
-                    str(n),
-                ]
-            )
-            for n in share
-        ]
-        for proc in procs:
-            if proc.wait() != 0:
-                raise RuntimeError("mosquitto_pub failed")
+        publish(self.port, TOPIC, payload, messages)
 
     def close(self) -> None:
         self.proc.terminate()
@@ -263,7 +262,7 @@ def run_one(  # noqa: PLR0917
     broker: Broker,
     role: str,
     qos: int,
-    payload: Path,
+    payload: Payload,
     messages: int,
     batch: int,
     embedder: str | None = None,
@@ -308,6 +307,8 @@ def run_one(  # noqa: PLR0917
     result["msg_per_s"] = counted / result["elapsed_s"]
     result["records_per_s"] = result["msg_per_s"] * batch
     result["cpu_us_per_record"] = result["cpu_s"] / (counted * batch) * 1e6
+    if "detection" in result:
+        print(describe(f"{messages:,} x {batch} at QoS {qos}", result), flush=True)
     return result
 
 
@@ -323,21 +324,33 @@ def main() -> None:
     parser.add_argument("--rss-only", action="store_true", help="only the RSS growth figure")
     parser.add_argument("--embedder", help="lookout's detectors.embedder as JSON")
     parser.add_argument("--live", action="store_true", help="publish while consuming")
+    parser.add_argument("--singles", type=int, help="single-record messages a round")
+    parser.add_argument("--batches", type=int, help="messages of 50 records a round")
+    parser.add_argument(
+        "--payload",
+        choices=["varied", "repeated"],
+        default="varied",
+        help="distinct texts per record (default), or one record repeated (before 2026-11-30)",
+    )
     args = parser.parse_args()
     if args.role:
         child(args)
         return
     if args.quick:
         args.rounds = 1
-    singles = 20_000 if args.quick else 100_000
-    batches = 1_000 if args.quick else 4_000
+    singles = args.singles or (20_000 if args.quick else 100_000)
+    batches = args.batches or (1_000 if args.quick else 4_000)
     rss_records = 200_000 if args.quick else 1_000_000
 
     with tempfile.TemporaryDirectory(prefix="lookout-bench-") as tmp:
         work = Path(tmp)
-        single_file, batch_file = work / "single.json", work / "batch.json"
-        single_file.write_text(json.dumps(record(1)))
-        batch_file.write_text(json.dumps([record(j) for j in range(BATCH)]))
+        single_file = write_payload(work, "single", args.payload, singles, 1, PUBLISHERS, record)
+        batch_file = write_payload(work, "batch", args.payload, batches, BATCH, PUBLISHERS, record)
+        print(
+            f"payload {args.payload}: {payload_bytes(single_file):,.0f} / "
+            f"{payload_bytes(batch_file):,.0f} bytes a record (single / in batches)",
+            flush=True,
+        )
         broker = Broker(work, stock_inflight=args.live)
         rows = []
         try:
@@ -393,6 +406,8 @@ def main() -> None:
             f" {ours['msg_per_s'] / base['msg_per_s']:5.2f}x {ours['records_per_s']:14,.0f}"
             f" {bare_cpu_us:16.1f} {ours['cpu_us_per_record']:19.2f}"
         )
+    for label, qos, _, ours in rows:
+        print(describe(f"{label}, QoS {qos}, lookout's best round", ours))
     print(
         f"\nRSS after 100k records: {rss['rss_100k_mb']:.1f} MB; after {rss_records:,}: "
         f"{rss['rss_mb']:.1f} MB (growth {rss['rss_mb'] - rss['rss_100k_mb']:+.1f} MB); "

@@ -35,6 +35,7 @@ from lookout.monitor.builders import (
     price_table,
 )
 from lookout.monitor.config import JudgeConfig, Settings, mask_url
+from lookout.monitor.config.node import mqtt_client_id
 from lookout.monitor.detection.embedding import build_embedder
 from lookout.monitor.detection.sampler import AppSlots
 from lookout.monitor.detection.service import DetectionService
@@ -132,6 +133,7 @@ class Daemon:
             self.prom,
             on_inflight_window=self.store.set_ack_window,
             commit=self.store.flush,
+            client_id=mqtt_client_id(settings.bus, settings.node),
         )
         # Built in run(), as the config asks for them.
         self.api: ApiServer | None = None

@@ -22,7 +22,7 @@ class BusConfig(Section):
     # Users' feedback on records (docs/wire-format.md); [] subscribes to none.
     feedback_topics: list[str] = Field(default_factory=lambda: ["llm/feedback/#"])
     qos: Literal[0, 1] = 1
-    client_id: str = "lookout"
+    client_id: str | None = None  # default: see node.mqtt_client_id
     shared_group: str | None = None
     persistent_session: bool = True
     embedded: bool = False
@@ -212,3 +212,14 @@ class MetricsConfig(Section):
     max_records_per_message: int = Field(default=1_000, ge=1)
     pinned_apps: list[str] = Field(default_factory=list)
     reclaim_after: DurationS = 900.0
+
+    @field_validator("bucket_s")
+    @classmethod
+    def _bucket_divides_a_minute(cls, value: float) -> float:
+        # Each bucket's records are committed into one stored minute (docs/deploy.md).
+        per_minute = 60.0 / value if value > 0 else 0.0
+        if value <= 0 or abs(per_minute - round(per_minute)) > 1e-9:
+            raise ValueError(
+                f"bucket_s must divide a minute (1, 2, 5, 10, 15, 30, 60 s), not {value}"
+            )
+        return value

@@ -25,6 +25,7 @@ from lookout.monitor.config.feedback import FeedbackConfig
 from lookout.monitor.config.judge import JudgeConfig, RedactionConfig
 from lookout.monitor.config.masking import mask_tree
 from lookout.monitor.config.messages import format_errors
+from lookout.monitor.config.node import NodeConfig
 from lookout.monitor.config.service import (
     ApiConfig,
     BusConfig,
@@ -43,6 +44,7 @@ class Settings(BaseSettings):
         frozen=True,
     )
 
+    node: NodeConfig = Field(default_factory=NodeConfig)
     bus: BusConfig = BusConfig()
     store: StoreConfig = Field(default_factory=StoreConfig)
     api: ApiConfig = ApiConfig()

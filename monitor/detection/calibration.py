@@ -61,9 +61,15 @@ class ReferenceFitter:
         with self._lock:
             if self._closed:
                 raise DetectorError("the daemon is stopping")
-            process.start()
+        # Outside the lock: a spawned child imports before it reads its arguments, which
+        # can take a second, and close() must not wait for that to kill it.
+        process.start()
+        with self._lock:
             self._current = process
+            stopping = self._closed
         send.close()
+        if stopping:
+            process.kill()
         try:
             if not receive.poll(self._timeout_s):
                 raise DetectorError(f"reference fitting took over {self._timeout_s:g} s")

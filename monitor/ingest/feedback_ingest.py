@@ -137,7 +137,7 @@ class FeedbackIngest:
             event = msgspec.structs.replace(event, comment=self._redact(event.comment))
         negative = self._cfg.negative(event.key, event.score)
         self._recent.add(event.identity, negative)
-        self._store.put_feedback(event, negative)
+        self._store.feedback.put(event, negative)
         self.windows.observe(event.app, event.key, event.score, negative, now)
 
     def user_verdict(self, app: str, record_id: str) -> bool | None:

@@ -58,8 +58,10 @@ class MqttSource:
         rng: random.Random | None = None,
         on_inflight_window: Callable[[int], None] | None = None,
         commit: Callable[[], Awaitable[None]] | None = None,
+        client_id: str = "lookout",
     ) -> None:
         self._cfg = cfg
+        self.client_id = client_id
         self._on_inflight_window = on_inflight_window
         self._commit = commit  # commits what was processed, running its acks
         self._v5_refused = cfg.embedded  # amqtt, the embedded broker, speaks 3.1.1 only
@@ -121,7 +123,7 @@ class MqttSource:
             cfg.port,
             username=cfg.username,
             password=cfg.password.get_secret_value() if cfg.password else None,
-            identifier=cfg.client_id,
+            identifier=self.client_id,
             protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
             keepalive=cfg.keepalive_s,
             timeout=10.0,
@@ -173,6 +175,7 @@ class MqttSource:
                         "bus_connected",
                         broker=where,
                         topics=self.topics(),
+                        client_id=self.client_id,
                         mqtt="5" if self._v5() else "3.1.1",
                     )
                     if self._queue.paused:

@@ -13,6 +13,15 @@ the `_on_message` / `_on_socket_open` callbacks it registers with paho. `check_a
 verifies them on every client built, so an aiomqtt release that changes them fails loudly,
 naming what moved, instead of silently losing acks; tests/monitor/test_aiomqtt_contract.py runs
 it without a broker, and pyproject.toml pins aiomqtt to the minor release it was checked on.
+
+paho decodes every MQTT 5 PUBLISH into a `Properties` object, which costs ~40 us a message
+even when the packet carries none (docs/benchmarks.md: 53 us against 10 us on 3.1.1), more
+than all of lookout's work on a single record. So PUBLISH packets go through `parse_publish`
+first: QoS 0 and 1 messages without properties (what publishers send) are taken straight to
+the queue; anything else (QoS 2, properties, a topic alias, a malformed packet) goes to
+paho's own handler, unchanged. That needs two paho internals, the packet being read
+(`_in_packet`) and the `_handle_publish` it dispatches PUBLISH to; they are checked the same
+way and paho-mqtt is pinned to the minor release they were checked on.
 """
 
 from __future__ import annotations
@@ -24,12 +33,14 @@ from typing import Any
 
 import aiomqtt
 import paho.mqtt.client as paho
+from paho.mqtt.enums import MQTTErrorCode
 
 from lookout.errors import LookoutError
 from lookout.monitor.ingest.queue import Inbound, IngestQueue
 
 _READ_BURST = 256  # packets read per wake-up of the socket reader
 _SOCKET_OPEN_PARAMS = ["self", "client", "userdata", "sock"]
+_QOS_MASK = 0x06
 
 
 class AiomqttContractError(LookoutError):
@@ -53,6 +64,10 @@ def check_aiomqtt_internals(client: aiomqtt.Client) -> None:
             raise AiomqttContractError(
                 f"aiomqtt.Client no longer registers self.{method} as paho's {callback}"
             )
+    if not callable(getattr(paho_client, "_handle_publish", None)):
+        raise AiomqttContractError("paho.Client._handle_publish is gone")
+    if not isinstance(getattr(paho_client, "_in_packet", None), dict):
+        raise AiomqttContractError("paho.Client._in_packet is no longer a dict")
     base_socket_open = getattr(aiomqtt.Client, "_on_socket_open", None)
     if base_socket_open is None:
         raise AiomqttContractError("aiomqtt.Client._on_socket_open is gone")
@@ -70,6 +85,10 @@ class ManualAckClient(aiomqtt.Client):
         self._ingest = queue
         self._paho: paho.Client = self._client
         self._paho.manual_ack_set(True)
+        # An instance attribute: paho's `_packet_handle` calls self._handle_publish().
+        self._paho_handle_publish = self._paho._handle_publish
+        self._paho._handle_publish = self._handle_publish  # type: ignore[method-assign]
+        self.fast_path_messages = 0  # taken by parse_publish, not paho (tests read it)
         self._reader_fd = -1
         self._live = True
         self._delivered = 0
@@ -87,6 +106,20 @@ class ManualAckClient(aiomqtt.Client):
                 self._paho.ack(mid, qos)
 
         return ack
+
+    def _handle_publish(self) -> MQTTErrorCode:
+        packet = self._paho._in_packet
+        parsed = parse_publish(
+            packet["command"], packet["packet"], v5=self._paho._protocol == paho.MQTTv5
+        )
+        if parsed is None:
+            return self._paho_handle_publish()
+        topic, payload, qos, mid = parsed
+        ack = self._ack_after_processing(mid, qos) if qos else None
+        self._delivered += 1
+        self.fast_path_messages += 1
+        self._ingest.offer(Inbound(topic, payload, ack))
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         ack = self._ack_after_processing(message.mid, message.qos) if message.qos > 0 else None
@@ -132,6 +165,37 @@ class ManualAckClient(aiomqtt.Client):
 
     async def wait_disconnected(self) -> None:
         await asyncio.wait([self._disconnected])
+
+
+def parse_publish(
+    header: int, body: bytes | bytearray, *, v5: bool
+) -> tuple[str, bytes, int, int] | None:
+    """(topic, payload, qos, mid) of a QoS 0/1 PUBLISH without properties; None for paho.
+
+    `header` is the fixed header's first byte, `body` what follows the remaining length.
+    """
+    qos = (header & _QOS_MASK) >> 1
+    if qos > 1:
+        return None
+    try:
+        end = 2 + ((body[0] << 8) | body[1])
+        if end > len(body):
+            return None
+        mid = 0
+        pos = end
+        if qos:
+            mid = (body[pos] << 8) | body[pos + 1]
+            pos += 2
+        if v5:
+            if body[pos] != 0:
+                return None  # properties (a topic alias among them): paho decodes them
+            pos += 1
+        topic = body[2:end].decode()
+    except (IndexError, UnicodeDecodeError):
+        return None  # paho reports the malformed packet its own way
+    if not topic or (qos and mid == 0):
+        return None
+    return topic, bytes(memoryview(body)[pos:]), qos, mid
 
 
 def _retrieve_exception(future: asyncio.Future[None]) -> None:

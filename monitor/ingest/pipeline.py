@@ -1,7 +1,8 @@
 """The per-record path every source shares: decode, de-duplicate, count, sample to the store.
 
-Each counted record also goes into the store's open commit group: its per-minute partial
-aggregate and its (app, id), committed with the group's sampled rows (docs/deploy.md).
+Each record is counted once, into the windows' open partial of its bucket; when the store
+closes a commit group the pipeline hands it those partials, merged per minute, and the (app, id)
+pairs counted since, committed with the group's sampled rows (docs/deploy.md).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 
 from lookout.monitor.ingest.records import DecodeLimits, Record, Rejection, decode_payload
 from lookout.monitor.ingest.tool_use import Retrieval, ToolCall
-from lookout.monitor.metrics.partials import GroupPartials
+from lookout.monitor.metrics.partials import partial_rows
 from lookout.monitor.metrics.prices import PriceTable
 from lookout.monitor.metrics.prom import IngestMetrics
 from lookout.monitor.metrics.windows import WindowedMetrics
@@ -37,9 +38,14 @@ class RecentIds:
         if self._capacity == 0:
             return False
         key = (app, record_id)
-        if key in self._ids:
+        ids = self._ids
+        if key in ids:
             return True
-        self._remember(key)
+        order = self._order
+        if len(order) >= self._capacity:
+            ids.discard(order.popleft())
+        order.append(key)
+        ids.add(key)
         self._new.append(key)
         return False
 
@@ -90,9 +96,9 @@ class Pipeline:
         self._sample_rate = sample_rate
         self._recent = RecentIds(dedupe_ids)
         self._recent_capacity = dedupe_ids
-        self._partials = GroupPartials()
         store.on_group_close(self._close_group)
         self._totals = prom.totals
+        windows.on_release.append(prom.totals.forget_apps)
         self._random = (rng or random.Random()).random
         # Set by the daemon when detectors run: sees every counted record (it samples itself),
         # with the id it was stored under, if it was.
@@ -109,8 +115,9 @@ class Pipeline:
 
     def _close_group(self) -> None:
         """The store is about to commit its group: add this group's partials and ids."""
-        if len(self._partials):
-            self._store.put_partials(self._partials.take())
+        taken = self.windows.take_open()
+        if taken:
+            self._store.put_partials(partial_rows(taken))
         new_ids = self._recent.take_new()
         if new_ids:
             self._store.put_seen_ids(new_ids)
@@ -192,9 +199,6 @@ class Pipeline:
         if input_tokens or output_tokens:
             cost = self._prices.cost(record.model, input_tokens, output_tokens)
         self.windows.observe(
-            key, now, error, latency_ms, record.ttft_ms, input_tokens, output_tokens, cost
-        )
-        self._partials.add(
             key, now, error, latency_ms, record.ttft_ms, input_tokens, output_tokens, cost
         )
         totals = self._totals.get(key)

@@ -1,29 +1,35 @@
 """Per-minute partial aggregates: what each commit group adds to the stored minutes.
 
-The pipeline counts every record twice: into the live windows (read by rules, the API and the
-charts' live minutes) and into the open commit group's partials, one `Partial` per (app, model,
-minute) it touched. When the store closes the group it takes the partials as `PartialRow`s and
-adds them, in the same transaction as the group's sampled rows and record ids, to the stored
-minute (counts and sums add; t-digests merge). A minute in the store is therefore exactly the
-committed records, each once; after a restart the windows are seeded from the stored minutes,
-so they hold the committed partials plus the uncommitted tail of the new process.
+The pipeline counts each record once, into the open `Partial` of its window bucket
+(windows.py): the uncommitted tail, which window queries read beside the bucket's committed
+counts. When the store closes a commit group, the windows fold every open partial into its
+bucket and hand the partials over; `partial_rows` merges those of one (app, model, minute)
+into the `PartialRow`s that the group's transaction adds to the stored minute (counts and
+sums add; t-digests merge), with the group's sampled rows and record ids. A minute in the store
+is therefore exactly the committed records, each once; after a restart the windows are seeded
+from the stored minutes, so they hold the committed partials plus the new process's tail.
 
-Latencies are appended to lists on the per-record path (cheaper than a t-digest update) and
-compressed into t-digests when the group closes.
+Latencies are appended to lists on the per-record path (a list append costs a third of a
+t-digest update) and go into t-digests once per group, in one batch.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from fastdigest import TDigest
 
 from lookout.monitor.storage.base import PartialRow
 
 MINUTE_S = 60
-_CENTROIDS = 100
+CENTROIDS = 100
+# A partial nobody takes (windows used without a store) keeps at most this many values a
+# list before they are compressed into its own t-digests.
+SPILL_AT = 4096
 
 
 class Partial:
-    """One (app, model, minute)'s records in one commit group."""
+    """One window bucket's records since the last commit group closed."""
 
     __slots__ = (
         "cost",
@@ -32,6 +38,7 @@ class Partial:
         "gen_tps",
         "latency_s",
         "output_tokens",
+        "spilled",
         "token_records",
         "tokens",
         "ttft_s",
@@ -47,78 +54,83 @@ class Partial:
         self.latency_s: list[float] = []
         self.ttft_s: list[float] = []
         self.gen_tps: list[float] = []
+        self.spilled: tuple[TDigest, TDigest, TDigest] | None = None
+
+    def spill(self) -> None:
+        """Compress the value lists into this partial's own digests (bounded memory)."""
+        if self.spilled is None:
+            self.spilled = (new_digest(), new_digest(), new_digest())
+        for digest, values in zip(self.spilled, self.values(), strict=True):
+            if values:
+                digest.batch_update(values)
+                values.clear()
+
+    def values(self) -> tuple[list[float], list[float], list[float]]:
+        return self.latency_s, self.ttft_s, self.gen_tps
+
+    def digests(self) -> tuple[TDigest | None, TDigest | None, TDigest | None]:
+        """Latency, TTFT and generation-rate digests of everything in this partial."""
+        spilled = self.spilled or (None, None, None)
+        return (
+            _digest(self.latency_s, spilled[0]),
+            _digest(self.ttft_s, spilled[1]),
+            _digest(self.gen_tps, spilled[2]),
+        )
+
+    def merge(self, other: Partial) -> None:
+        self.count += other.count
+        self.errors += other.errors
+        self.output_tokens += other.output_tokens
+        self.tokens += other.tokens
+        self.token_records += other.token_records
+        self.cost += other.cost
+        for mine, theirs in zip(self.values(), other.values(), strict=True):
+            mine.extend(theirs)
+        if other.spilled is not None:
+            self.spill()
+            assert self.spilled is not None
+            for mine_d, theirs_d in zip(self.spilled, other.spilled, strict=True):
+                mine_d.merge_inplace(theirs_d)
 
 
-def _digest(values: list[float]) -> bytes | None:
+def new_digest() -> TDigest:
+    return TDigest(max_centroids=CENTROIDS)
+
+
+def _digest(values: list[float], spilled: TDigest | None) -> TDigest | None:
     if not values:
-        return None
-    digest = TDigest(max_centroids=_CENTROIDS)
+        return None if spilled is None or spilled.is_empty() else spilled.copy()
+    digest = new_digest() if spilled is None else spilled.copy()
     digest.batch_update(values)
-    return bytes(digest.to_bytes())
+    return digest
 
 
-class GroupPartials:
-    """The open commit group's partials; `take` hands them over as rows and starts afresh."""
+def partial_rows(taken: Iterable[tuple[str, str, int, Partial]]) -> list[PartialRow]:
+    """The (app, model, minute, partial) a group took, merged per minute, as store rows."""
+    merged: dict[tuple[str, str, int], Partial] = {}
+    for app, model, minute, part in taken:
+        key = (app, model, minute)
+        held = merged.get(key)
+        if held is None:
+            merged[key] = part
+        else:
+            held.merge(part)
+    return [_row(app, model, minute, p) for (app, model, minute), p in merged.items()]
 
-    def __init__(self) -> None:
-        self._open: dict[tuple[str, str, int], Partial] = {}
 
-    def __len__(self) -> int:
-        return len(self._open)
-
-    def add(  # noqa: PLR0917 - positional on the hot path, like WindowedMetrics.observe
-        self,
-        key: tuple[str, str],
-        now: float,
-        error: bool,
-        latency_ms: float | None,
-        ttft_ms: float | None,
-        input_tokens: int | None,
-        output_tokens: int | None,
-        cost: float,
-        /,
-    ) -> None:
-        """Count one record at `now` under the folded labels `key`."""
-        minute = int(now // MINUTE_S) * MINUTE_S
-        cell_key = (key[0], key[1], minute)
-        part = self._open.get(cell_key)
-        if part is None:
-            part = self._open[cell_key] = Partial()
-        part.count += 1
-        if error:
-            part.errors += 1
-        if latency_ms is not None:
-            part.latency_s.append(latency_ms / 1000.0)
-        if ttft_ms is not None:
-            part.ttft_s.append(ttft_ms / 1000.0)
-        part.cost += cost
-        if input_tokens is not None or output_tokens is not None:
-            tout = output_tokens or 0
-            part.tokens += (input_tokens or 0) + tout
-            part.token_records += 1
-            part.output_tokens += tout
-            if tout and latency_ms:
-                # As the windows count it: output tokens over the time after the first token.
-                gen_ms = latency_ms - ttft_ms if ttft_ms and latency_ms > ttft_ms else latency_ms
-                part.gen_tps.append(tout / (gen_ms / 1000.0))
-
-    def take(self) -> list[PartialRow]:
-        """The group's partials as rows for the store; the next group starts empty."""
-        parts, self._open = self._open, {}
-        return [
-            PartialRow(
-                minute=minute,
-                app=app,
-                model=model,
-                count=p.count,
-                errors=p.errors,
-                output_tokens=p.output_tokens,
-                tokens=p.tokens,
-                token_records=p.token_records,
-                cost=p.cost,
-                latency_s=_digest(p.latency_s),
-                ttft_s=_digest(p.ttft_s),
-                gen_tps=_digest(p.gen_tps),
-            )
-            for (app, model, minute), p in parts.items()
-        ]
+def _row(app: str, model: str, minute: int, p: Partial) -> PartialRow:
+    latency, ttft, gen = (None if d is None else bytes(d.to_bytes()) for d in p.digests())
+    return PartialRow(
+        minute=minute,
+        app=app,
+        model=model,
+        count=p.count,
+        errors=p.errors,
+        output_tokens=p.output_tokens,
+        tokens=p.tokens,
+        token_records=p.token_records,
+        cost=p.cost,
+        latency_s=latency,
+        ttft_s=ttft,
+        gen_tps=gen,
+    )

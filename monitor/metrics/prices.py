@@ -59,6 +59,9 @@ class UnknownModels:
         self._counter.labels(model).inc()
 
 
+_UNCACHED = Price(-1.0, -1.0)  # not a price: "not looked up yet"
+
+
 class PriceTable:
     """Per-1k-token prices; a versioned model name (gpt-4o-mini-2024-07-18) matches its prefix.
 
@@ -97,7 +100,9 @@ class PriceTable:
 
     def cost(self, model: str, input_tokens: int | None, output_tokens: int | None) -> float:
         """Cost of one call; 0 for a model without a price, counted."""
-        price = self.lookup(model)
+        price = self._cache.get(model, _UNCACHED)
+        if price is _UNCACHED:
+            price = self.lookup(model)
         if price is None:
             if self._unknown is not None:
                 self._unknown.inc(model)

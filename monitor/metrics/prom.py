@@ -80,6 +80,13 @@ class RecordTotals(Collector):
             totals = self._keys[key] = KeyTotals()
         return totals
 
+    def forget_apps(self, apps: list[str]) -> None:
+        """Drop the totals of apps whose label slot was reclaimed: their series end here (a
+        returning app starts from 0, which Prometheus reads as a counter reset)."""
+        gone = set(apps)
+        for key in [k for k in self._keys if k[0] in gone]:
+            del self._keys[key]
+
     def collect(self) -> Iterable[Metric]:
         records = CounterMetricFamily(
             "lookout_records", "Records accepted", labels=["app", "model", "status"]

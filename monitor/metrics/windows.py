@@ -1,20 +1,25 @@
 """Sliding-window service metrics per app and model, in bounded memory.
 
 Time is cut into fixed buckets (10 s by default). Each (app, model) cell keeps one bucket per
-slot of the longest window: counters plus t-digests (fastdigest, mergeable, 0.1 us per update).
-A window query merges the buckets it covers; per-app, per-model and overall series are merged
-from the cells at query time, so the per-record path touches exactly one bucket.
+slot of the longest window: committed counters plus t-digests (fastdigest, mergeable), and the
+open `Partial` of records counted since the store's last commit group (partials.py). The
+per-record path touches exactly one partial; `take_open`, run as the store closes a group,
+folds the open partials into their buckets and hands them to the store. A window query merges
+the buckets it covers, open partials included; per-app, per-model and overall series are
+merged from the cells at query time.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from fastdigest import TDigest
 
+from lookout.monitor.metrics.labels import LabelFolder
+from lookout.monitor.metrics.partials import MINUTE_S, SPILL_AT, Partial, new_digest
 from lookout.series import ALL, OTHER, SERIES_NAMES, SeriesPoint
 
 if TYPE_CHECKING:
@@ -31,7 +36,6 @@ __all__ = [
     "WindowedMetrics",
     "stats_by_scope",
 ]
-_CENTROIDS = 100
 
 
 class _Bucket:
@@ -42,6 +46,7 @@ class _Bucket:
         "gen_tps",
         "index",
         "latency_s",
+        "open",
         "output_tokens",
         "token_records",
         "tokens",
@@ -59,6 +64,29 @@ class _Bucket:
         self.latency_s: TDigest | None = None
         self.ttft_s: TDigest | None = None
         self.gen_tps: TDigest | None = None
+        self.open: Partial | None = None  # counted since the last commit group closed
+
+    def fold(self, part: Partial) -> None:
+        """Add a partial's counts and values to the committed ones."""
+        self.count += part.count
+        self.errors += part.errors
+        self.output_tokens += part.output_tokens
+        self.tokens += part.tokens
+        self.token_records += part.token_records
+        self.cost += part.cost
+        latency, ttft, gen = part.digests()
+        self.latency_s = _merged(self.latency_s, latency)
+        self.ttft_s = _merged(self.ttft_s, ttft)
+        self.gen_tps = _merged(self.gen_tps, gen)
+
+
+def _merged(held: TDigest | None, more: TDigest | None) -> TDigest | None:
+    if more is None:
+        return held
+    if held is None:
+        return more
+    held.merge_inplace(more)
+    return held
 
 
 class _Cell:
@@ -112,23 +140,23 @@ class _Acc:
         self.tok = 0
         self.tokrec = 0
         self.cost = 0.0
-        self.lat = TDigest(max_centroids=_CENTROIDS)
-        self.ttft = TDigest(max_centroids=_CENTROIDS)
-        self.gen = TDigest(max_centroids=_CENTROIDS)
+        self.lat = new_digest()
+        self.ttft = new_digest()
+        self.gen = new_digest()
 
-    def add(self, b: _Bucket) -> None:
+    def add(self, b: _Bucket | Partial) -> None:
         self.count += b.count
         self.errors += b.errors
         self.out += b.output_tokens
         self.tok += b.tokens
         self.tokrec += b.token_records
         self.cost += b.cost
-        if b.latency_s is not None:
-            self.lat.merge_inplace(b.latency_s)
-        if b.ttft_s is not None:
-            self.ttft.merge_inplace(b.ttft_s)
-        if b.gen_tps is not None:
-            self.gen.merge_inplace(b.gen_tps)
+        digests = b.digests() if isinstance(b, Partial) else (b.latency_s, b.ttft_s, b.gen_tps)
+        for mine, theirs in zip((self.lat, self.ttft, self.gen), digests, strict=True):
+            if theirs is not None:
+                mine.merge_inplace(theirs)
+        if isinstance(b, _Bucket) and b.open is not None:
+            self.add(b.open)  # the uncommitted tail
 
     def stats(self, app: str, model: str, duration_s: float) -> WindowStats:
         def q(d: TDigest, p: float) -> float | None:
@@ -151,48 +179,6 @@ class _Acc:
             tokens_per_request=self.tok / self.tokrec if self.tokrec else None,
             cost_per_hour=self.cost / duration_s * 3600.0,
         )
-
-
-class LabelFolder:
-    """Caps label cardinality: values past the cap fold into `other`, pinned ones never do.
-
-    A slot is given back by `release` (the windows pick the apps gone quiet), so names
-    flooded in once do not shut out an app that arrives later.
-    """
-
-    def __init__(self, max_values: int, pinned: Iterable[str] = ()) -> None:
-        self._max = max_values
-        self.pinned = frozenset(pinned)
-        self._seen: dict[str, str] = {}
-        self._holding = 0  # unpinned values holding a slot
-        self.waiting = 0  # distinct values folded since the last release (up to the bound)
-
-    def fold(self, value: str) -> str:
-        folded = self._seen.get(value)
-        if folded is None:
-            if value in self.pinned:
-                folded = self._seen[value] = value
-            elif self._holding < self._max:
-                folded = self._seen[value] = value
-                self._holding += 1
-            else:
-                folded = OTHER
-                if len(self._seen) < self._max * 4 + len(self.pinned):
-                    # Remember overflow values too, up to a bound, to keep the lookup cheap.
-                    self._seen[value] = folded
-                    self.waiting += 1
-        return folded
-
-    def holding(self) -> list[str]:
-        """The unpinned values that hold a slot."""
-        return [v for v, f in self._seen.items() if f == v and v not in self.pinned]
-
-    def release(self, values: Iterable[str]) -> None:
-        """Give the slots of `values` back; folded values are looked at afresh."""
-        gone = set(values) - self.pinned
-        self._holding -= sum(1 for v in gone if self._seen.get(v) == v)
-        self._seen = {v: f for v, f in self._seen.items() if f != OTHER and v not in gone}
-        self.waiting = 0
 
 
 class WindowedMetrics:
@@ -220,6 +206,10 @@ class WindowedMetrics:
         self._max_cells = max_cells
         self._cells: dict[tuple[str, str], _Cell] = {}
         self._folded: dict[tuple[str, str], tuple[str, str]] = {}
+        self._open: list[tuple[tuple[str, str], _Bucket]] = []  # buckets with an open partial
+        # Told which apps gave their slot back, so per-app state elsewhere (the Prometheus
+        # totals) does not grow with every app that ever held one.
+        self.on_release: list[Callable[[list[str]], None]] = []
         self.started_at = started_at
 
     def labels_for(self, app: str, model: str) -> tuple[str, str]:
@@ -247,7 +237,7 @@ class WindowedMetrics:
         cost: float,
         /,
     ) -> None:
-        """Count one record at `now` under folded labels `key`."""
+        """Count one record at `now` under folded labels `key`, in its bucket's open partial."""
         cell = self._cells.get(key)
         if cell is None:
             cell = self._cells[key] = _Cell(self._slots)
@@ -255,31 +245,46 @@ class WindowedMetrics:
         bucket = cell.current
         if bucket is None or bucket.index != index:
             bucket = self._bucket(cell, index)
-        bucket.count += 1
+        part = bucket.open
+        if part is None:
+            part = bucket.open = Partial()
+            self._open.append((key, bucket))
+        part.count += 1
         if error:
-            bucket.errors += 1
+            part.errors += 1
         if latency_ms is not None:
-            if bucket.latency_s is None:
-                bucket.latency_s = TDigest(max_centroids=_CENTROIDS)
-            bucket.latency_s.update(latency_ms / 1000.0)
+            part.latency_s.append(latency_ms / 1000.0)
         if ttft_ms is not None:
-            if bucket.ttft_s is None:
-                bucket.ttft_s = TDigest(max_centroids=_CENTROIDS)
-            bucket.ttft_s.update(ttft_ms / 1000.0)
-        bucket.cost += cost
+            part.ttft_s.append(ttft_ms / 1000.0)
+        part.cost += cost
         if input_tokens is not None or output_tokens is not None:
-            tin = input_tokens or 0
             tout = output_tokens or 0
-            bucket.tokens += tin + tout
-            bucket.token_records += 1
-            bucket.output_tokens += tout
+            part.tokens += (input_tokens or 0) + tout
+            part.token_records += 1
+            part.output_tokens += tout
             if tout and latency_ms:
+                # Output tokens over the time after the first token.
                 gen_ms = latency_ms - ttft_ms if ttft_ms and latency_ms > ttft_ms else latency_ms
                 tps = tout / (gen_ms / 1000.0)
                 if tps < math.inf:  # a latency of 1e-320 ms would make it infinite
-                    if bucket.gen_tps is None:
-                        bucket.gen_tps = TDigest(max_centroids=_CENTROIDS)
-                    bucket.gen_tps.update(tps)
+                    part.gen_tps.append(tps)
+        if part.count % SPILL_AT == 0:
+            part.spill()  # bounded when no store takes the partials
+
+    def take_open(self) -> list[tuple[str, str, int, Partial]]:
+        """Fold every open partial into its bucket and hand them over, with their minute:
+        what the commit group being closed adds to the stored minutes."""
+        taken = []
+        for (app, model), bucket in self._open:
+            part = bucket.open
+            if part is None:
+                continue
+            bucket.open = None
+            bucket.fold(part)
+            minute = int(bucket.index * self.bucket_s // MINUTE_S) * MINUTE_S
+            taken.append((app, model, minute, part))
+        self._open = []
+        return taken
 
     def merge_partial(self, raw: tuple[str, str], at: float, part: PartialRow) -> None:
         """Add a committed aggregate (a stored minute, after a restart) to the bucket at `at`."""
@@ -297,7 +302,7 @@ class WindowedMetrics:
         for name in ("latency_s", "ttft_s", "gen_tps"):
             blob = getattr(part, name)
             if blob is not None:
-                held = getattr(bucket, name) or TDigest(max_centroids=_CENTROIDS)
+                held = getattr(bucket, name) or new_digest()
                 setattr(bucket, name, held.merge(TDigest.from_bytes(blob)))
         self.started_at = min(self.started_at, at)
 
@@ -371,6 +376,8 @@ class WindowedMetrics:
         if released:
             self.apps.release(released)
             self._folded.clear()  # apps folded into `other` get a fresh look
+            for forget in self.on_release:
+                forget(released)
         return released
 
     def cell_count(self) -> int:

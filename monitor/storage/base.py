@@ -11,9 +11,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from types import TracebackType
 
-    from lookout.monitor.ingest.feedback import Feedback
     from lookout.monitor.ingest.records import Record, Rejection
-    from lookout.monitor.storage.feedback import FeedbackReader
+    from lookout.monitor.storage.feedback import FeedbackTable
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,8 +62,8 @@ class Store(Protocol):
     """
 
     @property
-    def feedback(self) -> FeedbackReader:
-        """Stored feedback events, read back."""
+    def feedback(self) -> FeedbackTable:
+        """Feedback events: buffered into the open group, and read back."""
         ...
 
     async def __aenter__(self) -> Store: ...
@@ -86,11 +85,6 @@ class Store(Protocol):
         ...
 
     def put_rejected(self, rejection: Rejection, source: str, at: float) -> None: ...
-
-    def put_feedback(self, event: Feedback, negative: bool) -> None:
-        """Buffer a feedback event (its identity is stored once; a repeat is ignored) and
-        whether it is negative (at or below its key's negative score)."""
-        ...
 
     def put_rollups(self, points: list[RollupPoint]) -> None: ...
 

@@ -26,6 +26,7 @@ CREATE TABLE IF NOT EXISTS feedback (
 );
 CREATE INDEX IF NOT EXISTS feedback_received ON feedback (received_at);
 """
+_ROW_OVERHEAD_BYTES = 100  # as the store counts a row in its buffer
 _COLUMNS = "app, record_id, key, user_id, score, value, comment, ts, received_at, negative"
 _INSERT = f"INSERT OR IGNORE INTO feedback ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)"
 # Has the record negative feedback? For the judge's sampling, on a `records r` row.
@@ -82,8 +83,14 @@ def prune_feedback(db: sqlite3.Connection, cutoff: float) -> None:
     db.execute("DELETE FROM feedback WHERE received_at < ?", (cutoff,))
 
 
-class FeedbackReader(Protocol):
-    """What the API and a restart read back."""
+class FeedbackTable(Protocol):
+    """Feedback events into the store's open commit group, and what the API, the judge's
+    agreement and a restart read back."""
+
+    def put(self, event: Feedback, negative: bool) -> None:
+        """Buffer an event (its identity is stored once; a repeat is ignored) and whether it
+        is negative (at or below its key's negative score)."""
+        ...
 
     async def for_record(self, app: str, record_id: str) -> list[StoredFeedback]:
         """A record's feedback, oldest first."""
@@ -99,15 +106,24 @@ class FeedbackReader(Protocol):
 
 
 class SqliteFeedback:
-    """Reads on the store's SQLite thread."""
+    """Rows into the SQLite store's open group (`admit` bounds it, as for records); reads on
+    the store's thread."""
 
     def __init__(
         self,
         run: Callable[[Callable[[], Any]], Awaitable[Any]],
         conn: Callable[[], sqlite3.Connection],
+        admit: Callable[[int], bool],
+        rows: Callable[[], list[tuple[Any, ...]]],
     ) -> None:
         self._run = run
         self._conn = conn
+        self._admit = admit
+        self._group_rows = rows
+
+    def put(self, event: Feedback, negative: bool) -> None:
+        if self._admit(len(event.comment or "") + _ROW_OVERHEAD_BYTES):
+            self._group_rows().append(feedback_row(event, negative))
 
     async def _rows(self, sql: str, args: tuple[Any, ...]) -> list[StoredFeedback]:
         rows = await self._run(lambda: self._conn().execute(sql, args).fetchall())

@@ -43,6 +43,13 @@ _UPSERT_PARTIAL = (
     " cost = cost + excluded.cost, latency_s = excluded.latency_s, ttft_s = excluded.ttft_s,"
     " gen_tps = excluded.gen_tps"
 )
+_INSERT_REJECTED = "INSERT INTO rejected (at, source, reason, detail, sample) VALUES (?,?,?,?,?)"
+_INSERT_ROLLUP = "INSERT OR REPLACE INTO rollups VALUES (?,?,?,?,?)"
+# A record's fields are scored separately: keep the highest score, merge flags.
+_UPDATE_SCORE = (
+    "UPDATE records SET ood_score = MAX(COALESCE(ood_score, ?3), ?3),"
+    " flags = json_patch(COALESCE(flags, '{}'), ?4) WHERE app = ?1 AND id = ?2"
+)
 _encode = msgspec.json.Encoder().encode
 
 
@@ -136,8 +143,20 @@ def _add_partials(db: sqlite3.Connection, partials: list[PartialRow]) -> None:
         )
 
 
-def write_group(db: sqlite3.Connection, group: CommitGroup) -> None:
-    """Everything in `group`, in one transaction."""
+def write_group(db: sqlite3.Connection, group: CommitGroup, refused_at: float, keep: int) -> int:
+    """Everything in `group`, in one transaction; if SQLite refuses it for its content, row by
+    row (`write_group_row_by_row`). Returns how many rows were refused; raises the errors
+    worth retrying."""
+    try:
+        _write_all(db, group)
+    except sqlite3.Error as exc:
+        if transient(exc):
+            raise
+        return write_group_row_by_row(db, group, refused_at, keep)
+    return 0
+
+
+def _write_all(db: sqlite3.Connection, group: CommitGroup) -> None:
     with db:
         db.execute("BEGIN")
         records = group.records
@@ -152,26 +171,67 @@ def write_group(db: sqlite3.Connection, group: CommitGroup) -> None:
             blob = b"[" + b",".join(records[i : i + _ROWS_PER_STATEMENT]) + b"]"
             db.execute(_INSERT_RECORDS, (blob,))
         if group.rejected:
-            db.executemany(
-                "INSERT INTO rejected (at, source, reason, detail, sample) VALUES (?,?,?,?,?)",
-                group.rejected,
-            )
+            db.executemany(_INSERT_REJECTED, group.rejected)
         if group.rollups:
-            db.executemany("INSERT OR REPLACE INTO rollups VALUES (?,?,?,?,?)", group.rollups)
+            db.executemany(_INSERT_ROLLUP, group.rollups)
         if group.scores:
-            # A record's fields are scored separately: keep the highest score, merge flags.
-            db.executemany(
-                "UPDATE records SET ood_score = MAX(COALESCE(ood_score, ?3), ?3),"
-                " flags = json_patch(COALESCE(flags, '{}'), ?4) WHERE app = ?1 AND id = ?2",
-                group.scores,
-            )
+            db.executemany(_UPDATE_SCORE, group.scores)
         _add_partials(db, group.partials)
         write_feedback(db, group.feedback)
-        if group.ids:
-            db.execute(
-                "INSERT INTO seen_ids (n, ids) VALUES (?, ?)",
-                (len(group.ids), _encode(group.ids)),
-            )
+        _add_ids(db, group.ids)
+
+
+def _add_ids(db: sqlite3.Connection, ids: list[tuple[str, str]]) -> None:
+    if ids:
+        db.execute("INSERT INTO seen_ids (n, ids) VALUES (?, ?)", (len(ids), _encode(ids)))
+
+
+# SQLite's primary result codes for conditions that pass (or that an operator fixes): busy,
+# locked, out of memory, read-only, I/O error, disk full, cannot open, lock protocol.
+_TRANSIENT_CODES = frozenset({5, 6, 7, 8, 10, 13, 14, 15})
+
+
+def transient(exc: sqlite3.Error) -> bool:
+    """Whether retrying the same write may succeed; otherwise something in it is refused."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is None or code & 0xFF in _TRANSIENT_CODES
+
+
+def write_group_row_by_row(
+    db: sqlite3.Connection, group: CommitGroup, refused_at: float, sample_bytes: int
+) -> int:
+    """`group` in one transaction, each sampled row, rejected sample and score in a savepoint
+    of its own: what SQLite refuses (a constraint, a value it cannot take) is left out and kept
+    as a rejected sample ('store_refused'), and the rest commits. Returns how many were left
+    out. For the rare group that `write_group` could not write for its content."""
+    refused: list[tuple[bytes, str]] = []
+    with db:
+        db.execute("BEGIN")
+        rows = [(_INSERT_RECORD_VALUES, msgspec.json.decode(r), r) for r in group.records]
+        rows += [(_INSERT_REJECTED, r, repr(r).encode()) for r in group.rejected]
+        rows += [(_INSERT_ROLLUP, r, repr(r).encode()) for r in group.rollups]
+        rows += [(_UPDATE_SCORE, r, repr(r).encode()) for r in group.scores]
+        for sql, values, raw in rows:
+            db.execute("SAVEPOINT one_row")
+            try:
+                db.execute(sql, values)
+            except sqlite3.Error as exc:
+                if transient(exc):
+                    raise
+                db.execute("ROLLBACK TO one_row")
+                refused.append((raw, str(exc)))
+            db.execute("RELEASE one_row")
+        db.executemany(
+            _INSERT_REJECTED,
+            [
+                (refused_at, "store", "store_refused", error[:200], raw[:sample_bytes])
+                for raw, error in refused
+            ],
+        )
+        _add_partials(db, group.partials)
+        write_feedback(db, group.feedback)
+        _add_ids(db, group.ids)
+    return len(refused)
 
 
 def recent_ids(db: sqlite3.Connection, limit: int) -> list[tuple[str, str]]:

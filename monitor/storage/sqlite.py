@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 
     from lookout.clock import Clock
     from lookout.monitor.config import StoreConfig
-    from lookout.monitor.ingest.feedback import Feedback
     from lookout.monitor.ingest.records import Record, Rejection
     from lookout.monitor.metrics.prom import IngestMetrics
 
@@ -88,7 +87,9 @@ class SqliteStore:
         )
         self._run = self._sql.run
         self._conn = self._sql.conn
-        self.feedback = feedback_table.SqliteFeedback(self._run, self._conn)
+        self.feedback = feedback_table.SqliteFeedback(
+            self._run, self._conn, self._admit, lambda: self._group.feedback
+        )
         self._metrics = metrics
         self._clock = clock
         self._keep_ids = keep_ids
@@ -219,10 +220,6 @@ class SqliteStore:
         self._group.records.append(row)
         return record_id
 
-    def put_feedback(self, event: Feedback, negative: bool) -> None:
-        if self._admit(len(event.comment or "") + _ROW_OVERHEAD_BYTES):
-            self._group.feedback.append(feedback_table.feedback_row(event, negative))
-
     def put_scores(self, rows: list[tuple[str, str, float, str]]) -> None:
         """(app, record id, OOD score, flags as a JSON object merged into the record's flags):
         ids are unique per app only."""
@@ -273,15 +270,20 @@ class SqliteStore:
             m.labels("records").inc(len(group.records))
             m.labels("rejected").inc(len(group.rejected))
             m.labels("rollups").inc(len(group.rollups))
-            m.labels("feedback").inc(len(group.feedback))
 
     async def _commit(self, group: CommitGroup) -> bool:
         """Write the group, retrying with backoff: a transient error (disk full, a locked
-        database) delays acknowledgements, it does not lose what they promise."""
+        database) delays acknowledgements, it does not lose what they promise. A group that
+        SQLite refuses for its content is written row by row, leaving out (and keeping as
+        rejected samples) only the rows it refuses: one bad row must not stall ingest."""
         attempt = 0
+        at, keep = self._clock.now(), self._cfg.rejected_sample_bytes  # for refused rows
         while True:
             try:
-                await self._run(lambda: write_group(self._conn(), group))
+                refused = await self._run(lambda: write_group(self._conn(), group, at, keep))
+                if refused:
+                    self._metrics.dropped.labels("store").inc(refused)
+                    log.error("store_rows_refused", rows=refused, of=group.rows)
                 return True
             except sqlite3.Error as exc:
                 self._metrics.store_errors.inc()

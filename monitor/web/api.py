@@ -116,11 +116,12 @@ class ApiServer:
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if self._token is not None and request.path not in _OPEN_PATHS:
-            # The dashboard's browser sends the cookie set by `/?token=...`.
+            # The dashboard's browser sends the cookie set by `/?token=...`; opening that link
+            # again with a new token replaces a stale cookie.
             given = (
                 request.headers.get("Authorization", "").removeprefix("Bearer ")
-                or request.cookies.get("lookout_token", "")
                 or (request.query.get("token", "") if request.path == "/" else "")
+                or request.cookies.get("lookout_token", "")
             ).encode()
             if not hmac.compare_digest(given, self._token):
                 return web.json_response(
@@ -131,6 +132,9 @@ class ApiServer:
                     status=401,
                     headers={"WWW-Authenticate": "Bearer"},
                 )
+            query_token = request.query.get("token", "").encode()
+            # Only a configured token that matched becomes the dashboard's cookie.
+            request["token_from_query"] = hmac.compare_digest(query_token, self._token)
         return await handler(request)
 
     async def _healthz(self, request: web.Request) -> web.Response:

@@ -98,7 +98,7 @@ class Dashboard:
     async def page(self, request: web.Request) -> web.Response:
         response = web.Response(body=self._index, content_type="text/html", charset="utf-8")
         token = request.query.get("token")
-        if token:  # the auth middleware has checked it
+        if token and request.get("token_from_query"):  # a configured token that matched
             response.set_cookie(
                 "lookout_token",
                 token,

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
+from lookout.clock import FakeClock
+from lookout.monitor.config import Settings
+from lookout.monitor.daemon import Daemon
 from lookout.monitor.detection.handoff import QueuedText
 from lookout.monitor.detection.sampler import AppSlots, Sampler
 from lookout.monitor.detection.tracks import TrackTable
@@ -93,3 +98,35 @@ def test_detector_tracks_of_quiet_apps_are_reclaimed_and_pinned_apps_always_get_
     assert table.get("real", "prompt") is not None
     assert table.get("flood-0", "prompt") is None  # the least recently seen went first
     assert table.get("flood-1", "prompt") is not None
+
+
+def test_reclaimed_apps_leave_metrics_and_the_app_taking_the_slot_appears(tmp_path: Path) -> None:
+    # Prometheus label sets follow the slots: /metrics does not grow with every app that ever
+    # held one.
+    clock = FakeClock(T0)
+    settings = Settings.model_validate(
+        {
+            "store": {"url": f"sqlite:///{tmp_path}/s.db"},
+            "metrics": {"max_apps": 2, "reclaim_after": "100s", "max_window": "300s"},
+        }
+    )
+    daemon = Daemon(settings, clock=clock)
+    for app in ("a", "b"):
+        daemon.pipeline.process_payload(b'{"latency_ms": 5}', f"llm/records/{app}", "mqtt", T0)
+    clock.advance(200)
+    daemon.pipeline.process_payload(b'{"latency_ms": 5}', "llm/records/c", "mqtt", clock.now())
+    daemon.pipeline.process_payload(b'{"latency_ms": 5}', "llm/records/b", "mqtt", clock.now())
+
+    def apps() -> set[str]:
+        return {
+            s.labels["app"]
+            for family in daemon.registry.collect()
+            if family.name == "lookout_records"
+            for s in family.samples
+        }
+
+    assert apps() == {"a", "b", OTHER}
+    daemon.windows.prune(clock.now())  # a is idle: its slot goes to c, waiting in `other`
+    assert apps() == {"b", OTHER}
+    daemon.pipeline.process_payload(b'{"latency_ms": 5}', "llm/records/c", "mqtt", clock.now())
+    assert apps() == {"b", "c", OTHER}

@@ -11,6 +11,7 @@ import pytest
 from lookout.durations import parse_duration_s
 from lookout.errors import ConfigError
 from lookout.monitor.config import load_settings
+from lookout.monitor.config.node import mqtt_client_id
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -151,3 +152,27 @@ def test_an_incomplete_channel_is_an_error_naming_it(tmp_path: Path) -> None:
     f.write_text("channels:\n  hook: {kind: webhook}\n")
     with pytest.raises(ConfigError, match=r"channels\.hook.*needs `url`"):
         load_settings(f)
+
+
+def test_a_bucket_that_straddles_minutes_is_refused(tmp_path: Path) -> None:
+    # Each bucket's records are committed into one stored minute.
+    path = tmp_path / "c.yaml"
+    path.write_text("metrics:\n  bucket_s: 7s\n")
+    with pytest.raises(ConfigError, match="bucket_s must divide a minute"):
+        load_settings(path)
+    path.write_text("metrics:\n  bucket_s: 15s\n")
+    assert load_settings(path).metrics.bucket_s == 15.0
+
+
+def test_node_id_names_the_session_of_a_shared_group_member(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("node:\n  id: edge-2\nbus:\n  shared_group: lookout\n")
+    s = load_settings(path)
+    assert mqtt_client_id(s.bus, s.node) == "lookout-edge-2"
+    path.write_text("bus:\n  client_id: mine\n  shared_group: lookout\n")
+    s = load_settings(path)
+    assert mqtt_client_id(s.bus, s.node) == "mine"
+    assert mqtt_client_id(load_settings(None).bus, s.node) == "lookout"  # one node, as before
+    path.write_text("node:\n  id: 'has space'\n")
+    with pytest.raises(ConfigError, match=r"node\.id 'has space'"):
+        load_settings(path)

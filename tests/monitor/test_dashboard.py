@@ -162,6 +162,24 @@ async def test_the_dashboard_needs_the_token_when_one_is_set(
             assert opened.status_code == 200
             assert "httponly" in opened.headers["set-cookie"].lower()
             assert (await http.get("/api/v1/series")).status_code == 200  # the cookie
+        # A stale cookie (the token was rotated) does not lock the dashboard's link out.
+        cookies = {"lookout_token": "an-old-token-0123456789"}
+        async with httpx.AsyncClient(base_url=base, cookies=cookies) as http:
+            assert (await http.get("/api/v1/series")).status_code == 401
+            reopened = await http.get("/?token=s3cret-0123456789ab")
+            assert reopened.status_code == 200 and "s3cret" in reopened.headers["set-cookie"]
+            assert (await http.get("/?token=wrong")).status_code == 401
+
+
+async def test_without_a_token_configured_no_cookie_is_set_from_the_query(
+    settings_for: Callable[..., Settings],
+) -> None:
+    async with running(Daemon(dashboard_settings(settings_for)), wait_bus=False) as d:
+        base = f"http://127.0.0.1:{d.api.port}"  # type: ignore[union-attr]
+        async with httpx.AsyncClient(base_url=base) as http:
+            opened = await http.get("/?token=anything-a-link-carried")
+            assert opened.status_code == 200
+            assert "set-cookie" not in opened.headers
 
 
 def put_ood(d: Daemon, record_id: str, prompt: str, score: float, *, flagged: bool) -> None:

@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
 import httpx
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from lookout.monitor.config import Settings
 from lookout.monitor.daemon import Daemon
@@ -209,3 +213,96 @@ async def test_a_broker_that_refuses_mqtt_5_gets_3_1_1_and_ingest_flows(
     out = capsys.readouterr().out
     assert out.count("bus_mqtt5_refused") == 1
     assert "bus_unreachable" not in out
+
+
+async def test_publishes_with_and_without_mqtt_5_properties_all_arrive(
+    settings_for: Callable[..., Settings], topic_root: str
+) -> None:
+    # Plain publishes take lookout's fast path; those with properties paho's own.
+    topic = f"llm/records/{topic_root}"
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    props.UserProperty = [("tenant", "acme")]
+    props.ContentType = "application/json"
+    daemon = Daemon(settings_for())
+    async with running(daemon) as d:
+        async with aiomqtt.Client(
+            "127.0.0.1", 1883, identifier=f"pub5-{topic_root}", protocol=aiomqtt.ProtocolVersion.V5
+        ) as pub:
+            for i in range(30):
+                record = json.dumps({"id": f"r{i}", "app": "bot", "latency_ms": i}).encode()
+                await pub.publish(
+                    topic, record, qos=(0, 1, 2)[i % 3], properties=props if i % 2 else None
+                )
+        ok = {"app": "bot", "model": "unknown", "status": "ok"}
+        await eventually(lambda: sample_value(d, "lookout_records_total", ok) == 30, d)
+        client = d.source._client
+        assert client is not None
+        # The broker delivers QoS 2 publishes at the subscription's QoS 1: every publish
+        # without properties (i even) takes the fast path, those with them paho's.
+        assert client.fast_path_messages == 15
+        await d.store.flush()
+        assert await d.store.get_record("r29") is not None
+
+
+def node_settings(tmp_path: Path, topic_root: str, node: str) -> Settings:
+    # No client_id: each node's session is named after its node.id.
+    return make_settings(
+        tmp_path / node,
+        topic_root,
+        node={"id": f"{node}-{topic_root}"},
+        bus={"shared_group": f"g{topic_root}", "client_id": None},
+    )
+
+
+def stored_ids(daemon: Daemon) -> set[str]:
+    with sqlite3.connect(daemon.settings.store.url.removeprefix("sqlite:///")) as db:
+        return {row[0] for row in db.execute("SELECT id FROM records")}
+
+
+async def test_nodes_of_a_shared_group_split_the_records_evenly(
+    tmp_path: Path, topic_root: str
+) -> None:
+    one = Daemon(node_settings(tmp_path, topic_root, "n1"))
+    two = Daemon(node_settings(tmp_path, topic_root, "n2"))
+    assert one.source.client_id == f"lookout-n1-{topic_root}"
+    payloads = [json.dumps({"id": f"r{i}", "app": "bot"}).encode() for i in range(400)]
+    ok = {"app": "bot", "model": "unknown", "status": "ok"}
+    async with running(one), running(two):
+        await publish(payloads, f"llm/records/{topic_root}")
+        await eventually(
+            lambda: (
+                sample_value(one, "lookout_records_total", ok)
+                + sample_value(two, "lookout_records_total", ok)
+                == 400
+            )
+        )
+    # Mosquitto hands a shared subscription's messages round-robin: half each, +-5%.
+    assert 180 <= sample_value(one, "lookout_records_total", ok) <= 220
+
+
+async def test_a_node_that_restarts_gets_the_records_queued_for_it_while_it_was_down(
+    tmp_path: Path, topic_root: str
+) -> None:
+    # The broker keeps a stopped node's persistent session in the group and queues its share:
+    # a delay, not a loss, when the node comes back under the same node.id.
+    payloads = [json.dumps({"id": f"r{i}", "app": "bot"}).encode() for i in range(200)]
+    ok = {"app": "bot", "model": "unknown", "status": "ok"}
+    two = Daemon(node_settings(tmp_path, topic_root, "n2"))
+    async with running(two):
+        async with running(Daemon(node_settings(tmp_path, topic_root, "n1"))):
+            pass  # n1 joins the group and stops: its session stays
+        await publish(payloads, f"llm/records/{topic_root}")
+        await eventually(lambda: sample_value(two, "lookout_records_total", ok) >= 80)
+        back = Daemon(node_settings(tmp_path, topic_root, "n1"))
+        async with running(back):
+            await eventually(
+                lambda: (
+                    sample_value(back, "lookout_records_total", ok)
+                    + sample_value(two, "lookout_records_total", ok)
+                    == 200
+                )
+            )
+            assert sample_value(back, "lookout_records_total", ok) >= 80
+    # Every record stored once, across the two nodes' stores.
+    first, second = stored_ids(back), stored_ids(two)
+    assert not first & second and len(first | second) == 200

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import random
 import sqlite3
 from pathlib import Path
@@ -147,3 +149,34 @@ async def test_a_score_lands_on_its_own_apps_record_when_ids_repeat_across_apps(
         with sqlite3.connect(tmp_path / "s.db") as db:
             scores = dict(db.execute("SELECT app, ood_score FROM records WHERE id = 'req-1'"))
     assert scores == {"app-a": 0.9, "app-b": None}
+
+
+async def test_a_row_sqlite_refuses_is_kept_aside_and_the_rest_commits(tmp_path: Path) -> None:
+    # A deterministic refusal (here an operator's trigger) must not stall ingest by retrying
+    # the same group forever: the group is written row by row, the refused row kept aside.
+    clock = FakeClock(T0)
+    daemon = Daemon(settings(tmp_path, record_sample_rate=1.0), clock=clock)
+    acked: list[int] = []
+    async with daemon.store:
+        with sqlite3.connect(tmp_path / "s.db") as db:
+            db.execute(
+                "CREATE TRIGGER poison BEFORE INSERT ON records WHEN NEW.id = 'poison'"
+                " BEGIN SELECT RAISE(ABORT, 'refused by trigger'); END"
+            )
+        for i, rid in enumerate(["a", "poison", "b"]):
+            payload = f'{{"id": "{rid}", "latency_ms": 5, "prompt": "p{i}"}}'.encode()
+            daemon.pipeline.process_payload(payload, "llm/records/shop", "mqtt", clock.now())
+            daemon.pipeline.after_commit(functools.partial(acked.append, i))
+        await asyncio.wait_for(daemon.store.flush(), 10)
+        assert acked == [0, 1, 2]  # committed (all but the refused row), so acknowledged
+        assert await daemon.store.get_record("a") is not None
+        assert await daemon.store.get_record("b") is not None
+        assert await daemon.store.get_record("poison") is None
+        (sample,) = await daemon.store.rejected()
+        assert sample.reason == "store_refused" and "refused by trigger" in sample.detail
+        assert b'"poison"' in sample.sample
+        # The record is still counted in the stored minute: only its sampled row is missing.
+        (minute,) = await daemon.store.partials(T0 - 60)
+        assert minute.count == 3
+    dropped = daemon.registry.get_sample_value("lookout_dropped_total", {"queue": "store"})
+    assert dropped == 1

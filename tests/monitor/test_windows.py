@@ -5,7 +5,9 @@ from __future__ import annotations
 import random
 
 import pytest
+from fastdigest import TDigest
 
+from lookout.monitor.metrics.partials import SPILL_AT, partial_rows
 from lookout.monitor.metrics.prices import Price, PriceTable
 from lookout.monitor.metrics.windows import ALL, OTHER, WindowedMetrics, stats_by_scope
 
@@ -147,3 +149,35 @@ def test_idle_cells_are_pruned() -> None:
     w.prune(T0 + 1000)
     assert {s.app for s in w.query(300, T0 + 1000)} == {"here", ALL}
     assert w.cell_count() == 1
+
+
+def test_uncommitted_records_count_at_once_and_each_minute_is_handed_over_once() -> None:
+    w = windows()
+    for i in range(90):  # 1.5 minutes, one record a second
+        observe(w, T0 + 20 + i, latency_ms=(i + 1) * 10.0, input_tokens=10, output_tokens=2)
+    before = stats_by_scope(w.query(300, T0 + 110))[("bot", "gpt-4o-mini")]
+    assert before.count == 90 and before.latency_p50 == pytest.approx(0.455, rel=0.03)
+    rows = partial_rows(w.take_open())
+    minute0 = int(T0 // 60) * 60
+    counts = {r.minute - minute0: r.count for r in rows}
+    # T0 + 20 .. T0 + 109: the minutes that start at T0 - 20, T0 + 40 and T0 + 100 (T0 is 20 s
+    # past a minute).
+    assert sum(counts.values()) == 90 and len(rows) == len(counts)
+    assert all(r.tokens == 12 * r.count for r in rows)
+    assert partial_rows(w.take_open()) == []  # handed over once
+    after = stats_by_scope(w.query(300, T0 + 110))[("bot", "gpt-4o-mini")]
+    assert after == before  # folded into the buckets, not lost nor counted twice
+
+
+def test_a_partial_nobody_takes_stays_bounded_and_exact() -> None:
+    w = windows()
+    n = 3 * SPILL_AT + 5
+    for i in range(n):  # all in one bucket
+        observe(w, T0 + i * 1e-4, latency_ms=float(i % 1000) + 1.0)
+    (bucket,) = [b for c in w._cells.values() for b in c.buckets if b is not None]
+    assert bucket.open is not None and len(bucket.open.latency_s) <= SPILL_AT
+    s = stats_by_scope(w.query(300, T0 + 5))[("bot", "gpt-4o-mini")]
+    assert s.count == n and s.latency_p50 == pytest.approx(0.5, rel=0.03)
+    (row,) = partial_rows(w.take_open())
+    assert row.count == n and row.latency_s is not None
+    assert TDigest.from_bytes(row.latency_s).n_values == n
