@@ -59,6 +59,9 @@ class JudgeSeriesValue(BaseModel):
     metric: str
     app: str | None = Field(default=None, exclude_if=lambda v: v is None)
     criterion: str | None = Field(default=None, exclude_if=lambda v: v is None)
+    model: str | None = Field(default=None, exclude_if=lambda v: v is None)
+    method: str | None = Field(default=None, exclude_if=lambda v: v is None)
+    shadow_model: str | None = Field(default=None, exclude_if=lambda v: v is None)
     value: float | None
     count: int
 
@@ -69,6 +72,9 @@ class JudgeSeriesValue(BaseModel):
             metric=point.metric,
             app=labels.get("app"),
             criterion=labels.get("criterion"),
+            model=labels.get("model"),
+            method=labels.get("method"),
+            shadow_model=labels.get("shadow_model"),
             value=point.value,
             count=point.count,
         )
