@@ -115,12 +115,13 @@ def _reference_candidates(
 ) -> list[ReferenceCandidate]:
     args: list[Any] = []
     ref = _meta("r", key, args)
-    args.append(since)
+    # The key's name in the text first: most records' metadata is never parsed as JSON.
+    args += [since, f'"{key}"']
     only = _apps("r", apps, args)
     sql = (
         f"SELECT id, app, model, response, ref FROM (SELECT r.id, r.app, r.model, r.response,"
-        f" r.received_at, {ref} AS ref FROM records r WHERE r.received_at >= ?{only}"
-        " AND r.response IS NOT NULL AND r.response != ''"
+        f" r.received_at, {ref} AS ref FROM records r WHERE r.received_at >= ?"
+        f" AND instr(r.metadata, ?) > 0{only} AND r.response IS NOT NULL AND r.response != ''"
         " AND r.id NOT IN (SELECT record_id FROM judge_reference_scores))"
         " WHERE typeof(ref) = 'text' AND ref != '' ORDER BY received_at, id LIMIT ?"
     )
@@ -141,7 +142,7 @@ def _pair_candidates(db: sqlite3.Connection, q: PairQuery) -> list[PairCandidate
     args: list[Any] = []
     ref = _meta("p", q.reference_key, args)
     names = _meta("s", q.shadow_key, args)
-    args.append(q.since)
+    args += [q.since, f'"{q.shadow_key}"']
     only = _apps("s", q.apps, args)
     sql = (
         "SELECT app, pid, pmodel, sid, smodel, prompt, presp, sresp, ref FROM ("
@@ -150,7 +151,8 @@ def _pair_candidates(db: sqlite3.Connection, q: PairQuery) -> list[PairCandidate
         f"  s.response AS sresp, {ref} AS ref, ROW_NUMBER() OVER ("
         "   PARTITION BY p.app ORDER BY s.received_at DESC, s.id) AS rank"
         f" FROM records s JOIN records p ON p.id = {names} AND p.app = s.app"
-        f" WHERE s.received_at >= ?{only} AND s.response IS NOT NULL AND s.response != ''"
+        f" WHERE s.received_at >= ? AND instr(s.metadata, ?) > 0{only}"
+        "  AND s.response IS NOT NULL AND s.response != ''"
         "  AND p.response IS NOT NULL AND p.response != '' AND p.id != s.id"
         "  AND s.id NOT IN (SELECT shadow_id FROM judge_pairs)"
         ") WHERE rank <= ? ORDER BY app, rank"
