@@ -14,6 +14,7 @@ from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lookout.monitor.judge.store import RECORDS_SCHEMA
 from lookout.sqlite_thread import SqliteBacked, SqliteThread
 
 if TYPE_CHECKING:
@@ -32,15 +33,7 @@ CREATE TABLE IF NOT EXISTS judge_pairs (
     shadow_first TEXT NOT NULL, reasoning TEXT NOT NULL, judge_model TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS judge_pairs_at ON judge_pairs (judged_at);
-"""
-# The store's table, for a judge store opened before any store has run on this database.
-_RECORDS = """
-CREATE TABLE IF NOT EXISTS records (
-    id TEXT PRIMARY KEY, ts REAL NOT NULL, received_at REAL NOT NULL, app TEXT NOT NULL,
-    model TEXT NOT NULL, provider TEXT, status TEXT NOT NULL, latency_ms REAL, ttft_ms REAL,
-    input_tokens INTEGER, output_tokens INTEGER, cost REAL, prompt TEXT, response TEXT,
-    error TEXT, user_id TEXT, session_id TEXT, metadata TEXT, ood_score REAL, flags TEXT
-);
+CREATE INDEX IF NOT EXISTS judge_pairs_production ON judge_pairs (production_id);
 """
 
 
@@ -177,7 +170,7 @@ def _pair_candidates(db: sqlite3.Connection, q: PairQuery) -> list[PairCandidate
 class EvalStore(SqliteBacked):
     def __init__(self, path: Path) -> None:
         self._sql = SqliteThread(
-            path, schema=_RECORDS + _SCHEMA, synchronous="NORMAL", name="lookout-judge-eval"
+            path, schema=RECORDS_SCHEMA + _SCHEMA, synchronous="NORMAL", name="lookout-judge-eval"
         )
 
     async def reference_candidates(

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from lookout.monitor.daemon import Daemon
 from tests.alerts.test_engine import post
 from tests.conftest import Receiver, running
 from tests.monitor.test_judge_client import OpenAIServer, server
+from tests.monitor.test_judge_daemon import config as judge_daemon_config
 from tests.monitor.test_judge_daemon import run_now
 from tests.monitor.test_judge_pairwise import pairwise_bodies, prefers
 
@@ -29,39 +29,22 @@ __all__ = ["server"]
 
 
 def config(tmp_path: Path, server: OpenAIServer, receiver: Receiver) -> Path:
-    body = {
-        "bus": {
-            "topics": [f"llm/records/{uuid.uuid4().hex[:10]}/#"],
-            "client_id": f"lookout-test-{uuid.uuid4().hex[:8]}",
-        },
-        "store": {"url": f"sqlite:///{tmp_path}/lookout.db", "record_sample_rate": 1.0},
-        "api": {"bind": "127.0.0.1:0"},
-        "eval_interval": "100ms",
-        "detectors": {"enabled": False},
-        "judge": {
-            "enabled": True,
-            "model": "openai:judge-mini",
-            "base_url": server.url,
-            "api_key": "sk-test",
-            "criteria": ["helpfulness"],
-            "schedule": {"interval": "1h"},
-        },
-        "channels": {"hook": {"kind": "webhook", "url": receiver.url}},
-        "rules": [
-            {
-                "name": "shadow-is-better",
-                "metric": "judge_preference",
-                "where": {"app": "bot", "shadow_model": "m-new"},
-                "window": "5m",
-                "op": ">",
-                "threshold": 0.5,
-                "min_samples": 3,
-                "channels": ["hook"],
-                "summary": "{shadow_model} preferred over {model}: {value:+.2f}",
-            }
-        ],
-    }
-    path = tmp_path / "lookout.yaml"
+    """test_judge_daemon's daemon, with a rule on the shadow model's preference instead."""
+    path = judge_daemon_config(tmp_path, server, receiver)
+    body = yaml.safe_load(path.read_text())
+    body["rules"] = [
+        {
+            "name": "shadow-is-better",
+            "metric": "judge_preference",
+            "where": {"app": "bot", "shadow_model": "m-new"},
+            "window": "5m",
+            "op": ">",
+            "threshold": 0.5,
+            "min_samples": 3,
+            "channels": ["hook"],
+            "summary": "{shadow_model} preferred over {model}: {value:+.2f}",
+        }
+    ]
     path.write_text(yaml.safe_dump(body))
     return path
 
@@ -84,8 +67,9 @@ def records() -> list[dict[str, Any]]:
 
 
 async def test_a_preference_rule_notifies_a_webhook(
-    tmp_path: Path, server: OpenAIServer, receiver: Receiver
+    tmp_path: Path, server: OpenAIServer, receiver: Receiver, monkeypatch: Any
 ) -> None:
+    monkeypatch.setenv("JUDGE_KEY", "sk-test")
     path = config(tmp_path, server, receiver)
     server.answers = [prefers("Settings")] * 40
     async with running(Daemon(load_settings(path)), wait_bus=False) as d:
