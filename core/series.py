@@ -32,10 +32,17 @@ SERIES_NAMES: tuple[str, ...] = (
 # The detectors' series, per (app, field).
 DETECTOR_SERIES: tuple[str, ...] = ("drift_score", "drift_statistic", "drift_threshold", "ood_rate")
 # The judge's series: pass rate per app, score per (app, criterion), agreement with the
-# anchors' expected verdicts (no labels).
-JUDGE_SERIES: tuple[str, ...] = ("judge_pass_rate", "judge_score", "judge_agreement")
+# anchors' expected verdicts (no labels), similarity to reference answers per (app, model,
+# method) and a shadow model's preference over production per (app, model, shadow_model).
+JUDGE_SERIES: tuple[str, ...] = (
+    "judge_pass_rate",
+    "judge_score",
+    "judge_agreement",
+    "judge_reference_similarity",
+    "judge_preference",
+)
 # The labels a series point may carry.
-SERIES_LABELS: tuple[str, ...] = ("app", "model", "field", "criterion")
+SERIES_LABELS: tuple[str, ...] = ("app", "model", "field", "criterion", "method", "shadow_model")
 
 
 @dataclass(frozen=True, slots=True)

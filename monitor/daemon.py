@@ -38,6 +38,8 @@ from lookout.monitor.ingest.mqtt import MqttSource
 from lookout.monitor.ingest.queue import IngestQueue
 from lookout.monitor.judge.anchors import load_anchors
 from lookout.monitor.judge.client import JudgeClient, chat_model
+from lookout.monitor.judge.eval_series import EvalCollector
+from lookout.monitor.judge.eval_store import EvalStore
 from lookout.monitor.judge.service import JudgeService
 from lookout.monitor.judge.store import JudgeStore
 from lookout.monitor.metrics.prom import IngestMetrics, WindowCollector
@@ -119,6 +121,7 @@ class Daemon:
         self.detection: DetectionService | None = None
         self.judge: JudgeService | None = None
         self.judge_store: JudgeStore | None = None
+        self.eval_store: EvalStore | None = None
         self.alerts: AlertEngine | None = None
         self.outbox: SqliteOutbox | None = None
         self.anomaly: AnomalyBook | None = None
@@ -335,6 +338,11 @@ class Daemon:
         criteria = {c.name for c in criteria_from(j.criteria, j.custom_criteria)}
         anchors = load_anchors(j.anchors, criteria) if j.anchors else []
         self.judge_store = await stack.enter_async_context(JudgeStore(sqlite_path(s.store.url)))
+        self.eval_store = await stack.enter_async_context(EvalStore(sqlite_path(s.store.url)))
+        # The detectors' embedder (a packaged one is loaded once per process and shared).
+        embedder = None
+        if j.reference_scores_per_run:
+            embedder = await asyncio.to_thread(build_embedder, s.detectors.embedder)
         client = JudgeClient(
             model,
             Redactor(s.redaction.patterns),
@@ -343,7 +351,7 @@ class Daemon:
             attempts=j.attempts,
             max_chars=j.max_chars,
         )
-        return JudgeService(
+        service = JudgeService(
             j,
             store=self.judge_store,
             client=client,
@@ -353,4 +361,12 @@ class Daemon:
             anchors=anchors,
             retention_s=s.store.retention,
             poll_interval_s=s.eval_interval,
+            eval_store=self.eval_store,
+            embedder=embedder,
         )
+        assert service.evaluations is not None
+        collector = EvalCollector(
+            service.evaluations.ledger, s.metrics.default_window, self.clock.now
+        )
+        self.registry.register(collector)
+        return service

@@ -1,7 +1,9 @@
 """Realistic demo traffic for two apps, and the incidents `lookout demo` injects on a timeline.
 
 Prompts and responses are generated from shipped phrase lists (no data set needed); latency is
-log-normal with a time-to-first-token share, tokens follow the texts, a few calls fail. An
+log-normal with a time-to-first-token share, tokens follow the texts, a few calls fail.
+support-bot's password-reset questions carry a reference answer, and a share of its requests
+is answered again by a shadow model (`metadata.shadow_of`) for the judge's pairwise grading. An
 incident changes one app's traffic for a while: slow calls, an error burst, prompts on another
 topic (drift), or prompts unlike anything the app sees (out-of-distribution).
 """
@@ -163,6 +165,19 @@ _ODD = [
 ]
 
 
+# support-bot's canary: a share of its requests is answered again by this model, in shadow.
+SHADOW_MODEL = "gpt-4.1-mini"
+SHADOW_SHARE = 0.2
+_RESET = "How do I reset my "
+
+
+def _reference(prompt: str) -> str | None:
+    """The help centre's answer to the one question it covers (a reference answer)."""
+    if prompt.startswith(_RESET):
+        return f"Open Settings > Security, choose your {prompt[len(_RESET) : -1]} and tap Reset."
+    return None
+
+
 @dataclass
 class AppProfile:
     app: str
@@ -182,6 +197,7 @@ class Traffic:
 
     def __init__(self, seed: int = 7) -> None:
         self._rng = random.Random(seed)
+        self._shadow_rng = random.Random(seed + 1)  # the main stream stays as it was
 
     def _texts(self, app: str, incident: IncidentKind | None) -> tuple[str, str]:
         r = self._rng
@@ -222,7 +238,25 @@ class Traffic:
             )
         else:
             record.update(response=response, output_tokens=out_tokens)
+        if (reference := _reference(prompt)) is not None:
+            record["metadata"] = {"reference": reference}
         return record
+
+    def shadow(self, record: dict[str, Any]) -> dict[str, Any] | None:
+        """For a share of support-bot's answered records, the shadow model's answer to the
+        same request (a little more complete); the record gets the id the shadow names."""
+        r = self._shadow_rng
+        if record["app"] != SUPPORT or "response" not in record or r.random() >= SHADOW_SHARE:
+            return None
+        record["id"] = f"demo-{r.getrandbits(64):016x}"
+        return {
+            **record,
+            "id": f"demo-{r.getrandbits(64):016x}",
+            "model": SHADOW_MODEL,
+            "response": record["response"] + " I have also emailed you the steps.",
+            "latency_ms": round(record["latency_ms"] * r.uniform(1.0, 1.4), 1),
+            "metadata": {**record.get("metadata", {}), "shadow_of": record["id"]},
+        }
 
 
 def active(timeline: tuple[Incident, ...], app: str, elapsed_s: float) -> Incident | None:

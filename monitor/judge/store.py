@@ -46,7 +46,7 @@ CREATE TABLE IF NOT EXISTS judge_requests (
 );
 """
 # The store's table, for a judge store opened before any store has run on this database.
-_RECORDS = """
+RECORDS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
     id TEXT PRIMARY KEY, ts REAL NOT NULL, received_at REAL NOT NULL, app TEXT NOT NULL,
     model TEXT NOT NULL, provider TEXT, status TEXT NOT NULL, latency_ms REAL, ttft_ms REAL,
@@ -177,7 +177,7 @@ def _candidates(db: sqlite3.Connection, q: SampleQuery) -> list[Candidate]:
 class JudgeStore(SqliteBacked):
     def __init__(self, path: Path) -> None:
         self._sql = SqliteThread(
-            path, schema=_RECORDS + _SCHEMA, synchronous="NORMAL", name="lookout-judge"
+            path, schema=RECORDS_SCHEMA + _SCHEMA, synchronous="NORMAL", name="lookout-judge"
         )
 
     async def __aenter__(self) -> JudgeStore:

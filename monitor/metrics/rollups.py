@@ -119,17 +119,21 @@ class RollupService:
         return written
 
     def extra_points(self, minute: int, now: float) -> list[RollupPoint]:
-        """The detector and judge series as rollup rows (over all models); a labelled series'
-        row name carries the label: drift_score:prompt, judge_score:helpfulness."""
+        """The detector and judge series as rollup rows (over all models unless the series
+        has a model); a labelled series' row name carries the label: drift_score:prompt,
+        judge_score:helpfulness, judge_preference:<shadow model>."""
         out = []
         for p in self._extra_series(ROLLUP_S, now):
             if p.value is None:
                 continue
             labels = dict(p.labels)
             name = p.metric + "".join(
-                f":{labels[k]}" for k in ("field", "criterion") if k in labels
+                f":{labels[k]}"
+                for k in ("field", "criterion", "method", "shadow_model")
+                if k in labels
             )
-            out.append(RollupPoint(minute, labels.get("app", ALL), ALL, name, p.value))
+            model = labels.get("model", ALL)
+            out.append(RollupPoint(minute, labels.get("app", ALL), model, name, p.value))
         return out
 
     def live_points(self, now: float, since: float) -> list[RollupPoint]:

@@ -122,6 +122,7 @@ class ApiRoutes:
             if record.get(key):
                 record[key] = json.loads(record[key])
         record["verdicts"] = dump_json(await self._deps.views.verdicts(record["id"]))
+        record["evaluations"] = await self._deps.views.evaluations(record["id"])
         return web.json_response(record)
 
     async def rejected(self, request: web.Request) -> web.Response:

@@ -5,7 +5,7 @@ components. Field order is the JSON's key order."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -59,6 +59,9 @@ class JudgeSeriesValue(BaseModel):
     metric: str
     app: str | None = Field(default=None, exclude_if=lambda v: v is None)
     criterion: str | None = Field(default=None, exclude_if=lambda v: v is None)
+    model: str | None = Field(default=None, exclude_if=lambda v: v is None)
+    method: str | None = Field(default=None, exclude_if=lambda v: v is None)
+    shadow_model: str | None = Field(default=None, exclude_if=lambda v: v is None)
     value: float | None
     count: int
 
@@ -69,6 +72,9 @@ class JudgeSeriesValue(BaseModel):
             metric=point.metric,
             app=labels.get("app"),
             criterion=labels.get("criterion"),
+            model=labels.get("model"),
+            method=labels.get("method"),
+            shadow_model=labels.get("shadow_model"),
             value=point.value,
             count=point.count,
         )
@@ -231,6 +237,18 @@ class ApiViews:
             if a.state.value in _ALERT_ORDER
         ]
         return sorted(listed, key=lambda a: (_ALERT_ORDER[a.state], a.rule))
+
+    async def evaluations(self, record_id: str) -> dict[str, Any]:
+        """A record's reference score and the shadow pairs it is in (judge.md)."""
+        evals = None if self.judge is None else self.judge.evaluations
+        if evals is None:
+            return {"reference": None, "pairs": []}
+        found = await evals.store.evaluations_for(record_id)
+        score = found["reference"]
+        return {
+            "reference": None if score is None else asdict(score),
+            "pairs": [asdict(p) for p in found["pairs"]],
+        }
 
     async def verdicts(self, record_id: str) -> list[VerdictView]:
         if self.judge_store is None:
