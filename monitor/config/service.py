@@ -117,6 +117,10 @@ class StoreConfig(Section):
     queue_hard_limit: int = Field(default=200_000, ge=100)
     flush_interval_s: DurationS = 0.05
     commit_rows: int = Field(default=5_000, ge=1)
+    # PostgreSQL only: connections at most (the committer holds one while it writes; reads,
+    # the API and the dashboard take the others), and how long to wait for one.
+    pool_size: int = Field(default=4, ge=2, le=100)
+    connect_timeout_s: DurationS = 10.0
 
     @model_validator(mode="after")
     def _hard_limit_above_soft(self) -> StoreConfig:

@@ -89,6 +89,9 @@ _POSTGRES_V1 = (
     """CREATE TABLE rejected (
     id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, at DOUBLE PRECISION NOT NULL,
     source TEXT NOT NULL, reason TEXT NOT NULL, detail TEXT NOT NULL, sample BYTEA NOT NULL)""",
+    # The keys of recently committed groups: a retry after a connection lost during COMMIT
+    # finds its key and writes nothing twice.
+    "CREATE TABLE commit_groups (key TEXT PRIMARY KEY, at DOUBLE PRECISION NOT NULL)",
 )
 
 POSTGRES_MIGRATIONS: tuple[Migration, ...] = (

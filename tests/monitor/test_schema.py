@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import psycopg
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -13,8 +14,15 @@ from lookout.clock import FakeClock
 from lookout.errors import StoreError
 from lookout.monitor.config import Settings
 from lookout.monitor.metrics.prom import IngestMetrics
-from lookout.monitor.storage.schema import SQLITE_MIGRATIONS, Migration, migrate_sqlite
+from lookout.monitor.storage.schema import (
+    POSTGRES_MIGRATIONS,
+    SQLITE_MIGRATIONS,
+    Migration,
+    migrate_postgres,
+    migrate_sqlite,
+)
 from lookout.monitor.storage.sqlite import SqliteStore
+from tests.stores import pg_database
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "data" / "store_schemas"
 T0 = 1_700_000_040.0
@@ -113,3 +121,19 @@ async def test_a_database_newer_than_the_code_is_refused(tmp_path: Path) -> None
     with pytest.raises(StoreError, match="schema version 99, newer than this release's 1"):
         async with open_store(db_path):
             pass
+
+
+async def test_postgres_migrates_once_applies_only_what_is_missing_and_refuses_newer() -> None:
+    later = Migration(2, "a later column", ("ALTER TABLE rejected ADD COLUMN node TEXT",))
+    failing = Migration(3, "refused", ("CREATE TABLE records (x int)",))  # exists: refused
+    with pg_database() as url:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            assert await migrate_postgres(conn) == 1
+            assert await migrate_postgres(conn) == 1
+            assert await migrate_postgres(conn, (*POSTGRES_MIGRATIONS, later)) == 2
+            with pytest.raises(psycopg.errors.DuplicateTable):
+                await migrate_postgres(conn, (*POSTGRES_MIGRATIONS, later, failing))
+            cur = await conn.execute("SELECT version FROM schema_migrations ORDER BY version")
+            assert [row[0] for row in await cur.fetchall()] == [1, 2]
+            with pytest.raises(StoreError, match="schema version 2, newer than this release's 1"):
+                await migrate_postgres(conn)
