@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 from fastdigest import TDigest
@@ -22,7 +25,7 @@ from lookout.monitor.storage import PartialRow, RollupPoint, open_store
 from lookout.monitor.storage.groups import CommitGroup
 from lookout.monitor.storage.pg_groups import write_group
 from lookout.monitor.storage.postgres import PostgresStore
-from tests.conftest import eventually, free_port
+from tests.conftest import Receiver, eventually, free_port, running
 from tests.stores import StoreDb, pg_database
 
 T0 = 1_700_000_040.0  # on a minute boundary
@@ -179,3 +182,33 @@ def test_postgres_urls_of_both_schemes_open_a_postgres_store() -> None:
         cfg = settings(f"{scheme}://postgres@127.0.0.1/x").store
         store = open_store(cfg, IngestMetrics(CollectorRegistry()), FakeClock(T0))
         assert isinstance(store, PostgresStore)
+
+
+async def test_a_daemon_on_postgres_alerts_with_its_outbox_in_the_local_file(
+    settings_for: Callable[..., Settings], receiver: Receiver, tmp_path: Path
+) -> None:
+    with pg_database() as url:
+        local = tmp_path / "node" / "local.db"
+        settings = settings_for(
+            store={"url": url, "local_url": f"sqlite:///{local}"},
+            channels={"hook": {"kind": "webhook", "url": receiver.url}},
+            rules=[
+                {
+                    "name": "busy",
+                    "metric": "qps",
+                    "op": ">",
+                    "threshold": 0.0,
+                    "min_samples": 1,
+                    "channels": ["hook"],
+                }
+            ],
+            eval_interval="100ms",
+        )
+        async with running(Daemon(settings), wait_bus=False) as d:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{d.api.port}") as http:  # type: ignore[union-attr]
+                body = [{"id": f"r{i}", "app": "shop", "latency_ms": 5} for i in range(5)]
+                answer = await http.post("/api/v1/records", json=body)
+                assert answer.status_code == 200
+            await asyncio.wait_for(receiver.received.wait(), 15)
+            assert await d.store.count_records() == 5
+    assert local.exists()  # the outbox: node-local state, in SQLite beside the store
