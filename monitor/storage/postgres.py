@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import structlog
@@ -18,6 +17,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from lookout.errors import StoreError
+from lookout.monitor.config.masking import mask_url
 from lookout.monitor.storage import pg_groups
 from lookout.monitor.storage.base import PartialRow, RejectedSample, RollupPoint
 from lookout.monitor.storage.committer import GroupCommitStore
@@ -47,18 +47,6 @@ _CONNECTION = {
     "tcp_user_timeout": 30_000,
 }
 _COMMIT_KEYS_KEEP_S = 3600.0
-
-
-def mask_url(url: str) -> str:
-    """The URL with its password (if any) replaced by ***, for logs and error messages."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url.split("?", maxsplit=1)[0]
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-        return urlunsplit(parts._replace(netloc=netloc, query=""))
-    except ValueError:
-        return "postgresql://***"
 
 
 class PostgresStore(GroupCommitStore):

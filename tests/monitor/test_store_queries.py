@@ -174,7 +174,7 @@ async def test_an_unreachable_database_is_a_clear_error_without_the_password() -
         async with store:
             pass
     assert "s3cret-pw" not in str(caught.value)
-    assert "postgresql://lookout:***@127.0.0.1" in str(caught.value)
+    assert "postgresql://lookout:**********@127.0.0.1" in str(caught.value)
 
 
 def test_postgres_urls_of_both_schemes_open_a_postgres_store() -> None:
