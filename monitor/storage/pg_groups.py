@@ -32,7 +32,7 @@ _CASTS += ("::bigint", "::bigint", "::float8", "", "", "", "", "", "")
 _INSERT_RECORDS = (
     f"INSERT INTO records ({_COLUMNS}) SELECT "
     + ", ".join(f"(v->>{i}){cast}" for i, cast in enumerate(_CASTS))
-    + " FROM json_array_elements(%s::json) AS r(v) ON CONFLICT (app, id) DO NOTHING"
+    + " FROM jsonb_array_elements(%s::jsonb) AS r(v) ON CONFLICT (app, id) DO NOTHING"
 )
 _INSERT_RECORD_VALUES = (
     f"INSERT INTO records ({_COLUMNS}) VALUES ({', '.join(['%s'] * 18)})"
