@@ -1,10 +1,10 @@
 """Commit groups on PostgreSQL: what one transaction writes, and how (psycopg 3, async).
 
 Sampled rows go in as one JSON array per chunk that the server unpacks (one statement per
-1,000 rows, no per-row work in Python); per-minute partials are read `FOR UPDATE`, merged
-(t-digests) and written back as the committing node's own rows. Each group carries a key
-written in the same transaction: a retry after a connection lost during COMMIT, when the
-commit may have happened, finds the key and writes nothing twice.
+1,000 rows, no per-row work in Python); per-minute partials are created if missing, read
+`FOR UPDATE`, merged (t-digests) and written back as the committing node's own rows. Each
+group carries a key written in the same transaction: a retry after a connection lost during
+COMMIT, when the commit may have happened, finds the key and writes nothing twice.
 """
 
 from __future__ import annotations
@@ -54,15 +54,26 @@ _PARTIAL_COLUMNS = (
     "minute, app, model, count, errors, output_tokens, tokens, token_records, cost, latency_s,"
     " ttft_s, gen_tps"
 )
-_UPSERT_PARTIAL = (
-    f"INSERT INTO partials (node, {_PARTIAL_COLUMNS}) VALUES ({', '.join(['%s'] * 13)})"
-    " ON CONFLICT (minute, app, model, node) DO UPDATE SET"
-    " count = partials.count + excluded.count, errors = partials.errors + excluded.errors,"
-    " output_tokens = partials.output_tokens + excluded.output_tokens,"
-    " tokens = partials.tokens + excluded.tokens,"
-    " token_records = partials.token_records + excluded.token_records,"
-    " cost = partials.cost + excluded.cost, latency_s = excluded.latency_s,"
-    " ttft_s = excluded.ttft_s, gen_tps = excluded.gen_tps"
+# A partial row is created empty first, so that the read below can lock it even when it is
+# new: a second writer of the same node then waits for the first's commit and merges into its
+# t-digests instead of overwriting them.
+_CREATE_PARTIALS = (
+    "INSERT INTO partials (node, minute, app, model, count, errors, output_tokens, tokens,"
+    " token_records, cost) SELECT %s, k.minute, k.app, k.model, 0, 0, 0, 0, 0, 0"
+    " FROM unnest(%s::bigint[], %s::text[], %s::text[]) AS k(minute, app, model)"
+    " ON CONFLICT DO NOTHING"
+)
+_LOCK_PARTIALS = (
+    "SELECT minute, app, model, latency_s, ttft_s, gen_tps FROM partials"
+    " JOIN unnest(%s::bigint[], %s::text[], %s::text[]) AS k(minute, app, model)"
+    " USING (minute, app, model) WHERE node = %s ORDER BY minute, app, model"
+    " FOR UPDATE OF partials"
+)
+_ADD_PARTIAL = (
+    "UPDATE partials SET count = count + %s, errors = errors + %s,"
+    " output_tokens = output_tokens + %s, tokens = tokens + %s,"
+    " token_records = token_records + %s, cost = cost + %s, latency_s = %s, ttft_s = %s,"
+    " gen_tps = %s WHERE minute = %s AND app = %s AND model = %s AND node = %s"
 )
 _encode = msgspec.json.Encoder().encode
 
@@ -134,21 +145,16 @@ async def _add_partials(db: AsyncConnection[Any], partials: list[PartialRow], no
         return
     by_key = _merged(partials)
     minutes, apps, models = (list(c) for c in zip(*by_key, strict=True))
-    cur = await db.execute(
-        "SELECT minute, app, model, latency_s, ttft_s, gen_tps FROM partials"
-        " JOIN unnest(%s::bigint[], %s::text[], %s::text[]) AS k(minute, app, model)"
-        " USING (minute, app, model) WHERE node = %s FOR UPDATE OF partials",
-        (minutes, apps, models, node),
-    )
+    await db.execute(_CREATE_PARTIALS, (node, minutes, apps, models))
+    cur = await db.execute(_LOCK_PARTIALS, (minutes, apps, models, node))
     stored = {(m, a, mo): rest for m, a, mo, *rest in await cur.fetchall()}
     rows = []
     for key, p in by_key.items():
-        old = stored.get(key, (None, None, None))
         sums = (p.count, p.errors, p.output_tokens, p.tokens, p.token_records, p.cost)
-        digests = zip(old, (p.latency_s, p.ttft_s, p.gen_tps), strict=True)
-        rows.append((node, *key, *sums, *(merge_digests(a, b) for a, b in digests)))
+        digests = zip(stored[key], (p.latency_s, p.ttft_s, p.gen_tps), strict=True)
+        rows.append((*sums, *(merge_digests(a, b) for a, b in digests), *key, node))
     async with db.cursor() as c:
-        await c.executemany(_UPSERT_PARTIAL, rows)
+        await c.executemany(_ADD_PARTIAL, rows)
 
 
 def merge_patch(target: Any, patch: Any) -> Any:

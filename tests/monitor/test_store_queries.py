@@ -212,3 +212,24 @@ async def test_a_daemon_on_postgres_alerts_with_its_outbox_in_the_local_file(
             await asyncio.wait_for(receiver.received.wait(), 15)
             assert await d.store.count_records() == 5
     assert local.exists()  # the outbox: node-local state, in SQLite beside the store
+
+
+async def test_two_writers_of_one_node_lose_no_sketch_when_they_commit_at_once() -> None:
+    # Two processes that share a node name (say, a restart overlapping the old process): their
+    # commits of the same minute serialise on the row, neither overwrites the other's t-digest.
+    with pg_database() as url:
+        cfg = settings(url).store
+        a = PostgresStore(cfg, IngestMetrics(CollectorRegistry()), FakeClock(T0))
+        b = PostgresStore(cfg, IngestMetrics(CollectorRegistry()), FakeClock(T0))
+        async with a, b:
+            for minute in range(10):
+                at = int(T0) + 60 * minute
+                for store in (a, b):
+                    lat = digest(0.1, 0.2)
+                    store.put_partials(
+                        [PartialRow(at, "a", "m", 2, 0, 0, 0, 0, 0.0, lat, None, None)]
+                    )
+                await asyncio.gather(a.flush(), b.flush())
+            minutes = await a.partials(T0)
+    assert [m.count for m in minutes] == [4] * 10
+    assert [TDigest.from_bytes(m.latency_s).n_values for m in minutes if m.latency_s] == [4] * 10
