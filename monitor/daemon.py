@@ -100,6 +100,7 @@ class Daemon:
             self.prom,
             self.clock,
             keep_ids=settings.metrics.dedupe_ids,
+            node=settings.node.id,
         )
         # One table for records and the judge: it owns lookout_cost_unknown_model_total.
         self.prices = price_table(settings, self.registry)

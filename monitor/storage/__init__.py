@@ -29,8 +29,10 @@ def open_store(
     clock: Clock,
     *,
     keep_ids: int = 100_000,
+    node: str = "",
 ) -> Store:
-    """`keep_ids`: how many recent record ids to keep for recognising redeliveries."""
+    """`keep_ids`: how many recent record ids to keep for recognising redeliveries; `node`:
+    the name this node's partial rows go under (PostgreSQL, where several nodes may write)."""
     if cfg.url.startswith("sqlite:///"):
         return SqliteStore(cfg, metrics, clock, keep_ids=keep_ids)
     if cfg.url.startswith(("postgresql://", "postgres://")):
@@ -41,5 +43,5 @@ def open_store(
                 f"store.url is a PostgreSQL URL, which needs the postgres extra: "
                 f"pip install 'lookout-llm[postgres]' ({exc})"
             ) from exc
-        return PostgresStore(cfg, metrics, clock, keep_ids=keep_ids)
+        return PostgresStore(cfg, metrics, clock, keep_ids=keep_ids, node=node)
     raise ConfigError("store.url must be sqlite:///PATH or postgresql://...")

@@ -95,17 +95,17 @@ class PostgresStore(GroupCommitStore):
     async def _close_backend(self) -> None:
         await self._pool.close()
 
-    async def _write(self, group: CommitGroup) -> None:
+    async def _write(self, group: CommitGroup) -> int:
+        at, keep = self._clock.now(), self._cfg.rejected_sample_bytes
         async with self._pool.connection() as conn:
-            await pg_groups.write_group(conn, group, self._node, self._clock.now())
-
-    async def _write_row_by_row(self, group: CommitGroup) -> int:
-        at, sample_bytes = self._clock.now(), self._cfg.rejected_sample_bytes
-        async with self._pool.connection() as conn:
-            return await pg_groups.write_group_row_by_row(conn, group, self._node, at, sample_bytes)
-
-    def _transient(self, exc: Exception) -> bool:
-        return pg_groups.transient(exc)
+            try:
+                await pg_groups.write_group(conn, group, self._node, at)
+            except psycopg.Error as exc:
+                if pg_groups.transient(exc):
+                    raise
+                log.warning("store_group_refused", error=str(exc), rows=group.rows)
+                return await pg_groups.write_group_row_by_row(conn, group, self._node, at, keep)
+        return 0
 
     async def _use(self, work: Callable[[AsyncConnection[Any]], Awaitable[T]]) -> T:
         """`work` on a pooled connection; the driver's errors as StoreError."""

@@ -61,7 +61,7 @@ SQLITE_MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "records, rollups, partials, seen ids, rejected samples", _SQLITE_V1),
 )
 
-# Partials carry a `node` (default ''): each node of a cluster adds to its own rows, so a
+# Partials carry a `node` (`node.id`): each node of a cluster adds to its own rows, so a
 # commit never waits on another node's lock, and readers merge the nodes' rows of a minute.
 _POSTGRES_V1 = (
     """CREATE TABLE records (

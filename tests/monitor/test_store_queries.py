@@ -233,3 +233,17 @@ async def test_two_writers_of_one_node_lose_no_sketch_when_they_commit_at_once()
             minutes = await a.partials(T0)
     assert [m.count for m in minutes] == [4] * 10
     assert [TDigest.from_bytes(m.latency_s).n_values for m in minutes if m.latency_s] == [4] * 10
+
+
+async def test_a_node_commits_its_minutes_under_its_own_id() -> None:
+    with pg_database() as url:
+        settings = Settings.model_validate(
+            {"store": {"url": url}, "node": {"id": "node-a"}, "api": {"bind": "127.0.0.1:0"}}
+        )
+        daemon = Daemon(settings, clock=FakeClock(T0))
+        async with daemon.store as store:
+            daemon.pipeline.process_payload(b'{"app": "a", "latency_ms": 5}', None, "mqtt", T0)
+            await store.flush()
+        async with await psycopg.AsyncConnection.connect(url) as conn:
+            cur = await conn.execute("SELECT node, app, count FROM partials WHERE app = 'a'")
+            assert await cur.fetchall() == [("node-a", "a", 1)]
