@@ -23,7 +23,6 @@ from lookout.alerts.notifiers import build_notifier
 from lookout.alerts.outbox import SqliteOutbox
 from lookout.clock import Clock, SystemClock
 from lookout.detectors.judge import criteria_from
-from lookout.errors import ConfigError
 from lookout.monitor.allocator import fix_mmap_threshold
 from lookout.monitor.anomaly import AnomalyBook
 from lookout.monitor.builders import build_pipeline, build_windows, price_table
@@ -45,7 +44,7 @@ from lookout.monitor.judge.store import JudgeStore
 from lookout.monitor.metrics.prom import IngestMetrics, WindowCollector
 from lookout.monitor.metrics.rollups import ROLLUP_S, RollupService, SeriesFn
 from lookout.monitor.metrics.windows import WindowStats
-from lookout.monitor.storage import open_store, sqlite_path
+from lookout.monitor.storage import open_store
 from lookout.monitor.storage.references import ReferenceStore
 from lookout.monitor.systemd import SystemdNotifier
 from lookout.monitor.threads import limit_native_threads
@@ -103,6 +102,7 @@ class Daemon:
             self.prom,
             self.clock,
             keep_ids=settings.metrics.dedupe_ids,
+            node=settings.node.id,
         )
         # One table for records and the judge: it owns lookout_cost_unknown_model_total.
         self.prices = price_table(settings, self.registry)
@@ -267,9 +267,7 @@ class Daemon:
         self, stack: contextlib.AsyncExitStack, extra_series: SeriesFn
     ) -> contextlib.AbstractAsyncContextManager[AlertEngine]:
         s = self.settings
-        if not s.store.url.startswith("sqlite:///"):
-            raise ConfigError("alert rules need the SQLite store for their outbox in this release")
-        outbox = await stack.enter_async_context(SqliteOutbox(sqlite_path(s.store.url)))
+        outbox = await stack.enter_async_context(SqliteOutbox(s.store.local_path()))
         self.outbox = outbox
         http = await stack.enter_async_context(httpx.AsyncClient())
         notifiers: dict[str, ChannelNotifier] = {}
@@ -283,7 +281,7 @@ class Daemon:
                 s.rules,
                 self.store,
                 now=self.clock.now,
-                checkpoint_path=sqlite_path(s.store.url).with_suffix(".anomaly.json"),
+                checkpoint_path=s.store.local_path().with_suffix(".anomaly.json"),
             )
             self.anomaly = await stack.enter_async_context(book.running())
 
@@ -307,9 +305,7 @@ class Daemon:
     async def _detection_service(self, stack: contextlib.AsyncExitStack) -> DetectionService:
         s = self.settings
         embedder = await asyncio.to_thread(build_embedder, s.detectors.embedder)
-        references = None
-        if s.store.url.startswith("sqlite:///"):
-            references = await stack.enter_async_context(ReferenceStore(sqlite_path(s.store.url)))
+        references = await stack.enter_async_context(ReferenceStore(s.store.local_path()))
         service = DetectionService(
             s.detectors,
             embedder=embedder,
@@ -331,14 +327,12 @@ class Daemon:
 
     async def _judge_service(self, stack: contextlib.AsyncExitStack) -> JudgeService:
         s = self.settings
-        if not s.store.url.startswith("sqlite:///"):
-            raise ConfigError("the judge needs the SQLite store in this release")
         j = s.judge
         model = await asyncio.to_thread(self._judge_model_factory, j)
         criteria = {c.name for c in criteria_from(j.criteria, j.custom_criteria)}
         anchors = load_anchors(j.anchors, criteria) if j.anchors else []
-        self.judge_store = await stack.enter_async_context(JudgeStore(sqlite_path(s.store.url)))
-        self.eval_store = await stack.enter_async_context(EvalStore(sqlite_path(s.store.url)))
+        self.judge_store = await stack.enter_async_context(JudgeStore(s.store.local_path()))
+        self.eval_store = await stack.enter_async_context(EvalStore(s.store.local_path()))
         # The detectors' embedder (a packaged one is loaded once per process and shared).
         embedder = None
         if j.reference_scores_per_run:

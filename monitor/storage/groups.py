@@ -85,6 +85,7 @@ class CommitGroup:
         "bytes",
         "callbacks",
         "ids",
+        "key",
         "partials",
         "records",
         "rejected",
@@ -103,6 +104,7 @@ class CommitGroup:
         self.callbacks: list[Callable[[], None]] = []
         self.rows = 0
         self.bytes = 0
+        self.key = ""  # set by a backend that must recognise a group it already committed
 
     def empty(self) -> bool:
         return not (self.rows or self.callbacks or self.partials or self.ids)
