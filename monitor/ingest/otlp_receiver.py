@@ -94,6 +94,11 @@ class OtlpReceiver:
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
+    @property
+    def waiting(self) -> int:
+        """Spans now waiting for their log records."""
+        return len(self._waiters)
+
     def app(self) -> web.Application:
         app = web.Application(
             middlewares=[*guards(self._api, CONTENT_TYPES), self._auth],
@@ -105,7 +110,10 @@ class OtlpReceiver:
         return app
 
     async def __aenter__(self) -> OtlpReceiver:
-        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        # aiohttp would inflate gzip bodies itself, unbounded: `inflate` caps what it makes.
+        self._runner = web.AppRunner(
+            self.app(), access_log=None, handle_signals=False, auto_decompress=False
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._api.host, self._api.port, reuse_address=True)
         try:

@@ -1,4 +1,4 @@
-"""An LLM app instrumented with OpenTelemetry, run as a subprocess by tests/monitor/test_otlp_apps.py.
+"""An LLM app instrumented with OpenTelemetry, run as a subprocess by test_otlp_apps.py.
 
     python -m tests.monitor.otlp_app FAMILY OTLP_ENDPOINT [JSON_DUMP_PATH]
 
@@ -81,7 +81,7 @@ def instrument(family: str) -> None:
     if family == "openai-v2":
         from opentelemetry.instrumentation.openai_v2 import OpenAIInstrumentor as V2
 
-        V2().instrument()
+        V2().instrument()  # type: ignore[no-untyped-call]
     elif family == "openllmetry":
         from opentelemetry.instrumentation.openai import OpenAIInstrumentor as Traceloop
 
@@ -102,10 +102,12 @@ def calls(family: str, base_url: str) -> None:
     if family == "openinference-langchain":
         from langchain_core.prompts import ChatPromptTemplate
         from langchain_openai import ChatOpenAI
+        from pydantic import SecretStr
 
         template = ChatPromptTemplate.from_messages([("system", "Be brief."), ("user", "{q}")])
         for model, stream in (("gpt-4o-mini", False), ("gpt-4o-mini", True), ("broken-model", 0)):
-            llm = ChatOpenAI(model=model, base_url=base_url, api_key="sk-test", max_retries=0)
+            key = SecretStr("sk-test")
+            llm = ChatOpenAI(model=model, base_url=base_url, api_key=key, max_retries=0)
             chain = template | llm
             try:
                 if stream:
@@ -123,13 +125,13 @@ def calls(family: str, base_url: str) -> None:
         {"role": "user", "content": PROMPT},
     ]
     client.chat.completions.create(model="gpt-4o-mini", messages=messages)
-    stream = client.chat.completions.create(
+    chunks = client.chat.completions.create(
         model="gpt-4o-mini",
         messages=messages,
         stream=True,
         stream_options={"include_usage": True},
     )
-    for _ in stream:
+    for _ in chunks:
         pass
     try:
         client.chat.completions.create(model="broken-model", messages=messages)
@@ -170,8 +172,8 @@ def main() -> None:
     logger_provider.shutdown()
     tracer_provider.shutdown()
     if dump is not None:
-        from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
         from google.protobuf.json_format import MessageToDict
+        from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
         request = MessageToDict(
             encode_spans(memory.get_finished_spans()), use_integers_for_enums=True
