@@ -15,9 +15,10 @@ in order; the first that yields text wins (docs/opentelemetry.md has the table):
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
+
+import msgspec
 
 from lookout.monitor.ingest.otlp_decode import OtlpLog, OtlpSpan
 
@@ -44,8 +45,8 @@ def _parsed(value: Any) -> Any:
     """A JSON-encoded attribute (spans carry structure as strings) or the value itself."""
     if isinstance(value, str) and value[:1] in ("[", "{"):
         try:
-            return json.loads(value)
-        except (ValueError, RecursionError):
+            return msgspec.json.decode(value)
+        except (msgspec.DecodeError, RecursionError):
             return value
     return value
 

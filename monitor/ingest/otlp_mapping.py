@@ -9,10 +9,11 @@ which attribute feeds which field, first present wins; docs/opentelemetry.md sho
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 from lookout.monitor.ingest.otlp_content import events_of, prompt_turns, response_text
 from lookout.monitor.ingest.otlp_decode import STATUS_ERROR, OtlpLog, OtlpSpan
@@ -164,8 +165,8 @@ def _invocation_model(attrs: dict[str, Any]) -> str | None:
     if not isinstance(params, str) or "gen_ai.request.model" in attrs:
         return None
     try:
-        model = json.loads(params).get("model")
-    except (ValueError, AttributeError, RecursionError):
+        model = msgspec.json.decode(params).get("model")
+    except (msgspec.DecodeError, AttributeError, RecursionError):
         return None
     return model if isinstance(model, str) and model else None
 
@@ -196,7 +197,7 @@ def _metadata(span: OtlpSpan, cut: list[str], options: MappingOptions) -> dict[s
             metadata[key] = value
     if cut:
         metadata["otel.truncated"] = cut
-    if len(json.dumps(metadata)) > options.max_metadata_bytes:
+    if len(msgspec.json.encode(metadata)) > options.max_metadata_bytes:
         return None
     return metadata
 
