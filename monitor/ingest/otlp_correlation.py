@@ -74,6 +74,10 @@ class LogBuffer:
     def has(self, key: SpanKey) -> bool:
         return key in self._entries
 
+    @property
+    def apps_sending_logs(self) -> int:
+        return len(self._log_apps)
+
     def sends_logs(self, app: str | None, now: float) -> bool:
         """Whether `app` sent content log records within `ttl_s`: its spans may wait for them."""
         seen = self._log_apps.get(app or "")

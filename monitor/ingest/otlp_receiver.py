@@ -188,15 +188,16 @@ class OtlpReceiver:
         ignored = len(spans) - len(calls)
         if ignored:
             self.metrics.spans.labels("ignored").inc(ignored)
-        waiting = [
-            (s.trace_id, s.span_id)
-            for s in calls
-            if not self.buffer.has((s.trace_id, s.span_id))
-            and self.buffer.sends_logs(app_of(s.resource, self._options), now)
-            and not has_content(s)
-        ]
-        if waiting and self._cfg.log_wait_s > 0:
-            await self._wait_for_logs(waiting)
+        if self.buffer.apps_sending_logs and self._cfg.log_wait_s > 0:
+            waiting = [
+                (s.trace_id, s.span_id)
+                for s in calls
+                if not self.buffer.has((s.trace_id, s.span_id))
+                and self.buffer.sends_logs(app_of(s.resource, self._options), now)
+                and not has_content(s)
+            ]
+            if waiting:
+                await self._wait_for_logs(waiting)
         records = []
         for span in calls:
             logs = self.buffer.take((span.trace_id, span.span_id))
