@@ -57,12 +57,14 @@ from lookout.monitor.ingest.otlp_mapping import (
 )
 from lookout.monitor.ingest.pipeline import Pipeline
 from lookout.monitor.ingest.records import DecodeLimits
+from lookout.monitor.web.api import listen
 from lookout.monitor.web.guards import Handler, add_security_headers, guards
 from lookout.monitor.web.routes import COMMIT_WAIT_S, read_capped
 
 log = structlog.get_logger(__name__)
 SOURCE = "otlp"
 _encode = msgspec.json.Encoder().encode
+_SIGNALS = {"/v1/traces": "traces", "/v1/logs": "logs"}
 
 
 class OtlpReceiver:
@@ -101,7 +103,7 @@ class OtlpReceiver:
 
     def app(self) -> web.Application:
         app = web.Application(
-            middlewares=[*guards(self._api, CONTENT_TYPES), self._auth],
+            middlewares=[self._count, *guards(self._api, CONTENT_TYPES), self._auth],
             client_max_size=self._cfg.max_body_bytes + 1,
         )
         app.on_response_prepare.append(add_security_headers)
@@ -111,21 +113,9 @@ class OtlpReceiver:
 
     async def __aenter__(self) -> OtlpReceiver:
         # aiohttp would inflate gzip bodies itself, unbounded: `inflate` caps what it makes.
-        self._runner = web.AppRunner(
-            self.app(), access_log=None, handle_signals=False, auto_decompress=False
+        self._runner, self.port = await listen(
+            self.app(), self._api, "otlp.bind", auto_decompress=False
         )
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self._api.host, self._api.port, reuse_address=True)
-        try:
-            await site.start()
-        except OSError as exc:
-            await self._runner.cleanup()
-            raise OSError(
-                f"cannot listen on {self._cfg.bind} for OTLP: {exc.strerror}; choose another "
-                "HOST:PORT with otlp.bind in the config or LOOKOUT_OTLP__BIND"
-            ) from exc
-        sockets = getattr(site._server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else self._api.port
         log.info("otlp_listening", bind=f"{self._api.host}:{self.port}")
         return self
 
@@ -139,11 +129,18 @@ class OtlpReceiver:
             await self._runner.cleanup()
 
     @web.middleware
+    async def _count(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Every answer counted, the guards' refusals (403, 415) included."""
+        response = await handler(request)
+        signal = _SIGNALS.get(request.path, "other")
+        self.metrics.requests.labels(signal, str(response.status)).inc()
+        return response
+
+    @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if self._token is not None:
             given = request.headers.get("Authorization", "").removeprefix("Bearer ").encode()
             if not hmac.compare_digest(given, self._token):
-                self.metrics.requests.labels(request.path.rsplit("/", 1)[-1], "401").inc()
                 return web.json_response(
                     {"error": "unauthorized: send Authorization: Bearer <otlp.token>"},
                     status=401,
@@ -172,12 +169,10 @@ class OtlpReceiver:
             return self._failed("traces", 400, str(exc), kind)
         except TimeoutError:
             return self._failed("traces", 503, "not committed yet; retry", kind)
-        self.metrics.requests.labels("traces", "200").inc()
         message = f"{rejected} LLM call spans rejected (GET /api/v1/rejected says why)"
         return export_response("traces", rejected, message if rejected else "", kind)
 
     def _failed(self, signal: str, status: int, message: str, kind: str) -> web.Response:
-        self.metrics.requests.labels(signal, str(status)).inc()
         log.info("otlp_request_refused", signal=signal, status=status, reason=message[:200])
         return error_response(status, message, kind)
 
@@ -242,7 +237,6 @@ class OtlpReceiver:
         except MalformedOtlp as exc:
             return self._failed("logs", 400, str(exc), kind)
         self._buffer_logs(logs)
-        self.metrics.requests.labels("logs", "200").inc()
         return export_response("logs", 0, "", kind)
 
     def _buffer_logs(self, logs: list[OtlpLog]) -> None:

@@ -144,6 +144,7 @@ async def test_bad_bodies_get_their_status_and_the_daemon_goes_on(
         assert bombed.status_code == 413
         assert len(bomb) < 64 * 1024  # refused for what it inflates to, not its size
         assert requests_counted(d, "traces", 400) == 2
+        assert requests_counted(d, "traces", 415) == 1
         assert requests_counted(d, "traces", 413) == 1
         assert requests_counted(d, "logs", 413) == 1
         fine = await http.post("/v1/traces", content=good, headers=PROTOBUF)
@@ -155,10 +156,11 @@ async def test_token_required_when_set(
     settings_for: Callable[..., Settings], tmp_path: Path
 ) -> None:
     body = traces_request([llm_span(1)]).SerializeToString()
-    async with otlp_daemon(settings_for, tmp_path, token="otlp-secret-token-1") as (_, http):
+    async with otlp_daemon(settings_for, tmp_path, token="otlp-secret-token-1") as (d, http):
         assert (await http.post("/v1/traces", content=body, headers=PROTOBUF)).status_code == 401
         authorized = {**PROTOBUF, "Authorization": "Bearer otlp-secret-token-1"}
         assert (await http.post("/v1/traces", content=body, headers=authorized)).status_code == 200
+        assert requests_counted(d, "traces", 401) == 1
 
 
 async def test_logs_before_or_after_their_span_give_the_record_its_text(
@@ -236,3 +238,31 @@ async def test_otlp_json_with_string_integers_and_enum_numbers(
     record = stored(tmp_path)["5b8efff798038103d269b633813fc60c:eee19b7ec3c1b174"]
     assert (record["app"], record["input_tokens"], record["output_tokens"]) == ("js-app", 12, 5)
     assert (record["status"], record["error"], record["latency_ms"]) == ("error", "boom", 1500)
+
+
+async def test_back_pressure_answers_503_with_retry_after(
+    settings_for: Callable[..., Settings], tmp_path: Path
+) -> None:
+    settings = settings_for(
+        otlp={"enabled": True, "bind": "127.0.0.1:0"},
+        store={
+            "url": f"sqlite:///{tmp_path}/otlp.db",
+            "record_sample_rate": 1.0,
+            "queue_size": 100,
+            "flush_interval_s": 3,
+        },
+    )
+    first = traces_request([llm_span(i) for i in range(1, 301)]).SerializeToString()
+    second = traces_request([llm_span(1000)]).SerializeToString()
+    async with running(Daemon(settings)) as d, httpx.AsyncClient() as http:
+        assert d.otlp is not None
+        url = f"http://127.0.0.1:{d.otlp.port}/v1/traces"
+        pending = asyncio.create_task(http.post(url, content=first, headers=PROTOBUF))
+        spans_total = "lookout_otlp_spans_total"
+        await eventually(lambda: sample_value(d, spans_total, {"outcome": "record"}) == 300)
+        busy = await http.post(url, content=second, headers=PROTOBUF)
+        assert busy.status_code == 503 and busy.headers["Retry-After"] == "1"
+        assert requests_counted(d, "traces", 503) == 1
+        assert (await asyncio.wait_for(pending, 10)).status_code == 200  # once committed
+        retried = await http.post(url, content=second, headers=PROTOBUF)
+        assert retried.status_code == 200
