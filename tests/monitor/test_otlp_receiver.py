@@ -266,3 +266,51 @@ async def test_back_pressure_answers_503_with_retry_after(
         assert (await asyncio.wait_for(pending, 10)).status_code == 200  # once committed
         retried = await http.post(url, content=second, headers=PROTOBUF)
         assert retried.status_code == 200
+
+
+async def test_otlp_json_logs_join_their_span(
+    settings_for: Callable[..., Settings], tmp_path: Path
+) -> None:
+    ids = {"traceId": "5b8efff798038103d269b633813fc60c", "spanId": "0000000000000abc"}
+
+    def text(value: str) -> dict[str, Any]:
+        return {"stringValue": value}
+
+    def kvlist(**values: Any) -> dict[str, Any]:
+        return {"kvlistValue": {"values": [{"key": k, "value": v} for k, v in values.items()]}}
+
+    resource = {"attributes": [{"key": "service.name", "value": text("js-app")}]}
+    user = {**ids, "eventName": "gen_ai.user.message", "body": kvlist(content=text("where?"))}
+    choice = {
+        **ids,
+        "attributes": [{"key": "event.name", "value": text("gen_ai.choice")}],
+        "body": kvlist(index={"intValue": "0"}, message=kvlist(content=text("here."))),
+    }
+    other = {"body": text("GET /orders 200"), "severityNumber": 9}
+    logs = {
+        "resourceLogs": [
+            {"resource": resource, "scopeLogs": [{"logRecords": [user, choice, other]}]}
+        ]
+    }
+    span = {
+        **ids,
+        "name": "chat",
+        "startTimeUnixNano": str(START),
+        "endTimeUnixNano": str(START + 10**9),
+        "attributes": [{"key": "gen_ai.operation.name", "value": text("chat")}],
+    }
+    traces = {"resourceSpans": [{"resource": resource, "scopeSpans": [{"spans": [span]}]}]}
+    json_type = {"Content-Type": "application/json"}
+    async with otlp_daemon(settings_for, tmp_path) as (d, http):
+        assert (
+            await http.post("/v1/logs", content=json.dumps(logs), headers=json_type)
+        ).json() == {}
+        assert (
+            await http.post("/v1/traces", content=json.dumps(traces), headers=json_type)
+        ).status_code == 200
+        log_total = "lookout_otlp_log_records_total"
+        assert sample_value(d, log_total, {"outcome": "ignored"}) == 1
+        assert sample_value(d, log_total, {"outcome": "correlated"}) == 2
+        await d.store.flush()
+    record = stored(tmp_path)["5b8efff798038103d269b633813fc60c:0000000000000abc"]
+    assert (record["app"], record["prompt"], record["response"]) == ("js-app", "where?", "here.")
