@@ -103,14 +103,15 @@ def sender(port: int, batches: int, senders: int) -> None:
             if response.status != 200:
                 failures.append(str(response.status))
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu_s()
     threads = [threading.Thread(target=post, args=(bodies[i::senders],)) for i in range(senders)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    elapsed = time.perf_counter() - t0
-    print("RESULT " + json.dumps({"elapsed_s": elapsed, "failures": failures}), flush=True)
+    elapsed, cpu = time.perf_counter() - t0, cpu_s() - c0
+    result = {"elapsed_s": elapsed, "sender_cpu_s": cpu, "failures": failures}
+    print("RESULT " + json.dumps(result), flush=True)
 
 
 async def otlp_run(broker_port: int, batches: int, senders: int) -> dict[str, Any]:
@@ -159,6 +160,8 @@ async def otlp_run(broker_port: int, batches: int, senders: int) -> dict[str, An
         request_bytes=float(ready.split()[1]),
         spans_per_s=spans / result["elapsed_s"],
         cpu_us_per_span=cpu / spans * 1e6,
+        daemon_cores=cpu / result["elapsed_s"],
+        sender_cores=result["sender_cpu_s"] / result["elapsed_s"],
     )
     return result
 
@@ -190,7 +193,8 @@ def main() -> None:
         f"\nOTLP: {otlp['spans']:,} LLM spans in {batches} requests of {SPANS_PER_REQUEST} "
         f"(~{otlp['request_bytes'] / 1024:.0f} KiB each), {args.senders} senders\n"
         f"  {otlp['spans_per_s']:,.0f} spans/s, {otlp['cpu_us_per_span']:.1f} us CPU per span "
-        f"(= {1e6 / otlp['cpu_us_per_span']:,.0f} spans/s per core)\n"
+        f"(= {1e6 / otlp['cpu_us_per_span']:,.0f} spans/s per core); the daemon used "
+        f"{otlp['daemon_cores']:.2f} cores, the sender {otlp['sender_cores']:.2f}\n"
         f"MQTT: {mqtt['records_per_s']:,.0f} records/s in batches of {BATCH} at QoS 1, "
         f"{mqtt['cpu_us_per_record']:.1f} us CPU per record\n"
         f"OTLP/MQTT: {otlp['spans_per_s'] / mqtt['records_per_s']:.2f}x the rate, "
