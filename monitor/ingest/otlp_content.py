@@ -36,6 +36,8 @@ _ROLE_EVENTS = {
 
 
 def events_of(span: OtlpSpan, logs: Sequence[OtlpLog]) -> list[Event]:
+    if not span.events and not logs:
+        return []
     return [(e.name, e.attributes, None) for e in span.events] + [
         (log.event_name, log.attributes, log.body) for log in logs
     ]

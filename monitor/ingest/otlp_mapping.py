@@ -154,6 +154,8 @@ def _ttft_ms(span: OtlpSpan) -> float | None:
     seconds = _first(span.attributes, TTFT_ATTRIBUTES_S)
     if isinstance(seconds, int | float) and not isinstance(seconds, bool):
         return float(seconds) * 1000.0
+    if not span.events:
+        return None
     times = [e.time_ns for e in span.events if e.name in FIRST_TOKEN_EVENTS]
     if times and span.start_ns and min(times) >= span.start_ns:
         return (min(times) - span.start_ns) / 1e6
@@ -189,12 +191,13 @@ def _metadata(span: OtlpSpan, cut: list[str], options: MappingOptions) -> dict[s
     attrs = span.attributes
     for key in METADATA_ATTRIBUTES:
         value = attrs.get(key)
+        if value is None:
+            continue
         if isinstance(value, str):
             value = value[:_MAX_METADATA_VALUE]
         elif isinstance(value, list):
             value = [v[:_MAX_METADATA_VALUE] if isinstance(v, str) else v for v in value[:16]]
-        if value is not None:
-            metadata[key] = value
+        metadata[key] = value
     if cut:
         metadata["otel.truncated"] = cut
     if len(msgspec.json.encode(metadata)) > options.max_metadata_bytes:
