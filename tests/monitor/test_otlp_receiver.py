@@ -314,3 +314,21 @@ async def test_otlp_json_logs_join_their_span(
         await d.store.flush()
     record = stored(tmp_path)["5b8efff798038103d269b633813fc60c:0000000000000abc"]
     assert (record["app"], record["prompt"], record["response"]) == ("js-app", "where?", "here.")
+
+
+async def test_a_large_export_is_split_within_the_decoders_limits(
+    settings_for: Callable[..., Settings], tmp_path: Path
+) -> None:
+    messages = json.dumps([{"role": "user", "parts": [{"type": "text", "content": "where?"}]}])
+    spans = [llm_span(i, **{"gen_ai.input.messages": messages}) for i in range(1, 1201)]
+    body = traces_request(spans).SerializeToString()
+    async with otlp_daemon(settings_for, tmp_path) as (d, http):
+        answer = await http.post("/v1/traces", content=body, headers=PROTOBUF)
+        assert answer.status_code == 200
+        assert not ExportTraceServiceResponse.FromString(answer.content).HasField("partial_success")
+        assert sample_value(d, "lookout_otlp_spans_total", {"outcome": "record"}) == 1200
+        # more than one message: no batch over metrics.max_records_per_message (1,000)
+        assert sample_value(d, "lookout_messages_received_total", {"source": "otlp"}) >= 2
+        assert (
+            sample_value(d, "lookout_records_rejected_total", {"reason": "too_many_records"}) == 0
+        )
