@@ -1,9 +1,10 @@
 """The composition root: builds every component from the settings and runs them.
 
 The daemon owns one exit stack (the components that are async context managers: store,
-broker, API server, detection, judge, alert engine, MQTT source) and one TaskGroup (the
-components that expose `run()`: ingest queue, rollups, systemd watchdog). The API listens from
-early on for its probes and serves the routes that need the services once they are all built.
+broker, API server, detection, judge, alert engine, OTLP receiver, MQTT source) and one
+TaskGroup (the components that expose `run()`: ingest queue, rollups, systemd watchdog). The
+API listens from early on for its probes and serves the routes that need the services once they
+are all built; the OTLP receiver listens only then.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from lookout.clock import Clock, SystemClock
 from lookout.detectors.judge import criteria_from
 from lookout.monitor.allocator import fix_mmap_threshold
 from lookout.monitor.anomaly import AnomalyBook
-from lookout.monitor.builders import build_pipeline, build_windows, price_table
+from lookout.monitor.builders import build_pipeline, build_windows, decode_limits, price_table
 from lookout.monitor.config import JudgeConfig, Settings, mask_url
 from lookout.monitor.config.node import mqtt_client_id
 from lookout.monitor.detection.embedding import build_embedder
@@ -34,6 +35,7 @@ from lookout.monitor.detection.service import DetectionService
 from lookout.monitor.detection.state import DetectorCollector
 from lookout.monitor.ingest.broker import EmbeddedBroker
 from lookout.monitor.ingest.mqtt import MqttSource
+from lookout.monitor.ingest.otlp_receiver import OtlpReceiver
 from lookout.monitor.ingest.queue import IngestQueue
 from lookout.monitor.judge.anchors import load_anchors
 from lookout.monitor.judge.client import JudgeClient, chat_model
@@ -118,6 +120,7 @@ class Daemon:
         )
         # Built in run(), as the config asks for them.
         self.api: ApiServer | None = None
+        self.otlp: OtlpReceiver | None = None
         self.detection: DetectionService | None = None
         self.judge: JudgeService | None = None
         self.judge_store: JudgeStore | None = None
@@ -149,6 +152,8 @@ class Daemon:
             self.api = api
             await self._build_services(stack)
             api.serve(self._routes())
+            if s.otlp.enabled:  # listens once every service its records reach exists
+                self.otlp = await stack.enter_async_context(self._otlp_receiver())
             async with asyncio.TaskGroup() as tg:
                 tasks = [tg.create_task(job, name=name) for name, job in self._jobs().items()]
                 await self._ingest_until(stop)
@@ -191,6 +196,16 @@ class Daemon:
             probes,
             registry=self.registry,
             max_payload_bytes=self.settings.bus.max_payload_bytes * 2,
+        )
+
+    def _otlp_receiver(self) -> OtlpReceiver:
+        return OtlpReceiver(
+            self.settings.otlp,
+            self.pipeline,
+            self.clock,
+            registry=self.registry,
+            limits=decode_limits(self.settings),
+            api_token=self.settings.api.token,
         )
 
     async def _build_services(self, stack: contextlib.AsyncExitStack) -> None:

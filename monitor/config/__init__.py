@@ -18,6 +18,7 @@ from lookout.monitor.config.detection import (
 )
 from lookout.monitor.config.judge import JudgeConfig, JudgeSchedule, RedactionConfig
 from lookout.monitor.config.masking import mask_url
+from lookout.monitor.config.otlp import OtlpConfig
 from lookout.monitor.config.service import (
     ApiConfig,
     BusConfig,
@@ -39,6 +40,7 @@ __all__ = [
     "JudgeSchedule",
     "MetricsConfig",
     "OodConfig",
+    "OtlpConfig",
     "Price",
     "RedactionConfig",
     "ReferenceConfig",

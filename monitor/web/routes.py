@@ -91,7 +91,7 @@ class ApiRoutes:
         pipeline = self._deps.pipeline
         if not pipeline.has_room():
             return _busy("the store is behind; retry")
-        payload = await _read_capped(request, self._deps.max_body_bytes)
+        payload = await read_capped(request, self._deps.max_body_bytes)
         now = self._deps.clock.now()
         if payload is None:
             result = pipeline.reject(_too_large(request, self._deps.max_body_bytes), "http", now)
@@ -142,7 +142,7 @@ class ApiRoutes:
         )
 
 
-async def _read_capped(request: web.Request, limit: int) -> bytes | None:
+async def read_capped(request: web.Request, limit: int) -> bytes | None:
     """The body, or None when it is over `limit` bytes: then read no further than that (a
     declared length over it is not read at all), so memory stays bounded at any size."""
     if request.content_length is not None and request.content_length > limit:
