@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ingest import BATCH, Broker, cpu_s, record, run_one
+from ingest import BATCH, PUBLISHERS, Broker, cpu_s, record, run_one
+from ingest_payloads import write_payload
 
 SPANS_PER_REQUEST = 512
 PROMPT = "Where is my order? I ordered a pair of running shoes last Tuesday " * 5
@@ -183,10 +184,10 @@ def main() -> None:
         broker = Broker(work)
         try:
             otlp = asyncio.run(otlp_run(broker.port, batches, args.senders))
-            batch_file = work / "batch.json"
-            batch_file.write_text(json.dumps([record(j) for j in range(BATCH)]))
             messages = otlp["spans"] // BATCH
-            mqtt = run_one(broker, "lookout", 1, batch_file, messages, BATCH)
+            # The repeated payload: the spans' texts repeat too, so neither side embeds much.
+            batch = write_payload(work, "batch", "repeated", messages, BATCH, PUBLISHERS, record)
+            mqtt = run_one(broker, "lookout", 1, batch, messages, BATCH)
         finally:
             broker.close()
     print(
