@@ -19,7 +19,7 @@ from lookout.alerts.outbox import SqliteOutbox
 from lookout.alerts.state import AlertState, NotificationKind
 from lookout.clock import FakeClock
 from lookout.detectors.anomaly import AnomalyDetector, Baseline
-from lookout.monitor.anomaly import AnomalyBook
+from lookout.monitor.anomaly import AnomalyBook, anomaly_rules
 from lookout.monitor.storage import RollupPoint
 from lookout.series import SeriesPoint
 
@@ -185,3 +185,11 @@ def test_anomaly_rules_are_checked() -> None:
         RuleConfig(name="x", metric="qps", op=">")
     assert rule(sensitivity=5).anomaly_z == 5
     assert 3.5 < rule(false_alarms_per_week=1).anomaly_z < 4.0  # one tail, a decision a minute
+    # A false-alarm target is also held on the series' own tail (a minute's share of a week);
+    # an explicit sensitivity is the z as given.
+    configs = {
+        r.name: r.config
+        for r in anomaly_rules([rule(name="target", false_alarms_per_week=2), rule(sensitivity=5)])
+    }
+    assert configs["target"].tail_rate == pytest.approx(2 / (7 * 24 * 60))
+    assert configs["slow"].tail_rate == 0.0
