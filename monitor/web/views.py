@@ -105,7 +105,9 @@ class StatusResponse(BaseModel):
 
 class AnomalyView(BaseModel):
     """An anomaly rule's last reading: the value, the band outside which it is anomalous,
-    its robust z, and which normal it was measured against (`learning`: too little history)."""
+    its robust z and the z beyond which it is anomalous (the rule's, or higher where the
+    series' own tail is fatter), and which normal it was measured against (`learning`: too
+    little history)."""
 
     rule: str
     labels: dict[str, str]
@@ -114,6 +116,7 @@ class AnomalyView(BaseModel):
     low: float | None
     high: float | None
     z: float | None
+    threshold: float | None = None
     anomalous: bool
     history_points: int
 
@@ -206,6 +209,7 @@ class ApiViews:
                 low=r.low,
                 high=r.high,
                 z=r.z,
+                threshold=r.threshold,
                 anomalous=r.anomalous,
                 history_points=r.history,
             )
