@@ -34,11 +34,12 @@ $(STAMP): pyproject.toml client/pyproject.toml $(MODULES)
 	$(BIN)/pip install --quiet -e './client[langchain]' $(EDITABLE)
 	touch $(STAMP)
 
-# The tests cover the sentence-transformers and onnx extras too; torch is pinned there (2.13.0
+# The tests cover the sentence-transformers, onnx and postgres extras too (the store's tests run
+# on SQLite and on the PostgreSQL that .ci/run starts); torch is pinned there (2.13.0
 # is a local CPU build on our machines); the onnx test blocks torch in its own process, as a
 # user without it would run. `make run` stays without them.
 $(TEST_STAMP): $(STAMP)
-	$(BIN)/pip install --quiet -e '.[dev,sentence-transformers,onnx]' $(EDITABLE)
+	$(BIN)/pip install --quiet -e '.[dev,sentence-transformers,onnx,postgres]' $(EDITABLE)
 	touch $(TEST_STAMP)
 
 run: $(STAMP)

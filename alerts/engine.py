@@ -299,10 +299,15 @@ class AlertEngine:
         labels = dict(note.alert.labels)
         value = note.alert.value
         threshold = rule.anomaly_z if rule.op == "anomaly" else rule.threshold
+        reading = None
+        if rule.op == "anomaly" and self.anomaly is not None:
+            reading = self.anomaly.last.get((rule.name, note.alert.labels))
+            # The series' own tail may have raised the rule's z: the one the value was held to.
+            if reading is not None and reading.threshold is not None:
+                threshold = reading.threshold
         values: dict[str, object] = {"value": value, "threshold": threshold, **labels}
         if rule.op == "anomaly":
-            key = (rule.name, note.alert.labels)
-            usual = usual_text(rule.metric, self.anomaly.last.get(key) if self.anomaly else None)
+            usual = usual_text(rule.metric, reading)
             values["usual"] = usual
             # The usual band beside the value reads true both when firing and when resolved.
             default = resolved_default = f"{rule.name}: {usual} ({{app}})"

@@ -1,17 +1,29 @@
 """lookout's anomaly detector on the Numenta Anomaly Benchmark (NAB).
 
 Each of NAB's 58 series (bench/data/nab, MIT) is streamed once through a fresh
-`lookout.detectors.anomaly.AnomalyDetector`, in order, each value scored before it is learned
-(no look-ahead). The per-point scores are then scored with NAB's method (bench/nab_scoring.py,
-a port of the reference scorer) for its three profiles: the corpus-wide threshold sweep, and
-the score at lookout's own threshold (`threshold_for(false_alarms_per_week)`, no sweep).
-Also: CPU per point, and the false alarms per week measured on NAB's anomaly-free series.
+`lookout.detectors.anomaly.AnomalyDetector`, configured as a rule with
+`false_alarms_per_week` at the series' own interval, in order, each value scored before it
+is learned (no look-ahead). Detections are scored with NAB's method (bench/nab_scoring.py, a
+port of the reference scorer) for its three profiles, two ways:
 
-    .venv/bin/python bench/nab.py [--false-alarms-per-week 1] [--episode-points 0]
+- NAB's method: every point's z, post-processed, with the corpus-wide threshold sweep (and
+  at the Gaussian z of `false_alarms_per_week`, no sweep). NAB wants one detection per
+  anomaly: as lookout's alert engine notifies once per firing episode, a point reports its z
+  only when no point of the `--episode-points` before it was already above it, and as a rule
+  with `keep_firing_for` stays firing (silent) that long after its last breach, a point
+  within `--keep-firing-s` of a reported z at or above the rule's z reports 0.
+- The alert engine as a rule runs: a notification where the detector's reading is
+  anomalous (its own threshold, with the series' tail) with no breach within
+  `--keep-firing-s` before it; no episode step, no sweep. `--engine-sweep` adds the best
+  single z for all series instead (slow).
 
-NAB wants one detection per anomaly: as lookout's alert engine notifies once per firing
-episode, the score a point reports is its z only when no point of the `--episode-points`
-before it was already above it (`episode`), which is what a person is paged for.
+Also: CPU per point, and the false alarms / notifications per week on NAB's anomaly-free
+series. `--series` scores a subset (names containing any of the substrings) for quick
+iteration; figures for docs/benchmarks.md are over all 58.
+
+    .venv/bin/python bench/nab.py [--false-alarms-per-week 1] [--episode-points 1000]
+        [--keep-firing-s 3600] [--tail-delay-s 3600] [--gaussian] [--engine-sweep]
+        [--series SUBSTRING ...]
 """
 
 from __future__ import annotations
@@ -25,9 +37,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from nab_scoring import Costs, normalised, score_at, score_by_threshold, sweep_points
+from nab_scoring import (
+    Costs,
+    Point,
+    normalised,
+    score_at,
+    score_by_threshold,
+    score_detections,
+    sweep_points,
+)
 
 from lookout.detectors.anomaly import (
+    WEEK_S,
     AnomalyConfig,
     AnomalyDetector,
     Direction,
@@ -72,24 +93,101 @@ def load_corpus() -> list[Series]:
     return corpus
 
 
-def run_series(series: Series, config: AnomalyConfig, episode_points: int) -> list[float]:
-    """Each value scored once, in order, then learned: the z along the direction, 0 while
-    learning; with `episode_points`, only a point above every one of the previous ones."""
+def run_series(series: Series, config: AnomalyConfig) -> tuple[list[float], list[bool]]:
+    """Each value scored once, in order, then learned: the z along the direction (0 while
+    learning), and whether the detector called it anomalous at its own threshold."""
     detector = AnomalyDetector(config)
+    scores, anomalous = [], []
+    for t, v in zip(series.timestamps, series.values, strict=True):
+        reading = detector.update(t.timestamp(), v)
+        scores.append(max(0.0, reading.score))
+        anomalous.append(reading.anomalous)
+    return scores, anomalous
+
+
+def reported(
+    raw: list[float], threshold_z: float, episode_points: int, keep_points: int
+) -> list[float]:
+    """The post-processing: with `episode_points`, a point reports its z only when it is above
+    every one of the previous ones; with `keep_points`, 0 within that many points after a
+    reported z >= `threshold_z` (a rule's keep_firing_for; each such point extends it)."""
     # (index, score) with decreasing scores: the first is the window's maximum.
     peaks: deque[tuple[int, float]] = deque()
     out = []
-    for i, (t, v) in enumerate(zip(series.timestamps, series.values, strict=True)):
-        s = detector.update(t.timestamp(), v).score
+    firing_until = -1
+    for i, s in enumerate(raw):
         while peaks and peaks[0][0] <= i - episode_points:
             peaks.popleft()
-        reported = s if not peaks or s > peaks[0][1] else 0.0
+        r = s if not peaks or s > peaks[0][1] else 0.0
         while peaks and peaks[-1][1] <= s:
             peaks.pop()
         if episode_points:
             peaks.append((i, s))
-        out.append(max(0.0, reported))
+        silent = i <= firing_until
+        if r >= threshold_z:
+            firing_until = i + keep_points
+        out.append(0.0 if silent else r)
     return out
+
+
+def engine_notifications(raw: list[float], z: float, keep_points: int) -> list[bool]:
+    """Where the alert engine notifies FIRING for a rule at `z` (`for: 0`) fed every point's
+    z, no episode step: a breach with no breach in the `keep_points` before it."""
+    hold = max(1, keep_points)
+    last = -hold - 1
+    out = []
+    for i, s in enumerate(raw):
+        breach = s > z
+        out.append(breach and i - last > hold)
+        if breach:
+            last = i
+    return out
+
+
+Scorable = dict[str, tuple[Costs, dict[str, list[Point]]]]  # profile -> (costs, file -> points)
+
+
+def scorable(corpus: list[Series]) -> Scorable:
+    """Per profile, each file's points as NAB's scorer weighs them (detections aside)."""
+    profiles = json.loads((DATA / "config" / "profiles.json").read_text())
+    out = {}
+    for short, name in PROFILES.items():
+        m = profiles[name]["CostMatrix"]
+        costs = Costs(m["tpWeight"], m["fpWeight"], m["fnWeight"])
+        out[short] = (
+            costs,
+            {
+                s.name: sweep_points(s.name, s.timestamps, [0.0] * len(s.values), s.windows, costs)
+                for s in corpus
+            },
+        )
+    return out
+
+
+def notification_scores(
+    corpus: list[Series], weighed: Scorable, notes: dict[str, list[bool]]
+) -> dict[str, float]:
+    """Per profile, NAB's normalised score of these detections (no sweep)."""
+    windows = sum(len(s.windows) for s in corpus)
+    out = {}
+    for short, (costs, points) in weighed.items():
+        raw = sum(score_detections(points[s.name], costs, notes[s.name]) for s in corpus)
+        out[short] = normalised(raw, -costs.fn * windows, windows, costs)
+    return out
+
+
+def engine_sweep(
+    corpus: list[Series], weighed: Scorable, raw: dict[str, list[float]], keep: dict[str, int]
+) -> dict[str, tuple[float, float]]:
+    """Per profile, the engine's notifications on every z at the best fixed z of a grid
+    (the threshold as one z for every series, as in NAB's sweep): (score, that z)."""
+    best: dict[str, tuple[float, float]] = {}
+    for z in [1.5 + 0.25 * i for i in range(35)] + [12.0, 15.0, 20.0, 30.0]:
+        notes = {s.name: engine_notifications(raw[s.name], z, keep[s.name]) for s in corpus}
+        for short, value in notification_scores(corpus, weighed, notes).items():
+            if short not in best or value > best[short][0]:
+                best[short] = (value, z)
+    return best
 
 
 def to_unit(z: float) -> float:
@@ -136,42 +234,76 @@ def false_alarms_per_week(corpus: list[Series], zs: dict[str, list[float]], z: f
     return episodes / (seconds / (7 * 86400.0))
 
 
-def main() -> None:
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--false-alarms-per-week", type=float, default=1.0)
     parser.add_argument("--episode-points", type=int, default=1000)
-    parser.add_argument("--trailing-points", type=int, default=2048)
+    parser.add_argument("--keep-firing-s", type=float, default=3600.0)
+    parser.add_argument("--tail-delay-s", type=float, default=3600.0)
+    parser.add_argument("--gaussian", action="store_true", help="no threshold from the tail")
+    parser.add_argument("--engine-sweep", action="store_true", help="also sweep a fixed z")
+    parser.add_argument("--series", nargs="*", default=[], help="substrings of series names")
+    parser.add_argument("--trailing-points", type=int, default=AnomalyConfig().trailing_points)
     parser.add_argument("--min-points", type=int, default=AnomalyConfig().min_points)
     parser.add_argument("--seasonality", default="auto", choices=[s.value for s in Seasonality])
     parser.add_argument("--direction", default="both", choices=[d.value for d in Direction])
-    args = parser.parse_args()
-    corpus = load_corpus()
+    return parser.parse_args()
+
+
+def config_for(args: argparse.Namespace, interval_s: float) -> AnomalyConfig:
+    """What an anomaly rule with `false_alarms_per_week` gives the detector, at the series'
+    own interval (monitor/anomaly.py does the same at a minute)."""
     direction = Direction(args.direction)
+    return AnomalyConfig(
+        direction=direction,
+        seasonality=Seasonality(args.seasonality),
+        threshold_z=threshold_for(args.false_alarms_per_week, interval_s, direction),
+        trailing_points=args.trailing_points,
+        min_points=args.min_points,
+        tail_rate=0.0 if args.gaussian else args.false_alarms_per_week * interval_s / WEEK_S,
+        tail_delay_points=round(args.tail_delay_s / interval_s),
+    )
+
+
+def main() -> None:
+    args = arguments()
+    corpus = [s for s in load_corpus() if not args.series or any(p in s.name for p in args.series)]
     zs: dict[str, list[float]] = {}
+    raw: dict[str, list[float]] = {}
+    notes: dict[str, list[bool]] = {}
+    keep: dict[str, int] = {}
     cpu, points = 0.0, 0
     for s in corpus:
         # The series' own sampling interval: the decisions a week holds.
         interval_s = (s.timestamps[-1] - s.timestamps[0]).total_seconds() / (len(s.values) - 1)
-        own = threshold_for(args.false_alarms_per_week, interval_s, direction)
-        config = AnomalyConfig(
-            direction=direction,
-            seasonality=Seasonality(args.seasonality),
-            threshold_z=own,
-            trailing_points=args.trailing_points,
-            min_points=args.min_points,
-        )
+        config = config_for(args, interval_s)
+        keep[s.name] = round(args.keep_firing_s / interval_s)
         start = time.process_time()
-        zs[s.name] = run_series(s, config, args.episode_points)
+        raw[s.name], anomalous = run_series(s, config)
+        zs[s.name] = reported(raw[s.name], config.threshold_z, args.episode_points, keep[s.name])
         cpu += time.process_time() - start
         points += len(s.values)
+        flags = [1.0 if a else 0.0 for a in anomalous]
+        notes[s.name] = engine_notifications(flags, 0.5, keep[s.name])
     # One z for the corpus' own-threshold score: NAB's typical 5-minute interval.
-    own_z = threshold_for(args.false_alarms_per_week, 300.0, direction)
+    own_z = threshold_for(args.false_alarms_per_week, 300.0, Direction(args.direction))
     print(f"NAB: {len(corpus)} series, {points} points, CPU {1e6 * cpu / points:.1f} us/point")
     print(f"config: {vars(args)}")
     for profile, (swept, z, at_own) in evaluate(corpus, zs, own_z).items():
-        print(f"{profile:13s} swept {swept:5.1f} (z > {z:.2f}) at own z {own_z:.2f}: {at_own:5.1f}")
+        print(f"{profile:13s} swept {swept:5.1f} (z > {z:.2f}) at z {own_z:.2f}: {at_own:5.1f}")
     fa = false_alarms_per_week(corpus, zs, own_z)
     print(f"false alarms/week on the anomaly-free series at z > {own_z:.2f}: {fa:.2f}")
+    # The alert engine as a rule runs it: every point's reading at the detector's own
+    # threshold, notifying once per firing, keep_firing_for; no episode step, no sweep.
+    weighed = scorable(corpus)
+    for profile, value in notification_scores(corpus, weighed, notes).items():
+        print(f"{profile:13s} alert engine at the rule's own threshold: {value:5.1f}")
+    flagged = {name: [1.0 if n else 0.0 for n in ns] for name, ns in notes.items()}
+    fa = false_alarms_per_week(corpus, flagged, 0.5)
+    print(f"alert engine: notifications/week on the anomaly-free series: {fa:.2f}")
+    if args.engine_sweep:
+        for profile, (value, z) in engine_sweep(corpus, weighed, raw, keep).items():
+            print(f"{profile:13s} alert engine at one fixed z for all: {value:5.1f} (z > {z:.2f})")
 
 
 if __name__ == "__main__":

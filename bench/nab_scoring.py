@@ -127,6 +127,18 @@ def score_at(points: list[Point], costs: Costs, threshold: float) -> float:
     return fp + sum(parts.values())
 
 
+def score_detections(points: list[Point], costs: Costs, detected: list[bool]) -> float:
+    """The raw score of one file's points with detections where `detected` says."""
+    return score_at(
+        [
+            Point(1.0 if d else 0.0, p.sweep, p.window)
+            for p, d in zip(points, detected, strict=True)
+        ],
+        costs,
+        0.5,
+    )
+
+
 def normalised(raw: float, null: float, windows: int, costs: Costs) -> float:
     perfect = windows * costs.tp
     return 100.0 * (raw - null) / (perfect - null)

@@ -19,7 +19,7 @@ from pathlib import Path
 import msgspec
 
 from lookout.monitor.storage.groups import _INSERT_RECORDS, _ROWS_PER_STATEMENT
-from lookout.monitor.storage.sqlite import _SCHEMA
+from lookout.monitor.storage.schema import migrate_sqlite
 
 ROWS = 20_000
 
@@ -55,7 +55,7 @@ def open_db(path: Path) -> sqlite3.Connection:
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
-    db.executescript(_SCHEMA)
+    migrate_sqlite(db)
     return db
 
 

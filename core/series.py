@@ -32,11 +32,15 @@ SERIES_NAMES: tuple[str, ...] = (
 # The detectors' series, per (app, field).
 DETECTOR_SERIES: tuple[str, ...] = ("drift_score", "drift_statistic", "drift_threshold", "ood_rate")
 # The judge's series: pass rate per app, score per (app, criterion), agreement with the
-# anchors' expected verdicts (no labels), agreement with users' feedback per app.
+# anchors' expected verdicts (no labels), similarity to reference answers per (app, model,
+# method), a shadow model's preference over production per (app, model, shadow_model), and
+# agreement with users' feedback per app.
 JUDGE_SERIES: tuple[str, ...] = (
     "judge_pass_rate",
     "judge_score",
     "judge_agreement",
+    "judge_reference_similarity",
+    "judge_preference",
     "judge_feedback_agreement",
 )
 # Users' feedback, per (app, key): events in the window, their mean score, and the share at
@@ -61,7 +65,16 @@ TOOL_SERIES: tuple[str, ...] = (
     "empty_retrieval_rate",
 )
 # The labels a series point may carry.
-SERIES_LABELS: tuple[str, ...] = ("app", "model", "field", "criterion", "key", "tool")
+SERIES_LABELS: tuple[str, ...] = (
+    "app",
+    "model",
+    "field",
+    "criterion",
+    "method",
+    "shadow_model",
+    "key",
+    "tool",
+)
 
 
 @dataclass(frozen=True, slots=True)

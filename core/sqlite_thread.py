@@ -47,11 +47,14 @@ class SqliteThread:
         synchronous: Literal["NORMAL", "FULL"],
         name: str,
         added_columns: Sequence[tuple[str, str, str]] = (),
+        migrate: Callable[[sqlite3.Connection], object] | None = None,
     ) -> None:
         """`added_columns`: (table, column, declaration) that later versions added to a table;
-        a database made by an earlier version gets them before `schema` runs."""
+        a database made by an earlier version gets them before `schema` runs. `migrate`, run
+        last, applies versioned migrations (the main store's)."""
         self.path = path
         self._schema = schema
+        self._migrate = migrate
         self._added_columns = added_columns
         self._synchronous = synchronous
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
@@ -69,6 +72,8 @@ class SqliteThread:
                 if present and column not in present:
                     db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
             db.executescript(self._schema)
+            if self._migrate is not None:
+                self._migrate(db)
         except BaseException:
             db.close()
             raise
@@ -81,6 +86,9 @@ class SqliteThread:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             self._executor.shutdown(wait=False)
             raise DatabaseError(f"cannot open the database {self.path}: {reason}") from exc
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            raise
 
     async def close(self) -> None:
         db = self._db

@@ -13,11 +13,15 @@ the series best:
 
 The score is a robust z: (value - level) / spread, signed, read along the rule's direction.
 The threshold comes from a target rate of false alarms per week through a Gaussian tail on
-the independent decisions a week holds (`threshold_for`); docs/benchmarks.md measures the
-rate it gives on real series, whose tails are fatter.
+the independent decisions a week holds (`threshold_for`). Real series have fatter tails, so
+with `tail_rate` the threshold is also at least the z that the series' own last
+`trailing_points` learned values exceeded at that rate (their (1 - tail_rate) quantile):
+the rate is then what the series does, not what a Gaussian would (docs/benchmarks.md). A
+score joins that tail `tail_delay_points` after it was learned, so an incident is judged
+against the tail from before it for that long, then becomes part of what the series does.
 
 `score` never changes state; `update` scores and then learns. Memory is bounded by the
-configuration (buckets x values per bucket + trailing values); `save`/`restore` round-trip
+configuration (buckets x values per bucket + 2 x trailing values); `save`/`restore` round-trip
 the state as plain JSON-able data. Method and measurement: docs/detectors.md, docs/benchmarks.md.
 """
 
@@ -79,6 +83,10 @@ class AnomalyConfig:
     # sensitive) nor below `min_spread` in the series' units.
     min_relative_spread: float = 0.01
     min_spread: float = 1e-9
+    # > 0: the threshold is at least the (1 - tail_rate) quantile of the scores of the last
+    # `trailing_points` learned values (the fraction of them a rule may find anomalous).
+    tail_rate: float = 0.0
+    tail_delay_points: int = 60  # an hour of minutes
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,10 +99,13 @@ class AnomalyScore:
     spread: float | None
     z: float | None  # signed robust z; None while learning
     score: float  # z read along the direction (up: z, down: -z, both: |z|), 0 while learning
+    # The band: level +- threshold x spread; threshold is `threshold_z`, or more where the
+    # series' own tail (`tail_rate`) is fatter.
     low: float | None
     high: float | None
     anomalous: bool
     history: int = 0  # values learned so far (LEARNING until `min_points`)
+    threshold: float | None = None  # the z beyond which the value is anomalous
 
 
 def threshold_for(false_alarms_per_week: float, interval_s: float, direction: Direction) -> float:
@@ -189,6 +200,8 @@ class AnomalyDetector:
     def __init__(self, config: AnomalyConfig | None = None) -> None:
         self.config = c = config or AnomalyConfig()
         self._trailing = _Sorted(c.trailing_points)
+        self._tail = _Sorted(c.trailing_points)  # the learned values' scores
+        self._tail_pending: deque[float] = deque()  # ... the last `tail_delay_points` of them
         self._trailing_error: float | None = None
         self._profiles: dict[Baseline, _Profile] = {}
         if c.seasonality in (Seasonality.AUTO, Seasonality.DAILY):
@@ -246,7 +259,7 @@ class AnomalyDetector:
         z = (value - level) / spread
         direction = self.config.direction
         read = z if direction is Direction.UP else -z if direction is Direction.DOWN else abs(z)
-        k = self.config.threshold_z
+        k = self.threshold()
         return AnomalyScore(
             value,
             baseline,
@@ -258,7 +271,16 @@ class AnomalyDetector:
             level + k * spread,
             read > k,
             self.points,
+            k,
         )
+
+    def threshold(self) -> float:
+        """The z beyond which a value is anomalous now: `threshold_z`, or the series' own
+        (1 - tail_rate) quantile of recent scores where that is higher."""
+        k = self.config.threshold_z
+        if self.config.tail_rate > 0 and len(self._tail) >= self.config.min_points:
+            k = max(k, self._tail.quantile(1.0 - self.config.tail_rate))
+        return k
 
     def _learning(self, value: float) -> AnomalyScore:
         return AnomalyScore(
@@ -270,6 +292,8 @@ class AnomalyDetector:
         if not math.isfinite(value):
             return self._learning(value)
         result = self.score(t, value)
+        if result.baseline is not Baseline.LEARNING:
+            self._learn_tail(result.score)
         self._learn_errors(t, value)
         self._trailing.add(value)
         for profile in self._profiles.values():
@@ -278,6 +302,11 @@ class AnomalyDetector:
             profile.learn(t, value)
         self.points += 1
         return result
+
+    def _learn_tail(self, score: float) -> None:
+        self._tail_pending.append(score)
+        if len(self._tail_pending) > self.config.tail_delay_points:
+            self._tail.add(self._tail_pending.popleft())
 
     def _learn_errors(self, t: float, value: float) -> None:
         """Each baseline's running mean absolute error predicting `value` by its median."""
@@ -299,9 +328,10 @@ class AnomalyDetector:
     def save(self) -> dict[str, Any]:
         """The learned state as JSON-able data (restore with `restore`)."""
         return {
-            "version": 1,
+            "version": 2,
             "points": self.points,
             "trailing": list(self._trailing.order),
+            "tail": list(self._tail.order) + list(self._tail_pending),
             "trailing_error": self._trailing_error,
             "profiles": {
                 name.value: {
@@ -317,9 +347,13 @@ class AnomalyDetector:
     @classmethod
     def restore(cls, config: AnomalyConfig, state: dict[str, Any]) -> AnomalyDetector:
         """A detector with `config` and the saved `state` (a profile the config no longer
-        has is dropped; one whose bucket count changed starts afresh)."""
+        has is dropped; one whose bucket count changed starts afresh). A version-1 state has
+        no scores' tail: it refills as values are learned (the threshold is `threshold_z`
+        meanwhile)."""
         detector = cls(config)
         detector.points = int(state.get("points", 0))
+        for score in state.get("tail", []):
+            detector._learn_tail(float(score))
         detector._trailing = _Sorted(config.trailing_points, list(state.get("trailing", [])))
         detector._trailing_error = state.get("trailing_error")
         for name, saved in state.get("profiles", {}).items():

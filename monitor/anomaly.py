@@ -22,7 +22,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
+from lookout.alerts.config import DEFAULT_FALSE_ALARMS_PER_WEEK
 from lookout.detectors.anomaly import (
+    WEEK_S,
     AnomalyConfig,
     AnomalyDetector,
     AnomalyScore,
@@ -66,6 +68,15 @@ class _Rule:
         return (("app", app), ("model", model))
 
 
+def tail_rate(rule: RuleConfig) -> float:
+    """A rule with a false-alarm target (not an explicit `sensitivity`) holds it on the series'
+    own tail: the fraction of learned minutes it may find anomalous."""
+    if rule.sensitivity is not None:
+        return 0.0
+    rate = rule.false_alarms_per_week or DEFAULT_FALSE_ALARMS_PER_WEEK
+    return min(0.5, rate * ROLLUP_S / WEEK_S)
+
+
 def anomaly_rules(rules: list[RuleConfig]) -> list[_Rule]:
     return [
         _Rule(
@@ -77,6 +88,7 @@ def anomaly_rules(rules: list[RuleConfig]) -> list[_Rule]:
                 direction=Direction(r.direction),
                 seasonality=Seasonality(r.seasonality),
                 threshold_z=r.anomaly_z,
+                tail_rate=tail_rate(r),
             ),
         )
         for r in rules
@@ -127,7 +139,7 @@ class AnomalyBook:
             scope = dict(labels)
             if scope.get("model") != ALL:
                 continue
-            k = detector.config.threshold_z
+            k = detector.threshold()
             band = []
             t = since
             while t <= now:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
@@ -15,6 +16,7 @@ from lookout.monitor.metrics.engagement import EngagementCollector, EngagementWi
 from lookout.monitor.metrics.feedback import FeedbackCollector, FeedbackMetrics, FeedbackWindows
 from lookout.monitor.metrics.prices import Price, PriceTable, UnknownModels
 from lookout.monitor.metrics.prom import IngestMetrics
+from lookout.monitor.metrics.rollups import SeriesFn
 from lookout.monitor.metrics.tools import ToolCollector, ToolWindows
 from lookout.monitor.metrics.windows import ALL, WindowedMetrics
 from lookout.monitor.storage import Store
@@ -147,3 +149,38 @@ def build_tool_use(
     )
     registry.register(ToolCollector(tools, lambda: tools.points(m.default_window, now())))
     return tools
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """How users use the apps, beside the calls: feedback, engagement, tool and retrieval use."""
+
+    feedback: FeedbackIngest
+    engagement: EngagementWindows | None
+    tool_use: ToolWindows | None
+
+    def series(self) -> list[SeriesFn]:
+        """The feedback series, and the engagement and tool-use ones when enabled."""
+        out: list[SeriesFn] = [self.feedback.points]
+        return out + [x.points for x in (self.engagement, self.tool_use) if x is not None]
+
+
+def build_usage(  # noqa: PLR0917 - the pipeline it feeds from and where its parts report
+    settings: Settings,
+    pipeline: Pipeline,
+    windows: WindowedMetrics,
+    store: Store,
+    registry: CollectorRegistry,
+    now: Callable[[], float],
+) -> Usage:
+    """Feedback (the messages on feedback topics routed off `pipeline`), engagement and tool use
+    (fed each record by `pipeline`), their series exported on `registry`."""
+    feedback = build_feedback(settings, store, registry, now)
+    pipeline.route = feedback.route
+    engagement = build_engagement(settings, registry, now)
+    if engagement is not None:
+        pipeline.engagement = engagement.observe
+    tool_use = build_tool_use(settings, windows, registry, now)
+    if tool_use is not None:
+        pipeline.tool_use = tool_use.observe
+    return Usage(feedback, engagement, tool_use)

@@ -1,9 +1,10 @@
 """The composition root: builds every component from the settings and runs them.
 
 The daemon owns one exit stack (the components that are async context managers: store,
-broker, API server, detection, judge, alert engine, MQTT source) and one TaskGroup (the
-components that expose `run()`: ingest queue, rollups, systemd watchdog). The API listens from
-early on for its probes and serves the routes that need the services once they are all built.
+broker, API server, detection, judge, alert engine, OTLP receiver, MQTT source) and one
+TaskGroup (the components that expose `run()`: ingest queue, rollups, systemd watchdog). The
+API listens from early on for its probes and serves the routes that need the services once they
+are all built; the OTLP receiver listens only then.
 """
 
 from __future__ import annotations
@@ -23,15 +24,13 @@ from lookout.alerts.notifiers import build_notifier
 from lookout.alerts.outbox import SqliteOutbox
 from lookout.clock import Clock, SystemClock
 from lookout.detectors.judge import criteria_from
-from lookout.errors import ConfigError
 from lookout.monitor.allocator import fix_mmap_threshold
 from lookout.monitor.anomaly import AnomalyBook
 from lookout.monitor.builders import (
-    build_engagement,
-    build_feedback,
     build_pipeline,
-    build_tool_use,
+    build_usage,
     build_windows,
+    decode_limits,
     price_table,
 )
 from lookout.monitor.config import JudgeConfig, Settings, mask_url
@@ -42,16 +41,19 @@ from lookout.monitor.detection.service import DetectionService
 from lookout.monitor.detection.state import DetectorCollector
 from lookout.monitor.ingest.broker import EmbeddedBroker
 from lookout.monitor.ingest.mqtt import MqttSource
+from lookout.monitor.ingest.otlp_receiver import OtlpReceiver
 from lookout.monitor.ingest.queue import IngestQueue
 from lookout.monitor.judge.anchors import load_anchors
 from lookout.monitor.judge.client import JudgeClient, chat_model
+from lookout.monitor.judge.eval_series import EvalCollector
+from lookout.monitor.judge.eval_store import EvalStore
 from lookout.monitor.judge.metrics import FeedbackAgreementCollector
 from lookout.monitor.judge.service import JudgeService
 from lookout.monitor.judge.store import JudgeStore
 from lookout.monitor.metrics.prom import IngestMetrics, WindowCollector
 from lookout.monitor.metrics.rollups import ROLLUP_S, RollupService, SeriesFn
 from lookout.monitor.metrics.windows import WindowStats
-from lookout.monitor.storage import open_store, sqlite_path
+from lookout.monitor.storage import open_store
 from lookout.monitor.storage.references import ReferenceStore
 from lookout.monitor.systemd import SystemdNotifier
 from lookout.monitor.threads import limit_native_threads
@@ -76,8 +78,7 @@ def judge_model_from_config(cfg: JudgeConfig) -> Any:
 def merged_series(
     detection: DetectionService | None, judge: JudgeService | None, *more: SeriesFn
 ) -> SeriesFn:
-    """The detectors', the judge's and `more` series (feedback, engagement, tool use), as
-    rules and rollups read them."""
+    """The detectors', the judge's and `more` series (usage), as rules and rollups read them."""
 
     def series(window_s: float, now: float) -> list[SeriesPoint]:
         points: list[SeriesPoint] = []
@@ -114,18 +115,14 @@ class Daemon:
             self.prom,
             self.clock,
             keep_ids=settings.metrics.dedupe_ids,
+            node=settings.node.id,
         )
         # One table for records and the judge: it owns lookout_cost_unknown_model_total.
         self.prices = price_table(settings, self.registry)
         self.pipeline = build_pipeline(settings, self.windows, self.prom, self.store, self.prices)
-        self.feedback = build_feedback(settings, self.store, self.registry, self.clock.now)
-        self.pipeline.route = self.feedback.route
-        self.engagement = build_engagement(settings, self.registry, self.clock.now)
-        if self.engagement is not None:
-            self.pipeline.engagement = self.engagement.observe
-        self.tool_use = build_tool_use(settings, self.windows, self.registry, self.clock.now)
-        if self.tool_use is not None:
-            self.pipeline.tool_use = self.tool_use.observe
+        self.usage = build_usage(
+            settings, self.pipeline, self.windows, self.store, self.registry, self.clock.now
+        )
         self.queue = IngestQueue(settings.bus.queue_size, self.prom, settings.bus.queue_bytes)
         self.source = MqttSource(
             settings.bus,
@@ -137,9 +134,11 @@ class Daemon:
         )
         # Built in run(), as the config asks for them.
         self.api: ApiServer | None = None
+        self.otlp: OtlpReceiver | None = None
         self.detection: DetectionService | None = None
         self.judge: JudgeService | None = None
         self.judge_store: JudgeStore | None = None
+        self.eval_store: EvalStore | None = None
         self.alerts: AlertEngine | None = None
         self.outbox: SqliteOutbox | None = None
         self.anomaly: AnomalyBook | None = None
@@ -161,13 +160,15 @@ class Daemon:
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(self.store)
             await self.pipeline.restore()
-            await self.feedback.restore(self.clock.now())
+            await self.usage.feedback.restore(self.clock.now())
             if s.bus.embedded:
                 await stack.enter_async_context(EmbeddedBroker(s.bus))
             api = await stack.enter_async_context(self._api_server())
             self.api = api
             await self._build_services(stack)
             api.serve(self._routes())
+            if s.otlp.enabled:  # listens once every service its records reach exists
+                self.otlp = await stack.enter_async_context(self._otlp_receiver())
             async with asyncio.TaskGroup() as tg:
                 tasks = [tg.create_task(job, name=name) for name, job in self._jobs().items()]
                 await self._ingest_until(stop)
@@ -212,6 +213,16 @@ class Daemon:
             max_payload_bytes=self.settings.bus.max_payload_bytes * 2,
         )
 
+    def _otlp_receiver(self) -> OtlpReceiver:
+        return OtlpReceiver(
+            self.settings.otlp,
+            self.pipeline,
+            self.clock,
+            registry=self.registry,
+            limits=decode_limits(self.settings),
+            api_token=self.settings.api.token,
+        )
+
     async def _build_services(self, stack: contextlib.AsyncExitStack) -> None:
         s = self.settings
         if s.detectors.enabled:
@@ -219,12 +230,7 @@ class Daemon:
             self.pipeline.detector = self.detection.offer
         if s.judge.enabled:
             self.judge = await stack.enter_async_context(await self._judge_service(stack))
-            self.judge.ledger.user_verdict = self.feedback.user_verdict
-            judge, window_s = self.judge, s.metrics.default_window
-            self.registry.register(
-                FeedbackAgreementCollector(lambda: judge.series(window_s, self.clock.now()))
-            )
-        extra_series = merged_series(self.detection, self.judge, *self._series_of_extras())
+        extra_series = merged_series(self.detection, self.judge, *self.usage.series())
         redactor = Redactor(s.redaction.patterns)
         if s.rules:
             self.alerts = await stack.enter_async_context(
@@ -248,16 +254,10 @@ class Daemon:
             judge=self.judge,
             judge_store=self.judge_store,
             alerts=self.alerts,
-            feedback=self.feedback.points,
-            engagement=self.engagement.points if self.engagement is not None else None,
-            tool_use=self.tool_use.points if self.tool_use is not None else None,
+            feedback=self.usage.feedback.points,
+            engagement=self.usage.engagement.points if self.usage.engagement else None,
+            tool_use=self.usage.tool_use.points if self.usage.tool_use else None,
         )
-
-    def _series_of_extras(self) -> list[SeriesFn]:
-        """The feedback series, and the engagement and tool-use ones when enabled."""
-        extras: list[SeriesFn] = [self.feedback.points]
-        extras += [x.points for x in (self.engagement, self.tool_use) if x is not None]
-        return extras
 
     async def _first_minute_not_rolled_up(self) -> int | None:
         """After the last minute rolled up within the windows' reach; else the first stored
@@ -293,7 +293,7 @@ class Daemon:
             outbox=self.outbox,
             max_body_bytes=self.settings.bus.max_payload_bytes,
             silence_max_s=self.settings.silences.max_duration,
-            feedback=self.feedback,
+            feedback=self.usage.feedback,
         )
         return ApiRoutes(deps)
 
@@ -301,9 +301,7 @@ class Daemon:
         self, stack: contextlib.AsyncExitStack, extra_series: SeriesFn
     ) -> contextlib.AbstractAsyncContextManager[AlertEngine]:
         s = self.settings
-        if not s.store.url.startswith("sqlite:///"):
-            raise ConfigError("alert rules need the SQLite store for their outbox in this release")
-        outbox = await stack.enter_async_context(SqliteOutbox(sqlite_path(s.store.url)))
+        outbox = await stack.enter_async_context(SqliteOutbox(s.store.local_path()))
         self.outbox = outbox
         http = await stack.enter_async_context(httpx.AsyncClient())
         notifiers: dict[str, ChannelNotifier] = {}
@@ -317,7 +315,7 @@ class Daemon:
                 s.rules,
                 self.store,
                 now=self.clock.now,
-                checkpoint_path=sqlite_path(s.store.url).with_suffix(".anomaly.json"),
+                checkpoint_path=s.store.local_path().with_suffix(".anomaly.json"),
             )
             self.anomaly = await stack.enter_async_context(book.running())
 
@@ -341,9 +339,7 @@ class Daemon:
     async def _detection_service(self, stack: contextlib.AsyncExitStack) -> DetectionService:
         s = self.settings
         embedder = await asyncio.to_thread(build_embedder, s.detectors.embedder)
-        references = None
-        if s.store.url.startswith("sqlite:///"):
-            references = await stack.enter_async_context(ReferenceStore(sqlite_path(s.store.url)))
+        references = await stack.enter_async_context(ReferenceStore(s.store.local_path()))
         service = DetectionService(
             s.detectors,
             embedder=embedder,
@@ -365,13 +361,16 @@ class Daemon:
 
     async def _judge_service(self, stack: contextlib.AsyncExitStack) -> JudgeService:
         s = self.settings
-        if not s.store.url.startswith("sqlite:///"):
-            raise ConfigError("the judge needs the SQLite store in this release")
         j = s.judge
         model = await asyncio.to_thread(self._judge_model_factory, j)
         criteria = {c.name for c in criteria_from(j.criteria, j.custom_criteria)}
         anchors = load_anchors(j.anchors, criteria) if j.anchors else []
-        self.judge_store = await stack.enter_async_context(JudgeStore(sqlite_path(s.store.url)))
+        self.judge_store = await stack.enter_async_context(JudgeStore(s.store.local_path()))
+        self.eval_store = await stack.enter_async_context(EvalStore(s.store.local_path()))
+        # The detectors' embedder (a packaged one is loaded once per process and shared).
+        embedder = None
+        if j.reference_scores_per_run:
+            embedder = await asyncio.to_thread(build_embedder, s.detectors.embedder)
         client = JudgeClient(
             model,
             Redactor(s.redaction.patterns),
@@ -380,7 +379,7 @@ class Daemon:
             attempts=j.attempts,
             max_chars=j.max_chars,
         )
-        return JudgeService(
+        service = JudgeService(
             j,
             store=self.judge_store,
             client=client,
@@ -390,4 +389,12 @@ class Daemon:
             anchors=anchors,
             retention_s=s.store.retention,
             poll_interval_s=s.eval_interval,
+            eval_store=self.eval_store,
+            embedder=embedder,
         )
+        window_s, now = s.metrics.default_window, self.clock.now
+        assert service.evaluations is not None
+        self.registry.register(EvalCollector(service.evaluations.ledger, window_s, now))
+        service.ledger.user_verdict = self.usage.feedback.user_verdict  # agreement with users
+        self.registry.register(FeedbackAgreementCollector(lambda: service.series(window_s, now())))
+        return service

@@ -18,6 +18,7 @@ import pytest
 
 from lookout.monitor.config import Settings
 from lookout.monitor.daemon import Daemon
+from tests.stores import BACKENDS, StoreDb, store_db_at
 
 # Real data for the detector tests: CLINC150, shipped in tests/data (CC BY 3.0, licence beside
 # it), or wherever LOOKOUT_CLINC150 points.
@@ -105,6 +106,13 @@ def private_broker(tmp_path: Path) -> Iterator[PrivateBroker]:
         yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture(params=BACKENDS)
+def store_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreDb]:
+    """The main store on each backend in turn: SQLite, and PostgreSQL on its own database."""
+    with store_db_at(request.param, tmp_path) as db:
+        yield db
 
 
 @pytest.fixture

@@ -20,7 +20,6 @@ from lookout.monitor.cli.common import (
     console,
     err,
     load_settings_or_exit,
-    sqlite_file_or_exit,
     utc_time,
 )
 
@@ -35,7 +34,7 @@ _MAX_TEXTS = 20_000  # per (app, field); a deterministic sample beyond
 def _open_store(settings: Settings) -> ReferenceStore:
     from lookout.monitor.storage.references import ReferenceStore
 
-    return ReferenceStore(sqlite_file_or_exit(settings, "references"))
+    return ReferenceStore(settings.store.local_path())
 
 
 def _table(infos: list[ReferenceInfo]) -> Table:

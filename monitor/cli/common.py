@@ -44,16 +44,6 @@ def load_settings_or_exit(
     return settings
 
 
-def sqlite_file_or_exit(settings: Settings, what: str) -> Path:
-    """The SQLite database beside the store, where `what` lives; exit 2 on another store."""
-    from lookout.monitor.storage import sqlite_path
-
-    if not settings.store.url.startswith("sqlite:///"):
-        err.print(f"[red]error:[/red] {what} live in the SQLite store in this release")
-        raise typer.Exit(2)
-    return sqlite_path(settings.store.url)
-
-
 def utc_time(ts: float | None, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
     """A Unix timestamp as UTC wall-clock text; "-" for none, "never" past the calendar (an
     infinite silence an earlier version let in)."""

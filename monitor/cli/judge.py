@@ -18,7 +18,6 @@ from lookout.monitor.cli.common import (
     console,
     err,
     load_settings_or_exit,
-    sqlite_file_or_exit,
     utc_time,
 )
 
@@ -32,7 +31,7 @@ judge_app = typer.Typer(help="LLM-judge spot checks.")
 def _open_store(settings: Settings) -> JudgeStore:
     from lookout.monitor.judge.store import JudgeStore
 
-    return JudgeStore(sqlite_file_or_exit(settings, "judge runs and verdicts"))
+    return JudgeStore(settings.store.local_path())
 
 
 def _table(runs: list[RunInfo]) -> Table:

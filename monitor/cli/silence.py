@@ -17,7 +17,6 @@ from lookout.monitor.cli.common import (
     console,
     err,
     load_settings_or_exit,
-    sqlite_file_or_exit,
     utc_time,
 )
 
@@ -33,7 +32,7 @@ silence_app = typer.Typer(help="Mute notifications (not alert state) for a while
 def _silence_store(settings: Settings) -> SqliteOutbox:
     from lookout.alerts.outbox import SqliteOutbox
 
-    return SqliteOutbox(sqlite_file_or_exit(settings, "silences"))
+    return SqliteOutbox(settings.store.local_path())
 
 
 @silence_app.command("add")

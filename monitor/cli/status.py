@@ -287,6 +287,26 @@ def print_status(out: Console, body: dict[str, Any], *, wide: bool = False) -> N
             f"{run['failed']} failed, {run['skipped']} skipped); pass rate: "
             f"{', '.join(rates) or 'no verdicts in the window'}"
         )
+        print_evaluations(out, judge.get("series", []))
+
+
+def print_evaluations(out: Console, series: list[dict[str, Any]]) -> None:
+    """The judge's reference similarity and shadow preference, one line each if any."""
+    similar = [
+        f"{escape(p['app'])}/{escape(p['model'])} {p['method']} {p['value']:.2f} of {p['count']}"
+        for p in series
+        if p["metric"] == "judge_reference_similarity" and p["value"] is not None
+    ]
+    if similar:
+        out.print(f"judge reference similarity: {', '.join(similar)}")
+    preferred = [
+        f"{escape(p['app'])}: {escape(p['shadow_model'])} over {escape(p['model'])} "
+        f"{p['value']:+.2f} of {p['count']} pairs"
+        for p in series
+        if p["metric"] == "judge_preference" and p["value"] is not None
+    ]
+    if preferred:
+        out.print(f"judge preference (shadow over production): {', '.join(preferred)}")
 
 
 def status(

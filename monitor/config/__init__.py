@@ -20,6 +20,7 @@ from lookout.monitor.config.engagement import EngagementConfig
 from lookout.monitor.config.feedback import FeedbackConfig
 from lookout.monitor.config.judge import JudgeConfig, JudgeSchedule, RedactionConfig
 from lookout.monitor.config.masking import mask_url
+from lookout.monitor.config.otlp import OtlpConfig
 from lookout.monitor.config.service import (
     ApiConfig,
     BusConfig,
@@ -44,6 +45,7 @@ __all__ = [
     "JudgeSchedule",
     "MetricsConfig",
     "OodConfig",
+    "OtlpConfig",
     "Price",
     "RedactionConfig",
     "ReferenceConfig",

@@ -61,8 +61,10 @@ class DetectorsConfig(Section):
     drift: DriftConfig = DriftConfig()
     ood: OodConfig = OodConfig()
     queue_size: int = Field(default=10_000, ge=100)
-    # A CPU budget: at most this many texts embedded a second, whatever the traffic (~1/8 of
-    # a core with the static embedder); sample_rate applies within it.
+    # A CPU budget, whatever the traffic: the share of one core the detection thread may use
+    # for embedding and scoring; the texts a second it admits follow the CPU it measured per
+    # text, up to max_texts_per_s. sample_rate applies within it.
+    max_cpu_share: float = Field(default=0.15, gt=0, le=64)
     max_texts_per_s: float = Field(default=1000.0, gt=0)
     # Drift windows and OOD counts are saved on stop and this often while running, so a crash
     # loses at most this much of them.

@@ -52,6 +52,13 @@ class JudgeConfig(Section):
     feedback_first: bool = True  # records with negative user feedback before all the rest
     seed: str = "lookout"  # the deterministic sample's seed
     reference_key: str = "reference"  # a record's metadata key holding a reference answer
+    # Records with a reference answer scored per run without a model (string and embedding
+    # similarity); 0 turns it off.
+    reference_scores_per_run: int = Field(default=2000, ge=0, le=100_000)
+    # A shadow record's metadata key naming the production record it answers the same
+    # request as; pairs graded per app and run (two calls each, both orders); 0 turns it off.
+    shadow_key: str = "shadow_of"
+    pairs_per_run: int = Field(default=20, ge=0, le=10_000)
     anchors: str | None = None  # JSONL of records with expected verdicts, re-judged each run
     max_concurrency: int = Field(default=4, ge=1, le=64)
     timeout_s: DurationS = 60.0

@@ -119,6 +119,13 @@ class StoreConfig(Section):
     queue_hard_limit: int = Field(default=200_000, ge=100)
     flush_interval_s: DurationS = 0.05
     commit_rows: int = Field(default=5_000, ge=1)
+    # PostgreSQL only: connections at most (the committer holds one while it writes; reads,
+    # the API and the dashboard take the others), and how long to wait for one.
+    pool_size: int = Field(default=4, ge=2, le=100)
+    connect_timeout_s: DurationS = 10.0
+    # With the store on PostgreSQL, where this node keeps what is not there yet (the outbox
+    # and silences, references, judge runs, alert checkpoints): a SQLite file of its own.
+    local_url: str = Field(default_factory=default_store_url)
 
     @model_validator(mode="after")
     def _hard_limit_above_soft(self) -> StoreConfig:
@@ -132,6 +139,19 @@ class StoreConfig(Section):
         if not (v.startswith("sqlite:///") or v.startswith(("postgresql://", "postgres://"))):
             raise ValueError("must be sqlite:///PATH or postgresql://...")
         return v
+
+    @field_validator("local_url")
+    @classmethod
+    def _check_local_url(cls, v: str) -> str:
+        if not v.startswith("sqlite:///"):
+            raise ValueError("must be sqlite:///PATH")
+        return v
+
+    def local_path(self) -> Path:
+        """The SQLite file of the state that lives beside the store: the store's own file,
+        or `local_url`'s when the store is on PostgreSQL."""
+        url = self.url if self.url.startswith("sqlite:///") else self.local_url
+        return Path("/" + url.removeprefix("sqlite://").lstrip("/"))
 
 
 MIN_TOKEN_CHARS = 16

@@ -26,6 +26,7 @@ from lookout.monitor.config.judge import JudgeConfig, RedactionConfig
 from lookout.monitor.config.masking import mask_tree
 from lookout.monitor.config.messages import format_errors
 from lookout.monitor.config.node import NodeConfig
+from lookout.monitor.config.otlp import OtlpConfig
 from lookout.monitor.config.service import (
     ApiConfig,
     BusConfig,
@@ -48,6 +49,7 @@ class Settings(BaseSettings):
     bus: BusConfig = BusConfig()
     store: StoreConfig = Field(default_factory=StoreConfig)
     api: ApiConfig = ApiConfig()
+    otlp: OtlpConfig = OtlpConfig()
     eval_interval: DurationS = 10.0
     # Overrides of genai-prices' table (per 1k tokens), and prices of models it does not know.
     prices: dict[str, Price] = Field(default_factory=dict)
@@ -81,6 +83,13 @@ class Settings(BaseSettings):
             for channel in rule.channels:
                 if channel not in self.channels:
                     raise ValueError(f"rule {rule.name!r} names unknown channel {channel!r}")
+        otlp = self.otlp
+        tokenless = otlp.token is None and self.api.token is None
+        if otlp.enabled and tokenless and not otlp.api_view(None).loopback:
+            raise ValueError(
+                f"otlp.token (or api.token) is required when otlp.bind ({otlp.bind}) is "
+                "not a loopback address"
+            )
         return self
 
 

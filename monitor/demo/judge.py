@@ -1,7 +1,8 @@
 """The demo's judge: a local server speaking the OpenAI chat-completions API, so `lookout demo`
 runs the real judge path (sampling, redaction, tool-call replies, verdicts, series) without an
 API key. It grades by a rule of thumb, and says so in its reasoning: a reply that dodges the
-question ("not sure", "don't understand") or is very short is not helpful.
+question ("not sure", "don't understand") or is very short is not helpful; of two answers
+to one request (pairwise), the one that does not dodge, else the more complete one, wins.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ _DODGES = ("not sure", "don't understand", "do not understand", "cannot help")
 
 
 def grade(submission: str, criterion: str) -> dict[str, Any]:
-    dodged = any(d in submission.lower() for d in _DODGES) or len(submission.strip()) < 12
+    dodged = _dodges(submission)
     if criterion == "helpfulness":
         answer = not dodged
         reasoning = (
@@ -45,8 +46,45 @@ def grade(submission: str, criterion: str) -> dict[str, Any]:
     }
 
 
+_ANSWER = re.compile(r"\[The Start of Assistant ([AB])'s Answer\]\n(.*?)\n\[The End", re.DOTALL)
+
+
+def _dodges(answer: str) -> bool:
+    return any(d in answer.lower() for d in _DODGES) or len(answer.strip()) < 12
+
+
+def pairwise_verdict(first: str, second: str) -> str:
+    """A, B or C: the answer that does not dodge, else the more complete one (by a rule of
+    thumb that looks at content, never at the position)."""
+    ranks = [(not _dodges(a), len(a) > len(b) + 15) for a, b in ((first, second), (second, first))]
+    if ranks[0] == ranks[1]:
+        return "C"
+    return "A" if ranks[0] > ranks[1] else "B"
+
+
+def _completion(message: dict[str, Any], tokens_in: int, tokens_out: int) -> dict[str, Any]:
+    finish = "tool_calls" if message.get("tool_calls") else "stop"
+    return {
+        "id": "demo",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "demo-judge",
+        "choices": [{"index": 0, "finish_reason": finish, "message": message}],
+        "usage": {
+            "prompt_tokens": tokens_in,
+            "completion_tokens": tokens_out,
+            "total_tokens": tokens_in + tokens_out,
+        },
+    }
+
+
 def reply(body: dict[str, Any]) -> dict[str, Any]:
     text = "\n".join(str(m.get("content") or "") for m in body.get("messages", []))
+    shown = dict(_ANSWER.findall(text))
+    if "tools" not in body and {"A", "B"} <= shown.keys():
+        verdict = pairwise_verdict(shown["A"], shown["B"])
+        content = f"(demo judge, a rule of thumb) Compared both answers.\n[[{verdict}]]"
+        return _completion({"role": "assistant", "content": content}, len(text) // 4, 30)
     found = _SUBMISSION.search(text)
     submission = found.group(1) if found else ""
     listed = _CRITERIA.search(text)
@@ -62,24 +100,8 @@ def reply(body: dict[str, Any]) -> dict[str, Any]:
         "type": "function",
         "function": {"name": "JudgeReply", "arguments": json.dumps(grades)},
     }
-    return {
-        "id": "demo",
-        "object": "chat.completion",
-        "created": 0,
-        "model": "demo-judge",
-        "choices": [
-            {
-                "index": 0,
-                "finish_reason": "tool_calls",
-                "message": {"role": "assistant", "content": None, "tool_calls": [call]},
-            }
-        ],
-        "usage": {
-            "prompt_tokens": len(text) // 4,
-            "completion_tokens": 40 * len(grades),
-            "total_tokens": len(text) // 4 + 40 * len(grades),
-        },
-    }
+    message = {"role": "assistant", "content": None, "tool_calls": [call]}
+    return _completion(message, len(text) // 4, 40 * len(grades))
 
 
 @contextlib.asynccontextmanager

@@ -304,6 +304,7 @@ class Demo:
                         for _ in range(int(owed[app]))
                     ]
                     owed[app] -= len(batch)
+                    batch += [s for s in map(gen.shadow, list(batch)) if s is not None]
                     if batch:
                         await client.publish(f"llm/records/{app}", json.dumps(batch), qos=1)
                     if thumbs := [e for e in map(gen.feedback, batch) if e is not None]:

@@ -1,7 +1,9 @@
 """Realistic demo traffic for two apps, and the incidents `lookout demo` injects on a timeline.
 
 Prompts and responses are generated from shipped phrase lists (no data set needed); latency is
-log-normal with a time-to-first-token share, tokens follow the texts, a few calls fail. An
+log-normal with a time-to-first-token share, tokens follow the texts, a few calls fail.
+support-bot's password-reset questions carry a reference answer, and a share of its requests
+is answered again by a shadow model (`metadata.shadow_of`) for the judge's pairwise grading. An
 incident changes one app's traffic for a while: slow calls, an error burst, prompts on another
 topic (drift), or prompts unlike anything the app sees (out-of-distribution).
 """
@@ -164,6 +166,19 @@ _ODD = [
 ]
 
 
+# support-bot's canary: a share of its requests is answered again by this model, in shadow.
+SHADOW_MODEL = "gpt-4.1-mini"
+SHADOW_SHARE = 0.2
+_RESET = "How do I reset my "
+
+
+def _reference(prompt: str) -> str | None:
+    """The help centre's answer to the one question it covers (a reference answer)."""
+    if prompt.startswith(_RESET):
+        return f"Open Settings > Security, choose your {prompt[len(_RESET) : -1]} and tap Reset."
+    return None
+
+
 @dataclass
 class AppProfile:
     app: str
@@ -183,6 +198,7 @@ class Traffic:
 
     def __init__(self, seed: int = 7) -> None:
         self._rng = random.Random(seed)
+        self._shadow_rng = random.Random(seed + 1)  # the main stream stays as it was
         self._sent = 0
         self._run = uuid.uuid4().hex[:8]  # ids unique across demo runs on one store
 
@@ -230,6 +246,8 @@ class Traffic:
             )
         else:
             record.update(response=response, output_tokens=out_tokens)
+        if (reference := _reference(prompt)) is not None:
+            record["metadata"] = {"reference": reference}
         return record
 
     def _steps(self, app: str, latency_ms: float) -> dict[str, Any]:
@@ -247,8 +265,8 @@ class Traffic:
     def feedback(self, record: dict[str, Any]) -> dict[str, Any] | None:
         """A user's thumbs on a tenth of the answers: mostly up, down after a failure."""
         r = self._rng
-        if r.random() >= 0.1:
-            return None
+        if r.random() >= 0.1 or "shadow_of" in record.get("metadata", {}):
+            return None  # users never see a shadow model's answers
         bad = record.get("status") == "error" or r.random() < 0.15
         return {
             "record_id": record["id"],
@@ -256,6 +274,23 @@ class Traffic:
             "key": "thumbs",
             "score": 0 if bad else 1,
             "user_id": record["user_id"],
+        }
+
+    def shadow(self, record: dict[str, Any]) -> dict[str, Any] | None:
+        """For a share of support-bot's answered records, the shadow model's answer to the
+        same request (a little more complete), naming the record's id. Not a user's request:
+        no user or session (engagement counts the production one)."""
+        r = self._shadow_rng
+        if record["app"] != SUPPORT or "response" not in record or r.random() >= SHADOW_SHARE:
+            return None
+        production = {k: v for k, v in record.items() if k not in ("user_id", "session_id")}
+        return {
+            **production,
+            "id": f"{record['id']}-shadow",
+            "model": SHADOW_MODEL,
+            "response": record["response"] + " I have also emailed you the steps.",
+            "latency_ms": round(record["latency_ms"] * r.uniform(1.0, 1.4), 1),
+            "metadata": {**record.get("metadata", {}), "shadow_of": record["id"]},
         }
 
 

@@ -18,6 +18,8 @@ class DetectionMetrics:
     errors: Counter  # by stage: batch, embed, reference, checkpoint
     queue_depth: Gauge
     ood_output_dropped: Counter
+    budget_texts_per_s: Gauge
+    cpu_per_text_s: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> DetectionMetrics:
@@ -48,6 +50,17 @@ class DetectionMetrics:
             ood_output_dropped=Counter(
                 "lookout_ood_output_dropped",
                 "OOD flags not published: the bus was down",
+                registry=m,
+            ),
+            budget_texts_per_s=Gauge(
+                "lookout_detector_budget_texts_per_second",
+                "Texts a second the detectors admit: detectors.max_cpu_share over the measured "
+                "CPU per text, at most detectors.max_texts_per_s",
+                registry=m,
+            ),
+            cpu_per_text_s=Gauge(
+                "lookout_detector_cpu_seconds_per_text",
+                "CPU the detection thread spends per text (embedding and scoring), measured",
                 registry=m,
             ),
         )

@@ -1,6 +1,12 @@
-"""Which records the detectors embed: a rate per app, a CPU budget (texts a second) shared
-fairly between apps, and a load factor that backs off while the embedder falls behind. Errors
-are always embedded, outside the budget.
+"""Which records the detectors embed: a rate per app, a CPU budget shared fairly between apps,
+and a load factor that backs off while the embedder falls behind. Errors are always embedded,
+outside the budget.
+
+The budget is a share of one core (`detectors.max_cpu_share`), turned into texts a second by
+the CPU the detection thread measured per text (`CpuBudget`), at most `max_texts_per_s`: one
+setting holds for any embedder and text length (the static embedder costs ~0.15 ms a text,
+MiniLM on ONNX Runtime 7-13 ms on the same prompts: a budget in texts would let it take
+several cores, bench/ingest.py --embedder onnx).
 
 Fair sharing: each interval's budget is split max-min fairly by the texts each app wanted in
 the interval before (an app that wants less than an equal share gets all it wants, the others
@@ -31,6 +37,38 @@ def fair_shares(demand: Mapping[str, float], total: float) -> dict[str, float]:
         shares[app] = min(wanted, remaining / (len(ordered) - i))
         remaining -= shares[app]
     return shares
+
+
+class CpuBudget:
+    """Texts a second that fit in `cpu_share` of a core, from the measured CPU per text."""
+
+    _MIN_TEXTS = 32  # texts measured before an estimate moves
+    _WEIGHT = 0.3  # of the newest measurement in the running estimate
+
+    def __init__(self, cpu_share: float, max_texts_per_s: float) -> None:
+        self._share = cpu_share
+        self._max = max_texts_per_s
+        # Until measured, the cap holds: one interval's worth of texts at most (the first
+        # batch measures the cost, the next interval follows it).
+        self.cost_per_text_s = cpu_share / max_texts_per_s
+        self._measured = False
+        self._cpu_s = 0.0
+        self._texts = 0
+
+    def observe(self, cpu_s: float, texts: int) -> None:
+        """CPU seconds the detection thread spent on a batch of `texts` texts."""
+        self._cpu_s += cpu_s
+        self._texts += texts
+        if self._texts < self._MIN_TEXTS:
+            return
+        sample = max(self._cpu_s / self._texts, 1e-7)
+        w = self._WEIGHT if self._measured else 1.0
+        self.cost_per_text_s = (1 - w) * self.cost_per_text_s + w * sample
+        self._measured = True
+        self._cpu_s, self._texts = 0.0, 0
+
+    def texts_per_s(self) -> float:
+        return min(self._max, self._share / self.cost_per_text_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +116,10 @@ class Sampler:
         self._pool = self._per_interval  # nothing known yet: first come, first served
         self._apps: dict[str, _App] = {}  # at most max_apps (and the pinned), then OTHER
         self._unpinned = 0
+
+    def set_texts_per_s(self, texts_per_s: float, interval_s: float) -> None:
+        """The budget from the next interval on (`CpuBudget.texts_per_s`)."""
+        self._per_interval = texts_per_s * interval_s
 
     def rate(self, app: str) -> float:
         """The configured rate for `app`, before the load factor."""

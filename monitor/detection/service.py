@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
@@ -26,7 +27,7 @@ from lookout.monitor.detection.handoff import BatchOutcome, QueuedText
 from lookout.monitor.detection.metrics import DetectionMetrics
 from lookout.monitor.detection.outputs import ScoreOutputs
 from lookout.monitor.detection.reference_manager import ReferenceManager
-from lookout.monitor.detection.sampler import AppSlots, Sampler
+from lookout.monitor.detection.sampler import AppSlots, CpuBudget, Sampler
 from lookout.monitor.detection.state import DetectorSeries, detector_series, detector_status
 from lookout.monitor.detection.thread import DetectionThread
 from lookout.monitor.detection.tracks import BUCKET_S, TrackTable
@@ -96,10 +97,11 @@ class DetectionService:
             poll_interval_s=poll_interval_s,
             checkpoint_interval_s=checkpoint_interval_s,
         )
+        self._budget = CpuBudget(cfg.max_cpu_share, cfg.max_texts_per_s)
         self._sampler = Sampler(
             rate=cfg.sample_rate,
             app_rates=cfg.sample_rates,
-            texts_per_s=cfg.max_texts_per_s,
+            texts_per_s=self._budget.texts_per_s(),
             interval_s=adapt_interval_s,
             slots=slots,
         )
@@ -116,7 +118,7 @@ class DetectionService:
         self, record: Record, now: float, stored_id: str | None = None, cost: float = 0.0
     ) -> None:
         """Maybe queue the record's texts for embedding: errors always, others by the app's
-        rate and within its share of the CPU budget (`max_texts_per_s`), whatever the ingest
+        rate and within its share of the CPU budget (`max_cpu_share`), whatever the ingest
         rate (sampler.py)."""
         texts = (self._prompts and bool(record.prompt)) + (
             self._responses and bool(record.response)
@@ -186,7 +188,8 @@ class DetectionService:
             batch = [self._queue.popleft() for _ in range(min(_BATCH, len(self._queue)))]
             self._inflight = len(batch)
             try:
-                outcome = await self._thread.call(self._process, batch)
+                outcome, cpu_s = await self._thread.call(self._process, batch)
+                self._budget.observe(cpu_s, len(batch))
                 for request in outcome.fits:
                     self._references.request_fit(request)
                 self._outputs.keep(outcome.scored)
@@ -196,10 +199,12 @@ class DetectionService:
             self.processed += len(batch)
             self._inflight = 0
 
-    def _process(self, batch: list[QueuedText]) -> BatchOutcome:
-        """On the detection thread: embed, then score or collect each track's texts."""
+    def _process(self, batch: list[QueuedText]) -> tuple[BatchOutcome, float]:
+        """On the detection thread: embed, then score or collect each track's texts; with
+        the thread's CPU seconds for it (the budget's measure, not a clock)."""
+        started = time.thread_time()
         embeddings = self._embeddings.embed([item.text for item in batch])
-        return self._tracks.process(batch, embeddings)
+        return self._tracks.process(batch, embeddings), time.thread_time() - started
 
     async def _adapt_forever(self) -> None:
         while True:
@@ -211,11 +216,15 @@ class DetectionService:
         full, or texts dropped) and recovers once it keeps up; budget shares move with demand;
         each app's effective rate (what was really sampled) goes to the gauge."""
         depth = len(self._queue) + self._inflight  # a stuck batch is work not done
+        texts_per_s = self._budget.texts_per_s()  # the next interval's, shared by tick()
+        self._sampler.set_texts_per_s(texts_per_s, self._adapt_interval_s)
         rates = self._sampler.tick(
             behind=bool(self._dropped_since_adapt) or depth > self._queue_size // 2,
             keeping_up=depth < self._queue_size // 10,
         )
         self._dropped_since_adapt = 0
+        self._metrics.budget_texts_per_s.set(texts_per_s)
+        self._metrics.cpu_per_text_s.set(self._budget.cost_per_text_s)
         for app, rate in rates.items():
             self._metrics.sample_rate.labels(app).set(rate)
         self._metrics.queue_depth.set(depth)

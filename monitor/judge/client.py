@@ -126,6 +126,18 @@ class JudgeClient:
         redacted = self._redactor.redact_cut(text or "", self._max_chars)
         return redacted.text, redacted.total
 
+    def clean(self, text: str | None) -> tuple[str, int]:
+        """The text as it may leave the box (redacted, then cut), and the findings removed."""
+        return self._clean(text)
+
+    async def ask(self, system: str, user: str) -> tuple[str, int, int]:
+        """One plain chat call on already cleaned texts, retried like the rest: (the reply's
+        text, input tokens, output tokens)."""
+        message: AIMessage = await self._call(
+            self._model, [SystemMessage(system), HumanMessage(user)]
+        )
+        return (str(message.content), *_usage(message))
+
     async def _call(self, runnable: Any, messages: list[Any]) -> Any:
         for attempt in range(self._attempts):
             try:

@@ -37,6 +37,14 @@ class JudgeMetrics:
         self.redactions = counter(
             "lookout_judge_redactions_total", "PII findings removed before sending"
         )
+        self.pairs = counter(
+            "lookout_judge_pairs_total",
+            "Shadow pairs by outcome (shadow, production, tie, inconsistent, failed, skipped)",
+            ("outcome",),
+        )
+        self.reference_scores = counter(
+            "lookout_judge_reference_scores_total", "Records scored against a reference answer"
+        )
         self.tokens_today = Gauge(
             "lookout_judge_tokens_today", "Tokens used this UTC day", registry=registry
         )

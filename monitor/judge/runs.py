@@ -17,6 +17,8 @@ from lookout.detectors.judge import Criterion, criteria_from
 from lookout.errors import LookoutError
 from lookout.monitor.judge.anchors import Anchor, agreement
 from lookout.monitor.judge.budget import TokenBudget, estimate_tokens
+from lookout.monitor.judge.eval_series import GradedPair
+from lookout.monitor.judge.eval_store import PairCandidate, PairQuery
 from lookout.monitor.judge.schedule import DAY_S
 from lookout.monitor.judge.series import Agreement, JudgedRecord, JudgeLedger
 from lookout.monitor.judge.store import Candidate, RunTotals, SampleQuery, stored
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
     from lookout.clock import Clock
     from lookout.monitor.config import JudgeConfig
     from lookout.monitor.judge.client import GradeResult, JudgeClient
+    from lookout.monitor.judge.evaluations import Evaluations
     from lookout.monitor.judge.metrics import JudgeMetrics
     from lookout.monitor.judge.store import JudgeStore
     from lookout.monitor.metrics.prices import PriceTable
@@ -45,6 +48,7 @@ class JudgeRunner:
         ledger: JudgeLedger,
         anchors: list[Anchor],
         retention_s: float,
+        evaluations: Evaluations | None = None,
     ) -> None:
         self._cfg = cfg
         self._store = store
@@ -55,6 +59,7 @@ class JudgeRunner:
         self.ledger = ledger
         self._anchors = anchors
         self._retention_s = retention_s
+        self._evals = evaluations
         self._criteria: list[Criterion] = criteria_from(cfg.criteria, cfg.custom_criteria)
         self.criteria = [c.name for c in self._criteria]
         self._model_name = (cfg.model or "").split(":", 1)[-1]
@@ -80,11 +85,13 @@ class JudgeRunner:
     async def _judge_run(
         self, run_id: int, now: float, used: int, trigger: str, app: str | None
     ) -> None:
+        await self._score_references(now, app)  # no model: before the cap, which it ignores
         if await self._skipped_over_cap(run_id, used):
             return
         await self._store.prune(now - self._retention_s)
         self.ledger.prune(now)
         candidates = await self._store.candidates(self._sample_query(now, app))
+        pairs = await self._pair_candidates(now, app)
         budget = TokenBudget(self._cfg.max_tokens_per_day, used)
         run = _RunState(run_id)
         log.info(
@@ -94,10 +101,13 @@ class JudgeRunner:
             app=app,
             records=len(candidates),
             anchors=len(self._anchors),
+            pairs=len(pairs),
         )
         async with asyncio.TaskGroup() as tg:
             for c in candidates:
                 tg.create_task(self._judge_record(run, c, budget))
+            for pair in pairs:
+                tg.create_task(self._judge_pair(run, pair, budget))
             for i, anchor in enumerate(self._anchors):
                 tg.create_task(self._judge_anchor(run, i, anchor, budget))
         await self._finish_run(run, budget)
@@ -129,6 +139,9 @@ class JudgeRunner:
         # The series move once per run, so a rule sees whole runs, never half of one.
         for judged in sorted(run.judged, key=lambda j: j.at):
             self.ledger.add(judged)
+        if self._evals is not None:
+            for pair in sorted(run.pairs, key=lambda p: p.at):
+                self._evals.ledger.add_pair(pair)
         agreed, compared = sum(m[0] for m in run.matches), sum(m[1] for m in run.matches)
         share = agreed / compared if compared else None
         finished = self._clock.now()
@@ -180,18 +193,25 @@ class JudgeRunner:
                 reason = str(exc) if isinstance(exc, LookoutError) else type(exc).__name__
                 log.warning("judge_record_failed", run_id=run.id, record=label, error=reason)
                 return None
-            tokens_in, tokens_out = graded.input_tokens, graded.output_tokens
-            if tokens_in + tokens_out == 0:
-                tokens_in = estimate  # a model that reports no usage is charged the estimate
-            budget.settle(estimate, tokens_in + tokens_out)
-        cost = self._prices.cost(self._model_name, tokens_in, tokens_out)
-        run.add(judged=1, input_tokens=tokens_in, output_tokens=tokens_out, cost=cost)
+            self._charge(run, budget, estimate, (graded.input_tokens, graded.output_tokens))
+        run.add(judged=1)
         self._m.records.labels("judged").inc()
+        self._m.redactions.inc(graded.redactions)
+        return graded
+
+    def _charge(
+        self, run: _RunState, budget: TokenBudget, estimate: int, tokens: tuple[int, int]
+    ) -> None:
+        """A call's tokens and cost, on the run, the day's budget and the metrics."""
+        tokens_in, tokens_out = tokens
+        if tokens_in + tokens_out == 0:
+            tokens_in = estimate  # a model that reports no usage is charged the estimate
+        budget.settle(estimate, tokens_in + tokens_out)
+        cost = self._prices.cost(self._model_name, tokens_in, tokens_out)
+        run.add(input_tokens=tokens_in, output_tokens=tokens_out, cost=cost)
         self._m.tokens.labels("input").inc(tokens_in)
         self._m.tokens.labels("output").inc(tokens_out)
         self._m.cost.inc(cost)
-        self._m.redactions.inc(graded.redactions)
-        return graded
 
     async def _judge_record(self, run: _RunState, c: Candidate, budget: TokenBudget) -> None:
         ref = (c.metadata or {}).get(self._cfg.reference_key)
@@ -206,6 +226,58 @@ class JudgeRunner:
                 self._m.verdicts.labels(v.criterion, "pass" if v.passed else "fail").inc()
             run.judged.append(JudgedRecord.of(at, c.app, graded.verdicts, c.id))
         await self._store.record(run.id, rows, run.totals)
+
+    async def _score_references(self, now: float, app: str | None) -> None:
+        if self._evals is None:
+            return
+        scored = await self._evals.references.score(now, [app] if app else self._cfg.apps)
+        for s in scored:
+            self._evals.ledger.add_reference(s)
+        self._m.reference_scores.inc(len(scored))
+
+    async def _pair_candidates(self, now: float, app: str | None) -> list[PairCandidate]:
+        """The run's shadow pairs (after pruning what is past retention)."""
+        if self._evals is None:
+            return []
+        await self._evals.store.prune(now - self._retention_s)
+        self._evals.ledger.prune(now)
+        cfg = self._cfg
+        if cfg.pairs_per_run == 0:
+            return []
+        query = PairQuery(
+            since=now - cfg.lookback,
+            shadow_key=cfg.shadow_key,
+            reference_key=cfg.reference_key,
+            per_app=cfg.pairs_per_run,
+            apps=[app] if app else cfg.apps,
+        )
+        return await self._evals.store.pair_candidates(query)
+
+    async def _judge_pair(self, run: _RunState, pair: PairCandidate, budget: TokenBudget) -> None:
+        """Both orders graded within the cap; the outcome stored with the run's totals."""
+        assert self._evals is not None
+        clean = self._evals.pairs.clean(pair)
+        estimate = clean.estimate()
+        async with self._slots:
+            if not budget.reserve(estimate):
+                self._m.pairs.labels("skipped").inc()
+                return
+            try:
+                graded = await self._evals.pairs.grade(clean)
+            except Exception as exc:  # one pair's failure never ends the run
+                budget.settle(estimate, 0)
+                self._m.pairs.labels("failed").inc()
+                reason = str(exc) if isinstance(exc, LookoutError) else type(exc).__name__
+                log.warning("judge_pair_failed", run_id=run.id, record=pair.shadow_id, error=reason)
+                return
+            self._charge(run, budget, estimate, (graded.input_tokens, graded.output_tokens))
+        at = self._clock.now()
+        self._m.pairs.labels(graded.outcome.value).inc()
+        self._m.redactions.inc(clean.redactions)
+        row = graded.stored(pair, run.id, at, self._cfg.model or "")
+        run.pairs.append(GradedPair.of(row))
+        await self._evals.store.put_pair(row)
+        await self._store.record(run.id, [], run.totals)
 
     async def _judge_anchor(
         self,
@@ -229,6 +301,7 @@ class _RunState:
         self.totals = RunTotals()
         self.judged: list[JudgedRecord] = []
         self.matches: list[tuple[int, int]] = []  # anchors: (verdicts as expected, compared)
+        self.pairs: list[GradedPair] = []
 
     def add(self, **deltas: Any) -> None:
         t = self.totals

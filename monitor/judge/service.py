@@ -21,7 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from lookout.monitor.judge.eval_series import EvalLedger, GradedPair, ScoredReference
+from lookout.monitor.judge.evaluations import Evaluations
 from lookout.monitor.judge.metrics import JudgeMetrics
+from lookout.monitor.judge.pairwise import PairJudge
+from lookout.monitor.judge.reference_scores import ReferenceScorer
 from lookout.monitor.judge.runs import JudgeRunner
 from lookout.monitor.judge.schedule import DAY_S, build_trigger, period_s
 from lookout.monitor.judge.series import Agreement, JudgedRecord, JudgeLedger
@@ -33,9 +37,11 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from lookout.clock import Clock
+    from lookout.detectors.embedders import Embedder
     from lookout.monitor.config import JudgeConfig
     from lookout.monitor.judge.anchors import Anchor
     from lookout.monitor.judge.client import JudgeClient
+    from lookout.monitor.judge.eval_store import EvalStore
     from lookout.monitor.judge.store import JudgeStore
     from lookout.monitor.metrics.prices import PriceTable
     from lookout.series import SeriesPoint
@@ -74,6 +80,8 @@ class JudgeService:
         retention_s: float = 7 * DAY_S,
         poll_interval_s: float = 10.0,
         schedule: bool = True,
+        eval_store: EvalStore | None = None,
+        embedder: Embedder | None = None,
     ) -> None:
         self._cfg = cfg
         self._store = store
@@ -83,8 +91,10 @@ class JudgeService:
         self._schedule = schedule
         self._m = JudgeMetrics(registry)
         self._trigger = build_trigger(cfg)
-        self.ledger = JudgeLedger(
-            max_age_s=retention_s, min_window_s=period_s(self._trigger, clock.now())
+        min_window_s = period_s(self._trigger, clock.now())
+        self.ledger = JudgeLedger(max_age_s=retention_s, min_window_s=min_window_s)
+        self.evaluations = _evaluations(
+            cfg, eval_store, embedder, client, (retention_s, min_window_s)
         )
         self._runner = JudgeRunner(
             cfg,
@@ -96,6 +106,7 @@ class JudgeService:
             ledger=self.ledger,
             anchors=anchors or [],
             retention_s=retention_s,
+            evaluations=self.evaluations,
         )
         self._lock = asyncio.Lock()
         self._requests: deque[_Request] = deque()
@@ -135,6 +146,12 @@ class JudgeService:
             self.ledger.add(judged)
         for at, value, count in await self._store.agreements_since(now - self._retention_s):
             self.ledger.add_agreement(Agreement(at, value, count))
+        if self.evaluations is not None:
+            since = now - self._retention_s
+            for score in await self.evaluations.store.references_since(since):
+                self.evaluations.ledger.add_reference(ScoredReference.of(score))
+            for pair in await self.evaluations.store.pairs_since(since):
+                self.evaluations.ledger.add_pair(GradedPair.of(pair))
         runs = await self._store.runs(limit=1)
         self.last_run = runs[0] if runs else None
         self._m.tokens_today.set(await self._store.tokens_since(now - now % DAY_S))
@@ -244,7 +261,10 @@ class JudgeService:
         return info
 
     def series(self, window_s: float, now: float) -> list[SeriesPoint]:
-        return self.ledger.series(window_s, now)
+        points = self.ledger.series(window_s, now)
+        if self.evaluations is not None:
+            points += self.evaluations.ledger.series(window_s, now)
+        return points
 
     def status(self) -> JudgeServiceStatus:
         next_at = None
@@ -260,6 +280,30 @@ class JudgeService:
             last_run=self.last_run,
             max_tokens_per_day=self._cfg.max_tokens_per_day,
         )
+
+
+def _evaluations(
+    cfg: JudgeConfig,
+    store: EvalStore | None,
+    embedder: Embedder | None,
+    client: JudgeClient,
+    ages_s: tuple[float, float],
+) -> Evaluations | None:
+    """Reference scores and shadow pairs, when their store is given."""
+    if store is None:
+        return None
+    return Evaluations(
+        store=store,
+        ledger=EvalLedger(max_age_s=ages_s[0], min_window_s=ages_s[1]),
+        references=ReferenceScorer(
+            store,
+            embedder,
+            key=cfg.reference_key,
+            per_run=cfg.reference_scores_per_run,
+            lookback_s=cfg.lookback,
+        ),
+        pairs=PairJudge(client),
+    )
 
 
 def _judged_records(verdicts: list[StoredVerdict]) -> list[JudgedRecord]:

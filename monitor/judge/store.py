@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lookout.detectors.judge import sample_key
-from lookout.monitor.storage.feedback import FEEDBACK_SCHEMA, NEGATIVE_FEEDBACK_SQL
+from lookout.monitor.storage.feedback import NEGATIVE_FEEDBACK_SQL
+from lookout.monitor.storage.schema import SQLITE_FEEDBACK
 from lookout.sqlite_thread import SqliteBacked, SqliteThread, dict_rows
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ CREATE TABLE IF NOT EXISTS judge_requests (
 );
 """
 # The store's table, for a judge store opened before any store has run on this database.
-_RECORDS = """
+RECORDS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
     id TEXT PRIMARY KEY, ts REAL NOT NULL, received_at REAL NOT NULL, app TEXT NOT NULL,
     model TEXT NOT NULL, provider TEXT, status TEXT NOT NULL, latency_ms REAL, ttft_ms REAL,
@@ -55,6 +56,9 @@ CREATE TABLE IF NOT EXISTS records (
     error TEXT, user_id TEXT, session_id TEXT, metadata TEXT, ood_score REAL, flags TEXT
 );
 """
+# The store's feedback table, likewise: on PostgreSQL this file holds neither records nor
+# feedback, and sampling finds nothing to judge (docs/judge.md).
+FEEDBACK_SCHEMA = "".join(f"{statement};\n" for statement in SQLITE_FEEDBACK)
 _RUN_COLUMNS = (
     "id, started_at, finished_at, trigger, app, outcome, detail, judged, failed, skipped,"
     " input_tokens, output_tokens, cost, agreement, anchors"
@@ -185,7 +189,7 @@ class JudgeStore(SqliteBacked):
     def __init__(self, path: Path) -> None:
         self._sql = SqliteThread(
             path,
-            schema=_RECORDS + FEEDBACK_SCHEMA + _SCHEMA,
+            schema=RECORDS_SCHEMA + FEEDBACK_SCHEMA + _SCHEMA,
             synchronous="NORMAL",
             name="lookout-judge",
         )
@@ -207,8 +211,8 @@ class JudgeStore(SqliteBacked):
 
     async def candidates(self, query: SampleQuery) -> list[Candidate]:
         """Up to `per_app` records per app: unjudged first (those with negative feedback, then
-        OOD-flagged ones, first if asked), each
-        group in the order of the seeded sample key, so the same state picks the same ids."""
+        OOD-flagged ones, first if asked), each group in the order of the seeded sample key,
+        so the same state picks the same ids."""
         return await self._sql.run(lambda: _candidates(self._sql.conn(), query))
 
     async def start_run(self, now: float, trigger: str, app: str | None) -> int:

@@ -119,18 +119,22 @@ class RollupService:
         return written
 
     def extra_points(self, minute: int, now: float) -> list[RollupPoint]:
-        """The detector and judge series as rollup rows (over all models); a labelled series'
-        row name carries the label: drift_score:prompt, judge_score:helpfulness,
-        feedback_score:thumbs."""
+        """The detector and judge series as rollup rows (over all models unless the series
+        has a model); a labelled series' row name carries the label: drift_score:prompt,
+        judge_score:helpfulness, judge_preference:<shadow model>,
+        feedback_score:thumbs, tool_error_rate:search."""
         out = []
         for p in self._extra_series(ROLLUP_S, now):
             if p.value is None:
                 continue
             labels = dict(p.labels)
             name = p.metric + "".join(
-                f":{labels[k]}" for k in ("field", "criterion", "key", "tool") if k in labels
+                f":{labels[k]}"
+                for k in ("field", "criterion", "method", "shadow_model", "key", "tool")
+                if k in labels
             )
-            out.append(RollupPoint(minute, labels.get("app", ALL), ALL, name, p.value))
+            model = labels.get("model", ALL)
+            out.append(RollupPoint(minute, labels.get("app", ALL), model, name, p.value))
         return out
 
     def live_points(self, now: float, since: float) -> list[RollupPoint]:

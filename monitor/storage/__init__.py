@@ -29,11 +29,19 @@ def open_store(
     clock: Clock,
     *,
     keep_ids: int = 100_000,
+    node: str = "",
 ) -> Store:
-    """`keep_ids`: how many recent record ids to keep for recognising redeliveries."""
+    """`keep_ids`: how many recent record ids to keep for recognising redeliveries; `node`:
+    the name this node's partial rows go under (PostgreSQL, where several nodes may write)."""
     if cfg.url.startswith("sqlite:///"):
         return SqliteStore(cfg, metrics, clock, keep_ids=keep_ids)
-    raise ConfigError(
-        f"store.url {cfg.url.split('@')[-1]!r}: PostgreSQL support is not in this release; "
-        "use sqlite:///PATH"
-    )
+    if cfg.url.startswith(("postgresql://", "postgres://")):
+        try:
+            from lookout.monitor.storage.postgres import PostgresStore
+        except ImportError as exc:  # psycopg is the `postgres` extra
+            raise ConfigError(
+                f"store.url is a PostgreSQL URL, which needs the postgres extra: "
+                f"pip install 'lookout-llm[postgres]' ({exc})"
+            ) from exc
+        return PostgresStore(cfg, metrics, clock, keep_ids=keep_ids, node=node)
+    raise ConfigError("store.url must be sqlite:///PATH or postgresql://...")

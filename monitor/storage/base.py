@@ -126,6 +126,10 @@ class Store(Protocol):
         """Commit everything put so far, now."""
         ...
 
+    async def prune(self, now: float) -> None:
+        """Delete what is older than `store.retention` (the committer does every minute)."""
+        ...
+
     async def partials(
         self, since: float, until: float = float("inf"), app: str | None = None
     ) -> list[PartialRow]:

@@ -16,7 +16,7 @@ import msgspec
 from fastdigest import TDigest
 
 from lookout.monitor.storage.base import PartialRow
-from lookout.monitor.storage.feedback import write_feedback
+from lookout.monitor.storage.feedback import COLUMNS as FEEDBACK_COLUMNS
 
 if TYPE_CHECKING:
     from lookout.monitor.ingest.records import Record
@@ -45,6 +45,10 @@ _UPSERT_PARTIAL = (
 )
 _INSERT_REJECTED = "INSERT INTO rejected (at, source, reason, detail, sample) VALUES (?,?,?,?,?)"
 _INSERT_ROLLUP = "INSERT OR REPLACE INTO rollups VALUES (?,?,?,?,?)"
+# A redelivered event (the same identity) is stored once.
+_INSERT_FEEDBACK = (
+    f"INSERT OR IGNORE INTO feedback ({FEEDBACK_COLUMNS}) VALUES ({', '.join('?' * 10)})"
+)
 # A record's fields are scored separately: keep the highest score, merge flags.
 _UPDATE_SCORE = (
     "UPDATE records SET ood_score = MAX(COALESCE(ood_score, ?3), ?3),"
@@ -87,6 +91,7 @@ class CommitGroup:
         "callbacks",
         "feedback",
         "ids",
+        "key",
         "partials",
         "records",
         "rejected",
@@ -106,6 +111,7 @@ class CommitGroup:
         self.callbacks: list[Callable[[], None]] = []
         self.rows = 0
         self.bytes = 0
+        self.key = ""  # set by a backend that must recognise a group it already committed
 
     def empty(self) -> bool:
         return not (self.rows or self.callbacks or self.partials or self.ids)
@@ -176,8 +182,9 @@ def _write_all(db: sqlite3.Connection, group: CommitGroup) -> None:
             db.executemany(_INSERT_ROLLUP, group.rollups)
         if group.scores:
             db.executemany(_UPDATE_SCORE, group.scores)
+        if group.feedback:
+            db.executemany(_INSERT_FEEDBACK, group.feedback)
         _add_partials(db, group.partials)
-        write_feedback(db, group.feedback)
         _add_ids(db, group.ids)
 
 
@@ -200,10 +207,11 @@ def transient(exc: sqlite3.Error) -> bool:
 def write_group_row_by_row(
     db: sqlite3.Connection, group: CommitGroup, refused_at: float, sample_bytes: int
 ) -> int:
-    """`group` in one transaction, each sampled row, rejected sample and score in a savepoint
-    of its own: what SQLite refuses (a constraint, a value it cannot take) is left out and kept
-    as a rejected sample ('store_refused'), and the rest commits. Returns how many were left
-    out. For the rare group that `write_group` could not write for its content."""
+    """`group` in one transaction, each sampled row, rejected sample, score and feedback event
+    in a savepoint of its own: what SQLite refuses (a constraint, a value it cannot take) is
+    left out and kept as a rejected sample ('store_refused'), and the rest commits. Returns how
+    many were left out. For the rare group that `write_group` could not write for its
+    content."""
     refused: list[tuple[bytes, str]] = []
     with db:
         db.execute("BEGIN")
@@ -211,6 +219,7 @@ def write_group_row_by_row(
         rows += [(_INSERT_REJECTED, r, repr(r).encode()) for r in group.rejected]
         rows += [(_INSERT_ROLLUP, r, repr(r).encode()) for r in group.rollups]
         rows += [(_UPDATE_SCORE, r, repr(r).encode()) for r in group.scores]
+        rows += [(_INSERT_FEEDBACK, r, repr(r).encode()) for r in group.feedback]
         for sql, values, raw in rows:
             db.execute("SAVEPOINT one_row")
             try:
@@ -229,7 +238,6 @@ def write_group_row_by_row(
             ],
         )
         _add_partials(db, group.partials)
-        write_feedback(db, group.feedback)
         _add_ids(db, group.ids)
     return len(refused)
 

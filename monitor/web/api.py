@@ -16,6 +16,7 @@ import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -28,6 +29,27 @@ from lookout.monitor.web.routes import SERVICE_ROUTES, ApiRoutes, Handler, Pick
 
 log = structlog.get_logger(__name__)
 _OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+
+
+async def listen(
+    app: web.Application, cfg: ApiConfig, setting: str, **server_options: Any
+) -> tuple[web.AppRunner, int]:
+    """Serve `app` at `cfg.bind` (port 0: a free one): its runner and the port it got.
+    `setting` names the config key to change when the address is taken."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, **server_options)
+    await runner.setup()
+    site = web.TCPSite(runner, cfg.host, cfg.port, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        env = "LOOKOUT_" + setting.upper().replace(".", "__")
+        raise OSError(
+            f"cannot listen on {cfg.bind}: {exc.strerror}; choose another HOST:PORT with "
+            f"{setting} in the config or {env}"
+        ) from exc
+    sockets = getattr(site._server, "sockets", None) or []
+    return runner, sockets[0].getsockname()[1] if sockets else cfg.port
 
 
 @dataclass(frozen=True)
@@ -75,20 +97,7 @@ class ApiServer:
         return app
 
     async def __aenter__(self) -> ApiServer:
-        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self._cfg.host, self._cfg.port, reuse_address=True)
-        try:
-            await site.start()
-        except OSError as exc:
-            await self._runner.cleanup()
-            raise OSError(
-                f"cannot listen on {self._cfg.bind}: {exc.strerror}; choose another HOST:PORT "
-                "with api.bind in the config or LOOKOUT_API__BIND"
-            ) from exc
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else self._cfg.port
+        self._runner, self.port = await listen(self.app(), self._cfg, "api.bind")
         log.info("api_listening", bind=f"{self._cfg.host}:{self.port}")
         return self
 

@@ -85,9 +85,13 @@ class HostPolicy:
         )
 
 
-def guards(cfg: ApiConfig) -> list[Middleware]:
-    """The middlewares, outermost first: JSON errors, then host, origin and content type."""
+def guards(
+    cfg: ApiConfig, post_types: frozenset[str] = frozenset({"application/json"})
+) -> list[Middleware]:
+    """The middlewares, outermost first: JSON errors, then host, origin and content type (a
+    POST's must be one of `post_types`)."""
     policy = HostPolicy(cfg)
+    wanted = " or ".join(sorted(post_types))
 
     @web.middleware
     async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -113,8 +117,8 @@ def guards(cfg: ApiConfig) -> list[Middleware]:
         origin = request.headers.get("Origin")
         if origin is not None and not policy.same_site(origin, host or ""):
             return error_response(403, f"cross-origin request from {origin[:100]!r} refused")
-        if request.method == "POST" and request.content_type != "application/json":
-            return error_response(415, "send the body with Content-Type: application/json")
+        if request.method == "POST" and request.content_type not in post_types:
+            return error_response(415, f"send the body with Content-Type: {wanted}")
         return await handler(request)
 
     return [json_errors, checks]

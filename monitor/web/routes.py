@@ -110,7 +110,7 @@ class ApiRoutes:
         pipeline = self._deps.pipeline
         if not pipeline.has_room():
             return _busy("the store is behind; retry")
-        payload = await _read_capped(request, self._deps.max_body_bytes)
+        payload = await read_capped(request, self._deps.max_body_bytes)
         now = self._deps.clock.now()
         if payload is None:
             result = pipeline.reject(_too_large(request, self._deps.max_body_bytes), "http", now)
@@ -143,6 +143,7 @@ class ApiRoutes:
         record["verdicts"] = dump_json(await self._deps.views.verdicts(record["id"]))
         stored = await self._deps.store.feedback.for_record(record["app"], record["id"])
         record["feedback"] = [asdict(f) for f in stored]
+        record["evaluations"] = await self._deps.views.evaluations(record["id"])
         return web.json_response(record)
 
     async def rejected(self, request: web.Request) -> web.Response:
@@ -162,7 +163,7 @@ class ApiRoutes:
         )
 
 
-async def _read_capped(request: web.Request, limit: int) -> bytes | None:
+async def read_capped(request: web.Request, limit: int) -> bytes | None:
     """The body, or None when it is over `limit` bytes: then read no further than that (a
     declared length over it is not read at all), so memory stays bounded at any size."""
     if request.content_length is not None and request.content_length > limit:

@@ -5,7 +5,7 @@ components. Field order is the JSON's key order."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -59,6 +59,9 @@ class JudgeSeriesValue(BaseModel):
     metric: str
     app: str | None = Field(default=None, exclude_if=lambda v: v is None)
     criterion: str | None = Field(default=None, exclude_if=lambda v: v is None)
+    model: str | None = Field(default=None, exclude_if=lambda v: v is None)
+    method: str | None = Field(default=None, exclude_if=lambda v: v is None)
+    shadow_model: str | None = Field(default=None, exclude_if=lambda v: v is None)
     value: float | None
     count: int
 
@@ -69,6 +72,9 @@ class JudgeSeriesValue(BaseModel):
             metric=point.metric,
             app=labels.get("app"),
             criterion=labels.get("criterion"),
+            model=labels.get("model"),
+            method=labels.get("method"),
+            shadow_model=labels.get("shadow_model"),
             value=point.value,
             count=point.count,
         )
@@ -152,7 +158,9 @@ class StatusResponse(BaseModel):
 
 class AnomalyView(BaseModel):
     """An anomaly rule's last reading: the value, the band outside which it is anomalous,
-    its robust z, and which normal it was measured against (`learning`: too little history)."""
+    its robust z and the z beyond which it is anomalous (the rule's, or higher where the
+    series' own tail is fatter), and which normal it was measured against (`learning`: too
+    little history)."""
 
     rule: str
     labels: dict[str, str]
@@ -161,6 +169,7 @@ class AnomalyView(BaseModel):
     low: float | None
     high: float | None
     z: float | None
+    threshold: float | None = None
     anomalous: bool
     history_points: int
 
@@ -268,6 +277,7 @@ class ApiViews:
                 low=r.low,
                 high=r.high,
                 z=r.z,
+                threshold=r.threshold,
                 anomalous=r.anomalous,
                 history_points=r.history,
             )
@@ -299,6 +309,18 @@ class ApiViews:
             if a.state.value in _ALERT_ORDER
         ]
         return sorted(listed, key=lambda a: (_ALERT_ORDER[a.state], a.rule))
+
+    async def evaluations(self, record_id: str) -> dict[str, Any]:
+        """A record's reference score and the shadow pairs it is in (judge.md)."""
+        evals = None if self.judge is None else self.judge.evaluations
+        if evals is None:
+            return {"reference": None, "pairs": []}
+        found = await evals.store.evaluations_for(record_id)
+        score = found["reference"]
+        return {
+            "reference": None if score is None else asdict(score),
+            "pairs": [asdict(p) for p in found["pairs"]],
+        }
 
     async def verdicts(self, record_id: str) -> list[VerdictView]:
         if self.judge_store is None:

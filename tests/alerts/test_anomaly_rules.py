@@ -19,7 +19,7 @@ from lookout.alerts.outbox import SqliteOutbox
 from lookout.alerts.state import AlertState, NotificationKind
 from lookout.clock import FakeClock
 from lookout.detectors.anomaly import AnomalyDetector, Baseline
-from lookout.monitor.anomaly import AnomalyBook
+from lookout.monitor.anomaly import AnomalyBook, anomaly_rules
 from lookout.monitor.storage import RollupPoint
 from lookout.series import SeriesPoint
 
@@ -103,13 +103,17 @@ async def test_a_level_shift_and_a_spike_fire_and_resolve_on_time(tmp_path: Path
     clock = FakeClock()
     engine, book, store, outbox = await engine_with(tmp_path, [rule()], value, 4.0, clock)
     events: list[tuple[NotificationKind, float, str]] = []
+    thresholds: list[tuple[float | None, float | None]] = []
     for minute in range(24 * 60):
         now = START + 4 * DAY + minute * 60
         clock.set(now)
         store.until = now
         await book.catch_up()
         for note in await engine.evaluate(now):
-            events.append((note.kind, now, engine._notified(engine._rules[0], note).summary))
+            notified = engine._notified(engine._rules[0], note)
+            events.append((note.kind, now, notified.summary))
+            reading = book.assess("slow", LABELS, value(now), now)
+            thresholds.append((notified.threshold, reading.threshold))
     await outbox.__aexit__(None, None, None)
     kinds = [(k, round((t - START - 4 * DAY) / 60)) for k, t, _ in events]
     # for: 120 s -> fires on the third anomalous evaluation; resolves on the first normal one.
@@ -121,6 +125,9 @@ async def test_a_level_shift_and_a_spike_fire_and_resolve_on_time(tmp_path: Path
     ]
     # The notification says what is usual at this hour, from the daily profile.
     assert "usual at this hour" in events[0][2]
+    # The notification gives the z the value was held to: the rule's, or the series' tail's.
+    told, held_to = thresholds[0]
+    assert told == held_to and told is not None and told >= rule().anomaly_z
     assert book.detectors[("slow", LABELS)].normal(shift_at)[0] is Baseline.DAILY  # type: ignore[index]
 
 
@@ -185,3 +192,11 @@ def test_anomaly_rules_are_checked() -> None:
         RuleConfig(name="x", metric="qps", op=">")
     assert rule(sensitivity=5).anomaly_z == 5
     assert 3.5 < rule(false_alarms_per_week=1).anomaly_z < 4.0  # one tail, a decision a minute
+    # A false-alarm target is also held on the series' own tail (a minute's share of a week);
+    # an explicit sensitivity is the z as given.
+    configs = {
+        r.name: r.config
+        for r in anomaly_rules([rule(name="target", false_alarms_per_week=2), rule(sensitivity=5)])
+    }
+    assert configs["target"].tail_rate == pytest.approx(2 / (7 * 24 * 60))
+    assert configs["slow"].tail_rate == 0.0

@@ -1,9 +1,11 @@
 """The anomaly detector alone: scoring changes nothing, state round-trips, a level shift
-scores high against a trailing baseline, a flat series is not infinitely sensitive."""
+scores high against a trailing baseline, a flat series is not infinitely sensitive, and a
+heavy-tailed series gets the false-alarm rate its rule asked for."""
 
 from __future__ import annotations
 
 import json
+import math
 import random
 
 from lookout.detectors.anomaly import (
@@ -53,3 +55,66 @@ def test_threshold_for_gets_stricter_with_more_decisions_and_two_tails() -> None
     up_minute = threshold_for(1.0, 60.0, Direction.UP)
     assert threshold_for(1.0, 300.0, Direction.UP) < up_minute
     assert threshold_for(1.0, 60.0, Direction.BOTH) > up_minute
+
+
+def heavy_tailed(detector: AnomalyDetector, start: int, n: int, seed: int) -> int:
+    """Feeds n minutes of a quiet but heavy-tailed series (Student t, 2 degrees of freedom);
+    how many of them the detector called anomalous."""
+    rng = random.Random(seed)
+    flagged = 0
+    for i in range(start, start + n):
+        noise = rng.gauss(0.0, 1.0) / math.sqrt(rng.gammavariate(1.0, 1.0))
+        flagged += detector.update(i * 60.0, 100.0 + noise).anomalous
+    return flagged
+
+
+def test_the_series_own_tail_holds_the_false_alarm_rate_a_gaussian_threshold_does_not() -> None:
+    minute_rate = 1.0 / (7 * 24 * 60)  # one a week, a decision a minute
+    z = threshold_for(1.0, 60.0, Direction.BOTH)
+    gaussian = AnomalyDetector(AnomalyConfig(seasonality=Seasonality.NONE, threshold_z=z))
+    own = AnomalyDetector(
+        AnomalyConfig(seasonality=Seasonality.NONE, threshold_z=z, tail_rate=minute_rate)
+    )
+    heavy_tailed(gaussian, 0, 3000, seed=5)
+    heavy_tailed(own, 0, 3000, seed=5)
+    # A week of the same series: a Gaussian tail's z flags dozens of quiet minutes.
+    assert heavy_tailed(gaussian, 3000, 7 * 24 * 60, seed=6) > 50
+    assert heavy_tailed(own, 3000, 7 * 24 * 60, seed=6) <= 10
+    assert own.threshold() > 2 * z
+    reading = own.score(0.0, 100.0)
+    assert reading.threshold == own.threshold() and reading.high is not None
+    assert reading.high - 100.0 > own.threshold() * 0.9 * (reading.spread or 0.0)
+
+
+def test_an_incident_is_judged_against_the_tail_from_before_it_then_joins_it() -> None:
+    config = AnomalyConfig(
+        seasonality=Seasonality.NONE, threshold_z=4.0, tail_rate=0.001, tail_delay_points=60
+    )
+    detector = AnomalyDetector(config)
+    rng = random.Random(8)
+    for i in range(2000):
+        detector.update(i * 60.0, 10.0 + rng.gauss(0.0, 1.0))
+    flags = [
+        detector.update((2000 + i) * 60.0, 20.0 + rng.gauss(0.0, 1.0)).anomalous for i in range(200)
+    ]
+    assert all(flags[:60])  # the first hour: against the quiet tail
+    # Then the incident's own scores set the threshold: its new extremes stand out for a
+    # while, then nothing (the alert resolves; a lasting shift is the new normal).
+    assert not any(flags[100:])
+
+
+def test_a_checkpoint_keeps_the_tail_and_an_old_one_without_it_restores() -> None:
+    config = AnomalyConfig(seasonality=Seasonality.NONE, tail_rate=0.01, tail_delay_points=10)
+    detector = AnomalyDetector(config)
+    heavy_tailed(detector, 0, 1000, seed=9)
+    state = json.loads(json.dumps(detector.save()))
+    restored = AnomalyDetector.restore(config, state)
+    assert restored.threshold() == detector.threshold() > config.threshold_z
+    assert restored.score(0.0, 130.0) == detector.score(0.0, 130.0)
+    heavy_tailed(detector, 1000, 50, seed=10)
+    heavy_tailed(restored, 1000, 50, seed=10)
+    assert restored.save() == detector.save()  # the delayed scores were kept in order too
+    version_1 = {k: v for k, v in state.items() if k != "tail"} | {"version": 1}
+    old = AnomalyDetector.restore(config, version_1)
+    assert old.threshold() == config.threshold_z  # refills as values are learned
+    assert old.score(0.0, 100.0).baseline is Baseline.TRAILING

@@ -7,6 +7,7 @@ import asyncio
 import json
 import statistics
 import time
+from typing import Any
 
 import httpx
 
@@ -104,3 +105,32 @@ def test_the_demo_judge_answers_in_the_judge_schema() -> None:
             ("helpfulness", helpful),
             ("harmfulness", True),
         ]
+
+
+def test_the_demo_sends_shadow_pairs_and_references_its_judge_prefers_the_shadow() -> None:
+    from lookout.detectors.pairwise import PairOutcome, combine, pairwise_prompt, parse_pairwise
+    from lookout.monitor.demo.judge import reply
+    from lookout.monitor.demo.traffic import SHADOW_MODEL
+
+    gen, now = Traffic(seed=1), time.time()
+    batch = [gen.record(SUPPORT, now, None) for _ in range(400)]
+    shadows = [s for s in map(gen.shadow, list(batch)) if s is not None]
+    by_id = {r.get("id"): r for r in batch}
+    assert 40 < len(shadows) < 130 and all(s["model"] == SHADOW_MODEL for s in shadows)
+    assert all(by_id[s["metadata"]["shadow_of"]]["prompt"] == s["prompt"] for s in shadows)
+    assert any("reference" in r.get("metadata", {}) for r in batch)
+    decoded = decode_payload(
+        json.dumps(batch + shadows).encode(), None, now, DecodeLimits(max_records_per_message=600)
+    )
+    assert not decoded.rejections
+
+    def verdict(first: str, second: str) -> Any:
+        content = pairwise_prompt("How do I reset my PIN?", first, second)
+        body = {"messages": [{"role": "user", "content": content}]}
+        return parse_pairwise(reply(body)["choices"][0]["message"]["content"])[0]
+
+    production = by_id[shadows[0]["metadata"]["shadow_of"]]["response"]
+    shadow = shadows[0]["response"]
+    swapped = (verdict(production, shadow), verdict(shadow, production))
+    assert combine(*swapped) is PairOutcome.SHADOW
+    assert combine(verdict("Same.", "Same."), verdict("Same.", "Same.")) is PairOutcome.TIE

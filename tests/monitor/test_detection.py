@@ -414,3 +414,45 @@ async def test_a_loud_app_cannot_starve_a_quiet_one_of_the_cpu_budget() -> None:
         return registry.get_sample_value("lookout_detector_sample_rate", {"app": app}) or 0.0
 
     assert (rate("loud"), rate("quiet"), rate("batch-jobs")) == (0.09, 1.0, 0.0)
+
+
+class CostlyEmbedder:
+    """Spends `cost_s` of its thread's CPU on each text, as a large model would."""
+
+    name, dim = "costly", 8
+
+    def __init__(self, cost_s: float) -> None:
+        self.cost_s = cost_s
+
+    def embed(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        until = time.thread_time() + self.cost_s * len(texts)
+        while time.thread_time() < until:
+            pass
+        rows: NDArray[np.float32] = np.full((len(texts), self.dim), self.dim**-0.5, np.float32)
+        return rows
+
+
+async def test_a_costly_embedder_is_held_to_its_share_of_a_core() -> None:
+    # A budget in texts would let a 4 ms embedder take 4 cores at 1,000 texts/s; the budget in
+    # CPU holds it to its share whatever a text costs.
+    cfg = DetectorsConfig.model_validate({**DETECTORS, "max_cpu_share": 0.1})
+    registry = CollectorRegistry()
+    service = DetectionService(
+        cfg,
+        embedder=CostlyEmbedder(0.004),
+        references=None,
+        clock=SystemClock(),
+        registry=registry,
+        adapt_interval_s=0.05,
+    )
+
+    def gauge(name: str) -> float:
+        return registry.get_sample_value(name) or 0.0
+
+    async with service:
+        for i in range(2000):
+            service.offer(Record(None, 0.0, "bot", "m", "ok", 0.0, prompt=f"p{i}"), 0.0)
+        await eventually(lambda: gauge("lookout_detector_cpu_seconds_per_text") > 0.003)
+        assert 0.003 < gauge("lookout_detector_cpu_seconds_per_text") < 0.006
+        # 0.1 of a core at ~4 ms a text: ~25 texts a second, not the 1,000 of the cap.
+        assert 15 < gauge("lookout_detector_budget_texts_per_second") < 35

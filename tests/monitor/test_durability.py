@@ -1,5 +1,6 @@
 """kill -9 loses nothing and counts nothing twice: `lookout run` as a real process, killed
-three times mid-stream at QoS 1 and restarted; and every HTTP POST answered 2xx survives one."""
+three times mid-stream at QoS 1 and restarted; and every HTTP POST answered 2xx survives one.
+Both on the SQLite store and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import asyncio
 import json
 import random
 import signal
-import sqlite3
 import uuid
 from pathlib import Path
 from typing import Any
@@ -19,11 +19,14 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.alerts.test_crash import ready, start
 from tests.conftest import PrivateBroker, eventually, free_port
+from tests.stores import StoreDb
 
 RECORDS = 20_000
 
 
-def write_config(tmp_path: Path, topic_root: str, broker_url: str, api_port: int) -> Path:
+def write_config(
+    tmp_path: Path, store_url: str, topic_root: str, broker_url: str, api_port: int
+) -> Path:
     config = tmp_path / "lookout.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -35,7 +38,7 @@ def write_config(tmp_path: Path, topic_root: str, broker_url: str, api_port: int
                     "reconnect_min_s": 0.05,
                     "reconnect_max_s": 0.5,
                 },
-                "store": {"url": f"sqlite:///{tmp_path}/lookout.db", "record_sample_rate": 1.0},
+                "store": {"url": store_url, "record_sample_rate": 1.0},
                 "api": {"bind": f"127.0.0.1:{api_port}"},
                 "detectors": {"enabled": False},
             }
@@ -48,17 +51,6 @@ async def kill_9(proc: asyncio.subprocess.Process) -> None:
     proc.send_signal(signal.SIGKILL)
     await proc.wait()
     assert proc.returncode == -9
-
-
-def count(db_path: Path, sql: str) -> int:
-    """A query on the daemon's database, read beside it (WAL: readers do not block it)."""
-    if not db_path.exists():
-        return 0
-    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5) as db:
-        try:
-            return int(db.execute(sql).fetchone()[0] or 0)
-        except sqlite3.OperationalError:  # the schema is not there yet
-            return 0
 
 
 def publish_all(port: int, topic: str, n: int) -> None:
@@ -83,13 +75,12 @@ def publish_all(port: int, topic: str, n: int) -> None:
 
 
 async def test_kill_9_three_times_at_qos_1_keeps_every_record_exactly_once(
-    tmp_path: Path, private_broker: PrivateBroker, topic_root: str
+    tmp_path: Path, private_broker: PrivateBroker, topic_root: str, store_db: StoreDb
 ) -> None:
     rng = random.Random()
     api_port = free_port()
     api = f"http://127.0.0.1:{api_port}"
-    db_path = tmp_path / "lookout.db"
-    config = write_config(tmp_path, topic_root, private_broker.url, api_port)
+    config = write_config(tmp_path, store_db.url, topic_root, private_broker.url, api_port)
     stored = "SELECT COUNT(*) FROM records"
     proc = await start(config)
     await eventually(lambda: ready(api), timeout_s=30)
@@ -100,25 +91,24 @@ async def test_kill_9_three_times_at_qos_1_keeps_every_record_exactly_once(
         kills = []
         for _ in range(3):
             # A random moment: once a random share of the stream more has been committed.
-            target = count(db_path, stored) + rng.randint(1_000, 4_000)
-            await eventually(lambda t=target: count(db_path, stored) >= t, timeout_s=60)
+            target = store_db.count(stored) + rng.randint(1_000, 4_000)
+            await eventually(lambda t=target: store_db.count(stored) >= t, timeout_s=60)
             await kill_9(proc)
-            kills.append(count(db_path, stored))
+            kills.append(store_db.count(stored))
             proc = await start(config)
             await eventually(lambda: ready(api), timeout_s=30)
         await asyncio.wait_for(publisher, 60)
         assert kills[0] < RECORDS  # killed mid-stream, with records still to come
-        await eventually(lambda: count(db_path, stored) >= RECORDS, timeout_s=60)
+        await eventually(lambda: store_db.count(stored) >= RECORDS, timeout_s=60)
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
             await asyncio.wait_for(proc.wait(), 15)
     assert proc.returncode == 0
-    with sqlite3.connect(db_path) as db:
-        ids = {row[0] for row in db.execute("SELECT id FROM records WHERE app = ?", (topic_root,))}
-        partial_count = db.execute(
-            "SELECT SUM(count) FROM partials WHERE app = ? AND model = 'unknown'", (topic_root,)
-        ).fetchone()[0]
+    ids = {row[0] for row in store_db.query("SELECT id FROM records WHERE app = ?", (topic_root,))}
+    partial_count = store_db.count(
+        "SELECT SUM(count) FROM partials WHERE app = ? AND model = 'unknown'", (topic_root,)
+    )
     assert ids == {f"seq-{i}" for i in range(RECORDS)}
     assert partial_count == RECORDS  # every record counted once in the stored minutes
 
@@ -142,12 +132,11 @@ async def post_until_stopped(
 
 
 async def test_kill_9_keeps_every_http_post_answered_2xx(
-    tmp_path: Path, private_broker: PrivateBroker, topic_root: str
+    tmp_path: Path, private_broker: PrivateBroker, topic_root: str, store_db: StoreDb
 ) -> None:
     api_port = free_port()
     api = f"http://127.0.0.1:{api_port}"
-    db_path = tmp_path / "lookout.db"
-    config = write_config(tmp_path, topic_root, private_broker.url, api_port)
+    config = write_config(tmp_path, store_db.url, topic_root, private_broker.url, api_port)
     proc = await start(config)
     answered: list[str] = []
     stop = asyncio.Event()
@@ -164,6 +153,5 @@ async def test_kill_9_keeps_every_http_post_answered_2xx(
     finally:
         if proc.returncode is None:
             await kill_9(proc)
-    with sqlite3.connect(db_path) as db:
-        kept = {row[0] for row in db.execute("SELECT id FROM records WHERE app = 'poster'")}
+    kept = {row[0] for row in store_db.query("SELECT id FROM records WHERE app = 'poster'")}
     assert answered and set(answered) <= kept

@@ -23,6 +23,7 @@ from lookout.monitor.ingest.records import DecodeLimits
 from lookout.monitor.metrics.feedback import FeedbackWindows
 from lookout_client import LookoutCallbackHandler, RecordPublisher, publish_record
 from tests.conftest import Receiver, eventually, publish, running, sample_value, status_of
+from tests.stores import StoreDb
 
 
 def decode(payload: Any, topic_app: str | None = None) -> Any:
@@ -110,9 +111,10 @@ def series_of(d: Daemon) -> dict[tuple[str, str, str], float | None]:
 
 
 async def test_feedback_before_and_after_its_record_is_joined_and_redacted(
-    settings_for: Callable[..., Settings], topic_root: str
+    settings_for: Callable[..., Settings], topic_root: str, store_db: StoreDb
 ) -> None:
-    async with running(Daemon(feedback_settings(settings_for))) as d, http(d) as api:
+    settings = feedback_settings(settings_for, store={"url": store_db.url})
+    async with running(Daemon(settings)) as d, http(d) as api:
         before = {"record_id": "r1", "key": "thumbs", "score": 0, "user_id": "u1"}
         before["comment"] = "wrong again, mail me at jane.doe@example.com"
         await publish([json.dumps(before).encode()], f"llm/feedback/{topic_root}")
@@ -134,9 +136,9 @@ async def test_feedback_before_and_after_its_record_is_joined_and_redacted(
 
 
 async def test_feedback_for_a_record_never_stored_and_duplicates_counted_once(
-    settings_for: Callable[..., Settings], topic_root: str
+    settings_for: Callable[..., Settings], topic_root: str, store_db: StoreDb
 ) -> None:
-    settings = feedback_settings(settings_for)
+    settings = feedback_settings(settings_for, store={"url": store_db.url})
     event = {"record_id": "ghost", "app": "shop", "key": "thumbs", "score": 0, "user_id": "u9"}
     async with running(Daemon(settings)) as d, http(d) as api:
         first = await api.post("/api/v1/feedback", content=json.dumps(event))

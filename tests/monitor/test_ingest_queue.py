@@ -17,14 +17,15 @@ from lookout.monitor.ingest.records import DecodeLimits
 from lookout.monitor.metrics.prices import PriceTable
 from lookout.monitor.metrics.prom import IngestMetrics
 from lookout.monitor.metrics.windows import WindowedMetrics
-from lookout.monitor.storage.sqlite import SqliteStore
+from lookout.monitor.storage import Store, open_store
+from tests.stores import StoreDb
 
 
 def make_pipeline(
-    prom: IngestMetrics, tmp_path: Path, queue_size: int = 50_000, sample_rate: float = 1.0
-) -> tuple[Pipeline, SqliteStore]:
-    cfg = StoreConfig(url=f"sqlite:///{tmp_path}/q.db", queue_size=queue_size)
-    store = SqliteStore(cfg, prom, FakeClock())
+    prom: IngestMetrics, store_url: str, queue_size: int = 50_000, sample_rate: float = 1.0
+) -> tuple[Pipeline, Store]:
+    cfg = StoreConfig(url=store_url, queue_size=queue_size)
+    store = open_store(cfg, prom, FakeClock())
     pipeline = Pipeline(
         WindowedMetrics(),
         PriceTable({}),
@@ -38,7 +39,7 @@ def make_pipeline(
     return pipeline, store
 
 
-async def test_full_queue_pauses_source_and_drained_queue_resumes_it(tmp_path: Path) -> None:
+async def test_full_queue_pauses_source_and_drained_queue_resumes_it(store_db: StoreDb) -> None:
     prom = IngestMetrics(CollectorRegistry())
     queue = IngestQueue(capacity=4, prom=prom)
     events: list[str] = []
@@ -47,7 +48,7 @@ async def test_full_queue_pauses_source_and_drained_queue_resumes_it(tmp_path: P
     for i in range(6):
         queue.offer(Inbound("llm/records/a", b'{"id": "r%d"}' % i, partial(acked.append, i)))
     assert events == ["pause"] and queue.paused
-    pipeline, store = make_pipeline(prom, tmp_path)
+    pipeline, store = make_pipeline(prom, store_db.url)
     async with store:
         runner = asyncio.create_task(queue.run(pipeline, FakeClock()))
         await asyncio.wait_for(queue.wait_idle(), 5)
@@ -81,7 +82,9 @@ async def test_queue_is_bounded_in_bytes_too(tmp_path: Path) -> None:
     for _ in range(4):
         queue.offer(Inbound("llm/records/a", big, None))
     assert events == ["pause"] and len(queue) == 4
-    pipeline, store = make_pipeline(prom, tmp_path, sample_rate=0.0)  # counted, not stored
+    pipeline, store = make_pipeline(
+        prom, f"sqlite:///{tmp_path}/q.db", sample_rate=0.0
+    )  # counted, not stored
     async with store:
         runner = asyncio.create_task(queue.run(pipeline, FakeClock()))
         await asyncio.wait_for(queue.wait_idle(), 30)
@@ -91,13 +94,13 @@ async def test_queue_is_bounded_in_bytes_too(tmp_path: Path) -> None:
 
 
 async def test_a_store_behind_on_commits_pauses_processing_and_so_the_source(
-    tmp_path: Path,
+    store_db: StoreDb,
 ) -> None:
     prom = IngestMetrics(CollectorRegistry())
     queue = IngestQueue(capacity=4, prom=prom)
     events: list[str] = []
     queue.set_flow_control(lambda: events.append("pause"), lambda: events.append("resume"))
-    pipeline, store = make_pipeline(prom, tmp_path, queue_size=100)
+    pipeline, store = make_pipeline(prom, store_db.url, queue_size=100)
     # Not opened yet: nothing commits, as with a disk that has stalled.
     filler = b"[" + b",".join(b'{"id": "f%d"}' % i for i in range(100)) + b"]"
     pipeline.process_payload(filler, "llm/records/a", "mqtt", 0.0)

@@ -14,6 +14,7 @@ import pytest
 from lookout.monitor.config import Settings
 from lookout.monitor.daemon import Daemon
 from tests.conftest import PrivateBroker, eventually, running, sample_value
+from tests.stores import StoreDb
 
 
 async def keep_publishing(port: int, topic: str, n: int, sent: asyncio.Event) -> None:
@@ -32,8 +33,11 @@ async def test_restarting_lookout_while_publishing_loses_no_record(
     settings_for: Callable[..., Settings],
     topic_root: str,
     protocol: str,
+    store_db: StoreDb,
 ) -> None:
-    settings = settings_for(bus={"url": private_broker.url, "protocol": protocol})
+    settings = settings_for(
+        bus={"url": private_broker.url, "protocol": protocol}, store={"url": store_db.url}
+    )
     n = 1500
     sent = asyncio.Event()
     first = Daemon(settings)
@@ -122,9 +126,12 @@ async def test_stopping_right_after_connecting_is_prompt(
 
 
 async def test_a_clean_stop_acknowledges_everything_so_nothing_is_redelivered(
-    private_broker: PrivateBroker, settings_for: Callable[..., Settings], topic_root: str
+    private_broker: PrivateBroker,
+    settings_for: Callable[..., Settings],
+    topic_root: str,
+    store_db: StoreDb,
 ) -> None:
-    settings = settings_for(bus={"url": private_broker.url})
+    settings = settings_for(bus={"url": private_broker.url}, store={"url": store_db.url})
     topic = f"llm/records/{topic_root}"
     ok = {"app": "bot", "model": "unknown", "status": "ok"}
     async with running(Daemon(settings)) as d:

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from lookout.monitor.detection.sampler import AppSlots, Sampler, fair_shares
+from lookout.monitor.detection.sampler import AppSlots, CpuBudget, Sampler, fair_shares
 from lookout.series import OTHER
 
 
@@ -64,3 +64,25 @@ def test_apps_beyond_the_cap_are_counted_together() -> None:
     for app in ("a", "b", "c", "d", "e"):
         s.admit(app, 1, error=False)
     assert set(s.tick(behind=False, keeping_up=True)) == {"a", "b", OTHER}
+
+
+def test_the_cpu_budget_turns_a_share_of_a_core_into_texts_a_second() -> None:
+    budget = CpuBudget(cpu_share=0.15, max_texts_per_s=1000)
+    assert budget.texts_per_s() == 1000  # until measured: the cap
+    budget.observe(0.010, 10)  # too few texts to judge yet
+    assert budget.texts_per_s() == 1000
+    budget.observe(0.310, 22)  # 32 texts at 10 ms each: an ONNX-like embedder
+    assert budget.cost_per_text_s == pytest.approx(0.010)
+    assert budget.texts_per_s() == pytest.approx(15.0)  # 0.15 core / 10 ms
+    budget.observe(0.032 * 0.0001, 32)  # a cheap text's cost moves the estimate, not all at once
+    assert 0.006 < budget.cost_per_text_s < 0.008
+    for _ in range(40):
+        budget.observe(32 * 0.0001, 32)
+    assert budget.texts_per_s() == 1000  # cheap again: the cap binds, not the share
+
+
+def test_a_new_budget_is_shared_from_the_next_interval_on() -> None:
+    s = sampler(texts_per_s=100.0)
+    s.set_texts_per_s(10.0, 1.0)
+    s.tick(behind=False, keeping_up=True)
+    assert sum(s.admit("web", 1, error=False) for _ in range(50)) == 10

@@ -1,12 +1,11 @@
-"""SQLite store: sampled records, per-minute rollups, retention, bounded rejected samples."""
+"""The main store, on SQLite and on PostgreSQL: sampled records, per-minute rollups, retention,
+bounded rejected samples, back-pressure, redeliveries, refused rows."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
 import random
-import sqlite3
-from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -17,20 +16,25 @@ from lookout.monitor.daemon import Daemon
 from lookout.monitor.ingest.records import DecodeLimits, decode_payload
 from lookout.monitor.metrics.prom import IngestMetrics
 from lookout.monitor.metrics.rollups import RollupService
-from lookout.monitor.storage.sqlite import SqliteStore
+from lookout.monitor.storage import Store, open_store
+from tests.stores import StoreDb
 
 T0 = 1_700_000_040.0  # on a minute boundary
 
 
-def settings(tmp_path: Path, **store: object) -> Settings:
+def settings(db: StoreDb, **store: object) -> Settings:
     return Settings.model_validate(
-        {"store": {"url": f"sqlite:///{tmp_path}/s.db", **store}, "api": {"bind": "127.0.0.1:0"}}
+        {"store": {"url": db.url, **store}, "api": {"bind": "127.0.0.1:0"}}
     )
 
 
-async def test_sample_rate_keeps_a_share_of_ok_records_and_every_error(tmp_path: Path) -> None:
+def store_of(db: StoreDb, registry: CollectorRegistry, clock: FakeClock, **cfg: object) -> Store:
+    return open_store(settings(db, **cfg).store, IngestMetrics(registry), clock)
+
+
+async def test_sample_rate_keeps_a_share_of_ok_records_and_every_error(store_db: StoreDb) -> None:
     clock = FakeClock(T0)
-    daemon = Daemon(settings(tmp_path, record_sample_rate=0.2), clock=clock)
+    daemon = Daemon(settings(store_db, record_sample_rate=0.2), clock=clock)
     daemon.pipeline._random = random.Random(3).random
     async with daemon.store:
         for i in range(1000):
@@ -38,16 +42,15 @@ async def test_sample_rate_keeps_a_share_of_ok_records_and_every_error(tmp_path:
             payload = f'{{"id": "r{i}", "latency_ms": 5{error}}}'.encode()
             daemon.pipeline.process_payload(payload, "llm/records/a", "mqtt", clock.now())
         await daemon.store.flush()
-        with sqlite3.connect(tmp_path / "s.db") as db:
-            errors = db.execute("SELECT COUNT(*) FROM records WHERE status='error'").fetchone()[0]
-            oks = db.execute("SELECT COUNT(*) FROM records WHERE status='ok'").fetchone()[0]
+        errors = store_db.count("SELECT COUNT(*) FROM records WHERE status='error'")
+        oks = store_db.count("SELECT COUNT(*) FROM records WHERE status='ok'")
     assert errors == 100
     assert 140 <= oks <= 220  # 20% of 900
 
 
-async def test_every_completed_minute_is_rolled_up(tmp_path: Path) -> None:
+async def test_every_completed_minute_is_rolled_up(store_db: StoreDb) -> None:
     clock = FakeClock(T0)
-    daemon = Daemon(settings(tmp_path), clock=clock)
+    daemon = Daemon(settings(store_db), clock=clock)
     rollups = RollupService(daemon.windows, daemon.store, clock)
     async with daemon.store:
         for second in range(150):  # two and a half minutes, one request a second
@@ -66,10 +69,9 @@ async def test_every_completed_minute_is_rolled_up(tmp_path: Path) -> None:
     assert [p.value for p in latency if p.model == "*"] == pytest.approx([0.295, 0.895], abs=0.005)
 
 
-async def test_retention_and_rejected_bound(tmp_path: Path) -> None:
+async def test_retention_and_rejected_bound(store_db: StoreDb) -> None:
     clock = FakeClock(T0)
-    cfg = settings(tmp_path, retention="1h", rejected_keep=5).store
-    store = SqliteStore(cfg, IngestMetrics(CollectorRegistry()), clock)
+    store = store_of(store_db, CollectorRegistry(), clock, retention="1h", rejected_keep=5)
     async with store:
         old = decode_payload(b'[{"id": "old"}, {"latency_ms": -1}]', None, T0, DecodeLimits())
         for record in old.records:
@@ -86,11 +88,10 @@ async def test_retention_and_rejected_bound(tmp_path: Path) -> None:
 
 
 async def test_store_buffer_asks_for_a_pause_then_drops_only_past_the_hard_limit(
-    tmp_path: Path,
+    store_db: StoreDb,
 ) -> None:
     registry = CollectorRegistry()
-    cfg = settings(tmp_path, queue_size=100, queue_hard_limit=120).store
-    store = SqliteStore(cfg, IngestMetrics(registry), FakeClock(T0))
+    store = store_of(store_db, registry, FakeClock(T0), queue_size=100, queue_hard_limit=120)
     records = decode_payload(b"[" + b",".join([b"{}"] * 150) + b"]", None, T0, DecodeLimits())
     for record in records.records[:99]:  # not opened: nothing commits, the buffer fills
         store.put_record(record, 0.0)
@@ -104,18 +105,18 @@ async def test_store_buffer_asks_for_a_pause_then_drops_only_past_the_hard_limit
 
 
 async def test_ids_are_an_apps_own_and_committed_ones_are_recognised_after_a_restart(
-    tmp_path: Path,
+    store_db: StoreDb,
 ) -> None:
     clock = FakeClock(T0 + 5)
     payload = b'[{"id": "req-1", "app": "a", "latency_ms": 5}, {"id": "req-1", "app": "b"}]'
-    first = Daemon(settings(tmp_path), clock=clock)
+    first = Daemon(settings(store_db), clock=clock)
     async with first.store:
         await first.pipeline.restore()
         result = first.pipeline.process_payload(payload, None, "mqtt", clock.now())
         assert (result.accepted, result.duplicates) == (2, 0)  # app-b's req-1 is not app-a's
         await first.store.flush()
     clock.advance(10)
-    second = Daemon(settings(tmp_path), clock=clock)  # a new process, say after kill -9
+    second = Daemon(settings(store_db), clock=clock)  # a new process, say after kill -9
     async with second.store:
         await second.pipeline.restore()
         # The committed minute is back in the windows, and the redelivery is recognised.
@@ -133,11 +134,11 @@ async def test_ids_are_an_apps_own_and_committed_ones_are_recognised_after_a_res
 
 
 async def test_a_score_lands_on_its_own_apps_record_when_ids_repeat_across_apps(
-    tmp_path: Path,
+    store_db: StoreDb,
 ) -> None:
     # Ids are unique per app only: app-b's req-1 is another record than app-a's.
     clock = FakeClock(T0)
-    daemon = Daemon(settings(tmp_path, record_sample_rate=1.0), clock=clock)
+    daemon = Daemon(settings(store_db, record_sample_rate=1.0), clock=clock)
     async with daemon.store:
         for app in ("app-a", "app-b"):
             payload = f'{{"id": "req-1", "app": "{app}", "latency_ms": 5}}'.encode()
@@ -146,23 +147,20 @@ async def test_a_score_lands_on_its_own_apps_record_when_ids_repeat_across_apps(
         flags = '{"ood": {"prompt": {"score": 0.9, "flagged": true, "threshold": 0.5}}}'
         daemon.store.put_scores([("app-a", "req-1", 0.9, flags)])
         await daemon.store.flush()
-        with sqlite3.connect(tmp_path / "s.db") as db:
-            scores = dict(db.execute("SELECT app, ood_score FROM records WHERE id = 'req-1'"))
+        scores = dict(store_db.query("SELECT app, ood_score FROM records WHERE id = 'req-1'"))
     assert scores == {"app-a": 0.9, "app-b": None}
 
 
-async def test_a_row_sqlite_refuses_is_kept_aside_and_the_rest_commits(tmp_path: Path) -> None:
+async def test_a_row_the_database_refuses_is_kept_aside_and_the_rest_commits(
+    store_db: StoreDb,
+) -> None:
     # A deterministic refusal (here an operator's trigger) must not stall ingest by retrying
     # the same group forever: the group is written row by row, the refused row kept aside.
     clock = FakeClock(T0)
-    daemon = Daemon(settings(tmp_path, record_sample_rate=1.0), clock=clock)
+    daemon = Daemon(settings(store_db, record_sample_rate=1.0), clock=clock)
     acked: list[int] = []
     async with daemon.store:
-        with sqlite3.connect(tmp_path / "s.db") as db:
-            db.execute(
-                "CREATE TRIGGER poison BEFORE INSERT ON records WHEN NEW.id = 'poison'"
-                " BEGIN SELECT RAISE(ABORT, 'refused by trigger'); END"
-            )
+        store_db.refuse_record_ids("poison", "refused by trigger")
         for i, rid in enumerate(["a", "poison", "b"]):
             payload = f'{{"id": "{rid}", "latency_ms": 5, "prompt": "p{i}"}}'.encode()
             daemon.pipeline.process_payload(payload, "llm/records/shop", "mqtt", clock.now())

@@ -1,0 +1,206 @@
+"""The main store's tables, as versioned forward migrations per backend.
+
+Each database records the migrations applied to it in `schema_migrations` (one row per
+version). Opening a store applies the missing ones in order, in one transaction with the
+version rows, so a crash half-way leaves the database as it was; a database whose version is
+newer than this code's is refused, as an older release must not write a layout it does not
+know. A migration is never edited once released: a change is a new migration at the end.
+
+The outbox, references, judge store and alert state keep their own SQLite files for now.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from lookout.errors import StoreError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from psycopg import AsyncConnection
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+_SQLITE_V1 = (
+    """CREATE TABLE IF NOT EXISTS records (
+    id TEXT NOT NULL, ts REAL NOT NULL, received_at REAL NOT NULL, app TEXT NOT NULL,
+    model TEXT NOT NULL, provider TEXT, status TEXT NOT NULL, latency_ms REAL, ttft_ms REAL,
+    input_tokens INTEGER, output_tokens INTEGER, cost REAL, prompt TEXT, response TEXT,
+    error TEXT, user_id TEXT, session_id TEXT, metadata TEXT, ood_score REAL, flags TEXT,
+    PRIMARY KEY (app, id))""",
+    "CREATE INDEX IF NOT EXISTS records_id ON records (id)",
+    "CREATE INDEX IF NOT EXISTS records_app_ts ON records (app, ts)",
+    "CREATE INDEX IF NOT EXISTS records_received ON records (received_at)",
+    """CREATE TABLE IF NOT EXISTS rollups (
+    minute INTEGER NOT NULL, app TEXT NOT NULL, model TEXT NOT NULL, series TEXT NOT NULL,
+    value REAL NOT NULL, PRIMARY KEY (minute, app, model, series)) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS partials (
+    minute INTEGER NOT NULL, app TEXT NOT NULL, model TEXT NOT NULL, count INTEGER NOT NULL,
+    errors INTEGER NOT NULL, output_tokens INTEGER NOT NULL, tokens INTEGER NOT NULL,
+    token_records INTEGER NOT NULL, cost REAL NOT NULL, latency_s BLOB, ttft_s BLOB,
+    gen_tps BLOB, PRIMARY KEY (minute, app, model)) WITHOUT ROWID""",
+    "CREATE TABLE IF NOT EXISTS seen_ids (n INTEGER NOT NULL, ids BLOB NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS rejected (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, source TEXT NOT NULL,
+    reason TEXT NOT NULL, detail TEXT NOT NULL, sample BLOB NOT NULL)""",
+)
+
+# Users' feedback events (storage/feedback.py), keyed by their identity. `IF NOT EXISTS`: the
+# judge's store creates it too in a file no store has opened yet (judge/store.py).
+SQLITE_FEEDBACK = (
+    """CREATE TABLE IF NOT EXISTS feedback (
+    app TEXT NOT NULL, record_id TEXT NOT NULL, key TEXT NOT NULL, user_id TEXT NOT NULL,
+    score REAL NOT NULL, value TEXT, comment TEXT, ts REAL NOT NULL, received_at REAL NOT NULL,
+    negative INTEGER NOT NULL, PRIMARY KEY (app, record_id, key, user_id))""",
+    "CREATE INDEX IF NOT EXISTS feedback_received ON feedback (received_at)",
+)
+
+# `IF NOT EXISTS` throughout: a database made before versioning (which has no
+# schema_migrations table) already holds some of these tables; see `_adopt_unversioned`.
+SQLITE_MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "records, rollups, partials, seen ids, rejected samples", _SQLITE_V1),
+    Migration(2, "feedback events", SQLITE_FEEDBACK),
+)
+
+# Partials carry a `node` (`node.id`): each node of a cluster adds to its own rows, so a
+# commit never waits on another node's lock, and readers merge the nodes' rows of a minute.
+_POSTGRES_V1 = (
+    """CREATE TABLE records (
+    id TEXT NOT NULL, ts DOUBLE PRECISION NOT NULL, received_at DOUBLE PRECISION NOT NULL,
+    app TEXT NOT NULL, model TEXT NOT NULL, provider TEXT, status TEXT NOT NULL,
+    latency_ms DOUBLE PRECISION, ttft_ms DOUBLE PRECISION, input_tokens BIGINT,
+    output_tokens BIGINT, cost DOUBLE PRECISION, prompt TEXT, response TEXT, error TEXT,
+    user_id TEXT, session_id TEXT, metadata TEXT, ood_score DOUBLE PRECISION, flags TEXT,
+    PRIMARY KEY (app, id))""",
+    "CREATE INDEX records_id ON records (id)",
+    "CREATE INDEX records_app_ts ON records (app, ts)",
+    "CREATE INDEX records_received ON records (received_at)",
+    """CREATE TABLE rollups (
+    minute BIGINT NOT NULL, app TEXT NOT NULL, model TEXT NOT NULL, series TEXT NOT NULL,
+    value DOUBLE PRECISION NOT NULL, PRIMARY KEY (minute, app, model, series))""",
+    """CREATE TABLE partials (
+    minute BIGINT NOT NULL, app TEXT NOT NULL, model TEXT NOT NULL,
+    node TEXT NOT NULL DEFAULT '', count BIGINT NOT NULL, errors BIGINT NOT NULL,
+    output_tokens BIGINT NOT NULL, tokens BIGINT NOT NULL, token_records BIGINT NOT NULL,
+    cost DOUBLE PRECISION NOT NULL, latency_s BYTEA, ttft_s BYTEA, gen_tps BYTEA,
+    PRIMARY KEY (minute, app, model, node))""",
+    """CREATE TABLE seen_ids (
+    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, n INTEGER NOT NULL,
+    ids BYTEA NOT NULL)""",
+    """CREATE TABLE rejected (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, at DOUBLE PRECISION NOT NULL,
+    source TEXT NOT NULL, reason TEXT NOT NULL, detail TEXT NOT NULL, sample BYTEA NOT NULL)""",
+    # The keys of recently committed groups: a retry after a connection lost during COMMIT
+    # finds its key and writes nothing twice.
+    "CREATE TABLE commit_groups (key TEXT PRIMARY KEY, at DOUBLE PRECISION NOT NULL)",
+)
+
+_POSTGRES_FEEDBACK = (
+    """CREATE TABLE feedback (
+    app TEXT NOT NULL, record_id TEXT NOT NULL, key TEXT NOT NULL, user_id TEXT NOT NULL,
+    score DOUBLE PRECISION NOT NULL, value TEXT, comment TEXT, ts DOUBLE PRECISION NOT NULL,
+    received_at DOUBLE PRECISION NOT NULL, negative BOOLEAN NOT NULL,
+    PRIMARY KEY (app, record_id, key, user_id))""",
+    "CREATE INDEX feedback_received ON feedback (received_at)",
+)
+
+POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "records, rollups, partials per node, seen ids, rejected samples", _POSTGRES_V1),
+    Migration(2, "feedback events", _POSTGRES_FEEDBACK),
+)
+
+_VERSION_TABLE = (
+    "CREATE TABLE IF NOT EXISTS schema_migrations ("
+    " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)"
+)
+
+_CURRENT_VERSION = "SELECT COALESCE(MAX(version), 0) FROM schema_migrations"
+
+
+def pending(current: int, migrations: Sequence[Migration], where: str) -> list[Migration]:
+    """The migrations a database at version `current` lacks; StoreError if it is newer."""
+    latest = migrations[-1].version if migrations else 0
+    if current > latest:
+        raise StoreError(
+            f"{where} has schema version {current}, newer than this release's {latest}: "
+            "run the release that wrote it (or newer)"
+        )
+    return [m for m in migrations if m.version > current]
+
+
+def _adopt_unversioned(db: sqlite3.Connection) -> None:
+    """A database made before versioning keyed records by id alone (ids are unique per app
+    only): rebuild that table keyed by (app, id), rows kept, before migration 1 runs."""
+    pk = {row[1]: row[5] for row in db.execute("PRAGMA table_info(records)")}
+    if not pk or pk.get("app"):
+        return  # no records table yet, or already keyed by (app, id)
+    db.execute("ALTER TABLE records RENAME TO records_unversioned")
+    for index in ("records_id", "records_app_ts", "records_received"):
+        db.execute(f"DROP INDEX IF EXISTS {index}")
+    db.execute(_SQLITE_V1[0])
+    db.execute("INSERT OR IGNORE INTO records SELECT * FROM records_unversioned")
+    db.execute("DROP TABLE records_unversioned")
+
+
+def migrate_sqlite(
+    db: sqlite3.Connection, migrations: Sequence[Migration] = SQLITE_MIGRATIONS
+) -> int:
+    """Bring `db` (autocommit mode) to the newest version in one IMMEDIATE transaction, so
+    two processes opening it at once do not both migrate. Returns the version."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        versioned = db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
+        ).fetchone()
+        db.execute(_VERSION_TABLE)
+        (current,) = db.execute(_CURRENT_VERSION).fetchone()
+        todo = pending(current, migrations, "the SQLite store")
+        if not versioned:
+            _adopt_unversioned(db)
+        for m in todo:
+            for statement in m.statements:
+                db.execute(statement)
+            db.execute(
+                "INSERT INTO schema_migrations VALUES (?, ?, ?)", (m.version, m.name, time.time())
+            )
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+    return todo[-1].version if todo else int(current)
+
+
+# Any constant taken by every lookout process that migrates: one migrates, the others wait.
+_MIGRATION_LOCK = 0x6C6F6F6B6F7574
+
+
+async def migrate_postgres(
+    conn: AsyncConnection[Any], migrations: Sequence[Migration] = POSTGRES_MIGRATIONS
+) -> int:
+    """Bring the database to the newest version in one transaction, under an advisory lock
+    so that nodes starting together migrate once. Returns the version."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+        await conn.execute(_VERSION_TABLE)
+        cur = await conn.execute(_CURRENT_VERSION)
+        row = await cur.fetchone()
+        current = int(row[0]) if isinstance(row, tuple) else 0
+        todo = pending(current, migrations, "the PostgreSQL store")
+        for m in todo:
+            for statement in m.statements:
+                await conn.execute(statement)
+            await conn.execute(
+                "INSERT INTO schema_migrations VALUES (%s, %s, %s)",
+                (m.version, m.name, time.time()),
+            )
+    return todo[-1].version if todo else current

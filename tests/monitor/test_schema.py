@@ -1,0 +1,146 @@
+"""Versioned migrations of the main store: databases made by earlier releases upgrade with
+their rows intact, and a database newer than the code is refused."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import psycopg
+import pytest
+from prometheus_client import CollectorRegistry
+
+from lookout.clock import FakeClock
+from lookout.errors import StoreError
+from lookout.monitor.config import Settings
+from lookout.monitor.metrics.prom import IngestMetrics
+from lookout.monitor.storage.schema import (
+    POSTGRES_MIGRATIONS,
+    SQLITE_MIGRATIONS,
+    Migration,
+    migrate_postgres,
+    migrate_sqlite,
+)
+from lookout.monitor.storage.sqlite import SqliteStore
+from tests.stores import pg_database
+
+SCHEMAS = Path(__file__).resolve().parents[1] / "data" / "store_schemas"
+T0 = 1_700_000_040.0
+SQLITE_LATEST = SQLITE_MIGRATIONS[-1].version
+POSTGRES_LATEST = POSTGRES_MIGRATIONS[-1].version
+
+
+def open_store(db_path: Path) -> SqliteStore:
+    cfg = Settings.model_validate({"store": {"url": f"sqlite:///{db_path}"}}).store
+    return SqliteStore(cfg, IngestMetrics(CollectorRegistry()), FakeClock(T0))
+
+
+def old_database(db_path: Path, schema: str) -> None:
+    """A database as an earlier release left it: its tables and a few rows."""
+    with sqlite3.connect(db_path) as db:
+        db.executescript((SCHEMAS / schema).read_text())
+        for i, app in enumerate(["shop", "support"]):
+            db.execute(
+                "INSERT INTO records (id, ts, received_at, app, model, status, latency_ms,"
+                " prompt, metadata) VALUES (?, ?, ?, ?, 'gpt', 'ok', ?, 'hi', '{\"k\": 1}')",
+                (f"req-{i}", T0, T0, app, 100.0 + i),
+            )
+        db.execute("INSERT INTO rollups VALUES (?, 'shop', '*', 'qps', 2.5)", (int(T0),))
+        db.execute(
+            "INSERT INTO rejected (at, source, reason, detail, sample)"
+            " VALUES (?, 'mqtt', 'invalid_json', 'bad', x'7b')",
+            (T0,),
+        )
+
+
+def versions(db_path: Path) -> list[int]:
+    with sqlite3.connect(db_path) as db:
+        return [row[0] for row in db.execute("SELECT version FROM schema_migrations")]
+
+
+@pytest.mark.parametrize(
+    "schema", ["sqlite_unversioned_id_key.sql", "sqlite_unversioned_app_id_key.sql"]
+)
+async def test_a_database_of_an_earlier_release_upgrades_with_its_rows_intact(
+    tmp_path: Path, schema: str
+) -> None:
+    db_path = tmp_path / "old.db"
+    old_database(db_path, schema)
+    async with open_store(db_path) as store:
+        shop = await store.get_record("req-0")
+        assert shop is not None
+        assert (shop["app"], shop["latency_ms"], shop["prompt"]) == ("shop", 100.0, "hi")
+        assert shop["metadata"] == '{"k": 1}'
+        assert await store.count_records() == 2
+        (qps,) = await store.rollups(T0, app="shop")
+        assert (qps.series, qps.value) == ("qps", 2.5)
+        (sample,) = await store.rejected()
+        assert (sample.reason, sample.sample) == ("invalid_json", b"{")
+        assert await store.partials(0) == []  # a table the oldest release did not have
+    assert versions(db_path) == [m.version for m in SQLITE_MIGRATIONS]
+    with sqlite3.connect(db_path) as db:
+        # Keyed by (app, id) now: another app's req-0 is another record.
+        db.execute(
+            "INSERT INTO records (id, ts, received_at, app, model, status)"
+            " VALUES ('req-0', 1, 1, 'support', 'gpt', 'ok')"
+        )
+        indexes = {row[1] for row in db.execute("PRAGMA index_list(records)")}
+    assert {"records_id", "records_app_ts", "records_received"} <= indexes
+
+
+async def test_opening_again_applies_nothing_twice(tmp_path: Path) -> None:
+    db_path = tmp_path / "s.db"
+    for _ in range(2):
+        async with open_store(db_path):
+            pass
+    assert versions(db_path) == [m.version for m in SQLITE_MIGRATIONS]
+
+
+def test_only_the_missing_migrations_run_in_order(tmp_path: Path) -> None:
+    n = SQLITE_LATEST
+    later = Migration(n + 1, "a later column", ("ALTER TABLE rejected ADD COLUMN node TEXT",))
+    db = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
+    try:
+        assert migrate_sqlite(db) == n
+        assert migrate_sqlite(db, (*SQLITE_MIGRATIONS, later)) == n + 1
+        assert migrate_sqlite(db, (*SQLITE_MIGRATIONS, later)) == n + 1
+        columns = {row[1] for row in db.execute("PRAGMA table_info(rejected)")}
+        assert "node" in columns
+        failing = Migration(n + 2, "refused", ("CREATE TABLE records (x)",))  # exists: refused
+        with pytest.raises(sqlite3.OperationalError):
+            migrate_sqlite(db, (*SQLITE_MIGRATIONS, later, failing))
+        # The failed migration left nothing behind: still the later version.
+        got = [r[0] for r in db.execute("SELECT version FROM schema_migrations")]
+        assert got == [*range(1, n + 2)]
+    finally:
+        db.close()
+
+
+async def test_a_database_newer_than_the_code_is_refused(tmp_path: Path) -> None:
+    db_path = tmp_path / "s.db"
+    async with open_store(db_path):
+        pass
+    with sqlite3.connect(db_path) as db:
+        db.execute("INSERT INTO schema_migrations VALUES (99, 'from the future', 0)")
+    newer = f"schema version 99, newer than this release's {SQLITE_LATEST}"
+    with pytest.raises(StoreError, match=newer):
+        async with open_store(db_path):
+            pass
+
+
+async def test_postgres_migrates_once_applies_only_what_is_missing_and_refuses_newer() -> None:
+    n = POSTGRES_LATEST
+    later = Migration(n + 1, "a later column", ("ALTER TABLE rejected ADD COLUMN node TEXT",))
+    failing = Migration(n + 2, "refused", ("CREATE TABLE records (x int)",))  # exists: refused
+    with pg_database() as url:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            assert await migrate_postgres(conn) == n
+            assert await migrate_postgres(conn) == n
+            assert await migrate_postgres(conn, (*POSTGRES_MIGRATIONS, later)) == n + 1
+            with pytest.raises(psycopg.errors.DuplicateTable):
+                await migrate_postgres(conn, (*POSTGRES_MIGRATIONS, later, failing))
+            cur = await conn.execute("SELECT version FROM schema_migrations ORDER BY version")
+            assert [row[0] for row in await cur.fetchall()] == [*range(1, n + 2)]
+            newer = f"schema version {n + 1}, newer than this release's {n}"
+            with pytest.raises(StoreError, match=newer):
+                await migrate_postgres(conn)
