@@ -15,11 +15,10 @@ import argparse
 import asyncio
 import json
 import statistics
-import sys
 import tempfile
 import time
-from pathlib import Path
 
+from ingest import BATCH, TOPIC, record  # the records bench/ingest.py publishes
 from prometheus_client import CollectorRegistry
 
 from lookout.clock import SystemClock
@@ -27,9 +26,6 @@ from lookout.monitor.builders import build_pipeline, build_windows
 from lookout.monitor.config import Settings
 from lookout.monitor.metrics.prom import IngestMetrics
 from lookout.monitor.storage.sqlite import SqliteStore
-
-sys.path.insert(0, str(Path(__file__).parent))
-from ingest import BATCH, TOPIC, record  # the records bench/ingest.py publishes
 
 
 def payloads(records: int, batch: int) -> list[bytes]:
