@@ -27,6 +27,7 @@ from lookout.detectors.judge import criteria_from
 from lookout.monitor.allocator import fix_mmap_threshold
 from lookout.monitor.anomaly import AnomalyBook
 from lookout.monitor.builders import build_pipeline, build_windows, decode_limits, price_table
+from lookout.monitor.cluster.node import NodeCluster
 from lookout.monitor.config import JudgeConfig, Settings, mask_url
 from lookout.monitor.config.node import mqtt_client_id
 from lookout.monitor.detection.embedding import build_embedder
@@ -108,6 +109,14 @@ class Daemon:
         )
         # One table for records and the judge: it owns lookout_cost_unknown_model_total.
         self.prices = price_table(settings, self.registry)
+        self.cluster = NodeCluster(
+            settings,
+            self.store,
+            self.windows,
+            self.clock,
+            registry=self.registry,
+            new_windows=lambda started_at: build_windows(settings, started_at),
+        )
         self.pipeline = build_pipeline(settings, self.windows, self.prom, self.store, self.prices)
         self.queue = IngestQueue(settings.bus.queue_size, self.prom, settings.bus.queue_bytes)
         self.source = MqttSource(
@@ -138,6 +147,10 @@ class Daemon:
     def current_stats(self) -> list[WindowStats]:
         return self.windows.query(self.settings.metrics.default_window, self.clock.now())
 
+    def cluster_stats(self) -> list[WindowStats]:
+        """Every node's, in a cluster (docs/scale-out.md); else this node's."""
+        return self.cluster.windows.query(self.settings.metrics.default_window, self.clock.now())
+
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then drain the queue and flush the store."""
         s = self.settings
@@ -145,7 +158,8 @@ class Daemon:
         limit_native_threads()  # no BLAS workers spinning beside the ingest loop
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(self.store)
-            await self.pipeline.restore()
+            await self.pipeline.restore(node=s.node.id if self.cluster.enabled else None)
+            await stack.enter_async_context(self.cluster.running())
             if s.bus.embedded:
                 await stack.enter_async_context(EmbeddedBroker(s.bus))
             api = await stack.enter_async_context(self._api_server())
@@ -222,7 +236,7 @@ class Daemon:
                 await self._alert_engine(stack, extra_series)
             )
         self.rollups = RollupService(
-            self.windows,
+            self.cluster.windows,
             self.store,
             self.clock,
             extra_series=extra_series,
@@ -233,7 +247,7 @@ class Daemon:
             window_s=s.metrics.default_window,
             source=self.source,
             queue=self.queue,
-            current_stats=self.current_stats,
+            current_stats=self.cluster_stats,
             redact=lambda text: redactor.redact(text).text,
             detection=self.detection,
             judge=self.judge,
@@ -275,6 +289,7 @@ class Daemon:
             outbox=self.outbox,
             max_body_bytes=self.settings.bus.max_payload_bytes,
             silence_max_s=self.settings.silences.max_duration,
+            cluster=self.cluster.view.status,
         )
         return ApiRoutes(deps)
 
@@ -301,7 +316,7 @@ class Daemon:
             self.anomaly = await stack.enter_async_context(book.running())
 
         def rule_series(window_s: float, now: float) -> list[SeriesPoint]:
-            return self.windows.points(window_s, now) + list(extra_series(window_s, now))
+            return self.cluster.windows.points(window_s, now) + list(extra_series(window_s, now))
 
         engine = AlertEngine(
             s.rules,

@@ -94,8 +94,17 @@ _POSTGRES_V1 = (
     "CREATE TABLE commit_groups (key TEXT PRIMARY KEY, at DOUBLE PRECISION NOT NULL)",
 )
 
+# The cluster's members: each node's heartbeat (monitor/cluster/membership.py).
+_POSTGRES_V2 = (
+    """CREATE TABLE nodes (
+    node TEXT PRIMARY KEY, started_at DOUBLE PRECISION NOT NULL,
+    heartbeat_at DOUBLE PRECISION NOT NULL, version TEXT NOT NULL,
+    records_last_minute BIGINT NOT NULL DEFAULT 0)""",
+)
+
 POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "records, rollups, partials per node, seen ids, rejected samples", _POSTGRES_V1),
+    Migration(2, "nodes and their heartbeats", _POSTGRES_V2),
 )
 
 _VERSION_TABLE = (

@@ -124,16 +124,19 @@ async def test_a_database_newer_than_the_code_is_refused(tmp_path: Path) -> None
 
 
 async def test_postgres_migrates_once_applies_only_what_is_missing_and_refuses_newer() -> None:
-    later = Migration(2, "a later column", ("ALTER TABLE rejected ADD COLUMN node TEXT",))
-    failing = Migration(3, "refused", ("CREATE TABLE records (x int)",))  # exists: refused
+    n = POSTGRES_MIGRATIONS[-1].version
+    later = Migration(n + 1, "a later column", ("ALTER TABLE rejected ADD COLUMN node TEXT",))
+    failing = Migration(n + 2, "refused", ("CREATE TABLE records (x int)",))  # exists: refused
     with pg_database() as url:
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-            assert await migrate_postgres(conn) == 1
-            assert await migrate_postgres(conn) == 1
-            assert await migrate_postgres(conn, (*POSTGRES_MIGRATIONS, later)) == 2
+            assert await migrate_postgres(conn) == n
+            assert await migrate_postgres(conn) == n
+            assert await migrate_postgres(conn, (*POSTGRES_MIGRATIONS, later)) == n + 1
             with pytest.raises(psycopg.errors.DuplicateTable):
                 await migrate_postgres(conn, (*POSTGRES_MIGRATIONS, later, failing))
             cur = await conn.execute("SELECT version FROM schema_migrations ORDER BY version")
-            assert [row[0] for row in await cur.fetchall()] == [1, 2]
-            with pytest.raises(StoreError, match="schema version 2, newer than this release's 1"):
+            assert [row[0] for row in await cur.fetchall()] == list(range(1, n + 2))
+            with pytest.raises(
+                StoreError, match=f"schema version {n + 1}, newer than this release's {n}"
+            ):
                 await migrate_postgres(conn)
