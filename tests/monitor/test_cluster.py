@@ -9,9 +9,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from rich.console import Console
 
 from lookout.clock import FakeClock
 from lookout.errors import ConfigError
+from lookout.monitor.cli.cluster_status import cluster_table
 from lookout.monitor.config import Settings
 from lookout.monitor.daemon import Daemon
 from lookout.monitor.metrics.windows import ALL, WindowStats
@@ -120,3 +122,47 @@ async def _members_listed(a: Daemon, nodes: list[Daemon]) -> None:
 async def test_cluster_enabled_needs_postgresql(tmp_path: Path, topic_root: str) -> None:
     with pytest.raises(ConfigError, match="needs a PostgreSQL store"):
         Daemon(make_settings(tmp_path, topic_root, cluster={"enabled": True}))
+
+
+def test_status_lists_the_nodes_alive_or_not_and_their_shares() -> None:
+    body = {
+        "node": "n1",
+        "cluster": True,
+        "now": T0,
+        "alive_within_s": 15.0,
+        "nodes": [
+            {
+                "node": "n1",
+                "version": "0.1.0",
+                "started_at": T0 - 99,
+                "heartbeat_at": T0 - 2,
+                "alive": True,
+                "records_last_minute": 300,
+                "share": 0.5,
+            },
+            {
+                "node": "n2",
+                "version": "0.1.0",
+                "started_at": T0 - 99,
+                "heartbeat_at": T0 - 4,
+                "alive": True,
+                "records_last_minute": 300,
+                "share": 0.5,
+            },
+            {
+                "node": "n3",
+                "version": "0.1.0",
+                "started_at": T0 - 99,
+                "heartbeat_at": T0 - 40,
+                "alive": False,
+                "records_last_minute": 280,
+                "share": None,
+            },
+        ],
+    }
+    out = Console(record=True, width=80)
+    out.print(cluster_table(body))
+    lines = out.export_text().splitlines()
+    row = {line.split()[0]: line.split() for line in lines if line.strip().startswith("n")}
+    assert row["n1"][1:] == ["(this)", "yes", "2", "s", "ago", "300", "50%", "0.1.0"]
+    assert row["n3"][1:] == ["no", "40", "s", "ago", "280", "-", "0.1.0"]
