@@ -104,6 +104,15 @@ def _same_series_on_every_node(nodes: list[Daemon], alone: Daemon) -> None:
         assert merged.qps == pytest.approx(whole.qps)
         assert whole.latency_p95 is not None
         assert merged.latency_p95 == pytest.approx(whole.latency_p95, rel=0.02)
+        # What rules read: the same cluster-wide values.
+        window_s = d.settings.metrics.default_window
+        rule_series = {
+            p.metric: p.value
+            for p in d.cluster.windows.points(window_s, d.clock.now())
+            if dict(p.labels) == {"app": "shop", "model": ALL}
+        }
+        assert rule_series["latency_p95"] == merged.latency_p95
+        assert rule_series["qps"] == merged.qps
 
 
 async def _members_listed(a: Daemon, nodes: list[Daemon]) -> None:
