@@ -139,6 +139,7 @@ class PostgresStore(GroupCommitStore):
                 await conn.execute("DELETE FROM records WHERE received_at < %s", (cutoff,))
                 await conn.execute("DELETE FROM rollups WHERE minute < %s", (cutoff,))
                 await conn.execute("DELETE FROM partials WHERE minute < %s", (cutoff,))
+                await conn.execute("DELETE FROM nodes WHERE heartbeat_at < %s", (cutoff,))
                 await conn.execute(
                     "DELETE FROM commit_groups WHERE at < %s", (now - _COMMIT_KEYS_KEEP_S,)
                 )

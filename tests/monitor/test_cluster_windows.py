@@ -77,3 +77,16 @@ async def test_other_nodes_minutes_join_and_a_late_commit_is_read_within_a_minut
                 await cluster.refresh()
                 counts.append(shop(cluster, 300.0, clock.now())[0])
             assert counts[0] == 180 and counts[-1] == 210
+
+
+async def test_a_node_silent_longer_than_the_retention_leaves_the_list() -> None:
+    clock = FakeClock(T0)
+    with pg_database() as url:
+        async with store(url, "a", clock) as a:
+            await a.beat(NodeRow("gone", T0 - 9000, T0 - 8000, "x", 5))
+            await a.beat(NodeRow("quiet", T0 - 9000, T0 - 3000, "x", 0))
+            await a.beat(NodeRow("a", T0 - 100, T0, "x", 7))
+            await a.prune(T0)  # store.retention: 7 days by default
+            assert [n.node for n in await a.nodes()] == ["a", "gone", "quiet"]
+            await a.prune(T0 + 7 * 86400 - 5000)
+            assert [n.node for n in await a.nodes()] == ["a", "quiet"]
