@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 
@@ -21,6 +22,11 @@ from lookout.monitor.metrics.tools import ToolCollector, ToolWindows
 from lookout.monitor.metrics.windows import ALL, WindowedMetrics
 from lookout.monitor.storage import Store
 from lookout.redaction import Redactor
+from lookout.series import SeriesPoint
+
+if TYPE_CHECKING:
+    from lookout.monitor.detection.service import DetectionService
+    from lookout.monitor.judge.service import JudgeService
 
 
 def build_windows(
@@ -184,3 +190,21 @@ def build_usage(  # noqa: PLR0917 - the pipeline it feeds from and where its par
     if tool_use is not None:
         pipeline.tool_use = tool_use.observe
     return Usage(feedback, engagement, tool_use)
+
+
+def merged_series(
+    detection: DetectionService | None, judge: JudgeService | None, *more: SeriesFn
+) -> SeriesFn:
+    """The detectors', the judge's and `more` series (usage), as rules and rollups read them."""
+
+    def series(window_s: float, now: float) -> list[SeriesPoint]:
+        points: list[SeriesPoint] = []
+        for extra in more:
+            points += extra(window_s, now)
+        if detection is not None:
+            points += [s.point() for s in detection.series(window_s, now)]
+        if judge is not None:
+            points += judge.series(window_s, now)
+        return points
+
+    return series

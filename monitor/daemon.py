@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from typing import Any
 
 import httpx
@@ -31,9 +31,11 @@ from lookout.monitor.builders import (
     build_usage,
     build_windows,
     decode_limits,
+    merged_series,
     price_table,
 )
-from lookout.monitor.config import JudgeConfig, Settings, mask_url
+from lookout.monitor.cluster.node import NodeCluster
+from lookout.monitor.config import Settings, mask_url
 from lookout.monitor.config.node import mqtt_client_id
 from lookout.monitor.detection.embedding import build_embedder
 from lookout.monitor.detection.sampler import AppSlots
@@ -44,7 +46,7 @@ from lookout.monitor.ingest.mqtt import MqttSource
 from lookout.monitor.ingest.otlp_receiver import OtlpReceiver
 from lookout.monitor.ingest.queue import IngestQueue
 from lookout.monitor.judge.anchors import load_anchors
-from lookout.monitor.judge.client import JudgeClient, chat_model
+from lookout.monitor.judge.client import JudgeClient, JudgeModelFactory, judge_model_from_config
 from lookout.monitor.judge.eval_series import EvalCollector
 from lookout.monitor.judge.eval_store import EvalStore
 from lookout.monitor.judge.metrics import FeedbackAgreementCollector
@@ -65,32 +67,6 @@ from lookout.redaction import Redactor
 from lookout.series import SeriesPoint
 
 log = structlog.get_logger(__name__)
-# Builds the judge's LangChain chat model from its config (blocking: run in a thread).
-JudgeModelFactory = Callable[[JudgeConfig], Any]
-
-
-def judge_model_from_config(cfg: JudgeConfig) -> Any:
-    assert cfg.model is not None  # the config requires it when enabled
-    api_key = cfg.api_key.get_secret_value() if cfg.api_key else None
-    return chat_model(cfg.model, base_url=cfg.base_url, api_key=api_key, timeout_s=cfg.timeout_s)
-
-
-def merged_series(
-    detection: DetectionService | None, judge: JudgeService | None, *more: SeriesFn
-) -> SeriesFn:
-    """The detectors', the judge's and `more` series (usage), as rules and rollups read them."""
-
-    def series(window_s: float, now: float) -> list[SeriesPoint]:
-        points: list[SeriesPoint] = []
-        for extra in more:
-            points += extra(window_s, now)
-        if detection is not None:
-            points += [s.point() for s in detection.series(window_s, now)]
-        if judge is not None:
-            points += judge.series(window_s, now)
-        return points
-
-    return series
 
 
 class Daemon:
@@ -119,6 +95,14 @@ class Daemon:
         )
         # One table for records and the judge: it owns lookout_cost_unknown_model_total.
         self.prices = price_table(settings, self.registry)
+        self.cluster = NodeCluster(
+            settings,
+            self.store,
+            self.windows,
+            self.clock,
+            registry=self.registry,
+            new_windows=lambda started_at: build_windows(settings, started_at),
+        )
         self.pipeline = build_pipeline(settings, self.windows, self.prom, self.store, self.prices)
         self.usage = build_usage(
             settings, self.pipeline, self.windows, self.store, self.registry, self.clock.now
@@ -152,6 +136,10 @@ class Daemon:
     def current_stats(self) -> list[WindowStats]:
         return self.windows.query(self.settings.metrics.default_window, self.clock.now())
 
+    def cluster_stats(self) -> list[WindowStats]:
+        """Every node's, in a cluster (docs/scale-out.md); else this node's."""
+        return self.cluster.windows.query(self.settings.metrics.default_window, self.clock.now())
+
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then drain the queue and flush the store."""
         s = self.settings
@@ -159,8 +147,9 @@ class Daemon:
         limit_native_threads()  # no BLAS workers spinning beside the ingest loop
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(self.store)
-            await self.pipeline.restore()
+            await self.pipeline.restore(node=s.node.id if self.cluster.enabled else None)
             await self.usage.feedback.restore(self.clock.now())
+            await stack.enter_async_context(self.cluster.running())
             if s.bus.embedded:
                 await stack.enter_async_context(EmbeddedBroker(s.bus))
             api = await stack.enter_async_context(self._api_server())
@@ -237,7 +226,7 @@ class Daemon:
                 await self._alert_engine(stack, extra_series)
             )
         self.rollups = RollupService(
-            self.windows,
+            self.cluster.windows,
             self.store,
             self.clock,
             extra_series=extra_series,
@@ -248,7 +237,7 @@ class Daemon:
             window_s=s.metrics.default_window,
             source=self.source,
             queue=self.queue,
-            current_stats=self.current_stats,
+            current_stats=self.cluster_stats,
             redact=lambda text: redactor.redact(text).text,
             detection=self.detection,
             judge=self.judge,
@@ -294,6 +283,7 @@ class Daemon:
             max_body_bytes=self.settings.bus.max_payload_bytes,
             silence_max_s=self.settings.silences.max_duration,
             feedback=self.usage.feedback,
+            cluster=self.cluster.view.status,
         )
         return ApiRoutes(deps)
 
@@ -320,7 +310,7 @@ class Daemon:
             self.anomaly = await stack.enter_async_context(book.running())
 
         def rule_series(window_s: float, now: float) -> list[SeriesPoint]:
-            return self.windows.points(window_s, now) + list(extra_series(window_s, now))
+            return self.cluster.windows.points(window_s, now) + list(extra_series(window_s, now))
 
         engine = AlertEngine(
             s.rules,

@@ -19,6 +19,7 @@ from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Table
 
+from lookout.monitor.cli.cluster_status import print_cluster
 from lookout.monitor.cli.common import ConfigOpt, console, err, load_settings_or_exit
 
 
@@ -315,11 +316,12 @@ def status(
         bool, typer.Option("--wide", help="Every series (p50/p99, TTFT, tokens), however wide.")
     ] = False,
 ) -> None:
-    """Show a running daemon's current series, drift and OOD, users' feedback, and the judge's
-    last run."""
+    """Show a running daemon's current series, drift and OOD, users' feedback, the judge's
+    last run, and the cluster's nodes."""
     settings = load_settings_or_exit(config)
     host = "127.0.0.1" if settings.api.host in ("0.0.0.0", "::") else settings.api.host  # noqa: S104
-    url = f"http://{host}:{settings.api.port}/api/v1/status"
+    base = f"http://{host}:{settings.api.port}"
+    url = f"{base}/api/v1/status"
     headers = {}
     if settings.api.token is not None:
         headers["Authorization"] = f"Bearer {settings.api.token.get_secret_value()}"
@@ -330,3 +332,4 @@ def status(
         err.print(f"[red]error:[/red] no daemon answering at {url}: {exc}", highlight=False)
         raise typer.Exit(1) from None
     print_status(console, response.json(), wide=wide)
+    print_cluster(console, base, headers)

@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from lookout.alerts.config import ChannelConfig, RuleConfig, SilencesConfig
 from lookout.durations import DurationS
 from lookout.errors import ConfigError
+from lookout.monitor.config.cluster import ClusterConfig
 from lookout.monitor.config.detection import DetectorsConfig
 from lookout.monitor.config.engagement import EngagementConfig
 from lookout.monitor.config.feedback import FeedbackConfig
@@ -46,6 +47,7 @@ class Settings(BaseSettings):
     )
 
     node: NodeConfig = Field(default_factory=NodeConfig)
+    cluster: ClusterConfig = ClusterConfig()
     bus: BusConfig = BusConfig()
     store: StoreConfig = Field(default_factory=StoreConfig)
     api: ApiConfig = ApiConfig()

@@ -122,12 +122,13 @@ class Pipeline:
         if new_ids:
             self._store.put_seen_ids(new_ids)
 
-    async def restore(self) -> None:
+    async def restore(self, node: str | None = None) -> None:
         """After a restart: remember the committed ids (their redeliveries are duplicates)
-        and seed the windows with the committed minutes they cover."""
+        and seed the windows with the committed minutes they cover (`node`: only that node's,
+        in a cluster whose other nodes' minutes are read beside the windows)."""
         self._recent.restore(await self._store.recent_ids(self._recent_capacity))
         since = self.windows.started_at - self.windows.max_window_s
-        for p in await self._store.partials(since):
+        for p in await self._store.partials(since, node=node):
             self.windows.merge_partial((p.app, p.model), float(p.minute), p)
 
     def has_room(self) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,7 @@ from lookout.detectors.judge import (
     yes_no_prompt,
 )
 from lookout.errors import LookoutError
+from lookout.monitor.config.judge import JudgeConfig
 
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
@@ -236,3 +238,13 @@ class JudgeClient:
                 raise JudgeError(f"criterion {c.name}: {exc}") from exc
             verdicts.append(verdict(c, answer, 1.0 if answer else 0.0, reasoning))
         return GradeResult(verdicts, tokens_in, tokens_out, "yes_no", found)
+
+
+# Builds the judge's LangChain chat model from its config (blocking: run in a thread).
+JudgeModelFactory = Callable[[JudgeConfig], Any]
+
+
+def judge_model_from_config(cfg: JudgeConfig) -> Any:
+    assert cfg.model is not None  # the config requires it when enabled
+    api_key = cfg.api_key.get_secret_value() if cfg.api_key else None
+    return chat_model(cfg.model, base_url=cfg.base_url, api_key=api_key, timeout_s=cfg.timeout_s)

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from lookout.clock import Clock
-from lookout.monitor.metrics.windows import ALL, WindowedMetrics, WindowStats
+from lookout.monitor.metrics.windows import ALL, WindowStats
 from lookout.monitor.storage import RollupPoint
 from lookout.series import SeriesPoint
 
@@ -24,6 +24,17 @@ ROLLUP_S = 60
 SETTLE_S = 2.0
 SeriesFn = Callable[[float, float], list[SeriesPoint]]  # (window_s, now) -> points
 Sleep = Callable[[float], Awaitable[None]]
+
+
+class RollupWindows(Protocol):
+    """The windows rollups read: a node's own (WindowedMetrics) or the cluster's."""
+
+    @property
+    def max_window_s(self) -> float: ...
+
+    def range(self, start: float, end: float, now: float) -> list[WindowStats]: ...
+
+    def prune(self, now: float) -> None: ...
 
 
 class RollupSink(Protocol):
@@ -50,7 +61,7 @@ def rollup_points(stats: list[WindowStats], minute: int) -> list[RollupPoint]:
 class RollupService:
     def __init__(
         self,
-        windows: WindowedMetrics,
+        windows: RollupWindows,
         store: RollupSink,
         clock: Clock,
         *,

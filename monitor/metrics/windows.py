@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from itertools import chain
 from typing import TYPE_CHECKING
 
 from fastdigest import TDigest
 
 from lookout.monitor.metrics.labels import LabelFolder
 from lookout.monitor.metrics.partials import MINUTE_S, SPILL_AT, Partial, new_digest
+from lookout.monitor.metrics.window_stats import WindowStats
 from lookout.series import ALL, OTHER, SERIES_NAMES, SeriesPoint
 
 if TYPE_CHECKING:
@@ -95,37 +96,6 @@ class _Cell:
     def __init__(self, slots: int) -> None:
         self.buckets: list[_Bucket | None] = [None] * slots
         self.current: _Bucket | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class WindowStats:
-    """One scope's series over one window. Quantiles and ratios are None without data."""
-
-    app: str
-    model: str
-    count: int
-    errors: int
-    qps: float
-    tps: float
-    error_rate: float | None
-    latency_p50: float | None
-    latency_p95: float | None
-    latency_p99: float | None
-    ttft_p95: float | None
-    gen_tps_p50: float | None
-    tokens_per_request: float | None
-    cost_per_hour: float
-
-    def series(self) -> dict[str, float | None]:
-        """Every series of the catalogue's SERIES_NAMES, by name."""
-        return {name: getattr(self, name) for name in SERIES_NAMES}
-
-    def points(self) -> list[SeriesPoint]:
-        """The series as points labelled with this scope, as alert rules read them."""
-        labels = (("app", self.app), ("model", self.model))
-        return [
-            SeriesPoint(name, labels, value, self.count) for name, value in self.series().items()
-        ]
 
 
 class _Acc:
@@ -329,14 +299,21 @@ class WindowedMetrics:
         return self.range(now - window_s, end, now, where)
 
     def range(
-        self, start: float, end: float, now: float, where: Mapping[str, str] | None = None
+        self,
+        start: float,
+        end: float,
+        now: float,
+        where: Mapping[str, str] | None = None,
+        also: Iterable[WindowedMetrics] = (),
     ) -> list[WindowStats]:
-        """Stats over buckets whose start lies in [start, end): per cell, app, model, all."""
+        """Stats over buckets whose start lies in [start, end): per cell, app, model, all;
+        `also`: windows of the same bucket size whose buckets are merged in (other nodes')."""
         first = math.ceil(start / self.bucket_s - 1e-9)
         last = math.ceil(end / self.bucket_s - 1e-9) - 1
-        duration = max(min(end, now) - max(first * self.bucket_s, self.started_at), 0.0)
+        began = min([self.started_at, *(w.started_at for w in also)])
+        duration = max(min(end, now) - max(first * self.bucket_s, began), 0.0)
         scopes: dict[tuple[str, str], _Acc] = {}
-        for (app, model), cell in self._cells.items():
+        for (app, model), cell in chain(self._cells.items(), *(w._cells.items() for w in also)):
             if where and not _matches(where, app, model):
                 continue
             buckets = [b for b in cell.buckets if b is not None and first <= b.index <= last]

@@ -131,9 +131,15 @@ class Store(Protocol):
         ...
 
     async def partials(
-        self, since: float, until: float = float("inf"), app: str | None = None
+        self,
+        since: float,
+        until: float = float("inf"),
+        app: str | None = None,
+        *,
+        node: str | None = None,
     ) -> list[PartialRow]:
-        """Stored minutes from `since` to before `until`."""
+        """Stored minutes from `since` to before `until`; `node`: only that node's rows
+        (PostgreSQL; a SQLite store holds one node's)."""
         ...
 
     async def recent_ids(self, limit: int) -> list[tuple[str, str]]:

@@ -132,6 +132,19 @@ def _merged(partials: list[PartialRow]) -> dict[tuple[int, str, str], PartialRow
     return by_key
 
 
+def merged_by_minute(rows: list[tuple[Any, ...]]) -> list[PartialRow]:
+    """Partial rows ordered by (minute, app, model), each key's nodes merged into one."""
+    merged: list[PartialRow] = []
+    for row in rows:
+        p = PartialRow(*row)
+        last = merged[-1] if merged else None
+        if last is not None and (last.minute, last.app, last.model) == row[:3]:
+            merged[-1] = add_partials(last, p)
+        else:
+            merged.append(p)
+    return merged
+
+
 def add_partials(a: PartialRow, b: PartialRow) -> PartialRow:
     """Two partials of one (minute, app, model) as one: sums, and merged t-digests."""
     return PartialRow(

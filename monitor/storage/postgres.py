@@ -18,7 +18,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from lookout.errors import StoreError
 from lookout.monitor.config.masking import mask_url
-from lookout.monitor.storage import pg_groups
+from lookout.monitor.storage import pg_cluster, pg_groups
 from lookout.monitor.storage.base import PartialRow, RejectedSample, RollupPoint
 from lookout.monitor.storage.committer import GroupCommitStore
 from lookout.monitor.storage.feedback import StoreFeedback
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from lookout.monitor.config import StoreConfig
     from lookout.monitor.metrics.prom import IngestMetrics
     from lookout.monitor.storage.groups import CommitGroup
+    from lookout.monitor.storage.nodes import NodeRow
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -141,6 +142,7 @@ class PostgresStore(GroupCommitStore):
                 await conn.execute("DELETE FROM rollups WHERE minute < %s", (cutoff,))
                 await conn.execute("DELETE FROM partials WHERE minute < %s", (cutoff,))
                 await conn.execute("DELETE FROM feedback WHERE received_at < %s", (cutoff,))
+                await conn.execute("DELETE FROM nodes WHERE heartbeat_at < %s", (cutoff,))
                 await conn.execute(
                     "DELETE FROM commit_groups WHERE at < %s", (now - _COMMIT_KEYS_KEEP_S,)
                 )
@@ -186,7 +188,12 @@ class PostgresStore(GroupCommitStore):
         return [RollupPoint(int(since + b * step_s), app, "*", name, v) for b, app, name, v in rows]
 
     async def partials(
-        self, since: float, until: float = float("inf"), app: str | None = None
+        self,
+        since: float,
+        until: float = float("inf"),
+        app: str | None = None,
+        *,
+        node: str | None = None,
     ) -> list[PartialRow]:
         """The nodes' rows of each minute merged into one."""
         sql = (
@@ -197,15 +204,21 @@ class PostgresStore(GroupCommitStore):
         if app is not None:
             sql += " AND app = %s"
             args.append(app)
-        merged: list[PartialRow] = []
-        for row in await self._fetch(sql + " ORDER BY minute, app, model, node", args):
-            p = PartialRow(*row)
-            last = merged[-1] if merged else None
-            if last is not None and (last.minute, last.app, last.model) == row[:3]:
-                merged[-1] = pg_groups.add_partials(last, p)
-            else:
-                merged.append(p)
-        return merged
+        if node is not None:
+            sql += " AND node = %s"
+            args.append(node)
+        rows = await self._fetch(sql + " ORDER BY minute, app, model, node", args)
+        return pg_groups.merged_by_minute(rows)
+
+    async def peer_partials(self, since: float) -> list[PartialRow]:
+        """The other nodes' minutes from `since`, merged (the cluster's windows read them)."""
+        return await self._use(lambda conn: pg_cluster.peer_partials(conn, since, self._node))
+
+    async def beat(self, row: NodeRow) -> None:
+        await self._use(lambda conn: pg_cluster.beat(conn, row))
+
+    async def nodes(self) -> list[NodeRow]:
+        return await self._use(pg_cluster.nodes)
 
     async def recent_ids(self, limit: int) -> list[tuple[str, str]]:
         return await self._use(lambda conn: pg_groups.recent_ids(conn, limit))

@@ -114,9 +114,18 @@ _POSTGRES_FEEDBACK = (
     "CREATE INDEX feedback_received ON feedback (received_at)",
 )
 
+# The cluster's members: each node's heartbeat (monitor/cluster/membership.py).
+_POSTGRES_NODES = (
+    """CREATE TABLE nodes (
+    node TEXT PRIMARY KEY, started_at DOUBLE PRECISION NOT NULL,
+    heartbeat_at DOUBLE PRECISION NOT NULL, version TEXT NOT NULL,
+    records_last_minute BIGINT NOT NULL DEFAULT 0)""",
+)
+
 POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "records, rollups, partials per node, seen ids, rejected samples", _POSTGRES_V1),
     Migration(2, "feedback events", _POSTGRES_FEEDBACK),
+    Migration(3, "nodes and their heartbeats", _POSTGRES_NODES),
 )
 
 _VERSION_TABLE = (

@@ -134,7 +134,12 @@ class SqliteStore(GroupCommitStore):
         return [RollupPoint(int(since + b * step_s), app, "*", name, v) for b, app, name, v in rows]
 
     async def partials(
-        self, since: float, until: float = float("inf"), app: str | None = None
+        self,
+        since: float,
+        until: float = float("inf"),
+        app: str | None = None,
+        *,
+        node: str | None = None,
     ) -> list[PartialRow]:
         sql = "SELECT * FROM partials WHERE minute >= ? AND minute < ?"
         args: list[Any] = [since, min(until, 1e18)]

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from lookout.alerts.outbox import SqliteOutbox, silence_from_request
 from lookout.clock import Clock
+from lookout.monitor.cluster.views import ClusterResponse
 from lookout.monitor.ingest.feedback_ingest import FeedbackIngest
 from lookout.monitor.ingest.pipeline import IngestResult, Pipeline
 from lookout.monitor.ingest.records import Rejection, RejectReason
@@ -38,6 +39,7 @@ class RouteDeps:
     max_body_bytes: int  # of a POST /api/v1/records body; larger ones are rejected unread
     silence_max_s: float
     feedback: FeedbackIngest | None = None
+    cluster: Callable[[], Awaitable[ClusterResponse]] | None = None
 
 
 class ApiRoutes:
@@ -47,6 +49,11 @@ class ApiRoutes:
 
     async def status(self, request: web.Request) -> web.Response:
         return web.json_response(dump_json(self._deps.views.status()))
+
+    async def cluster(self, request: web.Request) -> web.Response:
+        if self._deps.cluster is None:
+            return web.json_response({"error": "no cluster view"}, status=404)
+        return web.json_response(dump_json(await self._deps.cluster()))
 
     async def alerts(self, request: web.Request) -> web.Response:
         return web.json_response(dump_json(self._deps.views.alerts_listed()))
@@ -193,6 +200,7 @@ Pick = Callable[[ApiRoutes], Handler]
 # from when the daemon hands the routes over.
 SERVICE_ROUTES: tuple[tuple[str, str, Pick], ...] = (
     ("GET", "/api/v1/status", lambda r: r.status),
+    ("GET", "/api/v1/cluster", lambda r: r.cluster),
     ("POST", "/api/v1/records", lambda r: r.post_records),
     ("POST", "/api/v1/feedback", lambda r: r.post_feedback),
     ("GET", "/api/v1/records/{record_id}", lambda r: r.get_record),

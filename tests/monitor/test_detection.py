@@ -16,8 +16,9 @@ from numpy.typing import NDArray
 from prometheus_client import CollectorRegistry
 
 from lookout.clock import SystemClock
+from lookout.monitor.builders import merged_series
 from lookout.monitor.config import DetectorsConfig, Settings
-from lookout.monitor.daemon import Daemon, merged_series
+from lookout.monitor.daemon import Daemon
 from lookout.monitor.detection.service import DetectionService
 from lookout.monitor.ingest.records import Record
 from tests.alerts.test_engine import post
