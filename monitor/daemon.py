@@ -70,6 +70,19 @@ log = structlog.get_logger(__name__)
 
 
 class Daemon:
+    # Built in run(), as the config asks for them.
+    api: ApiServer | None = None
+    otlp: OtlpReceiver | None = None
+    detection: DetectionService | None = None
+    judge: JudgeService | None = None
+    judge_store: JudgeStore | None = None
+    eval_store: EvalStore | None = None
+    alerts: AlertEngine | None = None
+    outbox: SqliteOutbox | None = None
+    anomaly: AnomalyBook | None = None
+    rollups: RollupService | None = None
+    views: ApiViews | None = None
+
     def __init__(
         self,
         settings: Settings,
@@ -116,18 +129,6 @@ class Daemon:
             commit=self.store.flush,
             client_id=mqtt_client_id(settings.bus, settings.node),
         )
-        # Built in run(), as the config asks for them.
-        self.api: ApiServer | None = None
-        self.otlp: OtlpReceiver | None = None
-        self.detection: DetectionService | None = None
-        self.judge: JudgeService | None = None
-        self.judge_store: JudgeStore | None = None
-        self.eval_store: EvalStore | None = None
-        self.alerts: AlertEngine | None = None
-        self.outbox: SqliteOutbox | None = None
-        self.anomaly: AnomalyBook | None = None
-        self.rollups: RollupService | None = None
-        self.views: ApiViews | None = None
         self.ready = asyncio.Event()
         self._judge_model_factory = judge_model_factory
         self._drain_timeout_s = drain_timeout_s
