@@ -23,6 +23,10 @@ from lookout.detectors.errors import DetectorError, NotFitted
 
 F64 = NDArray[np.float64]
 _CHUNK = 512
+# The least threshold: a reference of one text repeated (a templated app) calibrates to 0, and
+# then any other text is drift; a floor keeps the score finite (MMD^2 of the RBF kernel is in
+# [0, 2]; float noise on identical windows is ~1e-16).
+MIN_THRESHOLD = 1e-6
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +127,7 @@ class MmdDrift:
             ]
         ).astype(np.float64)
         k_pool = self._kernel(pool, pool_sq, pool, pool_sq).astype(np.float64)
-        self.threshold = self._calibrate(k_pool, m_pool, steps, rng)
+        self.threshold = max(self._calibrate(k_pool, m_pool, steps, rng), MIN_THRESHOLD)
 
     def _calibrate(self, k_pool: F64, m_pool: F64, steps: int, rng: np.random.Generator) -> float:
         w, b = self.window, self.n_bootstraps
@@ -211,6 +215,7 @@ class MmdDrift:
         detector._ref_sq = _sq_norms(detector._ref)
         detector._ref_index = np.asarray(state["ref_index"], dtype=np.int64)
         detector.threshold, detector._gamma, detector._c_rr = threshold, gamma, c_rr
+        detector.threshold = max(threshold, MIN_THRESHOLD)  # saved before the floor existed
         return detector
 
 

@@ -104,3 +104,20 @@ def test_misuse_is_a_clear_error() -> None:
         MmdDrift(window=20, ert=100).fit(stream(0, 50))
     with pytest.raises(NotFitted):
         MmdDrift(window=20, ert=100).new_window()
+
+
+def test_a_reference_of_one_repeated_text_scores_without_failing() -> None:
+    # A templated app sends the same prompt: the reference is one point, its threshold 0.
+    same = np.tile(stream(1, 1), (600, 1))
+    d = MmdDrift(window=20, ert=100, n_bootstraps=200, seed=3)
+    d.fit(same)
+    window = d.new_window()
+    window.add(same[:40])
+    steady = d.score(window)
+    assert steady.drifted is False and steady.drift_score is not None
+    assert steady.drift_score < 1.0
+    window.add(stream(2, 40))  # anything else is drift, with a finite score
+    changed = d.score(window)
+    assert changed.drifted and changed.drift_score is not None and np.isfinite(changed.drift_score)
+    restored = MmdDrift.from_state(d.state())
+    assert restored.score(window) == changed
