@@ -36,7 +36,6 @@ def bench_module(checkout: Path, n: int) -> ModuleType:
         spec.loader.exec_module(module)
     finally:
         sys.path.pop(0)
-    module.sys.executable = str(checkout / ".venv" / "bin" / "python")
     return module
 
 
@@ -61,6 +60,8 @@ def main() -> None:
         try:
             for _ in range(args.rounds):
                 for checkout, module in zip(checkouts, modules, strict=True):
+                    # run_one starts `sys.executable` (one for all modules): that checkout's venv.
+                    sys.executable = str(checkout / ".venv" / "bin" / "python")
                     # An older checkout's run_one hands the payload to this broker untouched.
                     out = module.run_one(
                         broker, "lookout", args.qos, payload, args.messages, args.batch
