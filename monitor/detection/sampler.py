@@ -39,6 +39,9 @@ def fair_shares(demand: Mapping[str, float], total: float) -> dict[str, float]:
     return shares
 
 
+_GUESS_COST_S = 2e-3  # between the static embedder (~0.15 ms a text) and MiniLM (2-13 ms)
+
+
 class CpuBudget:
     """Texts a second that fit in `cpu_share` of a core, from the measured CPU per text."""
 
@@ -48,10 +51,10 @@ class CpuBudget:
     def __init__(self, cpu_share: float, max_texts_per_s: float) -> None:
         self._share = cpu_share
         self._max = max_texts_per_s
-        # Until measured, the cap holds: one interval's worth of texts at most (the first
-        # batch measures the cost, the next interval follows it).
-        self.cost_per_text_s = cpu_share / max_texts_per_s
-        self._measured = False
+        # Until measured, a cautious guess: admitting the cap before the first measurement let
+        # MiniLM on ONNX Runtime (~10 ms a text) queue 10 s of a core in its first second.
+        self.cost_per_text_s = _GUESS_COST_S
+        self.measured = False
         self._cpu_s = 0.0
         self._texts = 0
 
@@ -59,12 +62,12 @@ class CpuBudget:
         """CPU seconds the detection thread spent on a batch of `texts` texts."""
         self._cpu_s += cpu_s
         self._texts += texts
-        if self._texts < self._MIN_TEXTS:
-            return
+        if self._texts < (self._MIN_TEXTS if self.measured else 1):
+            return  # the first batch replaces the guess at once, however small
         sample = max(self._cpu_s / self._texts, 1e-7)
-        w = self._WEIGHT if self._measured else 1.0
+        w = self._WEIGHT if self.measured else 1.0
         self.cost_per_text_s = (1 - w) * self.cost_per_text_s + w * sample
-        self._measured = True
+        self.measured = True
         self._cpu_s, self._texts = 0.0, 0
 
     def texts_per_s(self) -> float:

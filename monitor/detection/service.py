@@ -189,7 +189,11 @@ class DetectionService:
             self._inflight = len(batch)
             try:
                 outcome, cpu_s = await self._thread.call(self._process, batch)
+                guessed = not self._budget.measured
                 self._budget.observe(cpu_s, len(batch))
+                if guessed and self._budget.measured:  # the first measurement: act on it now
+                    texts_per_s = self._budget.texts_per_s()
+                    self._sampler.set_texts_per_s(texts_per_s, self._adapt_interval_s)
                 for request in outcome.fits:
                     self._references.request_fit(request)
                 self._outputs.keep(outcome.scored)

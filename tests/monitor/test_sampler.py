@@ -68,13 +68,13 @@ def test_apps_beyond_the_cap_are_counted_together() -> None:
 
 def test_the_cpu_budget_turns_a_share_of_a_core_into_texts_a_second() -> None:
     budget = CpuBudget(cpu_share=0.15, max_texts_per_s=1000)
-    assert budget.texts_per_s() == 1000  # until measured: the cap
-    budget.observe(0.010, 10)  # too few texts to judge yet
-    assert budget.texts_per_s() == 1000
-    budget.observe(0.310, 22)  # 32 texts at 10 ms each: an ONNX-like embedder
+    assert budget.texts_per_s() == pytest.approx(75)  # until measured: a cautious 2 ms a text
+    budget.observe(0.030, 3)  # the first batch, however small, replaces the guess
+    assert budget.measured and budget.cost_per_text_s == pytest.approx(0.010)
+    assert budget.texts_per_s() == pytest.approx(15.0)  # 0.15 core / 10 ms: an ONNX-like embedder
+    budget.observe(0.0001, 10)  # then too few texts to judge yet
     assert budget.cost_per_text_s == pytest.approx(0.010)
-    assert budget.texts_per_s() == pytest.approx(15.0)  # 0.15 core / 10 ms
-    budget.observe(0.032 * 0.0001, 32)  # a cheap text's cost moves the estimate, not all at once
+    budget.observe(22 * 0.0001, 22)  # a cheap text's cost moves the estimate, not all at once
     assert 0.006 < budget.cost_per_text_s < 0.008
     for _ in range(40):
         budget.observe(32 * 0.0001, 32)
