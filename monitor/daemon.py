@@ -343,6 +343,7 @@ class Daemon:
             queue_size=s.detectors.queue_size,
             max_window_s=max(s.metrics.max_window, s.metrics.default_window),
             checkpoint_interval_s=s.detectors.checkpoint_interval,
+            warm_up=s.detectors.embedder.kind != "langchain",  # not a remote service
             slots=AppSlots(
                 pinned=frozenset(s.metrics.pinned_apps), reclaim_after_s=s.metrics.reclaim_after
             ),

@@ -44,6 +44,13 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 _BATCH = 256
+# Made-up texts of a typical request's length (~40 words), to time the embedder at start.
+_PHRASE = (
+    "please help me check the status of my order and tell me when it will arrive because "
+    "I need it before the weekend for a trip with my family to the coast next month"
+)
+_WORDS = _PHRASE.split()
+_WARM_UP = [" ".join(_WORDS[(i * 7 + j) % len(_WORDS)] for j in range(40)) for i in range(20)]
 _MAX_TEXT_CHARS = 2000  # embedders see the head of long texts
 
 
@@ -68,6 +75,7 @@ class DetectionService:
         adapt_interval_s: float = 1.0,
         drain_timeout_s: float = 2.0,
         checkpoint_interval_s: float = 60.0,
+        warm_up: bool = False,  # time the embedder on made-up texts first (a local one)
     ) -> None:
         self._fields = tuple(cfg.fields)
         self._prompts, self._responses = "prompt" in self._fields, "response" in self._fields
@@ -82,6 +90,7 @@ class DetectionService:
             reference_size=max(cfg.reference.auto_size, params.min_reference()),
         )
         self._embeddings = EmbeddingCache(embedder, clock=clock, metrics=metrics)
+        self._embedder, self._warm_up = embedder, warm_up
         self._outputs = ScoreOutputs(
             store=store, publish=publish, output_topic=cfg.ood.output_topic, metrics=metrics
         )
@@ -179,6 +188,8 @@ class DetectionService:
     # -- the worker (a loop task dispatching batches to the detection thread) -----------------
 
     async def _work(self) -> None:
+        if self._warm_up:
+            await self._measure_cost()
         while True:
             if not self._queue:
                 self._idle.set()
@@ -202,6 +213,18 @@ class DetectionService:
                 log.exception("detector_batch_failed", size=len(batch))
             self.processed += len(batch)
             self._inflight = 0
+
+    async def _measure_cost(self) -> None:
+        """Before the first batch: the embedder's CPU per text on made-up texts (its first
+        call, which warms a model up, untimed), so the budget starts from this embedder's
+        cost rather than a guess; live batches refine it."""
+        try:
+            cpu_s = await self._thread.call(_time_embedding, self._embedder)
+        except Exception:  # the live batches will measure it
+            log.warning("detector_cost_unmeasured", exc_info=True)
+            return
+        self._budget.observe(cpu_s, len(_WARM_UP) - 4)
+        self._sampler.set_texts_per_s(self._budget.texts_per_s(), self._adapt_interval_s)
 
     def _process(self, batch: list[QueuedText]) -> tuple[BatchOutcome, float]:
         """On the detection thread: embed, then score or collect each track's texts; with
@@ -248,3 +271,10 @@ class DetectionService:
         while not (self._idle.is_set() and fits_done.is_set()):
             await self._idle.wait()
             await fits_done.wait()
+
+
+def _time_embedding(embedder: Embedder) -> float:
+    embedder.embed(_WARM_UP[:4])
+    started = time.thread_time()
+    embedder.embed(_WARM_UP[4:])
+    return time.thread_time() - started

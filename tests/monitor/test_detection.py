@@ -460,3 +460,25 @@ async def test_a_costly_embedder_is_held_to_its_share_of_a_core() -> None:
         assert 0.003 < gauge("lookout_detector_cpu_seconds_per_text") < 0.006
         # 0.1 of a core at ~4 ms a text: ~25 texts a second, not the 1,000 of the cap.
         assert 15 < gauge("lookout_detector_budget_texts_per_second") < 35
+
+
+async def test_a_local_embedder_is_timed_before_the_first_texts() -> None:
+    # The budget starts from this embedder's own cost, not a guess: no burst at start.
+    cfg = DetectorsConfig.model_validate({**DETECTORS, "max_cpu_share": 0.1})
+    registry = CollectorRegistry()
+    service = DetectionService(
+        cfg,
+        embedder=CostlyEmbedder(0.004),
+        references=None,
+        clock=SystemClock(),
+        registry=registry,
+        adapt_interval_s=0.05,
+        warm_up=True,
+    )
+
+    def budget() -> float:
+        return registry.get_sample_value("lookout_detector_budget_texts_per_second") or 0.0
+
+    async with service:  # no record offered
+        await eventually(lambda: 0 < budget() < 35)
+        assert 15 < budget() < 35  # 0.1 of a core at ~4 ms a text
