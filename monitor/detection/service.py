@@ -79,9 +79,8 @@ class DetectionService:
     ) -> None:
         self._fields = tuple(cfg.fields)
         self._prompts, self._responses = "prompt" in self._fields, "response" in self._fields
-        params = DetectorParams(
-            drift_window=cfg.drift.window, drift_ert=cfg.drift.ert, ood_fpr=cfg.ood.fpr
-        )
+        drift = cfg.drift
+        params = DetectorParams(drift_window=drift.window, drift_ert=drift.ert, ood_fpr=cfg.ood.fpr)
         self._metrics = metrics = DetectionMetrics.create(registry)
         self._thread = DetectionThread()
         self._tracks = TrackTable(
@@ -116,8 +115,7 @@ class DetectionService:
         )
         self._queue: deque[QueuedText] = deque()
         self._queue_size, self._adapt_interval_s = queue_size, adapt_interval_s
-        self._drain_timeout_s = drain_timeout_s
-        self._dropped_since_adapt = self._inflight = 0
+        self._drain_timeout_s, self._dropped_since_adapt, self._inflight = drain_timeout_s, 0, 0
         self._wake, self._idle = asyncio.Event(), asyncio.Event()
         self._idle.set()  # set whenever the queue has been worked off
 

@@ -174,3 +174,17 @@ class Store(Protocol):
 def sqlite_path(url: str) -> Path:
     """sqlite:///var/lib/lookout/lookout.db is the absolute path /var/lib/lookout/lookout.db."""
     return Path("/" + url.removeprefix("sqlite://").lstrip("/"))
+
+
+def rollups_query(
+    since: float, app: str | None, series: str | None, placeholder: str
+) -> tuple[str, list[Any]]:
+    """The stored per-minute series since `since` (of one app or series), in either
+    backend's placeholder style (`?` or `%s`)."""
+    sql = f"SELECT minute, app, model, series, value FROM rollups WHERE minute >= {placeholder}"
+    args: list[Any] = [since]
+    for column, value in (("app", app), ("series", series)):
+        if value is not None:
+            sql += f" AND {column} = {placeholder}"
+            args.append(value)
+    return sql + " ORDER BY minute", args

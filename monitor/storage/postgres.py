@@ -19,7 +19,7 @@ from psycopg_pool import AsyncConnectionPool
 from lookout.errors import StoreError
 from lookout.monitor.config.masking import mask_url
 from lookout.monitor.storage import pg_cluster, pg_groups
-from lookout.monitor.storage.base import PartialRow, RejectedSample, RollupPoint
+from lookout.monitor.storage.base import PartialRow, RejectedSample, RollupPoint, rollups_query
 from lookout.monitor.storage.committer import GroupCommitStore
 from lookout.monitor.storage.feedback import StoreFeedback
 from lookout.monitor.storage.schema import migrate_postgres
@@ -164,15 +164,8 @@ class PostgresStore(GroupCommitStore):
     async def rollups(
         self, since: float, app: str | None = None, series: str | None = None
     ) -> list[RollupPoint]:
-        sql = "SELECT minute, app, model, series, value FROM rollups WHERE minute >= %s"
-        args: list[Any] = [since]
-        if app is not None:
-            sql += " AND app = %s"
-            args.append(app)
-        if series is not None:
-            sql += " AND series = %s"
-            args.append(series)
-        rows = await self._fetch(sql + " ORDER BY minute", args)
+        sql, args = rollups_query(since, app, series, "%s")
+        rows = await self._fetch(sql, args)
         return [RollupPoint(*row) for row in rows]
 
     async def rollup_means(

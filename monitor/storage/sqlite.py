@@ -13,7 +13,13 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from lookout.errors import StoreError
-from lookout.monitor.storage.base import PartialRow, RejectedSample, RollupPoint, sqlite_path
+from lookout.monitor.storage.base import (
+    PartialRow,
+    RejectedSample,
+    RollupPoint,
+    rollups_query,
+    sqlite_path,
+)
 from lookout.monitor.storage.committer import GroupCommitStore
 from lookout.monitor.storage.feedback import StoreFeedback
 from lookout.monitor.storage.groups import (
@@ -109,15 +115,7 @@ class SqliteStore(GroupCommitStore):
     async def rollups(
         self, since: float, app: str | None = None, series: str | None = None
     ) -> list[RollupPoint]:
-        sql = "SELECT minute, app, model, series, value FROM rollups WHERE minute >= ?"
-        args: list[Any] = [since]
-        if app is not None:
-            sql += " AND app = ?"
-            args.append(app)
-        if series is not None:
-            sql += " AND series = ?"
-            args.append(series)
-        sql += " ORDER BY minute"
+        sql, args = rollups_query(since, app, series, "?")
         rows = await self._run(lambda: self._conn().execute(sql, args).fetchall())
         return [RollupPoint(*row) for row in rows]
 
