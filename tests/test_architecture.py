@@ -261,6 +261,24 @@ def test_the_formatter_is_never_switched_off() -> None:
     assert not marked, "formatter switched off at:\n  " + "\n  ".join(sorted(marked))
 
 
+_CONFLICT_MARKER = re.compile(r"^(<{7}|>{7}) ")
+_TEXT_SUFFIXES = {".py", ".md", ".yaml", ".yml", ".toml", ".cfg", ".sql", ".service", ".json"}
+
+
+def test_no_merge_conflict_markers_are_left() -> None:
+    skipped = {".git", ".venv", "build", "node_modules", "__pycache__"}
+    left = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for path in ROOT.rglob("*")
+        if path.suffix in _TEXT_SUFFIXES
+        and path.is_file()
+        and not skipped & set(path.relative_to(ROOT).parts)
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if _CONFLICT_MARKER.match(line)
+    ]
+    assert not left, "merge conflict markers at:\n  " + "\n  ".join(sorted(left))
+
+
 @pytest.mark.parametrize(
     ("importer", "source", "expected"),
     [
