@@ -157,6 +157,10 @@ async def lookout(  # noqa: PLR0917
         result: dict[str, Any] = {}
         while queue.processed == 0:
             await queue.wait_progress()
+        if daemon.detection is not None:  # built before the source connects
+            # From the detectors' start-up on (an embedder timed on made-up texts, its first
+            # call warming a model up: about a second of a core for ONNX), not through it.
+            await daemon.detection.warmed_up.wait()
         t0, c0, first = time.perf_counter(), cpu_s(), queue.processed
         watch = DetectionWatch(daemon.registry)
         while queue.processed < expect:

@@ -117,6 +117,7 @@ class DetectionService:
         self._queue_size, self._adapt_interval_s = queue_size, adapt_interval_s
         self._drain_timeout_s, self._dropped_since_adapt, self._inflight = drain_timeout_s, 0, 0
         self._wake, self._idle = asyncio.Event(), asyncio.Event()
+        self.warmed_up = asyncio.Event()  # the embedder timed (or not to be), texts taken
         self._idle.set()  # set whenever the queue has been worked off
 
     # -- the hot path -------------------------------------------------------------------------
@@ -188,6 +189,7 @@ class DetectionService:
     async def _work(self) -> None:
         if self._warm_up:
             await self._measure_cost()
+        self.warmed_up.set()
         while True:
             if not self._queue:
                 self._idle.set()
