@@ -65,7 +65,9 @@ class CpuBudget:
         if self._texts < (self._MIN_TEXTS if self.measured else 1):
             return  # the first batch replaces the guess at once, however small
         sample = max(self._cpu_s / self._texts, 1e-7)
-        w = self._WEIGHT if self.measured else 1.0
+        # Texts dearer than thought (longer than the made-up ones) count at once; cheaper ones
+        # ease the estimate down: overrunning the share costs the apps beside us.
+        w = self._WEIGHT if self.measured and sample < self.cost_per_text_s else 1.0
         self.cost_per_text_s = (1 - w) * self.cost_per_text_s + w * sample
         self.measured = True
         self._cpu_s, self._texts = 0.0, 0

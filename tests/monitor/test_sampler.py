@@ -79,6 +79,8 @@ def test_the_cpu_budget_turns_a_share_of_a_core_into_texts_a_second() -> None:
     for _ in range(40):
         budget.observe(32 * 0.0001, 32)
     assert budget.texts_per_s() == 1000  # cheap again: the cap binds, not the share
+    budget.observe(32 * 0.02, 32)  # dearer texts (longer ones) count at once
+    assert budget.texts_per_s() == pytest.approx(7.5)
 
 
 def test_a_new_budget_is_shared_from_the_next_interval_on() -> None:
