@@ -123,8 +123,13 @@ class Sampler:
         self._unpinned = 0
 
     def set_texts_per_s(self, texts_per_s: float, interval_s: float) -> None:
-        """The budget from the next interval on (`CpuBudget.texts_per_s`)."""
-        self._per_interval = texts_per_s * interval_s
+        """The budget (`CpuBudget.texts_per_s`): shared out from the next interval on, and
+        what is left of this one no more than it allows (a first measurement lowering the
+        guess must not let the guess's interval through)."""
+        self._per_interval = per_interval = texts_per_s * interval_s
+        self._pool = min(self._pool, per_interval)
+        for counts in self._apps.values():
+            counts.share = min(counts.share, per_interval)
 
     def rate(self, app: str) -> float:
         """The configured rate for `app`, before the load factor."""

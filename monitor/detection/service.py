@@ -44,13 +44,14 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 _BATCH = 256
-# Made-up texts of a typical request's length (~40 words), to time the embedder at start.
+# Made-up texts of a long request (~100 words: overrating a text's cost errs on the side of the
+# apps beside us), to time the embedder at start.
 _PHRASE = (
     "please help me check the status of my order and tell me when it will arrive because "
     "I need it before the weekend for a trip with my family to the coast next month"
 )
 _WORDS = _PHRASE.split()
-_WARM_UP = [" ".join(_WORDS[(i * 7 + j) % len(_WORDS)] for j in range(40)) for i in range(20)]
+_WARM_UP = [" ".join(_WORDS[(i * 7 + j) % len(_WORDS)] for j in range(100)) for i in range(20)]
 _MAX_TEXT_CHARS = 2000  # embedders see the head of long texts
 
 

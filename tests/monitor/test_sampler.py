@@ -83,8 +83,9 @@ def test_the_cpu_budget_turns_a_share_of_a_core_into_texts_a_second() -> None:
     assert budget.texts_per_s() == pytest.approx(7.5)
 
 
-def test_a_new_budget_is_shared_from_the_next_interval_on() -> None:
+def test_a_lower_budget_holds_at_once_and_is_shared_from_the_next_interval_on() -> None:
     s = sampler(texts_per_s=100.0)
-    s.set_texts_per_s(10.0, 1.0)
+    s.set_texts_per_s(10.0, 1.0)  # this interval's 100 are cut to 10
+    assert sum(s.admit("web", 1, error=False) for _ in range(50)) == 10
     s.tick(behind=False, keeping_up=True)
     assert sum(s.admit("web", 1, error=False) for _ in range(50)) == 10
