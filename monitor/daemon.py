@@ -67,6 +67,7 @@ from lookout.redaction import Redactor
 from lookout.series import SeriesPoint
 
 log = structlog.get_logger(__name__)
+_WARM_UP_WAIT_S = 30.0  # longest ingest waits for the detectors' embedder to be timed
 
 
 class Daemon:
@@ -177,6 +178,9 @@ class Daemon:
 
     async def _ingest_until(self, stop: asyncio.Event) -> None:
         s = self.settings
+        if self.detection is not None:  # its embedder timed first (a second at most, usually)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.detection.warmed_up.wait(), _WARM_UP_WAIT_S)
         async with self.source.running():
             self.ready.set()
             self.notifier.ready()

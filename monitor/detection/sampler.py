@@ -122,12 +122,13 @@ class Sampler:
         self._apps: dict[str, _App] = {}  # at most max_apps (and the pinned), then OTHER
         self._unpinned = 0
 
-    def set_texts_per_s(self, texts_per_s: float, interval_s: float) -> None:
+    def set_texts_per_s(self, texts_per_s: float, interval_s: float, *, now: bool = False) -> None:
         """The budget (`CpuBudget.texts_per_s`): shared out from the next interval on, and
         what is left of this one no more than it allows (a first measurement lowering the
-        guess must not let the guess's interval through)."""
+        guess must not let the guess's interval through); `now`: a whole interval's worth
+        from now on (the embedder timed at start: nothing was taken before)."""
         self._per_interval = per_interval = texts_per_s * interval_s
-        self._pool = min(self._pool, per_interval)
+        self._pool = per_interval if now else min(self._pool, per_interval)
         for counts in self._apps.values():
             counts.share = min(counts.share, per_interval)
 

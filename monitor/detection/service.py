@@ -110,15 +110,14 @@ class DetectionService:
         self._sampler = Sampler(
             rate=cfg.sample_rate,
             app_rates=cfg.sample_rates,
-            texts_per_s=self._budget.texts_per_s(),
+            texts_per_s=0.0 if warm_up else self._budget.texts_per_s(),  # none before timed
             interval_s=adapt_interval_s,
             slots=slots,
         )
         self._queue: deque[QueuedText] = deque()
         self._queue_size, self._adapt_interval_s = queue_size, adapt_interval_s
         self._drain_timeout_s, self._dropped_since_adapt, self._inflight = drain_timeout_s, 0, 0
-        self._wake, self._idle = asyncio.Event(), asyncio.Event()
-        self.warmed_up = asyncio.Event()  # the embedder timed (or not to be), texts taken
+        self._wake, self._idle, self.warmed_up = asyncio.Event(), asyncio.Event(), asyncio.Event()
         self._idle.set()  # set whenever the queue has been worked off
 
     # -- the hot path -------------------------------------------------------------------------
@@ -221,11 +220,11 @@ class DetectionService:
         cost rather than a guess; live batches refine it."""
         try:
             cpu_s = await self._thread.call(_time_embedding, self._embedder)
-        except Exception:  # the live batches will measure it
+            self._budget.observe(cpu_s, len(_WARM_UP) - 4)
+        except Exception:  # the live batches will measure it, from the guess
             log.warning("detector_cost_unmeasured", exc_info=True)
-            return
-        self._budget.observe(cpu_s, len(_WARM_UP) - 4)
-        self._sampler.set_texts_per_s(self._budget.texts_per_s(), self._adapt_interval_s)
+        # Nothing was taken before: a whole interval's worth from now on.
+        self._sampler.set_texts_per_s(self._budget.texts_per_s(), self._adapt_interval_s, now=True)
 
     def _process(self, batch: list[QueuedText]) -> tuple[BatchOutcome, float]:
         """On the detection thread: embed, then score or collect each track's texts; with
