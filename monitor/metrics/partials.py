@@ -78,12 +78,7 @@ class Partial:
         )
 
     def merge(self, other: Partial) -> None:
-        self.count += other.count
-        self.errors += other.errors
-        self.output_tokens += other.output_tokens
-        self.tokens += other.tokens
-        self.token_records += other.token_records
-        self.cost += other.cost
+        add_counts(self, other)
         for mine, theirs in zip(self.values(), other.values(), strict=True):
             mine.extend(theirs)
         if other.spilled is not None:
@@ -91,6 +86,16 @@ class Partial:
             assert self.spilled is not None
             for mine_d, theirs_d in zip(self.spilled, other.spilled, strict=True):
                 mine_d.merge_inplace(theirs_d)
+
+
+# The counters a partial, a window bucket and a stored minute (PartialRow) share by name.
+COUNTERS = ("count", "errors", "output_tokens", "tokens", "token_records", "cost")
+
+
+def add_counts(into: object, other: object) -> None:
+    """Add `other`'s counters to `into`'s (once per group or stored minute, not per record)."""
+    for name in COUNTERS:
+        setattr(into, name, getattr(into, name) + getattr(other, name))
 
 
 def new_digest() -> TDigest:

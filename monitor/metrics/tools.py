@@ -51,6 +51,17 @@ class _Bucket:
         self.latency_ms: list[float] = []
         self.latency_s: TDigest | None = None
 
+    def count(self, status: str | None, latency_ms: float | None) -> None:
+        """One tool call or retrieval."""
+        self.calls += 1
+        if status != "ok":
+            self.errors += 1
+        if latency_ms is not None:
+            latencies = self.latency_ms
+            latencies.append(latency_ms)
+            if len(latencies) >= _BATCH:
+                self.digest()
+
     def digest(self) -> TDigest | None:
         """The latencies (seconds) so far, compressed."""
         if self.latency_ms:
@@ -97,26 +108,12 @@ class ToolWindows:
                 bucket = current.get(name)
                 if bucket is None or not bucket.start <= now < bucket.end:
                     bucket = self._bucket(app, name, now)
-                bucket.calls += 1
-                if call.status != "ok":
-                    bucket.errors += 1
-                if call.latency_ms is not None:
-                    latencies = bucket.latency_ms
-                    latencies.append(call.latency_ms)
-                    if len(latencies) >= _BATCH:
-                        bucket.digest()
+                bucket.count(call.status, call.latency_ms)
         if retrieval is not None:
             bucket = current.get(RETRIEVAL)
             if bucket is None or not bucket.start <= now < bucket.end:
                 bucket = self._bucket(app, RETRIEVAL, now)
-            bucket.calls += 1
-            if retrieval.status != "ok":
-                bucket.errors += 1
-            if retrieval.latency_ms is not None:
-                latencies = bucket.latency_ms
-                latencies.append(retrieval.latency_ms)
-                if len(latencies) >= _BATCH:
-                    bucket.digest()
+            bucket.count(retrieval.status, retrieval.latency_ms)
             if retrieval.documents is not None:
                 bucket.sized += 1
                 if not retrieval.documents:

@@ -19,7 +19,13 @@ from typing import TYPE_CHECKING
 from fastdigest import TDigest
 
 from lookout.monitor.metrics.labels import LabelFolder
-from lookout.monitor.metrics.partials import MINUTE_S, SPILL_AT, Partial, new_digest
+from lookout.monitor.metrics.partials import (
+    MINUTE_S,
+    SPILL_AT,
+    Partial,
+    add_counts,
+    new_digest,
+)
 from lookout.monitor.metrics.window_stats import WindowStats
 from lookout.series import ALL, OTHER, SERIES_NAMES, SeriesPoint
 
@@ -69,12 +75,7 @@ class _Bucket:
 
     def fold(self, part: Partial) -> None:
         """Add a partial's counts and values to the committed ones."""
-        self.count += part.count
-        self.errors += part.errors
-        self.output_tokens += part.output_tokens
-        self.tokens += part.tokens
-        self.token_records += part.token_records
-        self.cost += part.cost
+        add_counts(self, part)
         latency, ttft, gen = part.digests()
         self.latency_s = _merged(self.latency_s, latency)
         self.ttft_s = _merged(self.ttft_s, ttft)
@@ -263,12 +264,7 @@ class WindowedMetrics:
         if cell is None:
             cell = self._cells[key] = _Cell(self._slots)
         bucket = self._bucket(cell, int(at // self.bucket_s))
-        bucket.count += part.count
-        bucket.errors += part.errors
-        bucket.output_tokens += part.output_tokens
-        bucket.tokens += part.tokens
-        bucket.token_records += part.token_records
-        bucket.cost += part.cost
+        add_counts(bucket, part)
         for name in ("latency_s", "ttft_s", "gen_tps"):
             blob = getattr(part, name)
             if blob is not None:
