@@ -1,5 +1,5 @@
 """`lookout status`'s cluster section: the nodes `/api/v1/cluster` lists, whether each is
-alive, and its share of the last minute's records (docs/scale-out.md)."""
+alive, the roles it holds, and its share of the last minute's records (docs/scale-out.md)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ def cluster_table(body: dict[str, Any]) -> Table:
     table.add_column("node", no_wrap=True)
     for col in ("alive", "heartbeat", "records/min", "share", "version"):
         table.add_column(col, justify="right", no_wrap=True)
+    table.add_column("roles")
     for n in body["nodes"]:
         mark = " (this)" if n["node"] == body["node"] else ""
         share = n["share"]
@@ -29,6 +30,7 @@ def cluster_table(body: dict[str, Any]) -> Table:
             str(n["records_last_minute"]),
             "-" if share is None else f"{share:.0%}",
             escape(n["version"]),
+            escape(", ".join(n.get("roles", [])) or "-"),
         )
     return table
 

@@ -1,6 +1,7 @@
 """Membership: each node rewrites its row of the `nodes` table every few seconds (its
 heartbeat), and reads everyone's to list the cluster. A node whose heartbeat is older than
-`cluster.alive_within` is listed as not alive; nothing else acts on it yet (no leadership).
+`cluster.alive_within` is listed as not alive. Roles are held by locks, not by heartbeats
+(leadership.py).
 
 On SQLite (one node) the row is kept in memory: `/api/v1/cluster` lists this node alone.
 """
@@ -37,6 +38,9 @@ class SingleNode:
     async def nodes(self) -> list[NodeRow]:
         return [] if self._row is None else [self._row]
 
+    async def role_holders(self) -> dict[int, str]:
+        return {}
+
 
 class Heartbeat:
     """Writes this node's row on entry and every `interval_s` until it exits."""
@@ -55,7 +59,7 @@ class Heartbeat:
         """`counted_last_minute(now)`: the records this node counted in the minute to `now`."""
         self._store = store
         self._clock = clock
-        self._node = node
+        self.node = self._node = node
         self._version = version
         self._counted = counted_last_minute
         self._interval_s = interval_s

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Info
 from lookout import __version__
 from lookout.clock import Clock
 from lookout.errors import ConfigError
+from lookout.monitor.cluster.leadership import Leadership, Role, RoleLock
 from lookout.monitor.cluster.membership import Heartbeat, SingleNode
 from lookout.monitor.cluster.views import ClusterView
 from lookout.monitor.cluster.windows import ClusterWindows
@@ -30,6 +31,25 @@ def cluster_enabled(settings: Settings) -> bool:
     if settings.cluster.enabled and not on_postgres:
         raise ConfigError("cluster.enabled needs a PostgreSQL store (store.url postgresql://)")
     return settings.cluster.enabled
+
+
+def leadership(settings: Settings, enabled: bool) -> Leadership:
+    """Advisory locks on the store's PostgreSQL in a cluster; else every role held here."""
+    c = settings.cluster
+    if not enabled:
+        return Leadership(None)
+    from lookout.monitor.storage.pg_leases import PgRoleLock  # psycopg: the postgres extra
+
+    s = settings.store
+    locks: dict[Role, RoleLock] = {
+        role: PgRoleLock(
+            s.url, role.value, node=settings.node.id, connect_timeout_s=s.connect_timeout_s
+        )
+        for role in Role
+    }
+    return Leadership(
+        locks, retry_interval_s=c.leader_retry_interval, check_interval_s=c.leader_check_interval
+    )
 
 
 def counted_last_minute(windows: WindowedMetrics) -> Callable[[float], int]:
@@ -55,6 +75,7 @@ class NodeCluster:
         c = settings.cluster
         self.enabled = cluster_enabled(settings)
         members: ClusterStore = store if isinstance(store, ClusterStore) else SingleNode()
+        self._members = members
         self.windows: WindowedMetrics | ClusterWindows = windows
         self.cluster_windows: ClusterWindows | None = None
         if self.enabled:
@@ -75,13 +96,31 @@ class NodeCluster:
             counted_last_minute=counted_last_minute(windows),
             interval_s=c.heartbeat_interval,
         )
-        self.view = ClusterView(node, self.enabled, members.nodes, clock, c.alive_within)
+        self.leadership = leadership(settings, self.enabled)
+        self.view = ClusterView(
+            node,
+            self.enabled,
+            members.nodes,
+            clock,
+            c.alive_within,
+            roles=self._roles_by_node,
+        )
         info = Info("lookout_node", "This node: its node.id, version", registry=registry)
         info.info({"node": node, "version": __version__, "cluster": str(self.enabled).lower()})
+
+    async def _roles_by_node(self) -> dict[str, list[str]]:
+        """Read from the locks themselves in a cluster (what each session holds now)."""
+        if not self.enabled:
+            return {self.heartbeat.node: self.leadership.held()}
+        by_node: dict[str, list[str]] = {}
+        for key, node in sorted((await self._members.role_holders()).items()):
+            by_node.setdefault(node, []).append(Role(key).label)
+        return by_node
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[NodeCluster]:
         async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(self.leadership)
             await stack.enter_async_context(self.heartbeat)
             if self.cluster_windows is not None:
                 await stack.enter_async_context(self.cluster_windows)

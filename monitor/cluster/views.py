@@ -19,6 +19,7 @@ class NodeView(BaseModel):
     heartbeat_at: float
     alive: bool
     records_last_minute: int
+    roles: list[str]  # the singleton roles whose lock this node holds (leadership.py)
     # Of the records the alive nodes counted in the minute before their heartbeats; None for
     # a node not alive, or when no alive node counted any.
     share: float | None
@@ -32,7 +33,9 @@ class ClusterResponse(BaseModel):
     nodes: list[NodeView]
 
 
-def node_views(rows: list[NodeRow], now: float, alive_within_s: float) -> list[NodeView]:
+def node_views(
+    rows: list[NodeRow], now: float, alive_within_s: float, roles: dict[str, list[str]]
+) -> list[NodeView]:
     alive = {r.node for r in rows if now - r.heartbeat_at <= alive_within_s}
     total = sum(r.records_last_minute for r in rows if r.node in alive)
     return [
@@ -43,6 +46,7 @@ def node_views(rows: list[NodeRow], now: float, alive_within_s: float) -> list[N
             heartbeat_at=r.heartbeat_at,
             alive=r.node in alive,
             records_last_minute=r.records_last_minute,
+            roles=roles.get(r.node, []),
             share=r.records_last_minute / total if total and r.node in alive else None,
         )
         for r in rows
@@ -56,14 +60,16 @@ class ClusterView:
     nodes: Callable[[], Awaitable[list[NodeRow]]]
     clock: Clock
     alive_within_s: float
+    roles: Callable[[], Awaitable[dict[str, list[str]]]]  # node -> roles held
 
     async def status(self) -> ClusterResponse:
         rows = await self.nodes()
+        roles = await self.roles()
         now = self.clock.now()
         return ClusterResponse(
             node=self.node,
             cluster=self.cluster,
             now=now,
             alive_within_s=self.alive_within_s,
-            nodes=node_views(rows, now, self.alive_within_s),
+            nodes=node_views(rows, now, self.alive_within_s, roles),
         )

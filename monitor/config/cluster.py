@@ -18,3 +18,7 @@ class ClusterConfig(Section):
     refresh_interval: DurationS = Field(default=5.0, gt=0)
     # A node whose last heartbeat is older than this is listed as not alive.
     alive_within: DurationS = Field(default=15.0, gt=0)
+    # Leadership (singleton roles on PostgreSQL advisory locks): how often a standby tries to
+    # take a role, and how often the holder checks that its lock's session is alive.
+    leader_retry_interval: DurationS = Field(default=3.0, gt=0)
+    leader_check_interval: DurationS = Field(default=2.0, gt=0)

@@ -34,3 +34,7 @@ class ClusterStore(Protocol):
     async def nodes(self) -> list[NodeRow]:
         """Every node's row, by node id."""
         ...
+
+    async def role_holders(self) -> dict[int, str]:
+        """Role number (leadership.py) -> the node whose session holds its lock now."""
+        ...

@@ -18,7 +18,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from lookout.errors import StoreError
 from lookout.monitor.config.masking import mask_url
-from lookout.monitor.storage import pg_cluster, pg_groups
+from lookout.monitor.storage import pg_cluster, pg_groups, pg_leases
 from lookout.monitor.storage.base import PartialRow, RejectedSample, RollupPoint, rollups_query
 from lookout.monitor.storage.committer import GroupCommitStore
 from lookout.monitor.storage.feedback import StoreFeedback
@@ -212,6 +212,9 @@ class PostgresStore(GroupCommitStore):
 
     async def nodes(self) -> list[NodeRow]:
         return await self._use(pg_cluster.nodes)
+
+    async def role_holders(self) -> dict[int, str]:
+        return await self._use(pg_leases.role_holders)
 
     async def recent_ids(self, limit: int) -> list[tuple[str, str]]:
         return await self._use(lambda conn: pg_groups.recent_ids(conn, limit))

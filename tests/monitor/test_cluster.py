@@ -124,6 +124,8 @@ async def _members_listed(a: Daemon, nodes: list[Daemon]) -> None:
     assert all(n["alive"] for n in listed.values())
     assert sum(n["records_last_minute"] for n in listed.values()) == RECORDS
     assert all(0.283 <= n["share"] <= 0.383 for n in listed.values())
+    held = sorted(role for n in listed.values() for role in n["roles"])
+    assert held == sorted(["alerts", "judge", "retention", "references"])  # each by one node
     (series,) = [s for s in status["series"] if (s["app"], s["model"]) == ("shop", ALL)]
     assert series["count"] == RECORDS
 
@@ -148,6 +150,7 @@ def test_status_lists_the_nodes_alive_or_not_and_their_shares() -> None:
                 "alive": True,
                 "records_last_minute": 300,
                 "share": 0.5,
+                "roles": ["alerts", "judge", "retention", "references"],
             },
             {
                 "node": "n2",
@@ -166,12 +169,14 @@ def test_status_lists_the_nodes_alive_or_not_and_their_shares() -> None:
                 "alive": False,
                 "records_last_minute": 280,
                 "share": None,
+                "roles": [],
             },
         ],
     }
-    out = Console(record=True, width=80)
+    out = Console(record=True, width=120)
     out.print(cluster_table(body))
     lines = out.export_text().splitlines()
     row = {line.split()[0]: line.split() for line in lines if line.strip().startswith("n")}
-    assert row["n1"][1:] == ["(this)", "yes", "2", "s", "ago", "300", "50%", "0.1.0"]
-    assert row["n3"][1:] == ["no", "40", "s", "ago", "280", "-", "0.1.0"]
+    roles = ["alerts,", "judge,", "retention,", "references"]
+    assert row["n1"][1:] == ["(this)", "yes", "2", "s", "ago", "300", "50%", "0.1.0", *roles]
+    assert row["n3"][1:] == ["no", "40", "s", "ago", "280", "-", "0.1.0", "-"]
