@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
-from lookout.alerts.outbox import OutboxItem, OutboxStatus, SqliteOutbox
+from lookout.alerts.outbox import Outbox, OutboxItem, OutboxStatus
 from lookout.alerts.payload import Outcome, batch_key, merge_payloads
 from lookout.backoff import backoff_s
 
@@ -62,7 +62,7 @@ class ChannelDelivery:
         channel: str,
         notifier: ChannelNotifier,
         *,
-        outbox: SqliteOutbox,
+        outbox: Outbox,
         clock: Clock,
         counter: Counter,
         after_pass: Callable[[float], Awaitable[None]],

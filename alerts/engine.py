@@ -5,26 +5,27 @@ call for through the durable outbox.
 TaskGroup: the evaluator (series -> observations -> state machine -> outbox) and one delivery
 worker per channel. The series come from a `SeriesSource` the daemon hands in, so the engine
 knows nothing of where they are computed.
+
+In a cluster only the node leading alerting (`LeaderGate.held`) evaluates; each evaluation's
+state and notifications are one write, and a node that has just taken the lead (`term` changed)
+first loads the state its predecessor committed. Delivery workers run on every node.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-from collections import defaultdict
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from lookout.alerts.anomaly import AnomalyReadings, AnomalyScorer, usual_text
+from lookout.alerts.anomaly import AnomalyReadings, AnomalyScorer
 from lookout.alerts.delivery import ChannelDelivery, ChannelNotifier
-from lookout.alerts.outbox import Silence, SqliteOutbox
-from lookout.alerts.payload import NotifiedAlert, alertmanager_payload, back, resolved_summary
+from lookout.alerts.notes import outbox_entries, render
+from lookout.alerts.outbox import Outbox, OutboxEntry, Silence
 from lookout.alerts.rules import Observation, Rule, SeriesSource, observe
 from lookout.alerts.state import (
     Alert,
@@ -35,6 +36,7 @@ from lookout.alerts.state import (
     Timing,
     step,
 )
+from lookout.errors import StoreError
 
 if TYPE_CHECKING:
     from lookout.alerts.config import RuleConfig
@@ -43,28 +45,22 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 _MAX_AGE_S = 24 * 3600.0  # a channel without its own max_age
 
-__all__ = ["AlertEngine", "ChannelNotifier", "render"]
+__all__ = ["AlertEngine", "ChannelNotifier", "LeaderGate", "render"]
 
 
-class _SafeDict(dict[str, Any]):
-    def __missing__(self, key: str) -> str:
-        return "{" + key + "}"
+class LeaderGate(Protocol):
+    """Whether this node leads alerting, and how many times it took the lead."""
+
+    held: bool
+    term: int
 
 
-class _NoValue:
-    """A value a window did not have (a resolve on no data): "n/a" whatever the format spec."""
+@dataclass(slots=True)
+class _Alone:
+    """A node alone leads for good."""
 
-    def __format__(self, spec: str) -> str:
-        return "n/a"
-
-
-def render(template: str, values: Mapping[str, Any]) -> str:
-    """A rule's summary with {value}, {threshold} and labels filled; unknown fields stay as is."""
-    filled = {k: _NoValue() if v is None else v for k, v in values.items()}
-    try:
-        return template.format_map(_SafeDict(filled))
-    except (ValueError, IndexError, TypeError):
-        return template
+    held: bool = True
+    term: int = 1
 
 
 def _engine_metrics(registry: CollectorRegistry) -> tuple[Gauge, Counter, Gauge, Gauge]:
@@ -101,7 +97,7 @@ class AlertEngine:
         notifiers: Mapping[str, ChannelNotifier],
         *,
         series: SeriesSource,
-        outbox: SqliteOutbox,
+        outbox: Outbox,
         clock: Clock,
         registry: CollectorRegistry,
         eval_interval_s: float,
@@ -109,6 +105,7 @@ class AlertEngine:
         max_age_s: Mapping[str, float] | None = None,
         drain_timeout_s: float = 1.5,
         anomaly: AnomalyScorer | None = None,
+        leader: LeaderGate | None = None,
     ) -> None:
         self._rules = rules
         # Built once: the pure rule and timing each rule config stands for.
@@ -124,6 +121,8 @@ class AlertEngine:
             raise ValueError("anomaly rules need an anomaly scorer")
         self._next_expiry_at = 0.0
         self._outbox = outbox
+        self._leader = leader or _Alone()
+        self._term: int | None = None  # the term whose state is loaded; None: load it first
         self._series = series
         self._clock = clock
         self._eval_interval_s = eval_interval_s
@@ -165,13 +164,29 @@ class AlertEngine:
                     await self._stop(evaluator, workers)
         finally:
             # An evaluation cut short by the stop may not have saved its changes.
-            await self._outbox.save_alerts(list(self._alerts.values()))
+            if self._leader.held and self._term == self._leader.term:
+                try:
+                    await self._outbox.save_alerts(list(self._alerts.values()))
+                except StoreError as exc:
+                    log.warning("alert_state_not_saved", error=str(exc))
 
     async def _restore(self) -> None:
         now = self._clock.now()
         self._started_at = now
-        for alert in await self._outbox.load_alerts():
-            self._alerts[(alert.rule, alert.labels)] = alert
+        await self._load()
+        if self._leader.held:
+            await self._take_over(now)
+
+    async def _load(self) -> None:
+        self._alerts = {(a.rule, a.labels): a for a in await self._outbox.load_alerts()}
+
+    async def _take_over(self, now: float) -> None:
+        """This node leads (again): the committed state, not what it held in memory."""
+        term = self._leader.term
+        if term > 1:
+            log.warning("alerts_taken_over", term=term)
+        await self._load()
+        self._term = term
         orphans = await self._outbox.fail_unknown_channels(list(self.deliveries), now)
         if orphans:
             log.error(
@@ -197,11 +212,25 @@ class AlertEngine:
 
     async def _evaluate_forever(self) -> None:
         while True:
-            now = self._clock.now()
-            await self.evaluate(now)
-            await self._housekeeping(now)
+            await self.tick(self._clock.now())
             self.evaluated.set()
             await asyncio.sleep(self._eval_interval_s)
+
+    async def tick(self, now: float) -> list[Notification]:
+        """One evaluation at `now` if this node leads alerting; else the leader's state is read
+        (for /api/v1/alerts) and only the leader's gauges count firing alerts."""
+        if not self._leader.held:
+            self._term = None
+            await self._load()
+            for rule in self._rules:
+                self._firing.labels(rule.name).set(0)
+            await self._update_depth(now)
+            return []
+        if self._term != self._leader.term:
+            await self._take_over(now)
+        sent = await self.evaluate(now)
+        await self._housekeeping(now)
+        return sent
 
     def _no_data(self, rule: RuleConfig, now: float) -> NoData:
         # The windows start empty: until one window has passed since the start, missing data
@@ -212,7 +241,7 @@ class AlertEngine:
 
     async def evaluate(self, now: float) -> list[Notification]:
         """One evaluation of every rule at `now`; returns the notifications it enqueued."""
-        sent: list[Notification] = []
+        sent: list[tuple[RuleConfig, list[Notification]]] = []
         changed: list[Alert] = []
         # Read every time: `lookout silence add` from another process applies within one
         # evaluation interval.
@@ -222,14 +251,24 @@ class AlertEngine:
             changed += outcome.changed
             self._firing.labels(rule.name).set(outcome.firing)
             if outcome.notes:
-                # State first: a crash after this re-sends at most, never forgets.
-                await self._outbox.save_alerts(changed)
-                changed = []
-                await self._enqueue(rule, outcome.notes, now)
-                sent.extend(outcome.notes)
-        if changed:
-            await self._outbox.save_alerts(changed)
-        return sent
+                sent.append((rule, outcome.notes))
+        if not changed and not sent:
+            return []
+        entries = [
+            e
+            for rule, notes in sent
+            for e in outbox_entries(rule, notes, self.anomaly, self._external_url)
+        ]
+        try:
+            # State and notifications together: a new leader loads exactly the state that was
+            # committed with the notifications, and a crash leaves both or neither.
+            refused = await self._outbox.commit(changed, entries, now)
+        except StoreError as exc:
+            log.error("alert_evaluation_not_saved", error=str(exc), notifications=len(entries))
+            self._term = None  # the next evaluation starts from what was committed
+            return []
+        self._told(sent, refused)
+        return [note for _, notes in sent for note in notes]
 
     def _evaluate_rule(
         self,
@@ -281,7 +320,7 @@ class AlertEngine:
         """The alert and what to tell under the silences: a muted notification is counted and
         dropped; a silence that ended while the alert still fires is told now, once."""
         if note is None and alert.muted and alert.state is AlertState.FIRING and not silenced:
-            alert = replace(alert, last_notified_at=now)
+            alert = replace(alert, last_notified_at=now, repeats=alert.repeats + 1)
             note = Notification(NotificationKind.FIRING, alert, now)
         if note is not None and silenced:
             for channel in rule.channels:
@@ -295,78 +334,27 @@ class AlertEngine:
             alert = replace(alert, muted=False)
         return alert, note
 
-    def _notified(self, rule: RuleConfig, note: Notification) -> NotifiedAlert:
-        labels = dict(note.alert.labels)
-        value = note.alert.value
-        threshold = rule.anomaly_z if rule.op == "anomaly" else rule.threshold
-        reading = None
-        if rule.op == "anomaly" and self.anomaly is not None:
-            reading = self.anomaly.last.get((rule.name, note.alert.labels))
-            # The series' own tail may have raised the rule's z: the one the value was held to.
-            if reading is not None and reading.threshold is not None:
-                threshold = reading.threshold
-        values: dict[str, object] = {"value": value, "threshold": threshold, **labels}
-        if rule.op == "anomaly":
-            usual = usual_text(rule.metric, reading)
-            values["usual"] = usual
-            # The usual band beside the value reads true both when firing and when resolved.
-            default = resolved_default = f"{rule.name}: {usual} ({{app}})"
-        else:
-            assert rule.threshold is not None  # the config requires it for comparison ops
-            values["back"] = back(value, rule.threshold)
-            default = f"{rule.name}: {rule.metric} {rule.op} {rule.threshold:g} ({{app}})"
-            resolved_default = resolved_summary(rule.name, rule.metric, rule.threshold, value)
-        template = rule.summary or default
-        if note.kind is NotificationKind.RESOLVED:  # the firing text would read as false now
-            template = rule.resolved_summary or resolved_default
-        dashboard = ""
-        if self._external_url:
-            dashboard = f"{self._external_url}/?app={quote(labels.get('app', ''))}"
-        return NotifiedAlert(
-            note,
-            severity=rule.severity,
-            summary=render(template, values),
-            description=render(rule.description, values),
-            threshold=threshold,
-            dashboard_url=dashboard,
-        )
-
-    async def _enqueue(self, rule: RuleConfig, notes: list[Notification], now: float) -> None:
-        """One notification per channel for each group: alerts of the rule that share status
-        and the values of `group_by`, so a burst across many apps is one message per group."""
-        groups: dict[tuple[bool, tuple[str, ...]], list[Notification]] = defaultdict(list)
-        for note in notes:
-            labels = dict(note.alert.labels)
-            values = tuple(labels.get(name, "") for name in rule.group_by)
-            groups[(note.kind is NotificationKind.RESOLVED, values)].append(note)
-        for (_, values), members in groups.items():
-            group_labels = {"alertname": rule.name, **dict(zip(rule.group_by, values, strict=True))}
-            line = hashlib.sha256("\x1f".join([rule.name, *values]).encode()).hexdigest()[:16]
-            if len(members) == 1:
-                key = members[0].idempotency_key
-            else:
-                material = "\x1f".join(sorted(n.idempotency_key for n in members))
-                key = f"group:{line}:{hashlib.sha256(material.encode()).hexdigest()[:24]}"
-            items = [self._notified(rule, n) for n in members]
-            for channel in rule.channels:
-                payload = alertmanager_payload(
-                    items,
-                    receiver=channel,
-                    group_labels=group_labels,
-                    external_url=self._external_url,
-                )
-                await self._outbox.enqueue(channel, key, payload, now, ordering_key=line)
-            for note in members:
+    def _told(
+        self, sent: list[tuple[RuleConfig, list[Notification]]], refused: list[OutboxEntry]
+    ) -> None:
+        """Log what was enqueued and wake the channels' workers; count refused duplicates."""
+        for entry in refused:  # another leader enqueued it already (a failover's overlap)
+            self._sent.labels(entry.channel, "duplicate").inc()
+            log.warning(
+                "notification_duplicate_refused", channel=entry.channel, key=entry.idempotency_key
+            )
+        for rule, notes in sent:
+            for note in notes:
                 log.info(
                     "alert_" + note.kind.value,
                     rule=rule.name,
                     labels=dict(note.alert.labels),
                     value=note.alert.value,
                 )
-        for channel in rule.channels:
-            delivery = self.deliveries.get(channel)
-            if delivery is not None:
-                delivery.wake.set()
+            for channel in rule.channels:
+                delivery = self.deliveries.get(channel)
+                if delivery is not None:
+                    delivery.wake.set()
 
     async def _housekeeping(self, now: float) -> None:
         if now >= self._next_expiry_at:  # a write: once a minute is enough for an hours' limit

@@ -1,5 +1,7 @@
 """The durable outbox: a notification is committed to disk before any attempt to send it.
 
+`Outbox` is what the engine, the delivery workers, Slack's threading, the API's silences and
+the CLI use; on a cluster it is PostgreSQL (monitor/storage/pg_outbox.py). `SqliteOutbox`:
 SQLite with `synchronous=FULL` on a connection of its own (one thread), so a notification that
 `enqueue` returned for survives kill -9 and a power cut; a worker then sends, retries with capped
 jittered backoff, and marks it delivered, failed (a final answer) or expired (too old).
@@ -10,20 +12,31 @@ from __future__ import annotations
 
 import enum
 import json
-import math
-import uuid
-from collections.abc import Collection
-from dataclasses import asdict, dataclass
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from lookout.alerts.state import Alert, AlertState
-from lookout.durations import parse_duration_s
+from lookout.alerts.silences import (
+    DEFAULT_SILENCE_MAX_S,
+    Silence,
+    silence_from_request,
+    silence_from_row,
+    silence_to_row,
+)
+from lookout.alerts.state import Alert, alert_from_json, alert_to_json
 from lookout.sqlite_thread import SqliteBacked, SqliteThread
 
-if TYPE_CHECKING:
-    pass
-
+__all__ = [
+    "DEFAULT_SILENCE_MAX_S",
+    "Outbox",
+    "OutboxEntry",
+    "OutboxItem",
+    "OutboxStatus",
+    "Silence",
+    "SqliteOutbox",
+    "silence_from_request",
+]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -74,73 +87,68 @@ class OutboxItem:
 
 
 @dataclass(frozen=True, slots=True)
-class Silence:
-    """Mutes notifications (not state) of alerts whose rule and labels match, until `ends_at`."""
+class OutboxEntry:
+    """One notification to enqueue: its dedup key is (channel, idempotency_key)."""
 
-    id: str
-    rule: str | None  # None: any rule
-    matchers: dict[str, str]
-    starts_at: float
-    ends_at: float
-    comment: str = ""
-
-    def mutes(self, rule: str, labels: dict[str, str], now: float) -> bool:
-        if not self.starts_at <= now < self.ends_at:
-            return False
-        if self.rule is not None and self.rule != rule:
-            return False
-        return all(labels.get(k) == v for k, v in self.matchers.items())
+    channel: str
+    idempotency_key: str
+    payload: dict[str, Any]
+    ordering_key: str = ""  # entries sharing (channel, ordering_key) go out in order
 
 
-DEFAULT_SILENCE_MAX_S = 90 * 86400.0  # `silences.max_duration`
+class Outbox(Protocol):
+    """Alert state, silences, Slack threads and the notifications to deliver: a SQLite file
+    for a node alone (SqliteOutbox), PostgreSQL for a cluster (monitor/storage/pg_outbox.py),
+    where `commit`, `enqueue` and `save_alerts` are the alert leader's and `due` hands a row to
+    one node at a time."""
 
+    async def commit(
+        self, alerts: Sequence[Alert], entries: Sequence[OutboxEntry], now: float
+    ) -> list[OutboxEntry]:
+        """Save `alerts` and enqueue `entries` in one transaction; returns the entries refused
+        because their (channel, idempotency key) is there already."""
+        ...
 
-def silence_from_request(
-    body: object, now: float, max_duration_s: float = DEFAULT_SILENCE_MAX_S
-) -> Silence:
-    """A silence from `{"rule"?, "matchers"?, "duration"? | "ends_at"?, "comment"?}`, ending
-    after `now` and at most `max_duration_s` after it."""
-    if not isinstance(body, dict):
-        raise ValueError("a silence is a JSON object")
-    rule = body.get("rule")
-    matchers = body.get("matchers", {})
-    if rule is not None and not isinstance(rule, str):
-        raise ValueError("rule must be a string")
-    if not isinstance(matchers, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in matchers.items()
-    ):
-        raise ValueError("matchers must map label names to values")
-    if rule is None and not matchers:
-        raise ValueError("a silence needs a rule, matchers, or both")
-    ends_at = _silence_end(body, now)
-    if ends_at <= now:
-        raise ValueError("the silence would end before it starts")
-    if ends_at - now > max_duration_s:
-        raise ValueError(
-            f"a silence lasts at most {_days(max_duration_s)} (silences.max_duration);"
-            " add a new one when it ends"
-        )
-    comment = str(body.get("comment", ""))[:500]
-    return Silence(uuid.uuid4().hex[:12], rule, matchers, now, ends_at, comment)
+    async def enqueue(
+        self,
+        channel: str,
+        idempotency_key: str,
+        payload: dict[str, Any],
+        now: float,
+        ordering_key: str = "",
+    ) -> bool: ...
 
+    async def due(self, channel: str, now: float, limit: int = 100) -> list[OutboxItem]: ...
 
-def _silence_end(body: dict[str, Any], now: float) -> float:
-    """`ends_at` (epoch seconds) or now + `duration`; a finite number either way."""
-    if "ends_at" in body:
-        ends_at = body["ends_at"]
-        # A number, not a string: float("inf") and float("nan") would pass a string through.
-        if isinstance(ends_at, bool) or not isinstance(ends_at, int | float):
-            raise ValueError("ends_at must be a number of seconds since the epoch")
-        ends_at = float(ends_at)
-    else:
-        ends_at = now + parse_duration_s(body.get("duration", "1h"))
-    if not math.isfinite(ends_at):
-        raise ValueError("the silence needs a finite end: ends_at or duration")
-    return ends_at
+    async def next_due_at(self, channel: str) -> float | None: ...
 
+    async def fail_unknown_channels(self, channels: Collection[str], now: float) -> int: ...
 
-def _days(seconds: float) -> str:
-    return f"{seconds / 86400:g} days" if seconds >= 86400 else f"{seconds:g} s"
+    async def message_ids(self, channel: str, alert_keys: Collection[str]) -> dict[str, str]: ...
+
+    async def remember_message(
+        self, channel: str, message_id: str, alert_keys: Collection[str], now: float
+    ) -> None: ...
+
+    async def finish(
+        self, item_id: int, status: OutboxStatus, now: float, error: str = ""
+    ) -> None: ...
+
+    async def retry_at(self, item_id: int, next_at: float, error: str) -> None: ...
+
+    async def expire(self, channel: str, older_than: float, now: float) -> int: ...
+
+    async def save_alerts(self, alerts: list[Alert]) -> None: ...
+
+    async def load_alerts(self) -> list[Alert]: ...
+
+    async def add_silence(self, silence: Silence) -> None: ...
+
+    async def silences(self, active_at: float | None = None) -> list[Silence]: ...
+
+    async def expire_silence(self, silence_id: str, now: float) -> bool: ...
+
+    async def depth(self) -> tuple[int, float | None]: ...
 
 
 class SqliteOutbox(SqliteBacked):
@@ -163,16 +171,35 @@ class SqliteOutbox(SqliteBacked):
         payload: dict[str, Any],
         now: float,
         ordering_key: str = "",
-    ) -> None:
+    ) -> bool:
         """Commit one notification. Those sharing (channel, ordering_key) go out in order."""
-        body = json.dumps(payload, separators=(",", ":"))
+        entry = OutboxEntry(channel, idempotency_key, payload, ordering_key)
+        return not await self.commit([], [entry], now)
+
+    async def commit(
+        self, alerts: Sequence[Alert], entries: Sequence[OutboxEntry], now: float
+    ) -> list[OutboxEntry]:
+        """One evaluation's changed alerts and notifications in one transaction: a crash
+        leaves both or neither. Returns the entries refused as duplicates."""
+        states = [(a.fingerprint, a.rule, alert_to_json(a)) for a in alerts]
         sql = (
             "INSERT OR IGNORE INTO outbox"
             " (channel, idempotency_key, payload, created_at, next_at, ordering_key)"
             " VALUES (?, ?, ?, ?, ?, ?)"
         )
-        args = (channel, idempotency_key, body, now, now, ordering_key)
-        await self._run(lambda: self._conn().execute(sql, args))
+        rows = [
+            (e.channel, e.idempotency_key, _json(e.payload), now, now, e.ordering_key)
+            for e in entries
+        ]
+
+        def work() -> list[OutboxEntry]:
+            db = self._conn()
+            with db:
+                db.execute("BEGIN")
+                db.executemany("INSERT OR REPLACE INTO alert_states VALUES (?, ?, ?)", states)
+                return [e for e, row in zip(entries, rows, strict=True) if not _new(db, sql, row)]
+
+        return await self._run(work)
 
     async def due(self, channel: str, now: float, limit: int = 100) -> list[OutboxItem]:
         """The channel's notifications to try now, oldest first, each first in its line."""
@@ -262,37 +289,16 @@ class SqliteOutbox(SqliteBacked):
 
     async def save_alerts(self, alerts: list[Alert]) -> None:
         """Upsert alert states, so a restart neither re-fires nor forgets a firing alert."""
-        rows = [(a.fingerprint, a.rule, json.dumps(asdict(a))) for a in alerts]
-
-        def work() -> None:
-            db = self._conn()
-            with db:
-                db.execute("BEGIN")
-                db.executemany("INSERT OR REPLACE INTO alert_states VALUES (?, ?, ?)", rows)
-
-        await self._run(work)
+        await self.commit(alerts, [], 0.0)
 
     async def load_alerts(self) -> list[Alert]:
         sql = "SELECT state FROM alert_states"
         rows = await self._run(lambda: self._conn().execute(sql).fetchall())
-        alerts = []
-        for (state,) in rows:
-            fields = json.loads(state)
-            fields["labels"] = tuple(tuple(pair) for pair in fields["labels"])
-            fields["state"] = AlertState(fields["state"])
-            alerts.append(Alert(**fields))
-        return alerts
+        return [alert_from_json(state) for (state,) in rows]
 
     async def add_silence(self, silence: Silence) -> None:
         sql = "INSERT INTO silences VALUES (?, ?, ?, ?, ?, ?)"
-        args = (
-            silence.id,
-            silence.rule,
-            json.dumps(silence.matchers),
-            silence.starts_at,
-            silence.ends_at,
-            silence.comment,
-        )
+        args = silence_to_row(silence)
         await self._run(lambda: self._conn().execute(sql, args))
 
     async def silences(self, active_at: float | None = None) -> list[Silence]:
@@ -305,7 +311,7 @@ class SqliteOutbox(SqliteBacked):
         rows = await self._run(
             lambda: self._conn().execute(sql + " ORDER BY ends_at", args).fetchall()
         )
-        return [Silence(r[0], r[1], json.loads(r[2]), r[3], r[4], r[5]) for r in rows]
+        return [silence_from_row(r) for r in rows]
 
     async def expire_silence(self, silence_id: str, now: float) -> bool:
         sql = "UPDATE silences SET ends_at = ? WHERE id = ? AND ends_at > ?"
@@ -317,3 +323,11 @@ class SqliteOutbox(SqliteBacked):
         sql = "SELECT COUNT(*), MIN(created_at) FROM outbox WHERE status = 'pending'"
         count, oldest = await self._run(lambda: self._conn().execute(sql).fetchone())
         return int(count), oldest
+
+
+def _new(db: Any, sql: str, row: tuple[Any, ...]) -> bool:
+    return bool(db.execute(sql, row).rowcount == 1)
+
+
+def _json(payload: dict[str, Any]) -> str:
+    return json.dumps(payload, separators=(",", ":"))

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import json
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
 
 
 class AlertState(enum.StrEnum):
@@ -62,6 +64,9 @@ class Alert:
     last_notified_at: float | None = None
     resolved_at: float | None = None  # endsAt of the last episode
     muted: bool = False  # its last notification was silenced: tell it when the silence ends
+    # Notifications after the first of this episode (repeats, the end of a silence): the k-th
+    # one's idempotency key says k, so whichever node sends it, it is the same key.
+    repeats: int = 0
 
     @property
     def fingerprint(self) -> str:
@@ -76,9 +81,13 @@ class Notification:
 
     @property
     def idempotency_key(self) -> str:
-        """The same on every retry of this notification, different for the next one."""
-        status = "resolved" if self.kind is NotificationKind.RESOLVED else "firing"
-        return f"{self.alert.fingerprint}:{status}:{self.alert.active_since}:{self.at}"
+        """The same on every retry of this notification and on whichever node computes it
+        (from the stored state, not the evaluation instant), different for the next one."""
+        alert = self.alert
+        if self.kind is NotificationKind.RESOLVED:
+            return f"{alert.fingerprint}:resolved:{alert.active_since}"
+        key = f"{alert.fingerprint}:firing:{alert.active_since}"
+        return f"{key}:{alert.repeats}" if alert.repeats else key
 
 
 def step(
@@ -103,12 +112,12 @@ def step(
         alert = replace(alert, value=value, last_breach_at=now)
         since = alert.active_since if alert.active_since is not None else now
         if state is AlertState.PENDING and now - since >= timing.for_s:
-            fired = replace(alert, state=AlertState.FIRING, last_notified_at=now)
+            fired = replace(alert, state=AlertState.FIRING, last_notified_at=now, repeats=0)
             return fired, Notification(NotificationKind.FIRING, fired, now)
         if state is AlertState.FIRING:
             last = alert.last_notified_at if alert.last_notified_at is not None else now
             if now - last >= timing.repeat_interval_s:
-                repeated = replace(alert, last_notified_at=now)
+                repeated = replace(alert, last_notified_at=now, repeats=alert.repeats + 1)
                 return repeated, Notification(NotificationKind.REPEAT, repeated, now)
         return alert, None
     # Not breached.
@@ -123,3 +132,20 @@ def step(
         )
         return resolved, Notification(NotificationKind.RESOLVED, resolved, now)
     return alert, None
+
+
+_ALERT_FIELDS = frozenset(f.name for f in fields(Alert))
+
+
+def alert_to_json(alert: Alert) -> str:
+    return json.dumps(asdict(alert))
+
+
+def alert_from_json(text: str) -> Alert:
+    """An alert as `alert_to_json` stored it; fields of a later release are ignored and fields
+    an earlier release did not store take their defaults."""
+    stored: dict[str, Any] = json.loads(text)
+    values = {k: v for k, v in stored.items() if k in _ALERT_FIELDS}
+    values["labels"] = tuple(tuple(pair) for pair in values["labels"])
+    values["state"] = AlertState(values["state"])
+    return Alert(**values)

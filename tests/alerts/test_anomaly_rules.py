@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from lookout.alerts.config import RuleConfig
+from lookout.alerts import notes
 from lookout.alerts.engine import AlertEngine
 from lookout.alerts.outbox import SqliteOutbox
 from lookout.alerts.state import AlertState, NotificationKind
@@ -110,7 +111,7 @@ async def test_a_level_shift_and_a_spike_fire_and_resolve_on_time(tmp_path: Path
         store.until = now
         await book.catch_up()
         for note in await engine.evaluate(now):
-            notified = engine._notified(engine._rules[0], note)
+            notified = notes.notified(engine._rules[0], note, engine.anomaly, "")
             events.append((note.kind, now, notified.summary))
             reading = book.assess("slow", LABELS, value(now), now)
             thresholds.append((notified.threshold, reading.threshold))
