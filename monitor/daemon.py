@@ -14,16 +14,15 @@ import contextlib
 from collections.abc import Coroutine
 from typing import Any
 
-import httpx
 import structlog
 from prometheus_client import CollectorRegistry
 
 from lookout import __version__
-from lookout.alerts.engine import AlertEngine, ChannelNotifier
-from lookout.alerts.notifiers import build_notifier
-from lookout.alerts.outbox import SqliteOutbox
+from lookout.alerts.engine import AlertEngine
+from lookout.alerts.outbox import Outbox
 from lookout.clock import Clock, SystemClock
 from lookout.detectors.judge import criteria_from
+from lookout.monitor.alerting import build_alerting
 from lookout.monitor.allocator import fix_mmap_threshold
 from lookout.monitor.anomaly import AnomalyBook
 from lookout.monitor.builders import (
@@ -79,7 +78,7 @@ class Daemon:
     judge_store: JudgeStore | None = None
     eval_store: EvalStore | None = None
     alerts: AlertEngine | None = None
-    outbox: SqliteOutbox | None = None
+    outbox: Outbox | None = None
     anomaly: AnomalyBook | None = None
     rollups: RollupService | None = None
     views: ApiViews | None = None
@@ -295,41 +294,20 @@ class Daemon:
     async def _alert_engine(
         self, stack: contextlib.AsyncExitStack, extra_series: SeriesFn
     ) -> contextlib.AbstractAsyncContextManager[AlertEngine]:
-        s = self.settings
-        outbox = await stack.enter_async_context(SqliteOutbox(s.store.local_path()))
-        self.outbox = outbox
-        http = await stack.enter_async_context(httpx.AsyncClient())
-        notifiers: dict[str, ChannelNotifier] = {}
-        for name, channel in s.channels.items():
-            notifiers[name] = await stack.enter_async_context(
-                build_notifier(name, channel, http=http, clock=self.clock, posted_messages=outbox)
-            )
-
-        if any(r.op == "anomaly" for r in s.rules):
-            book = AnomalyBook(
-                s.rules,
-                self.store,
-                now=self.clock.now,
-                checkpoint_path=s.store.local_path().with_suffix(".anomaly.json"),
-            )
-            self.anomaly = await stack.enter_async_context(book.running())
-
         def rule_series(window_s: float, now: float) -> list[SeriesPoint]:
             return self.cluster.windows.points(window_s, now) + list(extra_series(window_s, now))
 
-        engine = AlertEngine(
-            s.rules,
-            notifiers,
-            series=rule_series,
-            outbox=outbox,
+        built = await build_alerting(
+            stack,
+            self.settings,
+            store=self.store,
+            cluster=self.cluster,
             clock=self.clock,
             registry=self.registry,
-            eval_interval_s=s.eval_interval,
-            external_url=s.api.external_url or "",
-            max_age_s={name: c.max_age for name, c in s.channels.items()},
-            anomaly=self.anomaly,
+            series=rule_series,
         )
-        return engine.running()
+        self.outbox, self.anomaly = built.outbox, built.anomaly
+        return built.engine.running()
 
     async def _detection_service(self, stack: contextlib.AsyncExitStack) -> DetectionService:
         s = self.settings

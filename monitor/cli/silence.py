@@ -1,7 +1,7 @@
 """`lookout silence add|list|expire`: mute notifications (not alert state) for a while.
 
-Silences live in the alert outbox's SQLite database; a running daemon applies a new one within
-one eval_interval.
+Silences live with the alert outbox: the node's SQLite file, or PostgreSQL for a cluster (where
+every node reads them); a running daemon applies a new one within one eval_interval.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from lookout.monitor.cli.common import (
 )
 
 if TYPE_CHECKING:
-    from lookout.alerts.outbox import SqliteOutbox
+    import contextlib
+
+    from lookout.alerts.outbox import Outbox
     from lookout.monitor.config import Settings
 
 _UTC_FMT = "%Y-%m-%d %H:%M:%S UTC"
@@ -29,10 +31,10 @@ _UTC_FMT = "%Y-%m-%d %H:%M:%S UTC"
 silence_app = typer.Typer(help="Mute notifications (not alert state) for a while.")
 
 
-def _silence_store(settings: Settings) -> SqliteOutbox:
-    from lookout.alerts.outbox import SqliteOutbox
+def _silence_store(settings: Settings) -> contextlib.AbstractAsyncContextManager[Outbox]:
+    from lookout.monitor.alerting import outbox_for_cli
 
-    return SqliteOutbox(settings.store.local_path())
+    return outbox_for_cli(settings)
 
 
 @silence_app.command("add")

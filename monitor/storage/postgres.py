@@ -22,10 +22,11 @@ from lookout.monitor.storage import pg_cluster, pg_groups, pg_leases
 from lookout.monitor.storage.base import PartialRow, RejectedSample, RollupPoint, rollups_query
 from lookout.monitor.storage.committer import GroupCommitStore
 from lookout.monitor.storage.feedback import StoreFeedback
+from lookout.monitor.storage.pg_outbox import Fenced, PgOutbox
 from lookout.monitor.storage.schema import migrate_postgres
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Mapping
 
     from psycopg import AsyncConnection
 
@@ -212,6 +213,12 @@ class PostgresStore(GroupCommitStore):
 
     async def nodes(self) -> list[NodeRow]:
         return await self._use(pg_cluster.nodes)
+
+    def outbox(
+        self, *, fenced: Fenced | None = None, send_timeout_s: Mapping[str, float] | None = None
+    ) -> PgOutbox:
+        """The alerting tables on this store's pool; `fenced`: the alert role's transactions."""
+        return PgOutbox(self._use, node=self._node, fenced=fenced, send_timeout_s=send_timeout_s)
 
     async def role_holders(self) -> dict[int, str]:
         return await self._use(pg_leases.role_holders)

@@ -6,7 +6,8 @@ version rows, so a crash half-way leaves the database as it was; a database whos
 newer than this code's is refused, as an older release must not write a layout it does not
 know. A migration is never edited once released: a change is a new migration at the end.
 
-The outbox, references, judge store and alert state keep their own SQLite files for now.
+On SQLite the outbox, alert state, references and judge store keep their own tables in the
+node's local file; on PostgreSQL the alerting tables are here (migration 4).
 """
 
 from __future__ import annotations
@@ -122,10 +123,35 @@ _POSTGRES_NODES = (
     records_last_minute BIGINT NOT NULL DEFAULT 0)""",
 )
 
+# Alerting shared by a cluster (monitor/storage/pg_outbox.py): the notification log, whose
+# (channel, idempotency_key) refuses a second leader's duplicate; a row is claimed by one node
+# at a time (claimed_by, lease_until); the alert states, silences and Slack threads.
+_POSTGRES_ALERTING = (
+    """CREATE TABLE outbox (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, channel TEXT NOT NULL,
+    idempotency_key TEXT NOT NULL, payload TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL,
+    next_at DOUBLE PRECISION NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+    status TEXT NOT NULL DEFAULT 'pending', last_error TEXT, done_at DOUBLE PRECISION,
+    ordering_key TEXT NOT NULL DEFAULT '', claimed_by TEXT, lease_until DOUBLE PRECISION,
+    UNIQUE (channel, idempotency_key))""",
+    "CREATE INDEX outbox_due ON outbox (channel, next_at) WHERE status = 'pending'",
+    "CREATE INDEX outbox_line ON outbox (channel, ordering_key, id) WHERE status = 'pending'",
+    "CREATE INDEX outbox_done ON outbox (done_at) WHERE status <> 'pending'",
+    """CREATE TABLE alert_states (
+    fingerprint TEXT PRIMARY KEY, rule TEXT NOT NULL, state TEXT NOT NULL)""",
+    """CREATE TABLE silences (
+    id TEXT PRIMARY KEY, rule TEXT, matchers TEXT NOT NULL, starts_at DOUBLE PRECISION NOT NULL,
+    ends_at DOUBLE PRECISION NOT NULL, comment TEXT NOT NULL DEFAULT '')""",
+    """CREATE TABLE message_threads (
+    channel TEXT NOT NULL, alert_key TEXT NOT NULL, message_id TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (channel, alert_key))""",
+)
+
 POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "records, rollups, partials per node, seen ids, rejected samples", _POSTGRES_V1),
     Migration(2, "feedback events", _POSTGRES_FEEDBACK),
     Migration(3, "nodes and their heartbeats", _POSTGRES_NODES),
+    Migration(4, "outbox, alert states, silences, message threads", _POSTGRES_ALERTING),
 )
 
 _VERSION_TABLE = (

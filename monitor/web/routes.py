@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 from aiohttp import web
 
-from lookout.alerts.outbox import SqliteOutbox, silence_from_request
+from lookout.alerts.outbox import Outbox, silence_from_request
 from lookout.clock import Clock
 from lookout.monitor.cluster.views import ClusterResponse
 from lookout.monitor.ingest.feedback_ingest import FeedbackIngest
@@ -35,7 +35,7 @@ class RouteDeps:
     clock: Clock
     views: ApiViews
     dashboard: Dashboard
-    outbox: SqliteOutbox | None  # None without alert rules
+    outbox: Outbox | None  # None without alert rules
     max_body_bytes: int  # of a POST /api/v1/records body; larger ones are rejected unread
     silence_max_s: float
     feedback: FeedbackIngest | None = None
@@ -58,7 +58,7 @@ class ApiRoutes:
     async def alerts(self, request: web.Request) -> web.Response:
         return web.json_response(dump_json(self._deps.views.alerts_listed()))
 
-    def _silences_outbox(self) -> SqliteOutbox:
+    def _silences_outbox(self) -> Outbox:
         if self._deps.outbox is None:
             raise web.HTTPConflict(
                 text=json.dumps({"error": "no alert rules are configured"}),
