@@ -13,8 +13,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
-from lookout.alerts.config import RuleConfig
 from lookout.alerts import notes
+from lookout.alerts.config import RuleConfig
 from lookout.alerts.engine import AlertEngine
 from lookout.alerts.outbox import SqliteOutbox
 from lookout.alerts.state import AlertState, NotificationKind

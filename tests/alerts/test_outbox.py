@@ -9,17 +9,17 @@ from pathlib import Path
 
 from lookout.alerts.outbox import OutboxStatus, SqliteOutbox
 from lookout.backoff import backoff_s
+from tests.alerts.outboxes import opened
 
 T0 = 1_700_000_000.0
 
 
-async def test_enqueue_is_idempotent_and_survives_reopening(tmp_path: Path) -> None:
-    db = tmp_path / "lookout.db"
-    async with SqliteOutbox(db) as outbox:
-        await outbox.enqueue("pager-hook", "fp:firing:1", {"status": "firing"}, T0)
-        await outbox.enqueue("pager-hook", "fp:firing:1", {"status": "firing"}, T0)
-        await outbox.enqueue("oncall-slack", "fp:firing:1", {"status": "firing"}, T0)
-    async with SqliteOutbox(db) as outbox:
+async def test_enqueue_is_idempotent_and_survives_reopening(outbox_at: str) -> None:
+    async with opened(outbox_at) as outbox:
+        assert await outbox.enqueue("pager-hook", "fp:firing:1", {"status": "firing"}, T0)
+        assert not await outbox.enqueue("pager-hook", "fp:firing:1", {"status": "firing"}, T0)
+        assert await outbox.enqueue("oncall-slack", "fp:firing:1", {"status": "firing"}, T0)
+    async with opened(outbox_at) as outbox:
         [hook] = await outbox.due("pager-hook", T0)
         [slack] = await outbox.due("oncall-slack", T0)
         assert hook.payload == slack.payload == {"status": "firing"}
@@ -36,8 +36,8 @@ async def test_enqueue_is_idempotent_and_survives_reopening(tmp_path: Path) -> N
         assert await outbox.depth() == (0, None)
 
 
-async def test_a_resolved_never_overtakes_the_firing_it_follows(tmp_path: Path) -> None:
-    async with SqliteOutbox(tmp_path / "lookout.db") as outbox:
+async def test_a_resolved_never_overtakes_the_firing_it_follows(outbox_at: str) -> None:
+    async with opened(outbox_at) as outbox:
         await outbox.enqueue("hook", "a:firing", {"status": "firing"}, T0, ordering_key="a")
         await outbox.enqueue("hook", "b:firing", {"status": "firing"}, T0, ordering_key="b")
         await outbox.enqueue("hook", "a:resolved", {"status": "resolved"}, T0 + 5, ordering_key="a")
@@ -76,8 +76,8 @@ async def test_an_outbox_from_an_earlier_version_is_upgraded_in_place(tmp_path: 
         assert [i.idempotency_key for i in await outbox.due("hook", 3.0)] == ["k0", "k1"]
 
 
-async def test_failing_notifications_of_a_channel_no_longer_configured(tmp_path: Path) -> None:
-    async with SqliteOutbox(tmp_path / "lookout.db") as outbox:
+async def test_failing_notifications_of_a_channel_no_longer_configured(outbox_at: str) -> None:
+    async with opened(outbox_at) as outbox:
         await outbox.enqueue("gone", "k1", {}, T0)
         await outbox.enqueue("hook", "k2", {}, T0)
         assert await outbox.fail_unknown_channels(["hook"], T0) == 1
@@ -117,13 +117,30 @@ def test_backoff_is_capped_jittered_and_honours_retry_after() -> None:
     assert backoff_s(0, rng, base_s=1.0, cap_s=300.0, retry_after_s=42) == 42
 
 
-async def test_alert_states_round_trip(tmp_path: Path) -> None:
+async def test_alert_states_round_trip(outbox_at: str) -> None:
     from lookout.alerts.state import Alert, AlertState, Timing, step
 
     fired, _ = step(Alert("r", (("app", "bot"),)), True, 3.5, T0, timing=Timing())
-    async with SqliteOutbox(tmp_path / "a.db") as outbox:
+    async with opened(outbox_at) as outbox:
         await outbox.save_alerts([fired])
         await outbox.save_alerts([fired])
-    async with SqliteOutbox(tmp_path / "a.db") as outbox:
+    async with opened(outbox_at) as outbox:
         [loaded] = await outbox.load_alerts()
     assert loaded == fired and loaded.state is AlertState.FIRING
+
+
+async def test_silences_and_slack_threads_round_trip(outbox_at: str) -> None:
+    from lookout.alerts.outbox import Silence
+
+    async with opened(outbox_at) as outbox:
+        await outbox.add_silence(Silence("s1", "errors", {"app": "bot"}, T0, T0 + 60, "deploy"))
+        await outbox.add_silence(Silence("s2", None, {"app": "shop"}, T0, T0 + 30))
+        await outbox.remember_message("slack", "1700.01", ["fp1", "fp2"], T0)
+    async with opened(outbox_at) as outbox:
+        assert [x.id for x in await outbox.silences(active_at=T0 + 40)] == ["s1"]
+        assert await outbox.expire_silence("s1", T0 + 41)
+        assert not await outbox.expire_silence("s1", T0 + 42)
+        assert await outbox.silences(active_at=T0 + 42) == []
+        [s2, s1] = await outbox.silences()
+        assert (s1.matchers, s1.comment, s2.rule) == ({"app": "bot"}, "deploy", None)
+        assert await outbox.message_ids("slack", ["fp1", "fp3"]) == {"fp1": "1700.01"}

@@ -144,3 +144,24 @@ async def test_postgres_migrates_once_applies_only_what_is_missing_and_refuses_n
             newer = f"schema version {n + 1}, newer than this release's {n}"
             with pytest.raises(StoreError, match=newer):
                 await migrate_postgres(conn)
+
+
+async def test_a_postgres_database_of_the_previous_release_gains_the_alerting_tables() -> None:
+    before_alerting = [m for m in POSTGRES_MIGRATIONS if m.version < 4]
+    with pg_database() as url:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            assert await migrate_postgres(conn, before_alerting) == 3
+            await conn.execute("INSERT INTO nodes VALUES ('a', %s, %s, '0.1', 7)", (T0, T0))
+            assert await migrate_postgres(conn) == POSTGRES_LATEST
+            cur = await conn.execute("SELECT node, records_last_minute FROM nodes")
+            assert await cur.fetchall() == [("a", 7)]
+            args = ("hook", "k", "{}", T0, T0)
+            insert = (
+                "INSERT INTO outbox (channel, idempotency_key, payload, created_at, next_at)"
+                " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
+            )
+            assert (await conn.execute(insert, args)).rowcount == 1
+            assert (await conn.execute(insert, args)).rowcount == 0  # the dedup key
+            for table in ("alert_states", "silences", "message_threads"):
+                cur = await conn.execute(f"SELECT COUNT(*) FROM {table}")
+                assert await cur.fetchone() == (0,)

@@ -1,0 +1,308 @@
+"""Alerting in a cluster, on a real PostgreSQL: every node delivers and each notification
+reaches the receiver once; only the node holding the alert role writes; a node that takes over
+carries `for:` and `repeat_interval` on from the committed state (docs/scale-out.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+import psycopg
+import pytest
+from prometheus_client import CollectorRegistry, Counter
+
+from lookout.alerts.config import RuleConfig
+from lookout.alerts.delivery import ChannelDelivery
+from lookout.alerts.engine import AlertEngine, LeaderGate
+from lookout.alerts.outbox import Outbox, OutboxEntry
+from lookout.alerts.state import (
+    Alert,
+    AlertState,
+    Notification,
+    NotificationKind,
+    Timing,
+    step,
+)
+from lookout.alerts.webhook import WebhookNotifier
+from lookout.clock import FakeClock, SystemClock
+from lookout.monitor.cluster.leadership import Leadership, Role
+from lookout.monitor.metrics.windows import WindowedMetrics
+from lookout.monitor.storage.pg_leases import NotLeader, PgRoleLock, application_name
+from tests.alerts.outboxes import alerts_lock, pg_store
+from tests.conftest import Receiver
+from tests.stores import pg_database
+
+T0 = 1_700_000_000.0
+TIMEOUT_S = 15.0
+RULE = RuleConfig.model_validate(
+    {
+        "name": "errors",
+        "metric": "error_rate",
+        "window": 600,
+        "where": {"app": "bot"},
+        "threshold": 0.5,
+        "for": "30s",
+        "repeat_interval": "60s",
+        "channels": ["hook"],
+    }
+)
+
+
+async def nothing(_: float) -> None:
+    return None
+
+
+def rows(url: str, sql: str) -> list[tuple[object, ...]]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def terminate_sessions(url: str, node: str) -> None:
+    """What a dead node or a cut link does to its lock sessions: the server ends them."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+            (application_name(node),),
+        )
+
+
+async def received_keys(receiver: Receiver, n: int) -> list[str]:
+    """The Idempotency-Key of every request, once `n` distinct ones have arrived."""
+
+    async def enough() -> None:
+        while len({h["Idempotency-Key"] for h, _ in receiver.requests}) < n:
+            receiver.received.clear()
+            await receiver.received.wait()
+
+    await asyncio.wait_for(enough(), TIMEOUT_S)
+    return [h["Idempotency-Key"] for h, _ in receiver.requests]
+
+
+async def test_two_nodes_deliver_every_notification_once_and_in_order(
+    receiver: Receiver,
+) -> None:
+    with pg_database() as url:
+        lock = alerts_lock(url, "a")
+        async with pg_store(url, "a") as a, pg_store(url, "b") as b, httpx.AsyncClient() as http:
+            assert await lock.try_acquire()
+            entries = [OutboxEntry("hook", f"k{i}", {"n": i}, f"line{i % 5}") for i in range(60)]
+            assert await a.outbox(fenced=lock.fenced).commit([], entries, time.time()) == []
+            sent = Counter("sent", "sends", ["channel", "outcome"], registry=CollectorRegistry())
+            workers = [
+                ChannelDelivery(
+                    "hook",
+                    WebhookNotifier(http, receiver.url),
+                    outbox=store.outbox(),
+                    clock=SystemClock(),
+                    counter=sent,
+                    after_pass=nothing,
+                )
+                for store in (a, b)
+            ]
+            stopping = asyncio.Event()
+            async with asyncio.TaskGroup() as tg:
+                for worker in workers:
+                    tg.create_task(worker.run(stopping))
+                keys = await received_keys(receiver, 60)
+                stopping.set()
+            await lock.release()
+    assert collections.Counter(keys) == {f"k{i}": 1 for i in range(60)}
+    by_line = collections.defaultdict(list)
+    for _, body in receiver.requests:
+        n = json.loads(body)["n"]
+        by_line[n % 5].append(n)
+    assert all(ns == sorted(ns) for ns in by_line.values())  # head of line across nodes
+
+
+async def test_a_node_that_dies_mid_send_leaves_a_lease_another_node_sends_after() -> None:
+    with pg_database() as url:
+        lock = alerts_lock(url, "a")
+        async with pg_store(url, "a") as a, pg_store(url, "b") as b:
+            assert await lock.try_acquire()
+            assert await a.outbox(fenced=lock.fenced).enqueue("hook", "k1", {}, T0)
+            await lock.release()
+            [claimed] = await a.outbox(send_timeout_s={"hook": 10.0}).due("hook", T0)
+            # a dies here, mid-send: b finds nothing until the lease (10 s + margin) runs out.
+            assert await b.outbox().due("hook", T0 + 5) == []
+            assert await b.outbox().next_due_at("hook") == T0 + 20
+            [again] = await b.outbox().due("hook", T0 + 20)
+            assert (again.id, again.idempotency_key) == (claimed.id, "k1")
+            assert rows(url, "SELECT claimed_by FROM outbox") == [("b",)]
+
+
+async def test_writes_without_the_alert_role_or_after_its_session_died_commit_nothing() -> None:
+    fired, _ = step(Alert("errors", (("app", "bot"),)), True, 1.0, T0, timing=Timing())
+    entry = OutboxEntry("hook", "fp:firing", {"status": "firing"})
+    with pg_database() as url:
+        async with pg_store(url) as store:
+            holder, standby = alerts_lock(url, "a"), alerts_lock(url, "b")
+            assert await holder.try_acquire()
+            assert not await standby.try_acquire()
+            with pytest.raises(NotLeader):
+                await store.outbox(fenced=standby.fenced).commit([fired], [entry], T0)
+            terminate_sessions(url, "a")  # the holder's session dies (killed node, cut link)
+            with pytest.raises(NotLeader):
+                await store.outbox(fenced=holder.fenced).commit([fired], [entry], T0)
+            with pytest.raises(NotLeader):  # and it stays refused
+                await store.outbox(fenced=holder.fenced).save_alerts([fired])
+            await standby.release()
+            await holder.release()
+        assert rows(url, "SELECT COUNT(*) FROM outbox") == [(0,)]
+        assert rows(url, "SELECT COUNT(*) FROM alert_states") == [(0,)]
+
+
+class Pausable:
+    """A leadership loop's sleep that can be held: a node that is stopped (SIGSTOP) does not
+    notice it lost its session, nor take the role back."""
+
+    def __init__(self) -> None:
+        self.go = asyncio.Event()
+        self.go.set()
+
+    async def __call__(self, seconds: float) -> None:
+        await self.go.wait()
+        await asyncio.sleep(seconds)
+
+
+class Node:
+    def __init__(self, name: str, url: str, http: httpx.AsyncClient, receiver: Receiver) -> None:
+        self.name, self.url = name, url
+        self.paused = Pausable()
+        locks = {r: PgRoleLock(url, r.value, node=name, connect_timeout_s=5.0) for r in Role}
+        self.leadership = Leadership(
+            locks,  # type: ignore[arg-type]
+            retry_interval_s=0.02,
+            check_interval_s=0.02,
+            sleep=self.paused,
+        )
+        self.store = pg_store(url, name)
+        self.registry = CollectorRegistry()
+        self.http, self.receiver = http, receiver
+
+    @property
+    def gate(self) -> LeaderGate:
+        return self.leadership.gate(Role.ALERTS)
+
+    def engine(self, outbox: Outbox, windows: WindowedMetrics, clock: FakeClock) -> AlertEngine:
+        return AlertEngine(
+            [RULE],
+            {"hook": WebhookNotifier(self.http, self.receiver.url)},
+            series=windows.points,
+            outbox=outbox,
+            clock=clock,
+            registry=self.registry,
+            eval_interval_s=3600,
+            leader=self.gate,
+        )
+
+    async def leads(self, term: int) -> None:
+        gate = self.leadership.gate(Role.ALERTS)
+        async with asyncio.timeout(TIMEOUT_S):
+            while not (gate.held and gate.term == term):
+                await gate.wait_change()
+
+    def dies(self) -> None:
+        self.paused.go.clear()
+        terminate_sessions(self.url, self.name)
+
+
+Cluster = tuple[Node, AlertEngine, Node, AlertEngine, WindowedMetrics]
+
+
+@contextlib.asynccontextmanager
+async def cluster(url: str, receiver: Receiver) -> AsyncIterator[Cluster]:
+    """Nodes a and b, each with its store and engine, reading the same (cluster-wide) series
+    on one fake clock; neither leadership entered yet."""
+    clock = FakeClock(T0)
+    windows = WindowedMetrics(started_at=T0 - 600, max_window_s=600)
+    async with contextlib.AsyncExitStack() as stack:
+        http = await stack.enter_async_context(httpx.AsyncClient())
+        built = []
+        for name in ("a", "b"):
+            node = Node(name, url, http, receiver)
+            store = await stack.enter_async_context(node.store)
+            outbox = store.outbox(fenced=node.leadership.gate(Role.ALERTS).fenced)
+            built.append((node, node.engine(outbox, windows, clock)))
+        [(a, engine_a), (b, engine_b)] = built
+        yield a, engine_a, b, engine_b, windows
+
+
+def breach(windows: WindowedMetrics) -> None:
+    windows.observe(windows.labels_for("bot", "m"), T0, True, 100.0, None, 1, 1, 0.0)
+
+
+async def failover_and_back(
+    a: Node, engine_a: AlertEngine, b: Node, engine_b: AlertEngine, windows: WindowedMetrics
+) -> list[Notification]:
+    """a leads, sees the breach; a dies, b fires and repeats; b dies, a repeats again."""
+    async with a.leadership:
+        await a.leads(term=1)
+        async with b.leadership:
+            breach(windows)
+            assert await engine_a.tick(T0) == []  # pending since T0, committed
+            assert await engine_a.tick(T0 + 10) == []
+            a.dies()
+            await b.leads(term=1)
+            assert await engine_a.tick(T0 + 20) == []  # a's session is gone: it writes nothing
+            assert await engine_b.tick(T0 + 25) == []  # b took over: pending since T0
+            [fired] = await engine_b.tick(T0 + 30)  # 30 s after T0, not after the takeover
+            assert (fired.kind, fired.alert.active_since) == (NotificationKind.FIRING, T0)
+            assert await engine_b.deliveries["hook"].deliver_due(T0 + 30) == 1
+            [repeat] = await engine_b.tick(T0 + 90)
+            assert repeat.kind is NotificationKind.REPEAT
+            assert await engine_b.deliveries["hook"].deliver_due(T0 + 90) == 1
+            # Back to a: it reloads b's state (last notified at T0 + 90, one repeat).
+            b.dies()
+            a.paused.go.set()
+            await a.leads(term=2)
+            assert await engine_a.tick(T0 + 100) == []
+            assert [x.state for x in engine_a.alerts()] == [AlertState.FIRING]
+            [again] = await engine_a.tick(T0 + 150)
+            assert await engine_a.deliveries["hook"].deliver_due(T0 + 150) == 1
+            b.paused.go.set()
+            return [fired, repeat, again]
+
+
+async def test_a_new_leader_fires_once_timed_from_the_stored_active_since(
+    receiver: Receiver,
+) -> None:
+    with pg_database() as url:
+        async with cluster(url, receiver) as (a, engine_a, b, engine_b, windows):
+            fired, repeat, again = await failover_and_back(a, engine_a, b, engine_b, windows)
+    keys = [h["Idempotency-Key"] for h, _ in receiver.requests]
+    assert len(keys) == len(set(keys)) == 3
+    assert [json.loads(body)["status"] for _, body in receiver.requests] == ["firing"] * 3
+    assert keys == [fired.idempotency_key, repeat.idempotency_key, again.idempotency_key]
+    assert again.alert.repeats == 2
+
+
+async def test_a_second_leaders_duplicate_is_refused_and_counted(receiver: Receiver) -> None:
+    with pg_database() as url:
+        async with cluster(url, receiver) as (a, engine_a, b, engine_b, windows):
+            async with a.leadership:
+                await a.leads(term=1)
+                breach(windows)
+                assert await engine_a.tick(T0) == []
+                a.dies()
+                async with b.leadership:
+                    await b.leads(term=1)
+                    assert await engine_b.tick(T0 + 5) == []  # b loads the pending alert
+                    [pending] = engine_b.alerts()
+                    # An overlapping leader got there first with the same state, so the same key.
+                    key = Notification(NotificationKind.FIRING, pending, T0 + 30).idempotency_key
+                    other = b.store.outbox(fenced=b.leadership.gate(Role.ALERTS).fenced)
+                    assert await other.enqueue("hook", key, {"status": "firing", "by": "x"}, T0)
+                    [note] = await engine_b.tick(T0 + 30)
+                    assert note.idempotency_key == key
+                    assert await engine_b.deliveries["hook"].deliver_due(T0 + 30) == 1
+                a.paused.go.set()
+            assert rows(url, "SELECT COUNT(*) FROM outbox") == [(1,)]
+    duplicates = {"channel": "hook", "outcome": "duplicate"}
+    assert b.registry.get_sample_value("lookout_notifications_total", duplicates) == 1
+    [(_, body)] = receiver.requests
+    assert json.loads(body) == {"status": "firing", "by": "x"}
