@@ -10,6 +10,7 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import psycopg
@@ -31,10 +32,13 @@ from lookout.alerts.state import (
 from lookout.alerts.webhook import WebhookNotifier
 from lookout.clock import FakeClock, SystemClock
 from lookout.monitor.cluster.leadership import Leadership, Role
+from lookout.monitor.config import Settings
+from lookout.monitor.daemon import Daemon
 from lookout.monitor.metrics.windows import WindowedMetrics
 from lookout.monitor.storage.pg_leases import NotLeader, PgRoleLock, application_name
 from tests.alerts.outboxes import alerts_lock, pg_store
-from tests.conftest import Receiver
+from tests.alerts.test_engine import api, post
+from tests.conftest import Receiver, make_settings, running, sample_value
 from tests.stores import pg_database
 
 T0 = 1_700_000_000.0
@@ -306,3 +310,55 @@ async def test_a_second_leaders_duplicate_is_refused_and_counted(receiver: Recei
     assert b.registry.get_sample_value("lookout_notifications_total", duplicates) == 1
     [(_, body)] = receiver.requests
     assert json.loads(body) == {"status": "firing", "by": "x"}
+
+
+def alerting_node(tmp_path: Path, topic_root: str, node: str, url: str, hook: str) -> Settings:
+    return make_settings(
+        tmp_path / node,
+        topic_root,
+        node={"id": f"{node}-{topic_root}"},
+        bus={"shared_group": f"g{topic_root}", "client_id": None},
+        store={"url": url},
+        cluster={
+            "heartbeat_interval": "1h",
+            "refresh_interval": "1h",
+            "leader_retry_interval": 0.05,
+        },
+        eval_interval=0.05,
+        channels={"hook": {"kind": "webhook", "url": hook}},
+        rules=[RULE.model_dump(by_alias=True) | {"for": 0}],
+    )
+
+
+async def evaluations(d: Daemon, n: int) -> None:
+    assert d.alerts is not None
+    for _ in range(n):
+        d.alerts.evaluated.clear()
+        await asyncio.wait_for(d.alerts.evaluated.wait(), TIMEOUT_S)
+
+
+async def test_two_daemons_notify_once_and_share_silences(
+    tmp_path: Path, topic_root: str, receiver: Receiver
+) -> None:
+    with pg_database() as url:
+        a, b = (Daemon(alerting_node(tmp_path, topic_root, n, url, receiver.url)) for n in "ab")
+        async with running(a), running(b):
+            for d in (a, b):  # both see the breach: only the one leading alerting notifies
+                await post(d, [{"app": "bot", "error": "boom"}] * 3)
+            await asyncio.wait_for(receiver.received.wait(), TIMEOUT_S)
+            for d in (a, b):
+                await evaluations(d, 5)
+            leaders = [d for d in (a, b) if "alerts" in d.cluster.leadership.held()]
+            assert len(leaders) == 1
+            async with api(b) as http:
+                added = await http.post(
+                    "/api/v1/silences", json={"rule": "errors", "duration": "1h"}
+                )
+                assert added.status_code in (200, 201)
+            async with api(a) as http:
+                [listed] = (await http.get("/api/v1/silences")).json()
+                [alert] = (await http.get("/api/v1/alerts")).json()
+            assert listed["rule"] == "errors" and alert["state"] == "firing"
+            for d in (a, b):
+                assert sample_value(d, "lookout_outbox_depth", {}) == 0
+    assert len(receiver.requests) == 1
