@@ -61,6 +61,9 @@ async def outbox_for_cli(settings: Settings) -> AsyncIterator[Outbox]:
         async with SqliteOutbox(settings.store.local_path()) as outbox:
             yield outbox
         return
+    from lookout.monitor.logs import configure_logging
+
+    configure_logging("warning", json=False)  # the command's output, not the store's info
     store = open_store(
         settings.store, IngestMetrics(CollectorRegistry()), SystemClock(), node=settings.node.id
     )

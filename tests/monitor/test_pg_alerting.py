@@ -8,6 +8,9 @@ import asyncio
 import collections
 import contextlib
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -362,3 +365,23 @@ async def test_two_daemons_notify_once_and_share_silences(
             for d in (a, b):
                 assert sample_value(d, "lookout_outbox_depth", {}) == 0
     assert len(receiver.requests) == 1
+
+
+def test_the_silence_command_writes_where_a_cluster_reads(tmp_path: Path) -> None:
+    def cli(config: Path, *args: str) -> str:
+        proc = subprocess.run(
+            [sys.executable, "-m", "lookout", "silence", *args, "--config", str(config)],
+            capture_output=True,
+            env={**os.environ, "COLUMNS": "200"},
+            timeout=60,
+            check=True,
+        )
+        return proc.stdout.decode()
+
+    with pg_database() as url:
+        config = tmp_path / "cli.yaml"
+        config.write_text(f"store: {{url: '{url}'}}\nbus: {{shared_group: lookout}}\n")
+        silence_id = cli(config, "add", "--match", "app=bot", "--comment", "deploy").split()[1]
+        assert rows(url, "SELECT id, comment FROM silences") == [(silence_id, "deploy")]
+        assert "deploy" in cli(config, "list")
+        assert f"silence {silence_id} expired" in cli(config, "expire", silence_id)
