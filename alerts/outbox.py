@@ -109,15 +109,6 @@ class Outbox(Protocol):
         because their (channel, idempotency key) is there already."""
         ...
 
-    async def enqueue(
-        self,
-        channel: str,
-        idempotency_key: str,
-        payload: dict[str, Any],
-        now: float,
-        ordering_key: str = "",
-    ) -> bool: ...
-
     async def due(self, channel: str, now: float, limit: int = 100) -> list[OutboxItem]: ...
 
     async def next_due_at(self, channel: str) -> float | None: ...
@@ -151,7 +142,33 @@ class Outbox(Protocol):
     async def depth(self) -> tuple[int, float | None]: ...
 
 
-class SqliteOutbox(SqliteBacked):
+class CommitShortcuts:
+    """`enqueue` and `save_alerts` of an outbox, as one-part `commit`s."""
+
+    async def commit(
+        self, alerts: Sequence[Alert], entries: Sequence[OutboxEntry], now: float
+    ) -> list[OutboxEntry]:
+        raise NotImplementedError
+
+    async def enqueue(
+        self,
+        channel: str,
+        idempotency_key: str,
+        payload: dict[str, Any],
+        now: float,
+        ordering_key: str = "",
+    ) -> bool:
+        """Commit one notification (False: its key is there already). Those sharing (channel,
+        ordering_key) go out in order."""
+        entry = OutboxEntry(channel, idempotency_key, payload, ordering_key)
+        return not await self.commit([], [entry], now)
+
+    async def save_alerts(self, alerts: list[Alert]) -> None:
+        """Upsert alert states, so a restart neither re-fires nor forgets a firing alert."""
+        await self.commit(alerts, [], 0.0)
+
+
+class SqliteOutbox(CommitShortcuts, SqliteBacked):
     def __init__(self, path: Path) -> None:
         # synchronous=FULL: an enqueue that returned survives a crash or a power cut.
         self._sql = SqliteThread(
@@ -163,18 +180,6 @@ class SqliteOutbox(SqliteBacked):
         )
         self._run = self._sql.run
         self._conn = self._sql.conn
-
-    async def enqueue(
-        self,
-        channel: str,
-        idempotency_key: str,
-        payload: dict[str, Any],
-        now: float,
-        ordering_key: str = "",
-    ) -> bool:
-        """Commit one notification. Those sharing (channel, ordering_key) go out in order."""
-        entry = OutboxEntry(channel, idempotency_key, payload, ordering_key)
-        return not await self.commit([], [entry], now)
 
     async def commit(
         self, alerts: Sequence[Alert], entries: Sequence[OutboxEntry], now: float
@@ -286,10 +291,6 @@ class SqliteOutbox(SqliteBacked):
             return int(expired)
 
         return await self._run(work)
-
-    async def save_alerts(self, alerts: list[Alert]) -> None:
-        """Upsert alert states, so a restart neither re-fires nor forgets a firing alert."""
-        await self.commit(alerts, [], 0.0)
 
     async def load_alerts(self) -> list[Alert]:
         sql = "SELECT state FROM alert_states"

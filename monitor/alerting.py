@@ -43,7 +43,9 @@ def open_outbox(
     if not cluster.enabled:
         return SqliteOutbox(settings.store.local_path())
     gate = cluster.leadership.gate(Role.ALERTS)
-    return _postgres(store).outbox(fenced=gate.fenced, send_timeout_s=_send_timeouts(settings))
+    outbox = _postgres(store).outbox(fenced=gate.fenced, send_timeout_s=_send_timeouts(settings))
+    # Nothing to open or close: the pool is the store's, the lock session the leadership's.
+    return contextlib.nullcontext(outbox)
 
 
 def _postgres(store: Store) -> PostgresStore:

@@ -19,13 +19,12 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
-from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
 import psycopg
 from psycopg import AsyncConnection
 
-from lookout.alerts.outbox import OutboxEntry, OutboxItem, OutboxStatus
+from lookout.alerts.outbox import CommitShortcuts, OutboxEntry, OutboxItem, OutboxStatus
 from lookout.alerts.silences import Silence, silence_from_row, silence_to_row
 from lookout.alerts.state import Alert, alert_from_json, alert_to_json
 from lookout.errors import StoreError
@@ -76,7 +75,7 @@ def _no_session() -> contextlib.AbstractAsyncContextManager[AsyncConnection[Any]
     raise NotLeader("alerts: this process does not hold the alert role")
 
 
-class PgOutbox:
+class PgOutbox(CommitShortcuts):
     """`lookout.alerts.outbox.Outbox` on the store's pool (and the alert role's session)."""
 
     def __init__(
@@ -95,17 +94,6 @@ class PgOutbox:
         self._fenced = fenced or _no_session
         self._send_timeout_s = dict(send_timeout_s or {})
         self._claim_limit = claim_limit
-
-    async def __aenter__(self) -> PgOutbox:
-        return self  # the pool and the lock session belong to the store and the leadership
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        return None
 
     @contextlib.asynccontextmanager
     async def _role(self) -> AsyncIterator[AsyncConnection[Any]]:
@@ -134,20 +122,6 @@ class PgOutbox:
                 if cur.rowcount != 1:
                     refused.append(e)
         return refused
-
-    async def enqueue(
-        self,
-        channel: str,
-        idempotency_key: str,
-        payload: dict[str, Any],
-        now: float,
-        ordering_key: str = "",
-    ) -> bool:
-        entry = OutboxEntry(channel, idempotency_key, payload, ordering_key)
-        return not await self.commit([], [entry], now)
-
-    async def save_alerts(self, alerts: list[Alert]) -> None:
-        await self.commit(alerts, [], 0.0)
 
     async def due(self, channel: str, now: float, limit: int = 100) -> list[OutboxItem]:
         """Claims the channel's due heads of line for this node, oldest first."""

@@ -9,12 +9,13 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from lookout.alerts.outbox import Outbox, SqliteOutbox
+from lookout.alerts.outbox import SqliteOutbox
 from lookout.clock import FakeClock
 from lookout.monitor.cluster.leadership import Role
 from lookout.monitor.config import Settings
 from lookout.monitor.metrics.prom import IngestMetrics
 from lookout.monitor.storage.pg_leases import PgRoleLock
+from lookout.monitor.storage.pg_outbox import PgOutbox
 from lookout.monitor.storage.postgres import PostgresStore
 
 
@@ -28,7 +29,7 @@ def alerts_lock(url: str, node: str) -> PgRoleLock:
 
 
 @contextlib.asynccontextmanager
-async def opened(where: str) -> AsyncIterator[Outbox]:
+async def opened(where: str) -> AsyncIterator[SqliteOutbox | PgOutbox]:
     """The outbox at `where` (a SQLite path or a PostgreSQL URL), opened as a leader would."""
     if not where.startswith("postgresql://"):
         async with SqliteOutbox(Path(where)) as outbox:
