@@ -20,6 +20,7 @@ import structlog
 from lookout.alerts.outbox import Outbox, OutboxItem, OutboxStatus
 from lookout.alerts.payload import Outcome, batch_key, merge_payloads
 from lookout.backoff import backoff_s
+from lookout.errors import StoreError
 
 if TYPE_CHECKING:
     from prometheus_client import Counter
@@ -84,8 +85,12 @@ class ChannelDelivery:
     async def run(self, stopping: asyncio.Event) -> None:
         """Deliver until `stopping` is set; a send under way when it is set is let finish."""
         while not stopping.is_set():
-            await self.deliver_due(self._clock.now(), stopping)
-            next_at = await self._outbox.next_due_at(self.channel)
+            try:
+                await self.deliver_due(self._clock.now(), stopping)
+                next_at = await self._outbox.next_due_at(self.channel)
+            except StoreError as exc:  # a shared outbox's database is away: try again soon
+                log.warning("notification_delivery_paused", channel=self.channel, error=str(exc))
+                next_at = None
             wait_s = 1.0 if next_at is None else min(max(next_at - self._clock.now(), 0.01), 1.0)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), wait_s)

@@ -212,7 +212,11 @@ class AlertEngine:
 
     async def _evaluate_forever(self) -> None:
         while True:
-            await self.tick(self._clock.now())
+            try:
+                await self.tick(self._clock.now())
+            except StoreError as exc:  # the database is away: evaluate again once it is back
+                self._term = None  # from what was committed
+                log.error("alert_evaluation_failed", error=str(exc))
             self.evaluated.set()
             await asyncio.sleep(self._eval_interval_s)
 

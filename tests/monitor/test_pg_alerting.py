@@ -33,7 +33,7 @@ from lookout.alerts.state import (
     step,
 )
 from lookout.alerts.webhook import WebhookNotifier
-from lookout.clock import FakeClock, SystemClock
+from lookout.clock import Clock, FakeClock, SystemClock
 from lookout.monitor.cluster.leadership import Leadership, Role
 from lookout.monitor.config import Settings
 from lookout.monitor.daemon import Daemon
@@ -195,15 +195,23 @@ class Node:
     def gate(self) -> LeaderGate:
         return self.leadership.gate(Role.ALERTS)
 
-    def engine(self, outbox: Outbox, windows: WindowedMetrics, clock: FakeClock) -> AlertEngine:
+    def engine(
+        self,
+        outbox: Outbox,
+        windows: WindowedMetrics,
+        clock: Clock,
+        eval_interval_s: float = 3600,
+        rule: RuleConfig = RULE,
+    ) -> AlertEngine:
+        self.registry = CollectorRegistry()  # the last engine's
         return AlertEngine(
-            [RULE],
+            [rule],
             {"hook": WebhookNotifier(self.http, self.receiver.url)},
             series=windows.points,
             outbox=outbox,
             clock=clock,
             registry=self.registry,
-            eval_interval_s=3600,
+            eval_interval_s=eval_interval_s,
             leader=self.gate,
         )
 
@@ -385,3 +393,34 @@ def test_the_silence_command_writes_where_a_cluster_reads(tmp_path: Path) -> Non
         assert rows(url, "SELECT id, comment FROM silences") == [(silence_id, "deploy")]
         assert "deploy" in cli(config, "list")
         assert f"silence {silence_id} expired" in cli(config, "expire", silence_id)
+
+
+async def test_evaluation_and_delivery_outlive_the_database_going_away(
+    receiver: Receiver,
+) -> None:
+    async def move(url: str, suffix_from: str, suffix_to: str) -> None:
+        """Not a blocking call: the lock it waits for may be held by the loop's transactions."""
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            for table in ("outbox", "silences"):
+                await conn.execute(f"ALTER TABLE {table}{suffix_from} RENAME TO {table}{suffix_to}")
+
+    with pg_database() as url:
+        async with cluster(url, receiver) as (a, _, _, _, windows):
+            clock = SystemClock()
+            outbox = a.store.outbox(fenced=a.leadership.gate(Role.ALERTS).fenced)
+            at_once = RULE.model_copy(update={"for_s": 0.0})
+            engine = a.engine(outbox, windows, clock, eval_interval_s=0.05, rule=at_once)
+            async with a.leadership, engine.running():
+                await a.leads(term=1)
+                await move(url, "", "_away")  # what an outage looks like to every query
+                windows.observe(
+                    windows.labels_for("bot", "m"), clock.now(), True, 1.0, None, 1, 1, 0
+                )
+                for _ in range(3):
+                    engine.evaluated.clear()
+                    await asyncio.wait_for(engine.evaluated.wait(), TIMEOUT_S)
+                assert receiver.requests == []
+                await move(url, "_away", "")
+                await asyncio.wait_for(receiver.received.wait(), TIMEOUT_S)
+    [(_, body)] = receiver.requests
+    assert json.loads(body)["status"] == "firing"
