@@ -37,16 +37,21 @@ _HISTORY_S = 30 * 86400.0  # finished rows and Slack threads kept this long
 _LEASE_MARGIN_S = 10.0  # beyond the sends ahead of a row: the round trips to finish it
 DEFAULT_SEND_TIMEOUT_S = 10.0
 
-# The oldest pending row of its (channel, ordering key): a resolution never overtakes the firing
-# it follows, whichever node holds the firing one.
-_HEAD = """o.status = 'pending' AND NOT EXISTS (
-    SELECT 1 FROM outbox AS e WHERE e.channel = o.channel AND e.ordering_key = o.ordering_key
-    AND e.status = 'pending' AND e.id < o.id)"""
+# The oldest pending row of each of the channel's (ordering key) lines: a resolution never
+# overtakes the firing it follows, whichever node holds the firing one. One pass over the
+# pending rows by the outbox_line index, once per claim (MATERIALIZED: inlined, the planner may
+# run it again per row; a NOT EXISTS per row was as quadratic).
+_HEADS = """SELECT DISTINCT ON (ordering_key) id, next_at, lease_until FROM outbox
+    WHERE channel = %(channel)s AND status = 'pending' ORDER BY ordering_key, id"""
 
-# The k-th row claimed is sent after the k - 1 before it (each within the send timeout).
-_CLAIM = f"""WITH picked AS (
-    SELECT o.id FROM outbox AS o WHERE o.channel = %(channel)s AND o.next_at <= %(now)s
-    AND (o.lease_until IS NULL OR o.lease_until <= %(now)s) AND {_HEAD}
+# The conditions on `o` are checked again on a row another node has just claimed (READ
+# COMMITTED), so a claim never takes a row whose lease was set meanwhile. The k-th row claimed
+# is sent after the k - 1 before it (each within the send timeout): its lease says so.
+_CLAIM = f"""WITH heads AS MATERIALIZED ({_HEADS}),
+picked AS (
+    SELECT o.id FROM outbox AS o JOIN heads ON heads.id = o.id
+    WHERE o.status = 'pending' AND o.next_at <= %(now)s
+    AND (o.lease_until IS NULL OR o.lease_until <= %(now)s)
     ORDER BY o.id LIMIT %(limit)s FOR UPDATE OF o SKIP LOCKED),
 ranked AS (SELECT id, row_number() OVER (ORDER BY id) AS k FROM picked)
 UPDATE outbox SET claimed_by = %(node)s,
@@ -54,8 +59,8 @@ UPDATE outbox SET claimed_by = %(node)s,
 FROM ranked WHERE outbox.id = ranked.id
 RETURNING outbox.id, channel, idempotency_key, payload, created_at, attempts"""
 
-_NEXT_DUE = f"""SELECT MIN(GREATEST(o.next_at, COALESCE(o.lease_until, o.next_at)))
-    FROM outbox AS o WHERE o.channel = %s AND {_HEAD}"""
+_NEXT_DUE = f"""WITH heads AS ({_HEADS})
+    SELECT MIN(GREATEST(next_at, COALESCE(lease_until, next_at))) FROM heads"""
 
 _ENQUEUE = """INSERT INTO outbox
     (channel, idempotency_key, payload, created_at, next_at, ordering_key)
@@ -143,7 +148,7 @@ class PgOutbox(CommitShortcuts):
         return [OutboxItem(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5]) for r in rows]
 
     async def next_due_at(self, channel: str) -> float | None:
-        (row,) = await self._fetch(_NEXT_DUE, (channel,))
+        (row,) = await self._fetch(_NEXT_DUE, {"channel": channel})
         return None if row[0] is None else float(row[0])
 
     async def finish(self, item_id: int, status: OutboxStatus, now: float, error: str = "") -> None:
