@@ -97,6 +97,8 @@ class NodeCluster:
             interval_s=c.heartbeat_interval,
         )
         self.leadership = leadership(settings, self.enabled)
+        if self.enabled:
+            members.use_retention_role(self.leadership.gate(Role.RETENTION))
         self.view = ClusterView(
             node,
             self.enabled,
