@@ -13,7 +13,6 @@ from typing import Any
 
 import httpx
 import paho.mqtt.client as paho
-import psutil
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -53,7 +52,9 @@ class Node:
 
     def rss_bytes(self) -> int:
         assert self.proc is not None
-        return int(psutil.Process(self.proc.pid).memory_info().rss)
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        (kib,) = [line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")]
+        return int(kib) * 1024
 
     async def cluster(self) -> dict[str, Any]:
         async with httpx.AsyncClient(base_url=self.api, timeout=5) as http:
