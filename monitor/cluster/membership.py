@@ -17,7 +17,7 @@ import structlog
 from lookout.clock import Clock
 from lookout.errors import StoreError
 from lookout.monitor.storage.base import PartialRow
-from lookout.monitor.storage.nodes import ClusterStore, NodeRow
+from lookout.monitor.storage.nodes import ClusterStore, FencedRole, NodeRow
 
 log = structlog.get_logger(__name__)
 Sleep = Callable[[float], Awaitable[None]]
@@ -40,6 +40,9 @@ class SingleNode:
 
     async def role_holders(self) -> dict[int, str]:
         return {}
+
+    def use_retention_role(self, role: FencedRole) -> None:
+        """A node alone prunes its own store."""
 
 
 class Heartbeat:

@@ -18,7 +18,8 @@ from lookout.monitor.cluster.membership import Heartbeat, SingleNode
 from lookout.monitor.cluster.views import ClusterView
 from lookout.monitor.cluster.windows import ClusterWindows
 from lookout.monitor.config import Settings
-from lookout.monitor.metrics.windows import ALL, WindowedMetrics
+from lookout.monitor.metrics.prom import WindowCollector
+from lookout.monitor.metrics.windows import ALL, WindowedMetrics, WindowStats
 from lookout.monitor.storage import Store
 from lookout.monitor.storage.nodes import ClusterStore
 
@@ -97,6 +98,8 @@ class NodeCluster:
             interval_s=c.heartbeat_interval,
         )
         self.leadership = leadership(settings, self.enabled)
+        if self.enabled:
+            members.use_retention_role(self.leadership.gate(Role.RETENTION))
         self.view = ClusterView(
             node,
             self.enabled,
@@ -105,8 +108,17 @@ class NodeCluster:
             c.alive_within,
             roles=self._roles_by_node,
         )
+        self._default_window_s = settings.metrics.default_window
+        self._clock = clock
+        if self.enabled:  # one exporter of the cluster-wide gauges: a `sum by` stays right
+            registry.register(WindowCollector(self._leader_stats, cluster=True))
         info = Info("lookout_node", "This node: its node.id, version", registry=registry)
         info.info({"node": node, "version": __version__, "cluster": str(self.enabled).lower()})
+
+    def _leader_stats(self) -> list[WindowStats]:
+        if not self.leadership.gate(Role.ALERTS).held:
+            return []
+        return self.windows.query(self._default_window_s, self._clock.now())
 
     async def _roles_by_node(self) -> dict[str, list[str]]:
         """Read from the locks themselves in a cluster (what each session holds now)."""

@@ -16,7 +16,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import aiomqtt
 from aiohttp import web
@@ -25,9 +24,9 @@ from lookout.monitor.config import Settings
 from lookout.monitor.daemon import Daemon
 from lookout.monitor.demo.history import seed_history
 from lookout.monitor.demo.judge import demo_judge
+from lookout.monitor.demo.rules import HOOK, demo_rules
 from lookout.monitor.demo.traffic import (
     PROFILES,
-    SUPPORT,
     TIMELINE,
     TIMELINE_S,
     Incident,
@@ -36,7 +35,6 @@ from lookout.monitor.demo.traffic import (
     active,
 )
 
-HOOK = "demo-hook"
 TICK_S = 0.25
 
 
@@ -68,85 +66,6 @@ def free_port(preferred: int = 0) -> int:
         return int(s.getsockname()[1])
 
 
-def _anomaly_rule(speed: float) -> dict[str, Any]:
-    """support-bot's p95 latency against its learned normal (history seeded by `seed_history`)."""
-    return {
-        "name": "unusual-latency",
-        "metric": "latency_p95",
-        "where": {"app": SUPPORT},
-        "op": "anomaly",
-        "direction": "up",
-        "sensitivity": 8,  # the demo's short windows are noisier than the learned minutes
-        "window": 30 / speed,
-        "for": 10 / speed,
-        "min_samples": 20,
-        "channels": [HOOK],
-        "severity": "warning",
-    }
-
-
-def _demo_rules(speed: float) -> list[dict[str, Any]]:
-    """The alert rules the demo's incidents fire, their windows scaled by the speed."""
-
-    def rule(
-        name: str, metric: str, threshold: float, for_s: float, summary: str, **extra: Any
-    ) -> dict[str, Any]:
-        return {
-            "name": name,
-            "metric": metric,
-            "threshold": threshold,
-            "window": 30 / speed,
-            "for": for_s / speed,
-            "channels": [HOOK],
-            "summary": summary,
-            **extra,
-        }
-
-    return [
-        rule(
-            "slow-responses",
-            "latency_p95",
-            3.0,
-            10,
-            "p95 latency {value:.1f}s > {threshold:g}s ({app})",
-            resolved_summary="p95 latency {value:.1f}s, back {back} {threshold:g}s ({app})",
-            severity="warning",
-        ),
-        _anomaly_rule(speed),
-        rule(
-            "error-burst",
-            "error_rate",
-            0.15,
-            5,
-            "error rate {value:.0%} ({app})",
-            resolved_summary="error rate {value:.0%}, back {back} {threshold:.0%} ({app})",
-            severity="critical",
-            min_samples=10,
-        ),
-        rule(
-            "prompt-drift",
-            "drift_score",
-            1.5,
-            10,
-            "prompts drifted from the reference: score {value:.1f} ({app})",
-            resolved_summary="prompt drift score {value:.1f}, back {back} {threshold:g} ({app})",
-            where={"field": "prompt"},
-            severity="warning",
-        ),
-        rule(
-            "odd-prompts",
-            "ood_rate",
-            0.25,
-            5,
-            "{value:.0%} of prompts out of distribution ({app})",
-            resolved_summary="{value:.0%} of prompts out of distribution, back {back} "
-            "{threshold:.0%} ({app})",
-            where={"field": "prompt"},
-            severity="warning",
-        ),
-    ]
-
-
 def demo_settings(
     opts: DemoOptions,
     *,
@@ -171,6 +90,9 @@ def demo_settings(
             "api": {"bind": f"127.0.0.1:{api_port}"},
             "eval_interval": max(0.2, s(2)),
             "metrics": {"bucket_s": s(5)},
+            # A user comes back about once a minute: sessions split on a 90 s gap, so the
+            # session charts fill within the demo (30 min, the default, would take hours).
+            "engagement": {"bucket": s(10), "session_idle_gap": s(90)},
             "detectors": {
                 "fields": ["prompt", "response"],
                 "reference": {"auto_size": 200},
@@ -188,7 +110,7 @@ def demo_settings(
                 "lookback": max(6.0, s(60)),
             },
             "channels": {HOOK: {"kind": "webhook", "url": hook_url, "max_age": "10m"}},
-            "rules": _demo_rules(opts.speed),
+            "rules": demo_rules(opts.speed),
         }
     )
 
@@ -296,18 +218,16 @@ class Demo:
             while True:
                 timeline_s = (time.monotonic() - start) * opts.speed
                 for app in PROFILES:
-                    incident = active(self._timeline, app, timeline_s)
-                    self._announce(incident, timeline_s, announced)
+                    incidents = active(self._timeline, app, timeline_s)
+                    self._announce(incidents, timeline_s, announced)
                     owed[app] += per_tick
-                    batch = [
-                        gen.record(app, time.time(), incident.kind if incident else None)
-                        for _ in range(int(owed[app]))
-                    ]
+                    kinds = frozenset(i.kind for i in incidents)
+                    batch = [gen.record(app, time.time(), kinds) for _ in range(int(owed[app]))]
                     owed[app] -= len(batch)
-                    batch += [s for s in map(gen.shadow, list(batch)) if s is not None]
+                    batch += [s for r in list(batch) if (s := gen.shadow(r, kinds)) is not None]
                     if batch:
                         await client.publish(f"llm/records/{app}", json.dumps(batch), qos=1)
-                    if thumbs := [e for e in map(gen.feedback, batch) if e is not None]:
+                    if thumbs := [e for r in batch if (e := gen.feedback(r, kinds)) is not None]:
                         await client.publish(f"llm/feedback/{app}", json.dumps(thumbs), qos=1)
                 if timeline_s > self._end_s() and not over:
                     over = True
@@ -324,13 +244,16 @@ class Demo:
         return min(TIMELINE_S, last + 45.0)
 
     def _announce(
-        self, incident: Incident | None, timeline_s: float, announced: set[tuple[Incident, str]]
+        self,
+        incidents: tuple[Incident, ...],
+        timeline_s: float,
+        announced: set[tuple[Incident, str]],
     ) -> None:
         for i in self._timeline:
             ended = timeline_s >= i.start_s + i.duration_s
-            if i is incident and (i, "start") not in announced:
+            if i in incidents and (i, "start") not in announced:
                 announced.add((i, "start"))
                 self._say(f"incident: {i.what}")
             elif ended and (i, "start") in announced and (i, "end") not in announced:
                 announced.add((i, "end"))
-                self._say(f"incident over: {i.app} is back to normal")
+                self._say(f"incident over: {i.over or f'{i.app} is back to normal'}")

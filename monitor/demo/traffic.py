@@ -3,9 +3,12 @@
 Prompts and responses are generated from shipped phrase lists (no data set needed); latency is
 log-normal with a time-to-first-token share, tokens follow the texts, a few calls fail.
 support-bot's password-reset questions carry a reference answer, and a share of its requests
-is answered again by a shadow model (`metadata.shadow_of`) for the judge's pairwise grading. An
-incident changes one app's traffic for a while: slow calls, an error burst, prompts on another
-topic (drift), or prompts unlike anything the app sees (out-of-distribution).
+is answered again by a shadow model (`metadata.shadow_of`) for the judge's pairwise grading.
+Users give thumbs on a tenth of the answers. An incident changes one app's traffic for a while:
+slow calls, an error burst, prompts on another topic (drift), prompts unlike anything the app
+sees (out-of-distribution), a tool failing, retrievals coming back empty, users' thumbs turning
+down, or the shadow model answering worse than production. Incidents on different families
+may overlap, on one app or two.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import math
 import random
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -25,6 +29,10 @@ class IncidentKind(StrEnum):
     ERRORS = "errors"
     DRIFT = "drift"
     OOD = "ood"
+    TOOL_FAILURE = "tool-failure"
+    EMPTY_RETRIEVAL = "empty-retrieval"
+    SHADOW_REGRESSION = "shadow-regression"
+    THUMBS_DOWN = "thumbs-down"
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +43,7 @@ class Incident:
     duration_s: float
     rule: str  # the demo rule it should fire
     what: str
+    over: str = ""  # what is said when it ends (another incident may go on on the same app)
 
 
 TIMELINE: tuple[Incident, ...] = (
@@ -45,6 +54,16 @@ TIMELINE: tuple[Incident, ...] = (
         45,
         "slow-responses",
         "the provider slows down: support-bot's calls take 5x longer",
+        "support-bot's calls are fast again",
+    ),
+    Incident(
+        IncidentKind.TOOL_FAILURE,
+        TRAVEL,
+        55,
+        40,
+        "tool-failing",
+        "travel-assistant's flight_search tool fails on 60% of its calls",
+        "flight_search works again",
     ),
     Incident(
         IncidentKind.ERRORS,
@@ -53,6 +72,25 @@ TIMELINE: tuple[Incident, ...] = (
         40,
         "error-burst",
         "an upstream outage: 40% of travel-assistant's calls fail",
+        "travel-assistant's calls succeed again",
+    ),
+    Incident(
+        IncidentKind.EMPTY_RETRIEVAL,
+        SUPPORT,
+        110,
+        40,
+        "empty-retrievals",
+        "support-bot's help-centre search returns nothing for 85% of questions",
+        "the help-centre search finds documents again",
+    ),
+    Incident(
+        IncidentKind.SHADOW_REGRESSION,
+        SUPPORT,
+        160,
+        60,
+        "shadow-losing",
+        "a new build of the shadow model dodges support-bot's questions",
+        "the shadow model answers properly again",
     ),
     Incident(
         IncidentKind.DRIFT,
@@ -61,6 +99,16 @@ TIMELINE: tuple[Incident, ...] = (
         55,
         "prompt-drift",
         "users start asking support-bot about cooking",
+        "support-bot's users ask about their accounts again",
+    ),
+    Incident(
+        IncidentKind.THUMBS_DOWN,
+        SUPPORT,
+        230,
+        35,
+        "thumbs-down",
+        "a new answer template annoys support-bot's users: 80% thumbs down",
+        "support-bot's users like its answers again",
     ),
     Incident(
         IncidentKind.OOD,
@@ -69,6 +117,7 @@ TIMELINE: tuple[Incident, ...] = (
         30,
         "odd-prompts",
         "travel-assistant receives code, gibberish and other languages",
+        "travel-assistant's prompts are about travel again",
     ),
 )
 TIMELINE_S = 300.0
@@ -193,8 +242,17 @@ PROFILES = {
 }
 
 
+Kinds = IncidentKind | Collection[IncidentKind] | None
+
+
+def kinds_of(incidents: Kinds) -> frozenset[IncidentKind]:
+    if incidents is None:
+        return frozenset()
+    return frozenset((incidents,) if isinstance(incidents, IncidentKind) else incidents)
+
+
 class Traffic:
-    """Records for one app at a time; `incident` is what is going on for that app now."""
+    """Records for one app at a time; `incidents` are what is going on for that app now."""
 
     def __init__(self, seed: int = 7) -> None:
         self._rng = random.Random(seed)
@@ -202,11 +260,11 @@ class Traffic:
         self._sent = 0
         self._run = uuid.uuid4().hex[:8]  # ids unique across demo runs on one store
 
-    def _texts(self, app: str, incident: IncidentKind | None) -> tuple[str, str]:
+    def _texts(self, app: str, kinds: frozenset[IncidentKind]) -> tuple[str, str]:
         r = self._rng
-        if incident is IncidentKind.OOD and r.random() < 0.7:
+        if IncidentKind.OOD in kinds and r.random() < 0.7:
             return r.choice(_ODD).format(n=r.randrange(1, 9999)), "I'm not sure I understand."
-        if incident is IncidentKind.DRIFT and r.random() < 0.8:
+        if IncidentKind.DRIFT in kinds and r.random() < 0.8:
             food = r.choice(_INGREDIENTS)
             return r.choice(_COOKING).format(x=food), f"Try {food} with garlic and lemon."
         if app == SUPPORT:
@@ -215,13 +273,13 @@ class Traffic:
         city = r.choice(_CITIES)
         return r.choice(_TRAVEL_ASKS).format(x=city), r.choice(_TRAVEL_ANSWERS).format(x=city)
 
-    def record(self, app: str, ts: float, incident: IncidentKind | None) -> dict[str, Any]:
-        r, profile = self._rng, PROFILES[app]
-        prompt, response = self._texts(app, incident)
+    def record(self, app: str, ts: float, incidents: Kinds) -> dict[str, Any]:
+        r, profile, kinds = self._rng, PROFILES[app], kinds_of(incidents)
+        prompt, response = self._texts(app, kinds)
         latency = profile.latency_ms * math.exp(r.gauss(0.0, 0.35))
-        if incident is IncidentKind.LATENCY:
+        if IncidentKind.LATENCY in kinds:
             latency *= 5.0
-        error_rate = 0.4 if incident is IncidentKind.ERRORS else profile.error_rate
+        error_rate = 0.4 if IncidentKind.ERRORS in kinds else profile.error_rate
         out_tokens = int(len(response) / 3.5 * r.uniform(3.0, 8.0))
         record: dict[str, Any] = {
             "ts": ts,
@@ -238,7 +296,7 @@ class Traffic:
         record.update(
             id=f"{app}-{self._run}-{self._sent}", user_id=f"u{user}", session_id=f"s{user}"
         )
-        record.update(self._steps(app, latency))
+        record.update(self._steps(app, latency, kinds))
         if r.random() < error_rate:
             record.update(
                 status="error",
@@ -250,24 +308,30 @@ class Traffic:
             record["metadata"] = {"reference": reference}
         return record
 
-    def _steps(self, app: str, latency_ms: float) -> dict[str, Any]:
+    def _steps(self, app: str, latency_ms: float, kinds: frozenset[IncidentKind]) -> dict[str, Any]:
         """support-bot retrieves from its help centre; travel-assistant calls a flight search."""
         r = self._rng
         if app == SUPPORT:
             documents = r.choice((0, 2, 3, 4, 5))
+            if IncidentKind.EMPTY_RETRIEVAL in kinds and r.random() < 0.85:
+                documents = 0
             return {
                 "retrieval": {"latency_ms": round(latency_ms * 0.05, 1), "documents": documents}
             }
-        status = "error" if r.random() < 0.03 else "ok"
+        failing = 0.6 if IncidentKind.TOOL_FAILURE in kinds else 0.03
+        status = "error" if r.random() < failing else "ok"
         call = {"name": "flight_search", "latency_ms": round(latency_ms * 0.3, 1), "status": status}
         return {"tools": [call]}
 
-    def feedback(self, record: dict[str, Any]) -> dict[str, Any] | None:
-        """A user's thumbs on a tenth of the answers: mostly up, down after a failure."""
+    def feedback(self, record: dict[str, Any], incidents: Kinds = None) -> dict[str, Any] | None:
+        """A user's thumbs on a tenth of the answers (a failed call has none to rate): mostly
+        up, down on 15% (80% while a new answer template annoys them)."""
         r = self._rng
-        if r.random() >= 0.1 or "shadow_of" in record.get("metadata", {}):
+        shadow = "shadow_of" in record.get("metadata", {})
+        if r.random() >= 0.1 or "response" not in record or shadow:
             return None  # users never see a shadow model's answers
-        bad = record.get("status") == "error" or r.random() < 0.15
+        dislike = 0.8 if IncidentKind.THUMBS_DOWN in kinds_of(incidents) else 0.15
+        bad = r.random() < dislike
         return {
             "record_id": record["id"],
             "app": record["app"],
@@ -276,30 +340,30 @@ class Traffic:
             "user_id": record["user_id"],
         }
 
-    def shadow(self, record: dict[str, Any]) -> dict[str, Any] | None:
+    def shadow(self, record: dict[str, Any], incidents: Kinds = None) -> dict[str, Any] | None:
         """For a share of support-bot's answered records, the shadow model's answer to the
-        same request (a little more complete), naming the record's id. Not a user's request:
-        no user or session (engagement counts the production one)."""
+        same request (a little more complete; a dodge during a shadow regression), naming the
+        record's id. Not a user's request: no user or session (engagement counts the
+        production one)."""
         r = self._shadow_rng
         if record["app"] != SUPPORT or "response" not in record or r.random() >= SHADOW_SHARE:
             return None
         production = {k: v for k, v in record.items() if k not in ("user_id", "session_id")}
+        response = record["response"] + " I have also emailed you the steps."
+        if IncidentKind.SHADOW_REGRESSION in kinds_of(incidents):
+            response = "Sorry, I cannot help with that here."
         return {
             **production,
             "id": f"{record['id']}-shadow",
             "model": SHADOW_MODEL,
-            "response": record["response"] + " I have also emailed you the steps.",
+            "response": response,
             "latency_ms": round(record["latency_ms"] * r.uniform(1.0, 1.4), 1),
             "metadata": {**record.get("metadata", {}), "shadow_of": record["id"]},
         }
 
 
-def active(timeline: tuple[Incident, ...], app: str, elapsed_s: float) -> Incident | None:
-    """The incident under way for `app` at `elapsed_s` (timeline time, speed 1)."""
-    for incident in timeline:
-        if (
-            incident.app == app
-            and incident.start_s <= elapsed_s < incident.start_s + incident.duration_s
-        ):
-            return incident
-    return None
+def active(timeline: tuple[Incident, ...], app: str, elapsed_s: float) -> tuple[Incident, ...]:
+    """The incidents under way for `app` at `elapsed_s` (timeline time, speed 1)."""
+    return tuple(
+        i for i in timeline if i.app == app and i.start_s <= elapsed_s < i.start_s + i.duration_s
+    )

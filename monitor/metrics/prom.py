@@ -163,13 +163,20 @@ class IngestMetrics:
 class WindowCollector(Collector):
     """Exports the default window's series as gauges at scrape time."""
 
-    def __init__(self, snapshot: Callable[[], Iterable[WindowStats]]) -> None:
+    def __init__(
+        self, snapshot: Callable[[], Iterable[WindowStats]], *, cluster: bool = False
+    ) -> None:
+        """`cluster`: the cluster-wide series, as `lookout_cluster_*` (only the leader's)."""
         self._snapshot = snapshot
+        self._cluster = cluster
 
     def collect(self) -> Iterable[Metric]:
+        scope = "the cluster's" if self._cluster else "this node's"
         families = {
             name: GaugeMetricFamily(
-                metric, f"{name} over the default window", labels=["app", "model"]
+                metric.replace("lookout_", "lookout_cluster_", 1) if self._cluster else metric,
+                f"{name} over the default window, {scope}",
+                labels=["app", "model"],
             )
             for name, metric in _SERIES_UNITS.items()
         }

@@ -133,8 +133,10 @@ class RollupService:
         """The detector and judge series as rollup rows (over all models unless the series
         has a model); a labelled series' row name carries the label: drift_score:prompt,
         judge_score:helpfulness, judge_preference:<shadow model>,
-        feedback_score:thumbs, tool_error_rate:search."""
+        feedback_score:thumbs, tool_error_rate:search. A series per model also gets a row
+        over all models (the mean weighted by each model's count), the one charts read."""
         out = []
+        over_models: dict[tuple[str, str], list[float]] = {}
         for p in self._extra_series(ROLLUP_S, now):
             if p.value is None:
                 continue
@@ -145,7 +147,18 @@ class RollupService:
                 if k in labels
             )
             model = labels.get("model", ALL)
-            out.append(RollupPoint(minute, labels.get("app", ALL), model, name, p.value))
+            app = labels.get("app", ALL)
+            out.append(RollupPoint(minute, app, model, name, p.value))
+            if model != ALL:
+                acc = over_models.setdefault((app, name), [0.0, 0.0])
+                acc[0] += p.value * max(p.count, 1)
+                acc[1] += max(p.count, 1)
+        known = {(p.app, p.series) for p in out if p.model == ALL}
+        out += [
+            RollupPoint(minute, app, ALL, name, total / weight)
+            for (app, name), (total, weight) in over_models.items()
+            if (app, name) not in known
+        ]
         return out
 
     def live_points(self, now: float, since: float) -> list[RollupPoint]:

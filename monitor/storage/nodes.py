@@ -4,9 +4,11 @@ heartbeat (monitor/cluster/membership.py)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
+    from contextlib import AbstractAsyncContextManager
+
     from lookout.monitor.storage.base import PartialRow
 
 
@@ -17,6 +19,15 @@ class NodeRow:
     heartbeat_at: float  # epoch seconds, by the node's clock
     version: str
     records_last_minute: int  # counted by the node in the minute before its heartbeat
+
+
+class FencedRole(Protocol):
+    """A singleton role (monitor/cluster/leadership.py): whether this node holds it, and a
+    transaction on its lock's session for the role's writes."""
+
+    held: bool
+
+    def fenced(self) -> AbstractAsyncContextManager[Any]: ...
 
 
 @runtime_checkable
@@ -37,4 +48,8 @@ class ClusterStore(Protocol):
 
     async def role_holders(self) -> dict[int, str]:
         """Role number (leadership.py) -> the node whose session holds its lock now."""
+        ...
+
+    def use_retention_role(self, role: FencedRole) -> None:
+        """Prune only while holding `role`, on its lock's session."""
         ...

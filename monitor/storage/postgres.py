@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from lookout.monitor.config import StoreConfig
     from lookout.monitor.metrics.prom import IngestMetrics
     from lookout.monitor.storage.groups import CommitGroup
-    from lookout.monitor.storage.nodes import NodeRow
+    from lookout.monitor.storage.nodes import FencedRole, NodeRow
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -82,6 +82,10 @@ class PostgresStore(GroupCommitStore):
             name="lookout-store",
         )
         self.feedback = StoreFeedback(self.put_feedback, self._fetch, "%s")
+        self._retention: FencedRole | None = None
+
+    def use_retention_role(self, role: FencedRole) -> None:
+        self._retention = role
 
     async def _open_backend(self) -> None:
         try:
@@ -138,7 +142,7 @@ class PostgresStore(GroupCommitStore):
         cutoff = now - self._cfg.retention
 
         async def work(conn: AsyncConnection[Any]) -> None:
-            async with conn.transaction():
+            async with conn.transaction():  # nested in fenced()'s: a savepoint
                 await conn.execute("DELETE FROM records WHERE received_at < %s", (cutoff,))
                 await conn.execute("DELETE FROM rollups WHERE minute < %s", (cutoff,))
                 await conn.execute("DELETE FROM partials WHERE minute < %s", (cutoff,))
@@ -154,8 +158,12 @@ class PostgresStore(GroupCommitStore):
                 )
 
         try:
-            await self._use(work)
-        except StoreError as exc:
+            if self._retention is None:
+                await self._use(work)
+            elif self._retention.held:  # a cluster: the role's holder, on its lock's session
+                async with self._retention.fenced() as conn:
+                    await work(conn)
+        except (psycopg.Error, StoreError) as exc:  # NotLeader too: lost the role meanwhile
             log.error("store_prune_failed", error=str(exc))
 
     async def get_record(self, record_id: str) -> dict[str, Any] | None:

@@ -47,6 +47,19 @@ CHART_SERIES = (
     "drift_score",
     "ood_rate",
     "judge_pass_rate",
+    "feedback_score",
+    "negative_feedback_rate",
+    "active_users",
+    "active_sessions",
+    "session_duration_p50",
+    "session_duration_p95",
+    "tool_calls_per_request",
+    "tool_error_rate",
+    "tool_latency_p95",
+    "retrieval_latency_p95",
+    "empty_retrieval_rate",
+    "judge_preference",
+    "judge_reference_similarity",
 )
 
 

@@ -113,6 +113,14 @@ def _same_series_on_every_node(nodes: list[Daemon], alone: Daemon) -> None:
         }
         assert rule_series["latency_p95"] == merged.latency_p95
         assert rule_series["qps"] == merged.qps
+    # Only the leader (the alerts role's holder) exports the cluster-wide gauges, so a
+    # Prometheus `sum by` over the nodes counts the traffic once.
+    labels = {"app": "shop", "model": ALL}
+    name = "lookout_cluster_requests_per_second"
+    exported = {d.settings.node.id: d.registry.get_sample_value(name, labels) for d in nodes}
+    (leader,) = [d for d in nodes if "alerts" in d.cluster.leadership.held()]
+    assert exported.pop(leader.settings.node.id) == pytest.approx(whole.qps)
+    assert list(exported.values()) == [None, None]
 
 
 async def _members_listed(a: Daemon, nodes: list[Daemon]) -> None:

@@ -4,18 +4,21 @@ divide by the span the data covers."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 from fastdigest import TDigest
 from prometheus_client import CollectorRegistry
 
 from lookout.clock import FakeClock
+from lookout.monitor.cluster.leadership import Leadership, Role
 from lookout.monitor.cluster.windows import ClusterWindows
 from lookout.monitor.config import Settings
 from lookout.monitor.metrics.prom import IngestMetrics
 from lookout.monitor.metrics.windows import ALL, WindowedMetrics
 from lookout.monitor.storage import PartialRow
 from lookout.monitor.storage.nodes import NodeRow
+from lookout.monitor.storage.pg_leases import PgRoleLock
 from lookout.monitor.storage.postgres import PostgresStore
 from tests.stores import pg_database
 
@@ -90,3 +93,21 @@ async def test_a_node_silent_longer_than_the_retention_leaves_the_list() -> None
             assert [n.node for n in await a.nodes()] == ["a", "gone", "quiet"]
             await a.prune(T0 + 7 * 86400 - 5000)
             assert [n.node for n in await a.nodes()] == ["a", "quiet"]
+
+
+async def test_only_the_retention_role_holder_prunes_and_on_its_lock_session() -> None:
+    clock = FakeClock(T0)
+    with pg_database() as url:
+        lead_a = Leadership({Role.RETENTION: PgRoleLock(url, 3, node="a", connect_timeout_s=5)})
+        lead_b = Leadership({Role.RETENTION: PgRoleLock(url, 3, node="b", connect_timeout_s=5)})
+        async with store(url, "a", clock) as a, store(url, "b", clock) as b, lead_a:
+            await asyncio.wait_for(lead_a.gate(Role.RETENTION).wait_held(), 10.0)
+            async with lead_b:
+                a.use_retention_role(lead_a.gate(Role.RETENTION))
+                b.use_retention_role(lead_b.gate(Role.RETENTION))
+                await a.beat(NodeRow("gone", T0 - 9000, T0 - 8000, "x", 5))
+                later = T0 + 7 * 86400
+                await b.prune(later)  # not the holder: prunes nothing
+                assert [n.node for n in await a.nodes()] == ["gone"]
+                await a.prune(later)
+                assert await a.nodes() == []

@@ -214,6 +214,101 @@ async def check_range_grid_and_hover(page: Page, chart: str) -> None:
     assert "latency p95 0.50" in text and ":" in text  # a time, then the values
 
 
+# Feedback, engagement, tools, retrieval and the judge's evaluations: their charts, each with
+# the rule drawn where one watches it.
+USAGE_CHARTS = (
+    "feedback_score",
+    "negative_feedback_rate",
+    "active_users",
+    "session_duration_p50",
+    "tool_calls_per_request",
+    "tool_error_rate",
+    "tool_latency_p95",
+    "retrieval_latency_p95",
+    "empty_retrieval_rate",
+    "judge_preference",
+    "judge_reference_similarity",
+)
+USAGE_RULES = [
+    {"name": "thumbs-down", "metric": "negative_feedback_rate", "threshold": 0.6},
+    {
+        "name": "tool-failing",
+        "metric": "tool_error_rate",
+        "where": {"tool": "search"},
+        "threshold": 0.2,
+    },
+    {
+        "name": "other-tool",
+        "metric": "tool_error_rate",
+        "where": {"tool": "book"},
+        "threshold": 0.2,
+    },
+    {"name": "shadow-loses", "metric": "judge_preference", "op": "<", "threshold": -0.2},
+]
+
+
+async def put_usage(d: Daemon) -> None:
+    """bot's records with users, sessions, a tool call and a retrieval, users' thumbs; and
+    what only the judge or an ended session makes (session lengths, shadow preference,
+    reference similarity) as stored minutes."""
+    tool = {"name": "search", "latency_ms": 120, "status": "ok"}
+    await post(
+        d,
+        [
+            {
+                **r,
+                "id": f"u-{i}",
+                "user_id": f"u{i % 3}",
+                "session_id": f"s{i % 3}",
+                "tools": [tool],
+                "retrieval": {"latency_ms": 40, "documents": i % 2},
+            }
+            for i, r in enumerate(records(12))
+        ],
+    )
+    await post(d, [{**r, "app": "plain"} for r in records(5)])  # no tools, no feedback
+    thumbs = [
+        {"record_id": f"u-{i}", "app": "bot", "key": "thumbs", "score": i % 2} for i in range(6)
+    ]
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{d.api.port}") as http:  # type: ignore[union-attr]
+        assert (await http.post("/api/v1/feedback", json=thumbs)).status_code == 200
+    minute = int(d.clock.now() // 60 * 60)
+    d.store.put_rollups(
+        [
+            RollupPoint(minute - 60 * m, "bot", model, series, value)
+            for m in (3, 2)
+            for model, series, value in (
+                ("*", "session_duration_p50", 240.0),
+                ("*", "session_duration_p95", 900.0),
+                ("*", "judge_preference:m-next", -0.5),
+                ("*", "judge_reference_similarity:string", 0.8),
+            )
+        ]
+    )
+
+
+async def check_usage_charts(page: Page) -> None:
+    bot = 'section.app[data-app="bot"]'
+    for name in USAGE_CHARTS:
+        svg = page.locator(f'{bot} .chart[data-chart="{name}"] svg')
+        assert int(await svg.get_attribute("data-points") or 0) > 0, name
+    preference = page.locator(f'{bot} .chart[data-chart="judge_preference"]')
+    assert "m-next -0.50" in await preference.locator(".legend").inner_text()
+    # Rule thresholds on the series they watch, a tool's rule on that tool's chart only.
+    for chart, rule in (
+        ("negative_feedback_rate", "thumbs-down"),
+        ("tool_error_rate", "tool-failing"),
+        ("judge_preference", "shadow-loses"),
+    ):
+        line = f'{bot} .chart[data-chart="{chart}"] line.threshold[data-rule="{rule}"]'
+        assert await page.locator(line).count() == 1
+    assert await page.locator(f'{bot} line.threshold[data-rule="other-tool"]').count() == 0
+    # An app without tools, feedback or sessions shows none of their charts, not empty ones.
+    plain = page.locator('section.app[data-app="plain"] .chart')
+    charts = await plain.evaluate_all("boxes => boxes.map(b => b.dataset.chart)")
+    assert "latency_p50" in charts and not set(charts) & set(USAGE_CHARTS)
+
+
 async def test_headless_chromium_shows_ingested_records_and_an_alert(
     settings_for: Callable[..., Settings],
 ) -> None:
@@ -223,8 +318,17 @@ async def test_headless_chromium_shows_ingested_records_and_an_alert(
         if message.type in {"error", "warning"}:
             problems.append(f"{message.type}: {message.text}")
 
-    async with running(Daemon(dashboard_settings(settings_for)), wait_bus=False) as d:
+    settings = dashboard_settings(settings_for)
+    settings = dashboard_settings(
+        settings_for,
+        rules=[r.model_dump(by_alias=True) for r in settings.rules] + USAGE_RULES,
+        # Distinct users in 10 s sketches: a minute's boundary crossed during the test leaves
+        # them in the charts' live minute (a minute's sketch would fall out of it).
+        engagement={"bucket": 10},
+    )
+    async with running(Daemon(settings), wait_bus=False) as d:
         await post(d, records(40))
+        await put_usage(d)
         # Twenty minutes of history: "auto" picks the 1h range and zooms to those minutes.
         now_minute = d.clock.now() // 60 * 60
         d.store.put_rollups(
@@ -253,6 +357,7 @@ async def test_headless_chromium_shows_ingested_records_and_an_alert(
                 latency = page.locator(f'{chart} polyline[data-series="latency_p95"]')
                 assert await latency.count() == 1
                 await check_range_grid_and_hover(page, chart)
+                await check_usage_charts(page)
                 # The rule's threshold on the series it watches.
                 assert (
                     await page.locator(f'{chart} line.threshold[data-rule="errors"]').count() == 1

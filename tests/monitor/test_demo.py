@@ -7,6 +7,7 @@ import asyncio
 import json
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -36,38 +37,77 @@ def test_demo_traffic_is_valid_wire_format_and_incidents_change_it() -> None:
     usual = {r["prompt"] for r in normal}
     drifted = [gen.record(SUPPORT, now, IncidentKind.DRIFT)["prompt"] for _ in range(200)]
     assert 130 < sum(p not in usual for p in drifted) < 190  # about 80% on another topic
-    assert active(TIMELINE, SUPPORT, 50).kind is IncidentKind.LATENCY  # type: ignore[union-attr]
-    assert active(TIMELINE, TRAVEL, 50) is None
+    assert [i.kind for i in active(TIMELINE, SUPPORT, 50)] == [IncidentKind.LATENCY]
+    assert [i.kind for i in active(TIMELINE, SUPPORT, 200)] == [
+        IncidentKind.SHADOW_REGRESSION,
+        IncidentKind.DRIFT,
+    ]
+    assert active(TIMELINE, TRAVEL, 100) == ()
     # Sessions, a retrieval (support) or a tool call (travel) on every record; thumbs on some.
     assert all(r.session_id and r.user_id for r in decoded.records)
     assert all(r.retrieval for r in decoded.records if r.app == SUPPORT)
     assert all(r.tools for r in decoded.records if r.app == TRAVEL)
+    # Thumbs on a tenth of the answers (a failed call has none), mostly up.
     thumbs = [e for e in map(gen.feedback, failing) if e is not None]
+    answered = {r["id"] for r in failing if "response" in r}
     feedback = decode_feedback(json.dumps(thumbs).encode(), None, now, DecodeLimits(), 100)
-    assert 20 < len(feedback.events) < 65 and not feedback.rejections
-    assert sum(e.score == 0 for e in feedback.events) > len(feedback.events) / 3  # failures
+    assert 10 < len(feedback.events) < 45 and not feedback.rejections
+    assert {e.record_id for e in feedback.events} <= answered
+    assert sum(e.score == 0 for e in feedback.events) < len(feedback.events) / 3
+
+
+def test_the_new_incidents_change_tools_retrieval_and_thumbs() -> None:
+    gen, now = Traffic(seed=2), time.time()
+
+    def share(records: list[dict[str, Any]], bad: Callable[[dict[str, Any]], bool]) -> float:
+        return sum(map(bad, records)) / len(records)
+
+    def tool_failed(r: dict[str, Any]) -> bool:
+        return bool(r["tools"][0]["status"] == "error")
+
+    def empty(r: dict[str, Any]) -> bool:
+        return bool(r["retrieval"]["documents"] == 0)
+
+    def thumbs_down(kind: IncidentKind | None) -> float:
+        records = [gen.record(SUPPORT, now, kind) for _ in range(3000)]
+        events = [e for r in records if (e := gen.feedback(r, kind)) is not None]
+        return share(events, lambda e: bool(e["score"] == 0))
+
+    usual = share([gen.record(TRAVEL, now, None) for _ in range(500)], tool_failed)
+    failing = share(
+        [gen.record(TRAVEL, now, IncidentKind.TOOL_FAILURE) for _ in range(500)], tool_failed
+    )
+    assert usual < 0.08 and 0.5 < failing < 0.7
+    usual = share([gen.record(SUPPORT, now, None) for _ in range(500)], empty)
+    broken = share(
+        [gen.record(SUPPORT, now, IncidentKind.EMPTY_RETRIEVAL) for _ in range(500)], empty
+    )
+    assert 0.12 < usual < 0.28 and broken > 0.8
+    assert thumbs_down(None) < 0.25 and thumbs_down(IncidentKind.THUMBS_DOWN) > 0.7
 
 
 async def test_the_demo_fires_and_resolves_alerts_on_its_timeline() -> None:
     lines: list[str] = []
-    options = DemoOptions(
-        speed=10, once=True, api_port=0, incidents=(IncidentKind.LATENCY, IncidentKind.ERRORS)
-    )
+    # All but the detectors' incidents (their references take the first minute to build).
+    incidents = tuple(k for k in IncidentKind if k not in (IncidentKind.DRIFT, IncidentKind.OOD))
+    options = DemoOptions(speed=10, once=True, api_port=0, incidents=incidents)
     demo = Demo(options, out=lines.append)
     stop = asyncio.Event()
     task = asyncio.create_task(demo.run(stop))
-    wanted = {
-        (rule, status)
-        for rule in ("slow-responses", "error-burst", "unusual-latency")
-        for status in ("firing", "resolved")
-    }
+    rules = ["slow-responses", "error-burst", "unusual-latency", "tool-failing"]
+    rules += ["empty-retrievals", "shadow-losing", "thumbs-down"]
+    wanted = {(rule, status) for rule in rules for status in ("firing", "resolved")}
     seen: set[tuple[str, str]] = set()
+    apps: dict[str, set[str]] = {}
     try:
         while not wanted <= seen:
             event = await asyncio.wait_for(demo.events.get(), 60)
             seen.add((event.rule, event.status))
-            if event.rule == "slow-responses":
-                assert event.app == "support-bot"
+            apps.setdefault(event.rule, set()).add(event.app)
+        # Each on the app its incident hit, and on no other.
+        assert apps["slow-responses"] == apps["shadow-losing"] == {SUPPORT}
+        assert apps["empty-retrievals"] == apps["thumbs-down"] == {SUPPORT}
+        assert apps["tool-failing"] == apps["error-burst"] == {TRAVEL}
         async with httpx.AsyncClient() as http:
             page = await http.get(demo.dashboard_url)
             series = (await http.get(demo.dashboard_url + "api/v1/series")).json()
@@ -77,6 +117,12 @@ async def test_the_demo_fires_and_resolves_alerts_on_its_timeline() -> None:
         assert band and all(low < high for _, low, high in band)
         # The demo's judge (a local OpenAI-compatible server) graded records of both apps.
         assert all("judge_pass_rate" in series["series"][app] for app in (SUPPORT, TRAVEL))
+        # The usage charts' series: support-bot retrieves and has a shadow, travel calls a tool.
+        support, travel = series["series"][SUPPORT], series["series"][TRAVEL]
+        assert {"empty_retrieval_rate", "judge_preference:gpt-4.1-mini"} <= support.keys()
+        assert "negative_feedback_rate:thumbs" in support and "active_users" in support
+        assert "session_duration_p95" in support  # sessions split on the demo's idle gap
+        assert "tool_error_rate:flight_search" in travel and "empty_retrieval_rate" not in travel
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
@@ -86,6 +132,9 @@ async def test_the_demo_fires_and_resolves_alerts_on_its_timeline() -> None:
     # The anomaly rule fired on the same incident and said what is usual (seeded history).
     assert "FIRING   unusual-latency: unusual-latency: latency_p95" in text
     assert "usual at this hour" in text
+    shadow = "FIRING   shadow-losing: the judge prefers production over gpt-4.1-mini: preference -"
+    assert shadow in text
+    assert "FIRING   tool-failing: flight_search fails on" in text
 
 
 def test_the_demo_judge_answers_in_the_judge_schema() -> None:
@@ -133,4 +182,15 @@ def test_the_demo_sends_shadow_pairs_and_references_its_judge_prefers_the_shadow
     shadow = shadows[0]["response"]
     swapped = (verdict(production, shadow), verdict(shadow, production))
     assert combine(*swapped) is PairOutcome.SHADOW
+    # A shadow regression: the shadow dodges, and production wins in both orders.
+    answered = [r for r in batch if "response" in r]
+    regressed = next(
+        s for r in answered if (s := gen.shadow(r, IncidentKind.SHADOW_REGRESSION)) is not None
+    )
+    production = by_id[regressed["metadata"]["shadow_of"]]["response"]
+    swapped = (
+        verdict(production, regressed["response"]),
+        verdict(regressed["response"], production),
+    )
+    assert combine(*swapped) is PairOutcome.PRODUCTION
     assert combine(verdict("Same.", "Same."), verdict("Same.", "Same.")) is PairOutcome.TIE

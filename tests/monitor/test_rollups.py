@@ -115,3 +115,28 @@ async def test_minutes_committed_before_a_crash_are_rolled_up_after_the_restart(
         (T0, "*", 0.1),  # 6 records in the minute
         (T0, "unknown", 0.1),
     ]
+
+
+def test_a_series_per_model_also_gets_a_row_over_all_models_for_the_charts(
+    tmp_path: Path,
+) -> None:
+    """The charts read rows over all models: a shadow model's preference (per production
+    model) gets one too, weighted by each model's pairs."""
+
+    def evals(window_s: float, now: float) -> list[SeriesPoint]:
+        pair = (("app", "bot"), ("model", "a"), ("shadow_model", "next"))
+        return [
+            SeriesPoint("judge_preference", pair, 1.0, 3),
+            SeriesPoint("judge_preference", (*pair[:1], ("model", "b"), pair[2]), -1.0, 1),
+            SeriesPoint("judge_pass_rate", (("app", "bot"),), 0.75, 4),
+        ]
+
+    settings = Settings.model_validate({"store": {"url": f"sqlite:///{tmp_path}/r.db"}})
+    d = Daemon(settings, clock=FakeClock(T0))
+    rows = RollupService(d.windows, d.store, d.clock, extra_series=evals).extra_points(T0, T0)
+    assert sorted((p.model, p.series, p.value) for p in rows) == [
+        ("*", "judge_pass_rate", 0.75),
+        ("*", "judge_preference:next", 0.5),
+        ("a", "judge_preference:next", 1.0),
+        ("b", "judge_preference:next", -1.0),
+    ]

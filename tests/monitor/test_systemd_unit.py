@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from lookout.errors import ConfigError, DatabaseError
+from lookout.monitor.config.service import default_store_url
+from lookout.monitor.config.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "lookout.service"
@@ -139,3 +141,55 @@ def test_a_corrupt_database_exits_with_the_code_the_unit_does_not_restart_on(
     assert out.returncode == DatabaseError.exit_code == 65, out.stderr
     assert f"cannot open the database {db}" in out.stderr.replace("\n", "")
     assert "Traceback" not in out.stderr
+
+
+TEMPLATE = ROOT / "systemd" / "lookout@.service"
+PER_NODE = {"Environment", "EnvironmentFile", "StateDirectory", "WorkingDirectory"}
+
+
+def test_the_template_for_several_nodes_differs_only_in_what_makes_a_node() -> None:
+    """Hardening and restart policy stay in step with the single-node unit."""
+    single, template = directives(UNIT), directives(TEMPLATE)
+    for section in ("Unit", "Service", "Install"):
+        same = {k: v for k, v in single[section].items() if k not in PER_NODE | {"Description"}}
+        assert {k: v for k, v in template[section].items() if k in same} == same, section
+    service = template["Service"]
+    assert service["StateDirectory"] == ["lookout-%i"]
+    assert service["WorkingDirectory"] == ["/var/lib/lookout-%i"]
+    assert service["Environment"] == [
+        "LOOKOUT_NODE__ID=%H-%i",
+        "LOOKOUT_API__BIND=127.0.0.1:832%i",
+    ]
+    # The instance's own file comes last: its settings win over the shared ones.
+    assert service["EnvironmentFile"][-1] == "-/etc/lookout/lookout@%i.env"
+
+
+def test_an_instance_environment_makes_a_node_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "lookout.yaml"
+    config.write_text("bus: {shared_group: lookout}\n")
+    # What systemd sets for lookout@2 on host box1 (%H-%i, 832%i, StateDirectory=lookout-%i).
+    monkeypatch.setenv("LOOKOUT_NODE__ID", "box1-2")
+    monkeypatch.setenv("LOOKOUT_API__BIND", "127.0.0.1:8322")
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "lookout-2"))
+    settings = load_settings(config)
+    assert settings.node.id == "box1-2"
+    assert settings.api.bind == "127.0.0.1:8322"
+    assert settings.store.local_path() == tmp_path / "lookout-2" / "lookout.db"
+    assert default_store_url().endswith("lookout-2/lookout.db")
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
+def test_systemd_accepts_an_instance_of_the_template(tmp_path: Path) -> None:
+    text = TEMPLATE.read_text().replace(
+        "/opt/lookout/bin/lookout", shutil.which("true") or "/bin/true"
+    )
+    (tmp_path / "lookout@.service").write_text(text)
+    out = subprocess.run(
+        ["systemd-analyze", "verify", str(tmp_path / "lookout@2.service")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0 and "lookout@" not in out.stderr, out.stderr

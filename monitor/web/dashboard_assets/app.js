@@ -1,6 +1,8 @@
 // lookout dashboard: plain JavaScript and SVG, no third-party code (the box may be offline).
 "use strict";
 
+// `optional` charts appear only when their series have data (an app without tools shows no
+// empty tool chart); the core ones say "no data yet" instead.
 const CHARTS = [
   { title: "Latency (s)", series: ["latency_p50", "latency_p95", "latency_p99"] },
   { title: "Requests / s", series: ["qps"] },
@@ -10,7 +12,31 @@ const CHARTS = [
   { title: "Drift score (detector's threshold: 1)", prefix: "drift_score" },
   { title: "OOD rate", prefix: "ood_rate", percent: true },
   { title: "Judge pass rate", series: ["judge_pass_rate"], percent: true, max: 1 },
+  { title: "User feedback: mean score", prefix: "feedback_score", optional: true },
+  { title: "User feedback: negative rate", prefix: "negative_feedback_rate", percent: true,
+    max: 1, optional: true },
+  { title: "Active users / sessions", series: ["active_users", "active_sessions"],
+    optional: true },
+  { title: "Session duration (s)", series: ["session_duration_p50", "session_duration_p95"],
+    optional: true },
+  { title: "Tool calls / request", prefix: "tool_calls_per_request", optional: true },
+  { title: "Tool error rate", prefix: "tool_error_rate", percent: true, optional: true },
+  { title: "Tool latency p95 (s)", prefix: "tool_latency_p95", optional: true },
+  { title: "Retrieval latency p95 (s)", series: ["retrieval_latency_p95"], optional: true },
+  { title: "Empty retrieval rate", series: ["empty_retrieval_rate"], percent: true, max: 1,
+    optional: true },
+  { title: "Shadow model preferred (judge, -1 to 1)", prefix: "judge_preference", min: -1,
+    max: 1, optional: true },
+  { title: "Similarity to reference answers", prefix: "judge_reference_similarity", max: 1,
+    optional: true },
 ];
+// The label a labelled series' key carries after its metric: drift_score:prompt is
+// field=prompt, judge_preference:<shadow model> is shadow_model=<shadow model>.
+const LABELS = {
+  drift_score: "field", ood_rate: "field", feedback_score: "key", negative_feedback_rate: "key",
+  tool_calls_per_request: "tool", tool_error_rate: "tool", tool_latency_p95: "tool",
+  judge_preference: "shadow_model", judge_reference_similarity: "method",
+};
 const COLORS = ["#4c8dff", "#f5a524", "#e5484d", "#30a46c", "#a78bfa", "#22d3ee"];
 const params = new URLSearchParams(location.search);
 const REFRESH_S = Math.max(1, Number(params.get("refresh") || 10));
@@ -59,12 +85,13 @@ function clock(ts) {
 const TICKS_S = [60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 172800];
 
 // The rules on one of a chart's series: a rule on its metric whose `where` the app and the
-// series' label (drift_score:prompt -> field=prompt) satisfy.
+// labels in the series' key satisfy (a label the key does not carry is not checked).
 function rulesOn(thresholds, app, name) {
-  const [metric, field] = name.split(":");
-  return thresholds.filter((r) => r.metric === metric
-    && (!r.where.app || r.where.app === app)
-    && (!r.where.field || r.where.field === field));
+  const [metric, label] = name.split(":");
+  const labels = { app };
+  if (LABELS[metric]) labels[LABELS[metric]] = label;
+  return thresholds.filter((r) => r.metric === metric && Object.entries(r.where)
+    .every(([k, v]) => labels[k] === undefined || labels[k] === v));
 }
 
 function nearest(series, t) {
@@ -80,14 +107,16 @@ function chart(spec, data, ctx) {
   const names = spec.prefix
     ? Object.keys(data).filter((k) => k.split(":")[0] === spec.prefix).sort()
     : spec.series.filter((k) => data[k]);
+  if (spec.optional && !names.length) return null;
   const rules = [...new Set(names.flatMap((n) => rulesOn(thresholds, app, n)))];
-  const box = el("div", { class: "chart" });
+  const box = el("div", { class: "chart", "data-chart": spec.prefix || spec.series[0] });
   box.append(el("h3", {}, spec.title));
   const W = 320, H = 130, L = 34, B = 16, T = 6, R = 6;
   const svg = svgEl("svg", { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none", role: "img" });
   let points = 0;
   let top = spec.max || 0;
-  let bottom = 0;  // below 0 only for a statistic that can be (an unbiased MMD estimate)
+  // Below 0 only for a statistic that can be (an unbiased MMD estimate, a preference).
+  let bottom = Math.min(spec.min || 0, 0);
   for (const name of names) {
     for (const [, v] of data[name]) {
       top = Math.max(top, v);
@@ -230,7 +259,10 @@ function renderApps(body) {
     const grid = el("div", { class: "grid" });
     const ctx = { since: body.since, now: body.now, app, thresholds: body.thresholds || [],
                   bands: (body.bands || {})[app] || {} };
-    for (const spec of CHARTS) grid.append(chart(spec, body.series[app] || {}, ctx));
+    for (const spec of CHARTS) {
+      const box = chart(spec, body.series[app] || {}, ctx);
+      if (box) grid.append(box);
+    }
     section.append(grid);
     sections.push(section);
   }
