@@ -31,6 +31,7 @@ Floats = npt.NDArray[np.float64]
 CLIP_Z = 20.0  # a residual beyond this is as unusual as this: one spike does not own the distance
 MIN_WINDOWS = 30  # fewer windows to compare with: no score
 MIN_DISTANCES = 100  # fewer past distances: no score
+BLOCK = 25  # squared distances per block when selecting the nearest
 
 
 class ShapeScorer:
@@ -69,8 +70,18 @@ class ShapeScorer:
         windows = min(m, self.seen + 2 - 2 * w)
         if windows < MIN_WINDOWS:
             return None
-        near = np.partition(d2[m - windows :], self.neighbours - 1)[: self.neighbours]
-        return sum(math.sqrt(max(d, 0.0)) for d in near.tolist()) / self.neighbours
+        k = self.neighbours
+        if k == 1:
+            return math.sqrt(max(float(d2[m - windows :].min()), 0.0))
+        if windows == m and m % BLOCK == 0 and m // BLOCK > k:
+            # The k smallest lie in the k blocks with the smallest minima: two small
+            # selections instead of one over all `memory` (about half the time, timeit).
+            blocks = d2.reshape(-1, BLOCK)
+            near = blocks[blocks.min(axis=1).argsort()[:k]].ravel()  # a copy: sorted in place
+            near.sort()
+        else:
+            near = np.partition(d2[m - windows :], k - 1)[:k]
+        return sum(math.sqrt(max(d, 0.0)) for d in near[:k].tolist()) / k
 
     def _read(self, distance: float | None) -> float:
         if distance is None or len(self._distances) < MIN_DISTANCES:
