@@ -11,7 +11,9 @@ the series best:
   `min_periods` periods have been seen and, with `seasonality: auto`, once the profile's mean
   absolute error predicting by its median beats the trailing baseline's by `seasonal_gain`.
 
-The score is a robust z: (value - level) / spread, signed, read along the rule's direction.
+The score is a robust z: (value - level) / spread, signed, read along the rule's direction,
+or, where higher, the shape score: how unusual the last few z's are together, a k-NN distance
+to the recent windows of z's (detectors/shape.py; weighted, gated and capped by the config).
 The threshold comes from a target rate of false alarms per week through a Gaussian tail on
 the independent decisions a week holds (`threshold_for`). Real series have fatter tails, so
 with `tail_rate` the threshold is also at least the z that the series' own last
@@ -21,7 +23,8 @@ score joins that tail `tail_delay_points` after it was learned, so an incident i
 against the tail from before it for that long, then becomes part of what the series does.
 
 `score` never changes state; `update` scores and then learns. Memory is bounded by the
-configuration (buckets x values per bucket + 2 x trailing values); `save`/`restore` round-trip
+configuration (buckets x values per bucket + 2 x trailing values + the shape's memory);
+`save`/`restore` round-trip
 the state as plain JSON-able data. Method and measurement: docs/detectors.md, docs/benchmarks.md.
 """
 
