@@ -66,6 +66,11 @@ class Baseline(enum.StrEnum):
     WEEKLY = "weekly"
 
 
+# The shape score's window when a rule turns it on (`shape: true`): +2.4 NAB standard points
+# at ~2.6x the detector's CPU (docs/benchmarks.md), so it is the rule's choice, not the default.
+SHAPE_POINTS = 6
+
+
 @dataclass(frozen=True, slots=True)
 class AnomalyConfig:
     direction: Direction = Direction.BOTH
@@ -95,7 +100,7 @@ class AnomalyConfig:
     # level on the rule's side, and up to `shape_cap` x `threshold_z` (so one incident's
     # shape cannot lift the series' tail far above its z's). 0 points: off. Chosen on NAB
     # (docs/benchmarks.md).
-    shape_points: int = 6
+    shape_points: int = 0  # off by default: SHAPE_POINTS when a rule says `shape: true`
     shape_neighbours: int = 3
     shape_memory: int = 1000
     shape_weight: float = 0.5

@@ -213,3 +213,14 @@ def test_a_notification_says_when_the_pattern_not_the_level_made_the_value_anoma
     assert "unusual pattern over the last minutes, shape score 9.0" in text
     by_level = replace(by_shape, value=3.6, z=8.0, score=8.0, shape=3.0)
     assert "pattern" not in usual_text("latency_p95", by_level)
+
+
+def test_the_shape_score_is_the_rules_choice_and_only_for_anomaly_rules() -> None:
+    base = {"name": "odd", "metric": "latency_p95", "op": "anomaly"}
+    plain, shaped = (RuleConfig.model_validate(base | {"shape": s}) for s in (False, True))
+    [plain_rule] = anomaly_rules([plain])
+    [shaped_rule] = anomaly_rules([shaped])
+    assert plain_rule.config.shape_points == 0  # the default costs what it did before (docs)
+    assert shaped_rule.config.shape_points > 0
+    with pytest.raises(ValidationError, match="`shape` is for op anomaly"):
+        RuleConfig.model_validate(base | {"op": ">", "threshold": 1.0, "shape": True})

@@ -9,6 +9,7 @@ import math
 import random
 
 from lookout.detectors.anomaly import (
+    SHAPE_POINTS,
     AnomalyConfig,
     AnomalyDetector,
     Baseline,
@@ -18,9 +19,10 @@ from lookout.detectors.anomaly import (
 )
 
 
-def fed(n: int, seed: int = 3) -> AnomalyDetector:
+def fed(n: int, seed: int = 3, shape_points: int = 0) -> AnomalyDetector:
     rng = random.Random(seed)
-    detector = AnomalyDetector(AnomalyConfig(seasonality=Seasonality.NONE))
+    config = AnomalyConfig(seasonality=Seasonality.NONE, shape_points=shape_points)
+    detector = AnomalyDetector(config)
     for i in range(n):
         detector.update(i * 60.0, 10.0 + rng.gauss(0.0, 1.0))
     return detector
@@ -123,7 +125,7 @@ def test_a_checkpoint_keeps_the_tail_and_an_old_one_without_it_restores() -> Non
 def test_a_changed_shape_inside_the_band_is_anomalous_by_its_shape() -> None:
     # A slow, smooth wave: the values' level and spread alone cannot tell a saw-tooth of the
     # same amplitude from it, the shape of the last few values can.
-    config = AnomalyConfig(seasonality=Seasonality.NONE, threshold_z=4.0)
+    config = AnomalyConfig(seasonality=Seasonality.NONE, threshold_z=4.0, shape_points=SHAPE_POINTS)
     detector = AnomalyDetector(config)
     rng = random.Random(5)
     for i in range(3000):
@@ -141,8 +143,8 @@ def test_a_changed_shape_inside_the_band_is_anomalous_by_its_shape() -> None:
 
 
 def test_a_checkpoint_keeps_the_shape_state_and_one_without_it_starts_it_afresh() -> None:
-    config = AnomalyConfig(seasonality=Seasonality.NONE)
-    detector = fed(1500)
+    config = AnomalyConfig(seasonality=Seasonality.NONE, shape_points=SHAPE_POINTS)
+    detector = fed(1500, shape_points=SHAPE_POINTS)
     state = json.loads(json.dumps(detector.save()))
     restored = AnomalyDetector.restore(config, state)
     assert restored.score(1500 * 60.0, 12.5) == detector.score(1500 * 60.0, 12.5)
@@ -153,7 +155,7 @@ def test_a_checkpoint_keeps_the_shape_state_and_one_without_it_starts_it_afresh(
     # Recomputed from the saved values alone (an older saved shape without the distances by
     # lag): the same scores to rounding.
     recomputed = AnomalyDetector.restore(config, state | {"shape": state["shape"] | {"by_lag": []}})
-    fresh = fed(1500)
+    fresh = fed(1500, shape_points=SHAPE_POINTS)
     shapes = [
         (recomputed.score(0.0, v).shape, fresh.score(0.0, v).shape) for v in (6.0, 14.0, 16.0)
     ]
