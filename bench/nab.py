@@ -23,7 +23,7 @@ iteration; figures for docs/benchmarks.md are over all 58.
 
     .venv/bin/python bench/nab.py [--false-alarms-per-week 1] [--episode-points 1000]
         [--keep-firing-s 3600] [--tail-delay-s 3600] [--gaussian] [--engine-sweep]
-        [--shape-points 6] [--shape-neighbours 3] [--shape-memory 1000] [--shape-weight 0.5]
+        [--shape-points 0] [--shape-neighbours 3] [--shape-memory 1000] [--shape-weight 0.5]
         [--series SUBSTRING ...]
 """
 
