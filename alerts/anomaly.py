@@ -2,8 +2,9 @@
 normal instead of a fixed threshold.
 
 The engine asks an `AnomalyScorer` (the daemon's, fed from the per-minute rollups; this
-package never sees where) for each (rule, labels) value; the reading's robust z decides the
-breach and becomes the alert's value, and its band is what the notification calls usual.
+package never sees where) for each (rule, labels) value; the reading's score (its robust z, or
+the shape score of the last few minutes where that is higher) decides the breach and becomes
+the alert's value, and its band is what the notification calls usual.
 While a series has too little history the reading says so (baseline `learning`): no breach,
 no data, logged once.
 """
@@ -68,13 +69,19 @@ class AnomalyReadings:
 
 
 def usual_text(metric: str, reading: AnomalyScore | None) -> str:
-    """ "latency_p95 4.1; usual at this hour 1.2-1.8 (z 6.3)" for a notification."""
+    """ "latency_p95 4.1; usual at this hour 1.2-1.8 (+6.3 robust z)" for a notification (with
+    the shape score when it, not the z, made the value anomalous)."""
     if reading is None or reading.low is None or reading.high is None or reading.z is None:
         return metric
     when = "lately" if reading.baseline is Baseline.TRAILING else "at this hour"
     if reading.baseline is Baseline.WEEKLY:
         when = "at this hour of the week"
+    # A value can be anomalous by the shape of the last few minutes while inside the band:
+    # say so, with the shape score that decided it.
+    shape = ""
+    if reading.shape > 0 and reading.shape >= reading.score:
+        shape = f"; unusual pattern over the last minutes, shape score {reading.shape:.1f}"
     return (
         f"{metric} {reading.value:.3g}; usual {when} {reading.low:.3g}-{reading.high:.3g}"
-        f" ({reading.z:+.1f} robust z)"
+        f" ({reading.z:+.1f} robust z{shape})"
     )

@@ -60,6 +60,8 @@ class RuleConfig(BaseModel):
     sensitivity: float | None = Field(default=None, gt=0)
     false_alarms_per_week: float | None = Field(default=None, gt=0)
     seasonality: Literal["auto", "none", "daily", "weekly"] = "auto"
+    # The shape score beside the robust z (docs/detectors.md): +2-3 NAB points, ~2.6x the CPU.
+    shape: bool = False
     # 0 (or absent): no pending state, a breach fires at the first evaluation, as in Prometheus.
     for_s: DurationOrZeroS | None = Field(default=None, alias="for")
     keep_firing_for: DurationOrZeroS | None = None
@@ -94,6 +96,8 @@ class RuleConfig(BaseModel):
                 )
         elif self.threshold is None:
             raise ValueError(f"rule {self.name!r}: op {self.op!r} needs `threshold`")
+        elif self.shape:
+            raise ValueError(f"rule {self.name!r}: `shape` is for op anomaly")
         return self
 
     @property

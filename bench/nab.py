@@ -23,6 +23,7 @@ iteration; figures for docs/benchmarks.md are over all 58.
 
     .venv/bin/python bench/nab.py [--false-alarms-per-week 1] [--episode-points 1000]
         [--keep-firing-s 3600] [--tail-delay-s 3600] [--gaussian] [--engine-sweep]
+        [--shape-points 0] [--shape-neighbours 3] [--shape-memory 1000] [--shape-weight 0.5]
         [--series SUBSTRING ...]
 """
 
@@ -247,6 +248,13 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--min-points", type=int, default=AnomalyConfig().min_points)
     parser.add_argument("--seasonality", default="auto", choices=[s.value for s in Seasonality])
     parser.add_argument("--direction", default="both", choices=[d.value for d in Direction])
+    default = AnomalyConfig()
+    parser.add_argument("--shape-points", type=int, default=default.shape_points, help="0: off")
+    parser.add_argument("--shape-neighbours", type=int, default=default.shape_neighbours)
+    parser.add_argument("--shape-memory", type=int, default=default.shape_memory)
+    parser.add_argument("--shape-weight", type=float, default=default.shape_weight)
+    parser.add_argument("--shape-min-z", type=float, default=default.shape_min_z)
+    parser.add_argument("--shape-cap", type=float, default=default.shape_cap)
     return parser.parse_args()
 
 
@@ -262,6 +270,12 @@ def config_for(args: argparse.Namespace, interval_s: float) -> AnomalyConfig:
         min_points=args.min_points,
         tail_rate=0.0 if args.gaussian else args.false_alarms_per_week * interval_s / WEEK_S,
         tail_delay_points=round(args.tail_delay_s / interval_s),
+        shape_points=args.shape_points,
+        shape_neighbours=args.shape_neighbours,
+        shape_memory=args.shape_memory,
+        shape_weight=args.shape_weight,
+        shape_min_z=args.shape_min_z,
+        shape_cap=args.shape_cap,
     )
 
 

@@ -11,7 +11,9 @@ the series best:
   `min_periods` periods have been seen and, with `seasonality: auto`, once the profile's mean
   absolute error predicting by its median beats the trailing baseline's by `seasonal_gain`.
 
-The score is a robust z: (value - level) / spread, signed, read along the rule's direction.
+The score is a robust z: (value - level) / spread, signed, read along the rule's direction,
+or, where higher, the shape score: how unusual the last few z's are together, a k-NN distance
+to the recent windows of z's (detectors/shape.py; weighted, gated and capped by the config).
 The threshold comes from a target rate of false alarms per week through a Gaussian tail on
 the independent decisions a week holds (`threshold_for`). Real series have fatter tails, so
 with `tail_rate` the threshold is also at least the z that the series' own last
@@ -21,13 +23,13 @@ score joins that tail `tail_delay_points` after it was learned, so an incident i
 against the tail from before it for that long, then becomes part of what the series does.
 
 `score` never changes state; `update` scores and then learns. Memory is bounded by the
-configuration (buckets x values per bucket + 2 x trailing values); `save`/`restore` round-trip
+configuration (buckets x values per bucket + 2 x trailing values + the shape's memory);
+`save`/`restore` round-trip
 the state as plain JSON-able data. Method and measurement: docs/detectors.md, docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
-import bisect
 import enum
 import math
 from collections import deque
@@ -35,11 +37,11 @@ from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Any
 
+from lookout.detectors.robust import SortedWindow, robust_spread
+from lookout.detectors.shape import ShapeScorer
+
 DAY_S = 86_400.0
 WEEK_S = 7 * DAY_S
-IQR_TO_SIGMA = 1.349  # the IQR of a standard normal
-WIDE_TO_SIGMA = 3.29  # its 5-95% range
-WIDE_WEIGHT = 0.5  # ties: the spread is at least half the 5-95% range's
 
 
 class Direction(enum.StrEnum):
@@ -62,6 +64,11 @@ class Baseline(enum.StrEnum):
     TRAILING = "trailing"
     DAILY = "daily"
     WEEKLY = "weekly"
+
+
+# The shape score's window when a rule turns it on (`shape: true`): +2.4 NAB standard points
+# at ~2.6x the detector's CPU (docs/benchmarks.md), so it is the rule's choice, not the default.
+SHAPE_POINTS = 6
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +94,18 @@ class AnomalyConfig:
     # `trailing_points` learned values (the fraction of them a rule may find anomalous).
     tail_rate: float = 0.0
     tail_delay_points: int = 60  # an hour of minutes
+    # The shape score (detectors/shape.py): the last `shape_points` residuals against the
+    # windows of the last `shape_memory` points, `shape_neighbours` nearest; it competes with
+    # the z at `shape_weight` x its own robust z, for a value at least `shape_min_z` off the
+    # level on the rule's side, and up to `shape_cap` x `threshold_z` (so one incident's
+    # shape cannot lift the series' tail far above its z's). 0 points: off. Chosen on NAB
+    # (docs/benchmarks.md).
+    shape_points: int = 0  # off by default: SHAPE_POINTS when a rule says `shape: true`
+    shape_neighbours: int = 3
+    shape_memory: int = 1000
+    shape_weight: float = 0.5
+    shape_min_z: float = 1.0
+    shape_cap: float = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +125,10 @@ class AnomalyScore:
     anomalous: bool
     history: int = 0  # values learned so far (LEARNING until `min_points`)
     threshold: float | None = None  # the z beyond which the value is anomalous
+    # The shape score x its weight (0 while it has too little history): how unusual the last
+    # few residuals are together; `score` is the larger of it and the z read along the
+    # direction, so a value inside the band can be anomalous by its shape.
+    shape: float = 0.0
 
 
 def threshold_for(false_alarms_per_week: float, interval_s: float, direction: Direction) -> float:
@@ -119,42 +142,6 @@ def threshold_for(false_alarms_per_week: float, interval_s: float, direction: Di
     return NormalDist().inv_cdf(1.0 - tail)
 
 
-class _Sorted:
-    """A bounded window of the last `size` values, also kept sorted for O(log n) quantiles."""
-
-    def __init__(self, size: int, values: list[float] | None = None) -> None:
-        self.size = size
-        self.order: deque[float] = deque(maxlen=size)
-        self.sorted: list[float] = []
-        for v in values or []:
-            self.add(v)
-
-    def add(self, value: float) -> None:
-        if len(self.order) == self.size:
-            old = self.order[0]
-            del self.sorted[bisect.bisect_left(self.sorted, old)]
-        self.order.append(value)
-        bisect.insort(self.sorted, value)
-
-    def __len__(self) -> int:
-        return len(self.sorted)
-
-    def quantile(self, q: float) -> float:
-        s = self.sorted
-        pos = q * (len(s) - 1)
-        lo = int(pos)
-        hi = min(lo + 1, len(s) - 1)
-        return s[lo] + (s[hi] - s[lo]) * (pos - lo)
-
-
-def _spread(window: _Sorted) -> float:
-    """A robust standard deviation: the IQR's, or (for values with many ties, whose IQR may
-    be 0) half the 5-95% range's."""
-    iqr = (window.quantile(0.75) - window.quantile(0.25)) / IQR_TO_SIGMA
-    wide = (window.quantile(0.95) - window.quantile(0.05)) / WIDE_TO_SIGMA
-    return max(iqr, WIDE_WEIGHT * wide)
-
-
 @dataclass(slots=True)
 class _Profile:
     """A seasonal profile: per bucket of the period, the last values seen there."""
@@ -163,21 +150,21 @@ class _Profile:
     buckets: int
     size: int
     per_period: int = 4
-    cells: list[_Sorted] = field(default_factory=list)
+    cells: list[SortedWindow] = field(default_factory=list)
     filled: list[int] = field(default_factory=list)  # per bucket: the last (period, slot) kept
     first_t: float | None = None
     error: float | None = None  # exponentially weighted mean absolute error of its median
 
     def __post_init__(self) -> None:
         if not self.cells:
-            self.cells = [_Sorted(self.size) for _ in range(self.buckets)]
+            self.cells = [SortedWindow(self.size) for _ in range(self.buckets)]
         if not self.filled:
             self.filled = [-1] * self.buckets
 
     def index(self, t: float) -> int:
         return int((t % self.period_s) / self.period_s * self.buckets) % self.buckets
 
-    def cell(self, t: float) -> _Sorted:
+    def cell(self, t: float) -> SortedWindow:
         return self.cells[self.index(t)]
 
     def learn(self, t: float, value: float) -> None:
@@ -199,8 +186,8 @@ class AnomalyDetector:
 
     def __init__(self, config: AnomalyConfig | None = None) -> None:
         self.config = c = config or AnomalyConfig()
-        self._trailing = _Sorted(c.trailing_points)
-        self._tail = _Sorted(c.trailing_points)  # the learned values' scores
+        self._trailing = SortedWindow(c.trailing_points)
+        self._tail = SortedWindow(c.trailing_points)  # the learned values' scores
         self._tail_pending: deque[float] = deque()  # ... the last `tail_delay_points` of them
         self._trailing_error: float | None = None
         self._profiles: dict[Baseline, _Profile] = {}
@@ -213,6 +200,11 @@ class AnomalyDetector:
                 WEEK_S, 7 * c.buckets_per_day, c.values_per_bucket, c.samples_per_period
             )
         self._alpha = 1.0 - 0.5 ** (1.0 / c.error_halflife_points)
+        self._shape = (
+            ShapeScorer(c.shape_points, c.shape_neighbours, c.shape_memory, c.trailing_points)
+            if c.shape_points > 0
+            else None
+        )
         self.points = 0
 
     # -- the normal ---------------------------------------------------------------------
@@ -220,13 +212,13 @@ class AnomalyDetector:
     def _trailing_normal(self) -> tuple[float, float] | None:
         if len(self._trailing) < self.config.min_points:
             return None
-        return self._trailing.quantile(0.5), _spread(self._trailing)
+        return self._trailing.quantile(0.5), robust_spread(self._trailing)
 
     def _profile_normal(self, profile: _Profile, t: float) -> tuple[float, float] | None:
         cell = profile.cell(t)
         if profile.periods(t) < self.config.min_periods or len(cell) < self.config.min_periods:
             return None
-        return cell.quantile(0.5), _spread(cell)
+        return cell.quantile(0.5), robust_spread(cell)
 
     def normal(self, t: float) -> tuple[Baseline, float, float] | None:
         """The baseline in use at time `t`, its level and its (floored) spread."""
@@ -252,13 +244,27 @@ class AnomalyDetector:
 
     def score(self, t: float, value: float) -> AnomalyScore:
         """`value` at time `t` against the normal learned so far (changes nothing)."""
+        return self._read(t, value, learn=False)
+
+    def _read(self, t: float, value: float, *, learn: bool) -> AnomalyScore:
+        """The score; with `learn`, the shape scorer also learns the value's residual (the
+        rest is learned by `update`)."""
         normal = self.normal(t)
         if normal is None:
+            if learn and self._shape is not None:
+                self._shape.update(0.0)
             return self._learning(value)
         baseline, level, spread = normal
         z = (value - level) / spread
         direction = self.config.direction
         read = z if direction is Direction.UP else -z if direction is Direction.DOWN else abs(z)
+        shape = 0.0
+        if self._shape is not None and (learn or read >= 0):
+            raw = self._shape.update(z) if learn else self._shape.score(z)
+            c = self.config
+            if read >= c.shape_min_z:  # a value off the level, on the rule's side
+                shape = min(max(0.0, c.shape_weight * raw), c.shape_cap * c.threshold_z)
+        score = max(read, shape)
         k = self.threshold()
         return AnomalyScore(
             value,
@@ -266,12 +272,13 @@ class AnomalyDetector:
             level,
             spread,
             z,
-            read,
+            score,
             level - k * spread,
             level + k * spread,
-            read > k,
+            score > k,
             self.points,
             k,
+            shape,
         )
 
     def threshold(self) -> float:
@@ -291,7 +298,7 @@ class AnomalyDetector:
         """Score `value` at `t`, then learn it. Non-finite values are scored as nothing."""
         if not math.isfinite(value):
             return self._learning(value)
-        result = self.score(t, value)
+        result = self._read(t, value, learn=True)
         if result.baseline is not Baseline.LEARNING:
             self._learn_tail(result.score)
         self._learn_errors(t, value)
@@ -328,7 +335,7 @@ class AnomalyDetector:
     def save(self) -> dict[str, Any]:
         """The learned state as JSON-able data (restore with `restore`)."""
         return {
-            "version": 2,
+            "version": 3,
             "points": self.points,
             "trailing": list(self._trailing.order),
             "tail": list(self._tail.order) + list(self._tail_pending),
@@ -342,6 +349,7 @@ class AnomalyDetector:
                 }
                 for name, p in self._profiles.items()
             },
+            "shape": None if self._shape is None else self._shape.save(),
         }
 
     @classmethod
@@ -349,19 +357,22 @@ class AnomalyDetector:
         """A detector with `config` and the saved `state` (a profile the config no longer
         has is dropped; one whose bucket count changed starts afresh). A version-1 state has
         no scores' tail: it refills as values are learned (the threshold is `threshold_z`
-        meanwhile)."""
+        meanwhile); one before version 3 has no shape state: the shape score starts afresh
+        (0 until it has history again)."""
         detector = cls(config)
         detector.points = int(state.get("points", 0))
         for score in state.get("tail", []):
             detector._learn_tail(float(score))
-        detector._trailing = _Sorted(config.trailing_points, list(state.get("trailing", [])))
+        detector._trailing = SortedWindow(config.trailing_points, list(state.get("trailing", [])))
         detector._trailing_error = state.get("trailing_error")
+        if detector._shape is not None and state.get("shape"):
+            detector._shape.restore(state["shape"])
         for name, saved in state.get("profiles", {}).items():
             profile = detector._profiles.get(Baseline(name))
             if profile is None or len(saved["cells"]) != profile.buckets:
                 continue
             profile.first_t = saved["first_t"]
             profile.error = saved["error"]
-            profile.cells = [_Sorted(profile.size, list(v)) for v in saved["cells"]]
+            profile.cells = [SortedWindow(profile.size, list(v)) for v in saved["cells"]]
             profile.filled = [int(k) for k in saved["filled"]]
         return detector

@@ -24,6 +24,7 @@ import structlog
 
 from lookout.alerts.config import DEFAULT_FALSE_ALARMS_PER_WEEK
 from lookout.detectors.anomaly import (
+    SHAPE_POINTS,
     WEEK_S,
     AnomalyConfig,
     AnomalyDetector,
@@ -89,6 +90,7 @@ def anomaly_rules(rules: list[RuleConfig]) -> list[_Rule]:
                 seasonality=Seasonality(r.seasonality),
                 threshold_z=r.anomaly_z,
                 tail_rate=tail_rate(r),
+                shape_points=SHAPE_POINTS if r.shape else 0,
             ),
         )
         for r in rules

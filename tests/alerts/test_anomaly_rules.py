@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +15,13 @@ from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from lookout.alerts import notes
+from lookout.alerts.anomaly import usual_text
 from lookout.alerts.config import RuleConfig
 from lookout.alerts.engine import AlertEngine
 from lookout.alerts.outbox import SqliteOutbox
 from lookout.alerts.state import AlertState, NotificationKind
 from lookout.clock import FakeClock
-from lookout.detectors.anomaly import AnomalyDetector, Baseline
+from lookout.detectors.anomaly import AnomalyDetector, AnomalyScore, Baseline
 from lookout.monitor.anomaly import AnomalyBook, anomaly_rules
 from lookout.monitor.storage import RollupPoint
 from lookout.series import SeriesPoint
@@ -201,3 +203,25 @@ def test_anomaly_rules_are_checked() -> None:
     }
     assert configs["target"].tail_rate == pytest.approx(2 / (7 * 24 * 60))
     assert configs["slow"].tail_rate == 0.0
+
+
+def test_a_notification_says_when_the_pattern_not_the_level_made_the_value_anomalous() -> None:
+    by_shape = AnomalyScore(
+        2.4, Baseline.DAILY, 2.0, 0.2, 2.0, 9.0, 1.2, 2.8, True, 5000, 4.0, shape=9.0
+    )
+    text = usual_text("latency_p95", by_shape)
+    assert text.startswith("latency_p95 2.4; usual at this hour 1.2-2.8 (+2.0 robust z")
+    assert "unusual pattern over the last minutes, shape score 9.0" in text
+    by_level = replace(by_shape, value=3.6, z=8.0, score=8.0, shape=3.0)
+    assert "pattern" not in usual_text("latency_p95", by_level)
+
+
+def test_the_shape_score_is_the_rules_choice_and_only_for_anomaly_rules() -> None:
+    base = {"name": "odd", "metric": "latency_p95", "op": "anomaly"}
+    plain, shaped = (RuleConfig.model_validate(base | {"shape": s}) for s in (False, True))
+    [plain_rule] = anomaly_rules([plain])
+    [shaped_rule] = anomaly_rules([shaped])
+    assert plain_rule.config.shape_points == 0  # the default costs what it did before (docs)
+    assert shaped_rule.config.shape_points > 0
+    with pytest.raises(ValidationError, match="`shape` is for op anomaly"):
+        RuleConfig.model_validate(base | {"op": ">", "threshold": 1.0, "shape": True})

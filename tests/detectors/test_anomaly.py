@@ -9,6 +9,7 @@ import math
 import random
 
 from lookout.detectors.anomaly import (
+    SHAPE_POINTS,
     AnomalyConfig,
     AnomalyDetector,
     Baseline,
@@ -18,9 +19,10 @@ from lookout.detectors.anomaly import (
 )
 
 
-def fed(n: int, seed: int = 3) -> AnomalyDetector:
+def fed(n: int, seed: int = 3, shape_points: int = 0) -> AnomalyDetector:
     rng = random.Random(seed)
-    detector = AnomalyDetector(AnomalyConfig(seasonality=Seasonality.NONE))
+    config = AnomalyConfig(seasonality=Seasonality.NONE, shape_points=shape_points)
+    detector = AnomalyDetector(config)
     for i in range(n):
         detector.update(i * 60.0, 10.0 + rng.gauss(0.0, 1.0))
     return detector
@@ -118,3 +120,47 @@ def test_a_checkpoint_keeps_the_tail_and_an_old_one_without_it_restores() -> Non
     old = AnomalyDetector.restore(config, version_1)
     assert old.threshold() == config.threshold_z  # refills as values are learned
     assert old.score(0.0, 100.0).baseline is Baseline.TRAILING
+
+
+def test_a_changed_shape_inside_the_band_is_anomalous_by_its_shape() -> None:
+    # A slow, smooth wave: the values' level and spread alone cannot tell a saw-tooth of the
+    # same amplitude from it, the shape of the last few values can.
+    config = AnomalyConfig(seasonality=Seasonality.NONE, threshold_z=4.0, shape_points=SHAPE_POINTS)
+    detector = AnomalyDetector(config)
+    rng = random.Random(5)
+    for i in range(3000):
+        detector.update(i * 60.0, 10.0 + math.sin(i / 40.0) + rng.gauss(0.0, 0.02))
+    quiet = [
+        detector.update((3000 + i) * 60.0, 10.0 + math.sin((3000 + i) / 40.0)) for i in range(30)
+    ]
+    assert not any(r.anomalous for r in quiet)
+    saw = [detector.update((3030 + i) * 60.0, 10.0 + (1.5 if i % 2 else -1.5)) for i in range(12)]
+    assert any(r.anomalous and r.shape > r.threshold for r in saw)  # type: ignore[operator]
+    inside = [r for r in saw if r.anomalous and r.low is not None and r.high is not None]
+    assert any(r.low < r.value < r.high for r in inside)  # type: ignore[operator]
+    off = AnomalyDetector(AnomalyConfig(seasonality=Seasonality.NONE, shape_points=0))
+    assert off.save()["shape"] is None and off.score(0.0, 1.0).shape == 0.0
+
+
+def test_a_checkpoint_keeps_the_shape_state_and_one_without_it_starts_it_afresh() -> None:
+    config = AnomalyConfig(seasonality=Seasonality.NONE, shape_points=SHAPE_POINTS)
+    detector = fed(1500, shape_points=SHAPE_POINTS)
+    state = json.loads(json.dumps(detector.save()))
+    restored = AnomalyDetector.restore(config, state)
+    assert restored.score(1500 * 60.0, 12.5) == detector.score(1500 * 60.0, 12.5)
+    rng = random.Random(4)
+    for i in range(1500, 1600):
+        v = 10.0 + rng.gauss(0.0, 1.0)
+        assert restored.update(i * 60.0, v) == detector.update(i * 60.0, v)
+    # Recomputed from the saved values alone (an older saved shape without the distances by
+    # lag): the same scores to rounding.
+    recomputed = AnomalyDetector.restore(config, state | {"shape": state["shape"] | {"by_lag": []}})
+    fresh = fed(1500, shape_points=SHAPE_POINTS)
+    shapes = [
+        (recomputed.score(0.0, v).shape, fresh.score(0.0, v).shape) for v in (6.0, 14.0, 16.0)
+    ]
+    assert all(math.isclose(a, b, abs_tol=1e-9) for a, b in shapes) and shapes[-1][0] > 0
+    before_shape = {k: v for k, v in state.items() if k != "shape"} | {"version": 2}
+    old = AnomalyDetector.restore(config, before_shape)
+    assert old.score(0.0, 16.0).shape == 0.0  # no shape history yet: the z alone
+    assert old.score(0.0, 16.0).z == fresh.score(0.0, 16.0).z
