@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import numpy as np
 import psycopg
 import pytest
 from prometheus_client import CollectorRegistry
@@ -140,7 +141,62 @@ async def test_postgres_migrates_once_applies_only_what_is_missing_and_refuses_n
             with pytest.raises(psycopg.errors.DuplicateTable):
                 await migrate_postgres(conn, (*POSTGRES_MIGRATIONS, later, failing))
             cur = await conn.execute("SELECT version FROM schema_migrations ORDER BY version")
-            assert [row[0] for row in await cur.fetchall()] == [*range(1, n + 2)]
+            released = [m.version for m in POSTGRES_MIGRATIONS]
+            assert [row[0] for row in await cur.fetchall()] == [*released, n + 1]
             newer = f"schema version {n + 1}, newer than this release's {n}"
             with pytest.raises(StoreError, match=newer):
                 await migrate_postgres(conn)
+
+
+async def test_a_postgres_database_of_the_release_before_the_detectors_tables_upgrades() -> None:
+    """A cluster's database made before the detectors' references moved to PostgreSQL
+    (migrations up to 3): its rows stay, and references and drift samples can be written."""
+    earlier = tuple(m for m in POSTGRES_MIGRATIONS if m.version <= 3)
+    with pg_database() as url:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            assert await migrate_postgres(conn, earlier) == 3
+            await conn.execute(
+                "INSERT INTO records (id, ts, received_at, app, model, status)"
+                " VALUES ('req-0', 1, 1, 'shop', 'gpt', 'ok')"
+            )
+            await conn.execute("INSERT INTO nodes VALUES ('a', 1, 2, '0.1', 5)")
+            assert await migrate_postgres(conn) == POSTGRES_LATEST
+            cur = await conn.execute("SELECT app FROM records UNION ALL SELECT node FROM nodes")
+            assert sorted(r[0] for r in await cur.fetchall()) == ["a", "shop"]
+        from lookout.monitor.storage.drift_samples import DriftSample
+        from lookout.monitor.storage.pg_references import PgReferenceStore
+
+        async with PgReferenceStore(url, node="a") as refs:
+            states = {"x": np.zeros((2, 3), np.float32)}
+            info = await refs.save(
+                app="shop",
+                field="prompt",
+                source="file",
+                embedder="static",
+                size=2,
+                states=states,
+                texts=["a", "b"],
+                now=T0,
+                drift_threshold=0.1,
+                ood_threshold=0.2,
+            )
+            again = await refs.save(
+                app="shop",
+                field="prompt",
+                source="auto",
+                embedder="static",
+                size=2,
+                states=states,
+                texts=["c", "d"],
+                now=T0,
+                drift_threshold=0.1,
+                ood_threshold=0.2,
+            )
+            assert (info.version, again.version) == (1, 2)
+            assert await refs.active_ids() == {("shop", "prompt"): again.id}
+            await refs.activate(info.id)
+            assert await refs.active_ids() == {("shop", "prompt"): info.id}
+            x = np.ones((3, 4), np.float16)
+            await refs.samples.put([DriftSample("a", "shop", "prompt", info.id, T0, 1, x)])
+            [sample] = await refs.samples.latest(10)
+            assert (sample.node, sample.n, sample.flagged) == ("a", 3, 1)

@@ -1,0 +1,180 @@
+"""Drift and OOD across the nodes of a cluster, on a real PostgreSQL (docs/scale-out.md "Drift
+and OOD across nodes"): the node holding the alerts role scores drift on every node's texts,
+a reference fitted by the references role's holder is loaded by the others, and each node
+scores OOD on the texts it got."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import pytest
+from prometheus_client import CollectorRegistry
+
+from lookout.clock import SystemClock
+from lookout.detectors.embedders import Embedder
+from lookout.monitor.cluster.leadership import Leadership, Role
+from lookout.monitor.config import DetectorsConfig
+from lookout.monitor.detection.embedding import build_embedder
+from lookout.monitor.detection.service import DetectionService
+from lookout.monitor.detection.shared_drift import ClusterDetection
+from lookout.monitor.ingest.records import Record
+from lookout.monitor.storage.pg_leases import PgRoleLock
+from lookout.monitor.storage.pg_references import PgReferenceStore
+from lookout.monitor.storage.schema import migrate_postgres
+from tests.conftest import eventually
+from tests.monitor.test_detection import DETECTORS, prompts
+from tests.stores import pg_database
+
+TIMEOUT_S = 30.0
+WINDOW = DETECTORS["drift"]["window"]  # type: ignore[index]
+CFG = DetectorsConfig.model_validate(DETECTORS)
+
+
+@pytest.fixture
+def db_url() -> Iterator[str]:
+    with pg_database() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def embedder() -> Embedder:
+    return build_embedder(CFG.embedder)
+
+
+@dataclass
+class Node:
+    name: str
+    service: DetectionService
+    registry: CollectorRegistry
+    leadership: Leadership | None
+
+    def offer(self, texts: list[str]) -> None:
+        now = time.time()
+        for text in texts:
+            record = Record(
+                id=None, ts=now, app="bot", model="m", status="ok", received_at=now, prompt=text
+            )
+            self.service.offer(record, now)
+
+    def status(self) -> dict[str, Any]:
+        [status] = self.service.status(600, time.time())
+        return status
+
+    def series(self) -> dict[str, float | None]:
+        return {s.metric: s.value for s in self.service.series(600, time.time())}
+
+    def counter(self, name: str) -> float:
+        return self.registry.get_sample_value(name) or 0.0
+
+
+@contextlib.asynccontextmanager
+async def node(
+    url: str, name: str, embedder: Embedder, *, clustered: bool = True
+) -> AsyncIterator[Node]:
+    """One node's detectors on the shared database; in the cluster, with its leadership."""
+    registry = CollectorRegistry()
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await migrate_postgres(conn)  # as the node's main store does when it opens
+    async with contextlib.AsyncExitStack() as stack:
+        lead = None
+        cluster = None
+        fence = None
+        if clustered:
+            locks = {r: PgRoleLock(url, r.value, node=name, connect_timeout_s=5.0) for r in Role}
+            lead = Leadership(locks, retry_interval_s=0.05, check_interval_s=0.05)  # type: ignore[arg-type]
+            await stack.enter_async_context(lead)
+            fence = lead.gate(Role.REFERENCES).fenced
+        refs = await stack.enter_async_context(PgReferenceStore(url, node=name, fence=fence))
+        if lead is not None:
+            cluster = ClusterDetection(
+                node=name,
+                samples=refs.samples,
+                drift=lead.gate(Role.ALERTS),
+                references=lead.gate(Role.REFERENCES),
+                flush_interval_s=0.02,
+                read_interval_s=0.02,
+                keep_texts=2 * WINDOW,
+            )
+        service = DetectionService(
+            CFG,
+            embedder=embedder,
+            references=refs,
+            clock=SystemClock(),
+            registry=registry,
+            poll_interval_s=0.05,
+            cluster=cluster,
+        )
+        await stack.enter_async_context(service)
+        yield Node(name, service, registry, lead)
+
+
+async def holds_every_role(n: Node) -> None:
+    assert n.leadership is not None
+    for gate in n.leadership.gates.values():
+        await asyncio.wait_for(gate.wait_held(), TIMEOUT_S)
+
+
+async def settled(leader: Node, other: Node, other_texts: int) -> None:
+    """Both nodes worked off their texts, the other node committed the `other_texts` it
+    scored and the leader read them."""
+    for n in (leader, other):
+        await asyncio.wait_for(n.service.wait_idle(), TIMEOUT_S)
+    await eventually(
+        lambda: leader.counter("lookout_drift_samples_read_total") == other_texts,
+        timeout_s=TIMEOUT_S,
+    )
+
+
+async def test_the_leader_scores_drift_on_both_nodes_texts_as_one_node_fed_all_of_them(
+    db_url: str, embedder: Embedder
+) -> None:
+    banking = prompts({"banking", "credit_cards"}, 200 + 120)
+    travel = prompts({"travel", "auto_and_commute"}, 40)
+    # A quiet stretch, then a burst of another topic: too short for half of it to move a
+    # window of one node's share, long enough to move the cluster's.
+    stream = banking[200:] + travel[:24] + banking[200:216]
+    async with contextlib.AsyncExitStack() as stack_b, contextlib.AsyncExitStack() as stack_a:
+        a = await stack_a.enter_async_context(node(db_url, "a", embedder))
+        await holds_every_role(a)
+        b = await stack_b.enter_async_context(node(db_url, "b", embedder))
+        b.offer(banking[:50])  # not the references' holder: collects nothing to fit
+        a.offer(banking[:200])
+        await asyncio.wait_for(a.service.wait_idle(), TIMEOUT_S)
+        fitted = a.status()["reference_id"]
+        assert fitted is not None
+        await eventually(lambda: b.status()["reference_id"] == fitted, timeout_s=TIMEOUT_S)
+        assert b.status()["reference_pending"] is None
+        for start in range(0, len(stream), WINDOW // 2):  # chunk by chunk, half each
+            chunk = stream[start : start + WINDOW // 2]
+            a.offer(chunk[0::2])
+            b.offer(chunk[1::2])
+            await settled(a, b, len(stream[: start + len(chunk)][1::2]))
+        leader, standby = a.series(), b.series()
+        # OOD on the node that got the text; the leader's rate counts both nodes'.
+        assert b.status()["ood_scored"] == len(stream) // 2
+        assert a.status()["ood_scored"] == len(stream)
+        await stack_a.aclose()  # the leader stops: the other node takes the drift over,
+        await eventually(lambda: bool(b.series()), timeout_s=TIMEOUT_S)
+        # its window made anew from the shared samples
+        taken_over = b.series()
+    assert standby == {}  # only the leader reports drift
+    with psycopg.connect(db_url, autocommit=True) as conn:  # one node fed from scratch:
+        conn.execute("DELETE FROM detector_windows")  # not the cluster's saved windows
+    async with node(db_url, "whole", embedder, clustered=False) as whole:
+        whole.offer(stream)
+        await asyncio.wait_for(whole.service.wait_idle(), TIMEOUT_S)
+        one_node = whole.series()
+    async with node(db_url, "half", embedder, clustered=False) as half:
+        half.offer(stream[0::2])
+        await asyncio.wait_for(half.service.wait_idle(), TIMEOUT_S)
+        half_only = half.series()
+    assert leader["drift_statistic"] == pytest.approx(one_node["drift_statistic"], rel=0.02)
+    assert leader["drift_score"] > 1 and one_node["drift_score"] > 1  # type: ignore[operator]
+    assert half_only["drift_score"] < 1  # type: ignore[operator]
+    assert taken_over["drift_statistic"] == pytest.approx(leader["drift_statistic"], rel=0.02)
