@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -19,7 +21,8 @@ from prometheus_client import CollectorRegistry
 from lookout.clock import SystemClock
 from lookout.detectors.embedders import Embedder
 from lookout.monitor.cluster.leadership import Leadership, Role
-from lookout.monitor.config import DetectorsConfig
+from lookout.monitor.config import DetectorsConfig, Settings
+from lookout.monitor.daemon import Daemon
 from lookout.monitor.detection.embedding import build_embedder
 from lookout.monitor.detection.service import DetectionService
 from lookout.monitor.detection.shared_drift import ClusterDetection
@@ -27,9 +30,9 @@ from lookout.monitor.ingest.records import Record
 from lookout.monitor.storage.pg_leases import PgRoleLock
 from lookout.monitor.storage.pg_references import PgReferenceStore
 from lookout.monitor.storage.schema import migrate_postgres
-from tests.conftest import eventually
+from tests.conftest import Receiver, eventually, make_settings, publish, running
 from tests.monitor.test_detection import DETECTORS, prompts
-from tests.stores import pg_database
+from tests.stores import StoreDb, pg_database
 
 TIMEOUT_S = 30.0
 WINDOW = DETECTORS["drift"]["window"]  # type: ignore[index]
@@ -178,3 +181,75 @@ async def test_the_leader_scores_drift_on_both_nodes_texts_as_one_node_fed_all_o
     assert leader["drift_score"] > 1 and one_node["drift_score"] > 1  # type: ignore[operator]
     assert half_only["drift_score"] < 1  # type: ignore[operator]
     assert taken_over["drift_statistic"] == pytest.approx(leader["drift_statistic"], rel=0.02)
+
+
+def cluster_node(tmp_path: Path, topic_root: str, name: str, url: str, hook: str) -> Settings:
+    return make_settings(
+        tmp_path / name,
+        topic_root,
+        node={"id": f"{name}-{topic_root}"},
+        bus={"shared_group": f"g{topic_root}", "client_id": None},
+        store={"url": url},
+        cluster={
+            "heartbeat_interval": "1h",
+            "refresh_interval": "1h",
+            "leader_retry_interval": 0.2,
+        },
+        detectors=DETECTORS,
+        eval_interval=0.05,
+        channels={"hook": {"kind": "webhook", "url": hook}},
+        rules=[
+            {
+                "name": "topic-drift",
+                "metric": "drift_score",
+                "where": {"app": "bot"},
+                "threshold": 1.0,
+                "channels": ["hook"],
+            }
+        ],
+    )
+
+
+def records(texts: list[str], first: int) -> list[bytes]:
+    return [
+        json.dumps({"id": f"r{first + i}", "app": "bot", "model": "m", "prompt": t}).encode()
+        for i, t in enumerate(texts)
+    ]
+
+
+async def test_two_daemons_share_the_reference_and_the_leader_alerts_on_the_clusters_drift(
+    tmp_path: Path, topic_root: str, receiver: Receiver
+) -> None:
+    banking = prompts({"banking", "credit_cards"}, 440 + 120)
+    travel = prompts({"travel", "auto_and_commute"}, 24)
+    burst = banking[440:] + travel + banking[440:456]
+    topic = f"llm/records/{topic_root}"
+    with pg_database() as url:
+        a, b = (Daemon(cluster_node(tmp_path, topic_root, n, url, receiver.url)) for n in "ab")
+        async with running(a):
+            await asyncio.wait_for(a.cluster.leadership.gate(Role.ALERTS).wait_held(), 15)
+            async with running(b):
+                assert a.detection is not None and b.detection is not None
+                await publish(records(banking[:440], 0), topic)  # about half to each node
+                await eventually(lambda: _reference(a) is not None, timeout_s=TIMEOUT_S)
+                await eventually(lambda: _reference(b) == _reference(a), timeout_s=TIMEOUT_S)
+                await publish(records(burst, 1000), topic)
+                await asyncio.wait_for(receiver.received.wait(), TIMEOUT_S)
+                assert b.detection.series(600, time.time()) == []  # only the leader's count
+                db = StoreDb("postgres", url)
+                scored = (
+                    "SELECT COUNT(*) FROM records WHERE ood_score IS NOT NULL"
+                    " AND CAST(SUBSTRING(id, 2) AS INT) >= 1000"
+                )
+                # Every record of the burst scored, on whichever node got it.
+                await eventually(lambda: db.count(scored) == len(burst), timeout_s=TIMEOUT_S)
+                nodes = "SELECT COUNT(DISTINCT node) FROM drift_samples"
+                assert db.count(nodes) == 2
+    sent = [json.loads(body) for _, body in receiver.requests]
+    assert sent[0]["alerts"][0]["labels"]["field"] == "prompt"
+
+
+def _reference(d: Daemon) -> int | None:
+    assert d.detection is not None
+    entries = d.detection.status(600, time.time())
+    return entries[0]["reference_id"] if entries else None
