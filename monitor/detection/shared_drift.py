@@ -151,14 +151,20 @@ class SharedDrift:
             try:
                 await self._cfg.samples.put(batch)
             except StoreError as exc:
-                if self._pending_texts + texts <= self._cfg.max_pending_texts:
-                    self._pending[:0] = batch  # retried at the next flush
-                    self._pending_texts += texts
-                else:
-                    self._metrics.dropped.labels("write_failed").inc(texts)
+                self._put_back(batch, texts)
                 log.warning("drift_samples_not_committed", error=str(exc), texts=texts)
                 return
+            except asyncio.CancelledError:  # stopping: the final flush takes them
+                self._put_back(batch, texts)
+                raise
             self._metrics.shipped.inc(texts)
+
+    def _put_back(self, batch: list[DriftSample], texts: int) -> None:
+        if self._pending_texts + texts <= self._cfg.max_pending_texts:
+            self._pending[:0] = batch  # retried at the next flush
+            self._pending_texts += texts
+        else:
+            self._metrics.dropped.labels("write_failed").inc(texts)
 
     async def _ship_forever(self) -> None:
         pruned_at = self._clock.monotonic()
