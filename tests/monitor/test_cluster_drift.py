@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psycopg
 import pytest
 from prometheus_client import CollectorRegistry
@@ -27,6 +28,7 @@ from lookout.monitor.detection.embedding import build_embedder
 from lookout.monitor.detection.service import DetectionService
 from lookout.monitor.detection.shared_drift import ClusterDetection
 from lookout.monitor.ingest.records import Record
+from lookout.monitor.storage.drift_samples import DriftSample
 from lookout.monitor.storage.pg_leases import PgRoleLock
 from lookout.monitor.storage.pg_references import PgReferenceStore
 from lookout.monitor.storage.schema import migrate_postgres
@@ -78,7 +80,7 @@ class Node:
 
 @contextlib.asynccontextmanager
 async def node(
-    url: str, name: str, embedder: Embedder, *, clustered: bool = True
+    url: str, name: str, embedder: Embedder, *, clustered: bool = True, **sharing: Any
 ) -> AsyncIterator[Node]:
     """One node's detectors on the shared database; in the cluster, with its leadership."""
     registry = CollectorRegistry()
@@ -100,9 +102,12 @@ async def node(
                 samples=refs.samples,
                 drift=lead.gate(Role.ALERTS),
                 references=lead.gate(Role.REFERENCES),
-                flush_interval_s=0.02,
-                read_interval_s=0.02,
-                keep_texts=2 * WINDOW,
+                **{
+                    "flush_interval_s": 0.02,
+                    "read_interval_s": 0.02,
+                    "keep_texts": 2 * WINDOW,
+                    **sharing,
+                },
             )
         service = DetectionService(
             CFG,
@@ -258,3 +263,31 @@ def _reference(d: Daemon) -> int | None:
     assert d.detection is not None
     entries = d.detection.status(600, time.time())
     return entries[0]["reference_id"] if entries else None
+
+
+async def test_shared_samples_are_bounded_and_every_drop_is_counted(
+    db_url: str, embedder: Embedder
+) -> None:
+    banking = prompts({"banking", "credit_cards"}, 200 + 300)
+    # PostgreSQL slower than the texts come (here: no flush at all): at most 50 texts wait.
+    async with node(db_url, "a", embedder, max_pending_texts=50, flush_interval_s=3600) as a:
+        await holds_every_role(a)
+        a.offer(banking[:200])
+        await asyncio.wait_for(a.service.wait_idle(), TIMEOUT_S)
+        for start in range(200, 500, 30):  # batches of 30: one sample each
+            a.offer(banking[start : start + 30])
+            await asyncio.wait_for(a.service.wait_idle(), TIMEOUT_S)
+        dropped = a.registry.get_sample_value(
+            "lookout_drift_samples_dropped_total", {"reason": "buffer_full"}
+        )
+        assert dropped == 300 - 30  # one batch of 30 fits under 50, the other nine do not
+    # The rows a node keeps: its newest `keep_texts` per (app, field), none older than max age.
+    async with PgReferenceStore(db_url, node="a") as refs:
+        x = np.zeros((30, 8), np.float16)
+        now = time.time()
+        fresh = [DriftSample("a", "bot", "p", 1, now, 0, x) for _ in range(5)]
+        await refs.samples.put([*fresh, DriftSample("a", "bot", "o", 1, now - 7200, 0, x)])
+        assert await refs.samples.prune(now - 3600, keep_texts=60) == 3 * 30 + 30
+        kept = [(s.field, s.n) for s in await refs.samples.latest(10_000)]
+        # The two newest rows of "p", and the 30 texts of "prompt" a's final flush committed.
+        assert sorted(kept) == [("p", 30), ("p", 30), ("prompt", 30)]
