@@ -23,8 +23,7 @@ import functools
 import json
 import sys
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from prometheus_client import CollectorRegistry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from clinc import load
+from cluster import database  # a fresh database of the round's own
 
 from lookout.clock import SystemClock
 from lookout.detectors.embedders import Embedder
@@ -46,7 +46,6 @@ from lookout.monitor.storage.pg_leases import PgRoleLock
 from lookout.monitor.storage.pg_references import PgReferenceStore
 from lookout.monitor.storage.schema import migrate_postgres
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 REFERENCE = 1000
 CFG = DetectorsConfig.model_validate(
     {
@@ -57,18 +56,6 @@ CFG = DetectorsConfig.model_validate(
         "drift": {"window": 200, "ert": 1000},
     }
 )
-
-
-@contextlib.contextmanager
-def database() -> Iterator[str]:
-    name = f"lookout_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 class Node:

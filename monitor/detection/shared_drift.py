@@ -85,7 +85,7 @@ class _Metrics:
             Counter(
                 "lookout_drift_samples_dropped",
                 "Embedded texts not shared: buffer_full, write_failed, reference_changed"
-                " (scored against another reference version than this node's)",
+                " (scored against another reference version than this node's, or none here yet)",
                 ["reason"],
                 registry=registry,
             ),

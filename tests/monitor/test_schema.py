@@ -12,9 +12,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from lookout.clock import FakeClock
+from lookout.detectors.arrays import States
 from lookout.errors import StoreError
 from lookout.monitor.config import Settings
 from lookout.monitor.metrics.prom import IngestMetrics
+from lookout.monitor.storage.references import ReferenceInfo, References
 from lookout.monitor.storage.schema import (
     POSTGRES_MIGRATIONS,
     SQLITE_MIGRATIONS,
@@ -148,6 +150,22 @@ async def test_postgres_migrates_once_applies_only_what_is_missing_and_refuses_n
                 await migrate_postgres(conn)
 
 
+async def save_reference(refs: References, source: str) -> ReferenceInfo:
+    states: States = {"x": np.zeros((2, 3), np.float32)}
+    return await refs.save(
+        app="shop",
+        field="prompt",
+        source=source,
+        embedder="static",
+        size=2,
+        states=states,
+        texts=["a", "b"],
+        now=T0,
+        drift_threshold=0.1,
+        ood_threshold=0.2,
+    )
+
+
 async def test_a_postgres_database_of_the_release_before_the_detectors_tables_upgrades() -> None:
     """A cluster's database made before the detectors' references moved to PostgreSQL
     (migrations up to 3): its rows stay, and references and drift samples can be written."""
@@ -167,31 +185,7 @@ async def test_a_postgres_database_of_the_release_before_the_detectors_tables_up
         from lookout.monitor.storage.pg_references import PgReferenceStore
 
         async with PgReferenceStore(url, node="a") as refs:
-            states = {"x": np.zeros((2, 3), np.float32)}
-            info = await refs.save(
-                app="shop",
-                field="prompt",
-                source="file",
-                embedder="static",
-                size=2,
-                states=states,
-                texts=["a", "b"],
-                now=T0,
-                drift_threshold=0.1,
-                ood_threshold=0.2,
-            )
-            again = await refs.save(
-                app="shop",
-                field="prompt",
-                source="auto",
-                embedder="static",
-                size=2,
-                states=states,
-                texts=["c", "d"],
-                now=T0,
-                drift_threshold=0.1,
-                ood_threshold=0.2,
-            )
+            info, again = [await save_reference(refs, source) for source in ("file", "auto")]
             assert (info.version, again.version) == (1, 2)
             assert await refs.active_ids() == {("shop", "prompt"): again.id}
             await refs.activate(info.id)
