@@ -109,27 +109,9 @@ class DetectionService:
             poll_interval_s=poll_interval_s,
             checkpoint_interval_s=checkpoint_interval_s,
         )
-        self._shared = (
-            None
-            if cluster is None
-            else SharedDrift(
-                cluster,
-                tracks=self._tracks,
-                thread=self._thread,
-                references=self._references,
-                window=params.drift_window,
-                clock=clock,
-                registry=registry,
-            )
-        )
-        self._budget = CpuBudget(cfg.max_cpu_share, cfg.max_texts_per_s)
-        self._sampler = Sampler(
-            rate=cfg.sample_rate,
-            app_rates=cfg.sample_rates,
-            texts_per_s=0.0 if warm_up else self._budget.texts_per_s(),  # none before timed
-            interval_s=adapt_interval_s,
-            slots=slots,
-        )
+        shared = (self._tracks, self._thread, self._references, params.drift_window)
+        self._shared = None if cluster is None else SharedDrift(cluster, *shared, clock, registry)
+        self._budget, self._sampler = _sampling(cfg, warm_up, adapt_interval_s, slots)
         self._queue: deque[QueuedText] = deque()
         self._queue_size, self._adapt_interval_s = queue_size, adapt_interval_s
         self._drain_timeout_s, self._dropped_since_adapt, self._inflight = drain_timeout_s, 0, 0
@@ -299,6 +281,20 @@ class DetectionService:
         while not (self._idle.is_set() and fits_done.is_set()):
             await self._idle.wait()
             await fits_done.wait()
+
+
+def _sampling(
+    cfg: DetectorsConfig, warm_up: bool, interval_s: float, slots: AppSlots
+) -> tuple[CpuBudget, Sampler]:
+    budget = CpuBudget(cfg.max_cpu_share, cfg.max_texts_per_s)
+    sampler = Sampler(
+        rate=cfg.sample_rate,
+        app_rates=cfg.sample_rates,
+        texts_per_s=0.0 if warm_up else budget.texts_per_s(),  # none before timed
+        interval_s=interval_s,
+        slots=slots,
+    )
+    return budget, sampler
 
 
 def _time_embedding(embedder: Embedder) -> float:

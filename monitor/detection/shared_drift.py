@@ -93,10 +93,9 @@ class _Metrics:
 
 
 class SharedDrift:
-    def __init__(
+    def __init__(  # noqa: PLR0917 - the detection service's parts it works with
         self,
         cfg: ClusterDetection,
-        *,
         tracks: TrackTable,
         thread: DetectionThread,
         references: ReferenceManager,
