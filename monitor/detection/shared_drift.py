@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 _PRUNE_EVERY_S = 60.0
+_PUT_WAIT_S = 5.0  # on stop, for a commit of samples under way
 
 
 class Gate(Protocol):
@@ -147,14 +148,24 @@ class SharedDrift:
             if not batch:
                 return
             texts = sum(s.n for s in batch)
+            put = asyncio.ensure_future(self._cfg.samples.put(batch))
             try:
-                await self._cfg.samples.put(batch)
+                await asyncio.shield(put)
             except StoreError as exc:
                 self._put_back(batch, texts)
                 log.warning("drift_samples_not_committed", error=str(exc), texts=texts)
                 return
-            except asyncio.CancelledError:  # stopping: the final flush takes them
-                self._put_back(batch, texts)
+            except asyncio.CancelledError:
+                # Stopping: a put under way ends first, so that its rows are neither lost nor
+                # committed twice (by the final flush).
+                await asyncio.wait([put], timeout=_PUT_WAIT_S)
+                if not put.done():
+                    put.cancel()
+                    self._put_back(batch, texts)
+                elif put.cancelled() or put.exception() is not None:
+                    self._put_back(batch, texts)
+                else:
+                    self._metrics.shipped.inc(texts)
                 raise
             self._metrics.shipped.inc(texts)
 

@@ -167,6 +167,8 @@ async def test_the_leader_scores_drift_on_both_nodes_texts_as_one_node_fed_all_o
         # OOD on the node that got the text; the leader's rate counts both nodes'.
         assert b.status()["ood_scored"] == len(stream) // 2
         assert a.status()["ood_scored"] == len(stream)
+        shipped = "lookout_drift_samples_shipped_total"
+        await eventually(lambda: a.counter(shipped) == len(stream) // 2, timeout_s=TIMEOUT_S)
         await stack_a.aclose()  # the leader stops: the other node takes the drift over,
         await eventually(lambda: bool(b.series()), timeout_s=TIMEOUT_S)
         # its window made anew from the shared samples
