@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -25,8 +26,11 @@ from lookout.redaction import Redactor
 from lookout.series import SeriesPoint
 
 if TYPE_CHECKING:
+    from lookout.monitor.cluster.node import NodeCluster
     from lookout.monitor.detection.service import DetectionService
+    from lookout.monitor.detection.shared_drift import ClusterDetection
     from lookout.monitor.judge.service import JudgeService
+    from lookout.monitor.storage.references import References
 
 
 def build_windows(
@@ -208,3 +212,47 @@ def merged_series(
         return points
 
     return series
+
+
+def open_references(settings: Settings, *, cluster: bool) -> References:
+    """The detectors' references: in PostgreSQL for a cluster (every node loads them), else in
+    the node's SQLite file."""
+    if cluster:
+        from lookout.monitor.storage.pg_references import PgReferenceStore
+
+        s = settings.store
+        return PgReferenceStore(s.url, node=settings.node.id, connect_timeout_s=s.connect_timeout_s)
+    from lookout.monitor.storage.references import ReferenceStore
+
+    return ReferenceStore(settings.store.local_path())
+
+
+async def detection_stores(
+    settings: Settings,
+    stack: contextlib.AsyncExitStack,
+    cluster: NodeCluster,
+) -> tuple[References, ClusterDetection | None]:
+    """The detectors' references (entered on `stack`) and, in a cluster, how they share drift
+    (docs/scale-out.md "Drift and OOD across nodes")."""
+    if not cluster.enabled:
+        return await stack.enter_async_context(open_references(settings, cluster=False)), None
+    from lookout.monitor.cluster.leadership import Role
+    from lookout.monitor.detection.shared_drift import ClusterDetection
+    from lookout.monitor.storage.pg_references import PgReferenceStore
+
+    leadership = cluster.leadership
+    s, fits = settings.store, leadership.gate(Role.REFERENCES)
+    references = PgReferenceStore(
+        s.url, node=settings.node.id, connect_timeout_s=s.connect_timeout_s, fence=fits.fenced
+    )
+    await stack.enter_async_context(references)
+    m, d = settings.metrics, settings.detectors
+    shared = ClusterDetection(
+        node=settings.node.id,
+        samples=references.samples,
+        drift=leadership.gate(Role.ALERTS),  # where the rules that read drift are evaluated
+        references=fits,
+        keep_texts=2 * d.drift.window,
+        max_age_s=max(m.max_window, m.default_window),
+    )
+    return references, shared

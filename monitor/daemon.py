@@ -30,6 +30,7 @@ from lookout.monitor.builders import (
     build_usage,
     build_windows,
     decode_limits,
+    detection_stores,
     merged_series,
     price_table,
 )
@@ -55,7 +56,6 @@ from lookout.monitor.metrics.prom import IngestMetrics, WindowCollector
 from lookout.monitor.metrics.rollups import ROLLUP_S, RollupService, SeriesFn
 from lookout.monitor.metrics.windows import WindowStats
 from lookout.monitor.storage import open_store
-from lookout.monitor.storage.references import ReferenceStore
 from lookout.monitor.systemd import SystemdNotifier
 from lookout.monitor.threads import limit_native_threads
 from lookout.monitor.web.api import ApiServer, Probes
@@ -312,7 +312,7 @@ class Daemon:
     async def _detection_service(self, stack: contextlib.AsyncExitStack) -> DetectionService:
         s = self.settings
         embedder = await asyncio.to_thread(build_embedder, s.detectors.embedder)
-        references = await stack.enter_async_context(ReferenceStore(s.store.local_path()))
+        references, shared = await detection_stores(s, stack, self.cluster)
         service = DetectionService(
             s.detectors,
             embedder=embedder,
@@ -326,6 +326,7 @@ class Daemon:
             max_window_s=max(s.metrics.max_window, s.metrics.default_window),
             checkpoint_interval_s=s.detectors.checkpoint_interval,
             warm_up=s.detectors.embedder.kind != "langchain",  # not a remote service
+            cluster=shared,
             slots=AppSlots(
                 pinned=frozenset(s.metrics.pinned_apps), reclaim_after_s=s.metrics.reclaim_after
             ),

@@ -25,16 +25,18 @@ from lookout.monitor.cli.common import (
 
 if TYPE_CHECKING:
     from lookout.monitor.config import Settings
-    from lookout.monitor.storage.references import ReferenceInfo, ReferenceStore
+    from lookout.monitor.storage.references import ReferenceInfo, References
 
 baseline_app = typer.Typer(help="Reference sets for drift and OOD detection.")
 _MAX_TEXTS = 20_000  # per (app, field); a deterministic sample beyond
 
 
-def _open_store(settings: Settings) -> ReferenceStore:
-    from lookout.monitor.storage.references import ReferenceStore
+def _open_store(settings: Settings) -> References:
+    """Where the daemon keeps them: PostgreSQL in a cluster, else the local SQLite file."""
+    from lookout.monitor.builders import open_references
+    from lookout.monitor.cluster.node import cluster_enabled
 
-    return ReferenceStore(settings.store.local_path())
+    return open_references(settings, cluster=cluster_enabled(settings))
 
 
 def _table(infos: list[ReferenceInfo]) -> Table:

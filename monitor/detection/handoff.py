@@ -3,12 +3,13 @@ their scores, and requests to fit a reference from an app's first texts."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from lookout.detectors.arrays import F32
     from lookout.monitor.ingest.records import Record
+    from lookout.monitor.storage.drift_samples import DriftSample
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,3 +48,4 @@ class BatchOutcome:
 
     scored: list[ScoredText]
     fits: list[FitRequest]
+    samples: list[DriftSample] = field(default_factory=list)  # to share with the cluster

@@ -17,6 +17,7 @@ import structlog
 
 from lookout.detectors.errors import DetectorError
 from lookout.detectors.reference import FittedReference
+from lookout.errors import StoreError
 from lookout.monitor.detection.calibration import ReferenceFitter
 
 if TYPE_CHECKING:
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from lookout.monitor.detection.metrics import DetectionMetrics
     from lookout.monitor.detection.thread import DetectionThread
     from lookout.monitor.detection.tracks import TrackTable
-    from lookout.monitor.storage.references import Reference, ReferenceStore
+    from lookout.monitor.storage.references import Reference, References
 
 log = structlog.get_logger(__name__)
 
@@ -35,7 +36,7 @@ class ReferenceManager:
     def __init__(
         self,
         *,
-        store: ReferenceStore | None,
+        store: References | None,
         tracks: TrackTable,
         thread: DetectionThread,
         embedder_name: str,
@@ -65,6 +66,8 @@ class ReferenceManager:
         # before it installs.
         self._installing = asyncio.Lock()
         self._refused: set[int] = set()  # references made by another embedder
+        # In a cluster, only the node that scores drift saves the windows (shared_drift.py).
+        self.checkpoints = True
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
@@ -163,8 +166,11 @@ class ReferenceManager:
             log.error("reference_build_failed", app=app, field=field, error=str(exc))
             return
         async with self._installing:
-            if await self._thread.call(self._tracks.has_reference, app, field):
-                # A reference was activated meanwhile: it wins.
+            if not self._tracks.fits_references or await self._thread.call(
+                self._tracks.has_reference, app, field
+            ):
+                # A reference was activated meanwhile: it wins. Or, in a cluster, this node
+                # lost the REFERENCES role: the new holder fits one.
                 await self._thread.call(self._tracks.fit_abandoned, app, field)
                 return
             seconds = round(self._clock.monotonic() - started, 2)
@@ -189,7 +195,7 @@ class ReferenceManager:
                 drift_threshold=fitted.drift.threshold,
                 ood_threshold=fitted.ood.threshold,
             )
-        except sqlite3.Error as exc:  # used unsaved: the next restart builds it again
+        except (sqlite3.Error, StoreError) as exc:  # used unsaved: a restart builds it again
             self._metrics.errors.labels("reference").inc()
             log.warning("reference_not_saved", app=request.app, field=request.field, error=str(exc))
             return None
@@ -212,7 +218,7 @@ class ReferenceManager:
         """The drift windows and OOD counts, so a restart does not start them empty (and a
         drift alert does not resolve on the restart's silence, then fire again once the window
         refills). On stop all of them, saved as of now; at a checkpoint the changed ones."""
-        if self._store is None:
+        if self._store is None or not self.checkpoints:
             return
         # On the detection thread, after any batch still there: the windows are its.
         windows = await self._thread.call(self._tracks.snapshot_windows, only_changed)
@@ -220,7 +226,7 @@ class ReferenceManager:
             return
         try:
             await self._store.save_windows(windows, self._clock.now())
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, StoreError) as exc:
             self._metrics.errors.labels("checkpoint").inc()
             log.warning("drift_windows_not_saved", error=str(exc))
 

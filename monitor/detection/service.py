@@ -28,6 +28,7 @@ from lookout.monitor.detection.metrics import DetectionMetrics
 from lookout.monitor.detection.outputs import ScoreOutputs
 from lookout.monitor.detection.reference_manager import ReferenceManager
 from lookout.monitor.detection.sampler import AppSlots, CpuBudget, Sampler
+from lookout.monitor.detection.shared_drift import SharedDrift
 from lookout.monitor.detection.state import DetectorSeries, detector_series, detector_status
 from lookout.monitor.detection.thread import DetectionThread
 from lookout.monitor.detection.tracks import BUCKET_S, TrackTable
@@ -38,9 +39,10 @@ if TYPE_CHECKING:
     from lookout.clock import Clock
     from lookout.detectors.embedders import Embedder
     from lookout.monitor.config import DetectorsConfig
+    from lookout.monitor.detection.shared_drift import ClusterDetection
     from lookout.monitor.ingest.records import Record
     from lookout.monitor.storage import Store
-    from lookout.monitor.storage.references import ReferenceStore
+    from lookout.monitor.storage.references import References
 
 log = structlog.get_logger(__name__)
 _BATCH = 256
@@ -64,7 +66,7 @@ class DetectionService:
         cfg: DetectorsConfig,
         *,
         embedder: Embedder,
-        references: ReferenceStore | None,  # None: references live in memory only
+        references: References | None,  # None: references live in memory only
         clock: Clock,
         store: Store | None = None,
         publish: Callable[[str, bytes], bool] | None = None,
@@ -77,6 +79,7 @@ class DetectionService:
         drain_timeout_s: float = 2.0,
         checkpoint_interval_s: float = 60.0,
         warm_up: bool = False,  # time the embedder on made-up texts first (a local one)
+        cluster: ClusterDetection | None = None,  # drift on the cluster's traffic
     ) -> None:
         self._fields = tuple(cfg.fields)
         self._prompts, self._responses = "prompt" in self._fields, "response" in self._fields
@@ -106,14 +109,9 @@ class DetectionService:
             poll_interval_s=poll_interval_s,
             checkpoint_interval_s=checkpoint_interval_s,
         )
-        self._budget = CpuBudget(cfg.max_cpu_share, cfg.max_texts_per_s)
-        self._sampler = Sampler(
-            rate=cfg.sample_rate,
-            app_rates=cfg.sample_rates,
-            texts_per_s=0.0 if warm_up else self._budget.texts_per_s(),  # none before timed
-            interval_s=adapt_interval_s,
-            slots=slots,
-        )
+        shared = (self._tracks, self._thread, self._references, params.drift_window)
+        self._shared = None if cluster is None else SharedDrift(cluster, *shared, clock, registry)
+        self._budget, self._sampler = _sampling(cfg, warm_up, adapt_interval_s, slots)
         self._queue: deque[QueuedText] = deque()
         self._queue_size, self._adapt_interval_s = queue_size, adapt_interval_s
         self._drain_timeout_s, self._dropped_since_adapt, self._inflight = drain_timeout_s, 0, 0
@@ -168,13 +166,16 @@ class DetectionService:
     async def _running(self) -> AsyncIterator[None]:
         try:
             await self._references.load_active()  # saved references first: no recalibration
-            await self._references.restore_windows()  # drift goes on from where it stopped
+            if self._shared is None:  # in a cluster, the drift role's holder restores them
+                await self._references.restore_windows()  # drift goes on from where it stopped
             async with asyncio.TaskGroup() as tg:
                 tasks = [
                     tg.create_task(self._work(), name="detector-worker"),
                     tg.create_task(self._adapt_forever(), name="detector-sampler"),
                     tg.create_task(self._references.run(), name="detector-references"),
                 ]
+                if self._shared is not None:
+                    tasks.append(tg.create_task(self._shared.run(), name="detector-cluster"))
                 try:
                     yield
                 finally:
@@ -182,6 +183,9 @@ class DetectionService:
                         task.cancel()
         finally:
             await self._references.close(self._drain_timeout_s)
+            if self._shared is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._shared.flush(), self._drain_timeout_s)
             await self._thread.stop(self._drain_timeout_s)
 
     # -- the worker (a loop task dispatching batches to the detection thread) -----------------
@@ -208,6 +212,8 @@ class DetectionService:
                 for request in outcome.fits:
                     self._references.request_fit(request)
                 self._outputs.keep(outcome.scored)
+                if self._shared is not None:
+                    self._shared.keep(outcome.samples)
             except Exception:  # a detector bug must not stop ingest or the daemon
                 self._metrics.errors.labels("batch").inc()
                 log.exception("detector_batch_failed", size=len(batch))
@@ -259,6 +265,10 @@ class DetectionService:
     # -- readers (event loop) -----------------------------------------------------------------
 
     def series(self, window_s: float, now: float) -> list[DetectorSeries]:
+        """In a cluster, from the node that scores drift on everyone's texts only (the
+        others' would be their share: rules, rollups and /metrics must not mix them in)."""
+        if self._shared is not None and not self._shared.scores_drift:
+            return []
         return detector_series(self._tracks.values(), window_s, now)
 
     def status(self, window_s: float, now: float) -> list[dict[str, Any]]:
@@ -271,6 +281,20 @@ class DetectionService:
         while not (self._idle.is_set() and fits_done.is_set()):
             await self._idle.wait()
             await fits_done.wait()
+
+
+def _sampling(
+    cfg: DetectorsConfig, warm_up: bool, interval_s: float, slots: AppSlots
+) -> tuple[CpuBudget, Sampler]:
+    budget = CpuBudget(cfg.max_cpu_share, cfg.max_texts_per_s)
+    sampler = Sampler(
+        rate=cfg.sample_rate,
+        app_rates=cfg.sample_rates,
+        texts_per_s=0.0 if warm_up else budget.texts_per_s(),  # none before timed
+        interval_s=interval_s,
+        slots=slots,
+    )
+    return budget, sampler
 
 
 def _time_embedding(embedder: Embedder) -> float:

@@ -16,19 +16,23 @@ import structlog
 from lookout.monitor.detection.handoff import BatchOutcome, FitRequest, ScoredText
 from lookout.monitor.detection.sampler import AppSlots
 from lookout.monitor.detection.scoring import BatchScores, score_batch
+from lookout.monitor.storage.drift_samples import DriftSample
 from lookout.monitor.storage.references import WindowSnapshot
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
     from lookout.detectors.arrays import F32
-    from lookout.detectors.drift import DriftResult, DriftWindow
+    from lookout.detectors.drift import DriftExplanation, DriftResult, DriftWindow
+    from lookout.detectors.ood import OodResult
     from lookout.detectors.reference import FittedReference
     from lookout.monitor.detection.handoff import QueuedText
 
 log = structlog.get_logger(__name__)
 BUCKET_S = 10.0
 KEEP_TEXT_CHARS = 300  # of each text, kept for explanations
+# In a cluster's drift window, in place of a text another node embedded (it has the text).
+PEER_TEXT = "(a text sampled on node {node})"
 
 
 class Track:
@@ -115,6 +119,12 @@ class TrackTable:
         # Until a batch hands them to the loop: a batch that fails after collecting a track's
         # reference texts must not leave that track waiting for a fit nobody asked for.
         self._fit_requests: list[FitRequest] = []
+        # Set from the loop in a cluster (shared_drift.py), read here on the detection thread:
+        # whether this node slides drift windows and fits references, and the node whose
+        # embeddings it hands back to be shared (None: none shared).
+        self.scores_drift = True
+        self.fits_references = True
+        self.shares_as: str | None = None
 
     # -- read anywhere -------------------------------------------------------------------------
 
@@ -176,6 +186,7 @@ class TrackTable:
         for i, item in enumerate(batch):
             groups.setdefault((item.app, item.field), []).append(i)
         scored: list[ScoredText] = []
+        samples: list[DriftSample] = []
         for (app, field), rows in groups.items():
             now = batch[rows[-1]].at
             track = self._track(app, field, now)
@@ -185,14 +196,30 @@ class TrackTable:
             x = embeddings[rows]
             items = [batch[i] for i in rows]
             if track.fitted is None:
-                if not track.fitting:  # texts arriving while it fits are not needed
+                # Texts arriving while it fits are not needed; in a cluster only the node
+                # holding the REFERENCES role collects them.
+                if not track.fitting and self.fits_references:
                     self._collect(track, x, [i.text[:KEEP_TEXT_CHARS] for i in items])
-            else:
-                assert track.window is not None
-                scores = score_batch(track.fitted, track.window, track.last, x)
-                scored.extend(self._apply(track, scores, items))
+                continue
+            out = self._score(track, x, items)
+            scored.extend(out)
+            if self.shares_as is not None and track.ref_id is not None:
+                flagged = sum(s.flagged for s in out)
+                share = x.astype(np.float16)
+                samples.append(
+                    DriftSample(self.shares_as, app, field, track.ref_id, now, flagged, share)
+                )
         fits, self._fit_requests = self._fit_requests, []
-        return BatchOutcome(scored, fits)
+        return BatchOutcome(scored, fits, samples)
+
+    def _score(self, track: Track, x: F32, items: list[QueuedText]) -> list[ScoredText]:
+        assert track.fitted is not None and track.window is not None
+        if not self.scores_drift:  # OOD only: another node slides the cluster's drift window
+            ood = track.fitted.ood.score(x)
+            track.count_ood(items[-1].at, len(items), int(ood.flagged.sum()))
+            return _scored(items, ood)
+        scores = score_batch(track.fitted, track.window, track.last, x)
+        return self._apply(track, scores, items)
 
     def _collect(self, track: Track, x: F32, texts: list[str]) -> None:
         """Gather the first texts of an app as its reference; ask for a fit once there are
@@ -214,32 +241,46 @@ class TrackTable:
         track.changed = True
         track.window, track.last = scores.window, scores.drift
         track.recent_texts.extend(i.text[:KEEP_TEXT_CHARS] for i in items)
-        if scores.explanation is not None:
-            why, recent = scores.explanation, list(track.recent_texts)
-            track.explanation = {
-                "reference_least_like_recent": [
-                    track.ref_texts[i]
-                    for i in why.reference_least_like_window
-                    if i < len(track.ref_texts)
-                ],
-                "recent_farthest_from_reference": [
-                    recent[i] for i in why.window_farthest_from_reference if i < len(recent)
-                ],
-            }
-            # Counts and scores only: texts may hold personal data and stay in the API.
-            log.warning(
-                "drift_detected",
-                app=track.app,
-                field=track.field,
-                drift_score=round(scores.drift.drift_score or 0.0, 3),
-            )
-        elif before is not None and before.drifted and not scores.drift.drifted:
-            log.info("drift_ended", app=track.app, field=track.field)
-        flags = zip(items, scores.ood.scores, scores.ood.flagged, strict=True)
-        threshold = float(scores.ood.threshold)
-        return [
-            ScoredText(item, float(score), bool(flag), threshold) for item, score, flag in flags
-        ]
+        _report(track, before, scores.explanation)
+        return _scored(items, scores.ood)
+
+    # -- a cluster's drift (shared_drift.py) ---------------------------------------------------
+
+    def add_peers(self, samples: list[DriftSample]) -> int:
+        """Other nodes' embeddings into the drift windows and OOD counts, as if embedded here;
+        the texts of those scored against another reference than the track's are dropped
+        (returned: how many)."""
+        dropped = 0
+        touched: dict[tuple[str, str], tuple[Track, DriftResult | None]] = {}
+        for s in samples:
+            track = self._tracks.get((s.app, s.field))
+            if track is None or track.window is None or track.ref_id != s.ref_id:
+                dropped += s.n
+                continue
+            touched.setdefault((s.app, s.field), (track, track.last))
+            track.window.add(s.embeddings.astype(np.float32))
+            track.count_ood(s.at, s.n, s.flagged)
+            track.recent_texts.extend([PEER_TEXT.format(node=s.node)] * s.n)
+            track.changed = True
+        for track, before in touched.values():
+            assert track.fitted is not None and track.window is not None
+            track.last = track.fitted.drift.score(track.window)
+            newly = track.last.drifted and not (before is not None and before.drifted)
+            _report(track, before, track.fitted.drift.explain(track.window) if newly else None)
+        return dropped
+
+    def rebuild_window(self, app: str, field: str, ref_id: int, x: F32, nodes: list[str]) -> None:
+        """A drift window made anew from the cluster's latest embeddings (`nodes`: whose each
+        row is), when this node takes the drift over."""
+        track = self._tracks.get((app, field))
+        if track is None or track.fitted is None or track.ref_id != ref_id or not len(x):
+            return
+        track.window = track.fitted.drift.new_window()
+        track.window.add(x)
+        track.recent_texts.clear()
+        track.recent_texts.extend(PEER_TEXT.format(node=n) for n in nodes)
+        track.last = track.fitted.drift.score(track.window)
+        track.changed = True
 
     def snapshot_windows(self, only_changed: bool) -> list[WindowSnapshot]:
         out = []
@@ -273,3 +314,37 @@ class TrackTable:
             size=int(track.window.count),
             ood_buckets=len(snapshot.ood),
         )
+
+
+def _report(track: Track, before: DriftResult | None, why: DriftExplanation | None) -> None:
+    """What changed, once drift is detected (`why`), and the log lines of drift starting and
+    ending."""
+    drift = track.last
+    assert drift is not None
+    if why is not None:
+        recent = list(track.recent_texts)
+        track.explanation = {
+            "reference_least_like_recent": [
+                track.ref_texts[i]
+                for i in why.reference_least_like_window
+                if i < len(track.ref_texts)
+            ],
+            "recent_farthest_from_reference": [
+                recent[i] for i in why.window_farthest_from_reference if i < len(recent)
+            ],
+        }
+        # Counts and scores only: texts may hold personal data and stay in the API.
+        log.warning(
+            "drift_detected",
+            app=track.app,
+            field=track.field,
+            drift_score=round(drift.drift_score or 0.0, 3),
+        )
+    elif before is not None and before.drifted and not drift.drifted:
+        log.info("drift_ended", app=track.app, field=track.field)
+
+
+def _scored(items: list[QueuedText], ood: OodResult) -> list[ScoredText]:
+    flags = zip(items, ood.scores, ood.flagged, strict=True)
+    threshold = float(ood.threshold)
+    return [ScoredText(item, float(score), bool(flag), threshold) for item, score, flag in flags]

@@ -1,6 +1,8 @@
-"""Reference sets per (app, field), versioned in SQLite beside the store: the embeddings'
-detector states (reference statistics and calibration, so a restart never recalibrates) and a
-few reference texts for explanations. One version per (app, field) is active.
+"""Reference sets per (app, field), versioned: the embeddings' detector states (reference
+statistics and calibration, so a restart never recalibrates) and a few reference texts for
+explanations. One version per (app, field) is active. `References` is what the detectors and
+`lookout baseline` need; `ReferenceStore` keeps them in SQLite beside the store (one node),
+pg_references.py in PostgreSQL (a cluster, where every node loads them).
 """
 
 from __future__ import annotations
@@ -9,7 +11,8 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, Protocol, Self
 
 import numpy as np
 from numpy.typing import NDArray
@@ -71,25 +74,77 @@ class Reference:
     texts: list[str]  # in the order of the reference embeddings (possibly truncated)
 
 
-def _pack(states: States) -> bytes:
+Infos = list[ReferenceInfo]
+
+
+class References(Protocol):
+    """The versioned references and the drift windows' checkpoints, on either backend."""
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    async def save(
+        self,
+        *,
+        app: str,
+        field: str,
+        source: str,
+        embedder: str,
+        size: int,
+        states: States,
+        texts: list[str],
+        now: float,
+        drift_threshold: float | None,
+        ood_threshold: float | None,
+        activate: bool = True,
+    ) -> ReferenceInfo:
+        """A new version of (app, field), active unless told otherwise."""
+        ...
+
+    async def list(self) -> Infos: ...
+
+    async def info(self, ref_id: int) -> ReferenceInfo | None: ...
+
+    async def active_ids(self) -> dict[tuple[str, str], int]:
+        """(app, field) -> id of its active version: cheap enough to poll."""
+        ...
+
+    async def load(self, ref_id: int) -> Reference | None: ...
+
+    async def activate(self, ref_id: int) -> ReferenceInfo | None: ...
+
+    async def save_windows(self, windows: Snapshots, now: float) -> None: ...
+
+    async def load_windows(self, since: float) -> Snapshots:
+        """Windows saved at or after `since`."""
+        ...
+
+
+def pack(states: States) -> bytes:
     buffer = io.BytesIO()
     savez: Any = np.savez  # numpy 1 and 2 type **kwds differently
     savez(buffer, **states)
     return buffer.getvalue()
 
 
-def _unpack(blob: bytes) -> States:
+def unpack(blob: bytes) -> States:
     with np.load(io.BytesIO(blob), allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
 
 
-_COLUMNS = (
+COLUMNS = (
     "id, app, field, version, created_at, source, embedder, size, active, drift_threshold,"
     " ood_threshold"
 )
 
 
-def _info(row: Any) -> ReferenceInfo:
+def info_of(row: Any) -> ReferenceInfo:
     return ReferenceInfo(
         int(row[0]),
         str(row[1]),
@@ -125,7 +180,7 @@ class ReferenceStore(SqliteBacked):
         activate: bool = True,
     ) -> ReferenceInfo:
         """A new version of (app, field), active unless told otherwise."""
-        blob, text_json = _pack(states), json.dumps(texts)
+        blob, text_json = pack(states), json.dumps(texts)
 
         def work() -> int:
             db = self._sql.conn()
@@ -167,14 +222,14 @@ class ReferenceStore(SqliteBacked):
         return info
 
     async def list(self) -> list[ReferenceInfo]:
-        sql = f"SELECT {_COLUMNS} FROM detector_refs ORDER BY app, field, version"
+        sql = f"SELECT {COLUMNS} FROM detector_refs ORDER BY app, field, version"
         rows = await self._sql.run(lambda: self._sql.conn().execute(sql).fetchall())
-        return [_info(r) for r in rows]
+        return [info_of(r) for r in rows]
 
     async def info(self, ref_id: int) -> ReferenceInfo | None:
-        sql = f"SELECT {_COLUMNS} FROM detector_refs WHERE id = ?"
+        sql = f"SELECT {COLUMNS} FROM detector_refs WHERE id = ?"
         row = await self._sql.run(lambda: self._sql.conn().execute(sql, (ref_id,)).fetchone())
-        return None if row is None else _info(row)
+        return None if row is None else info_of(row)
 
     async def active_ids(self) -> dict[tuple[str, str], int]:
         """(app, field) -> id of its active version: cheap enough to poll."""
@@ -183,11 +238,11 @@ class ReferenceStore(SqliteBacked):
         return {(r[0], r[1]): int(r[2]) for r in rows}
 
     async def load(self, ref_id: int) -> Reference | None:
-        sql = f"SELECT {_COLUMNS}, states, texts FROM detector_refs WHERE id = ?"
+        sql = f"SELECT {COLUMNS}, states, texts FROM detector_refs WHERE id = ?"
         row = await self._sql.run(lambda: self._sql.conn().execute(sql, (ref_id,)).fetchone())
         if row is None:
             return None
-        return Reference(_info(row[:11]), _unpack(row[11]), json.loads(row[12]))
+        return Reference(info_of(row[:11]), unpack(row[11]), json.loads(row[12]))
 
     async def activate(self, ref_id: int) -> ReferenceInfo | None:
         def work() -> bool:
@@ -216,7 +271,7 @@ class ReferenceStore(SqliteBacked):
                 w.field,
                 w.ref_id,
                 now,
-                _pack({"x": w.embeddings, "ood": w.ood}),
+                pack({"x": w.embeddings, "ood": w.ood}),
                 json.dumps(w.texts),
             )
             for w in windows
@@ -238,7 +293,7 @@ class ReferenceStore(SqliteBacked):
         rows = await self._sql.run(lambda: self._sql.conn().execute(sql, (since,)).fetchall())
         out = []
         for app, field, ref_id, blob, texts in rows:
-            arrays = _unpack(blob)
+            arrays = unpack(blob)
             x = arrays["x"].astype(np.float32)
             ood = arrays.get("ood", np.zeros((0, 3))).astype(np.int64)  # older saves: none
             out.append(WindowSnapshot(app, field, int(ref_id), x, json.loads(texts), ood))

@@ -6,8 +6,10 @@ version rows, so a crash half-way leaves the database as it was; a database whos
 newer than this code's is refused, as an older release must not write a layout it does not
 know. A migration is never edited once released: a change is a new migration at the end.
 
-On SQLite the outbox, alert state, references and judge store keep their own tables in the
-node's local file; on PostgreSQL the alerting tables are here (migration 4).
+On SQLite the outbox, alert state and references keep their own tables in the node's local
+file, and the judge its own `CREATE TABLE IF NOT EXISTS` in the store's file. On
+PostgreSQL the alerting tables are here (migration 4), the judge's (5) and the detectors'
+references, window checkpoints and shared drift samples (6).
 """
 
 from __future__ import annotations
@@ -147,11 +149,36 @@ _POSTGRES_ALERTING = (
     created_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (channel, alert_key))""",
 )
 
+# The detectors' references, their windows' checkpoints and the embeddings each node shares
+# for cluster-wide drift (pg_references.py, docs/scale-out.md "Drift and OOD across nodes").
+_POSTGRES_DETECTORS = (
+    """CREATE TABLE detector_refs (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, app TEXT NOT NULL, field TEXT NOT NULL,
+    version INTEGER NOT NULL, created_at DOUBLE PRECISION NOT NULL, source TEXT NOT NULL,
+    embedder TEXT NOT NULL, size INTEGER NOT NULL, active BOOLEAN NOT NULL DEFAULT false,
+    drift_threshold DOUBLE PRECISION, ood_threshold DOUBLE PRECISION, states BYTEA NOT NULL,
+    texts TEXT NOT NULL, UNIQUE (app, field, version))""",
+    "CREATE UNIQUE INDEX detector_refs_active ON detector_refs (app, field) WHERE active",
+    """CREATE TABLE detector_windows (
+    app TEXT NOT NULL, field TEXT NOT NULL, ref_id BIGINT NOT NULL,
+    saved_at DOUBLE PRECISION NOT NULL, embeddings BYTEA NOT NULL, texts TEXT NOT NULL,
+    PRIMARY KEY (app, field))""",
+    """CREATE TABLE drift_samples (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, node TEXT NOT NULL, app TEXT NOT NULL,
+    field TEXT NOT NULL, ref_id BIGINT NOT NULL, at DOUBLE PRECISION NOT NULL,
+    n INTEGER NOT NULL, flagged INTEGER NOT NULL, dim INTEGER NOT NULL,
+    embeddings BYTEA NOT NULL)""",
+    "CREATE INDEX drift_samples_node ON drift_samples (node, id)",
+)
+
 POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "records, rollups, partials per node, seen ids, rejected samples", _POSTGRES_V1),
     Migration(2, "feedback events", _POSTGRES_FEEDBACK),
     Migration(3, "nodes and their heartbeats", _POSTGRES_NODES),
     Migration(4, "outbox, alert states, silences, message threads", _POSTGRES_ALERTING),
+    Migration(
+        6, "detector references, window checkpoints, shared drift samples", _POSTGRES_DETECTORS
+    ),
 )
 
 _VERSION_TABLE = (

@@ -212,7 +212,7 @@ async def test_a_rule_and_the_judge_through_a_leaders_kill_9(
     server: OpenAIServer,
 ) -> None:
     grade = {"criterion": "helpfulness", "reasoning": "fine", "answer": True, "score": 0.9}
-    server.respond = tool_reply([grade])  # type: ignore[method-assign]
+    server.respond = tool_reply([grade])  # type: ignore[method-assign,assignment]
     async with proxied_database() as (url, proxy):
         db = direct(url, proxy)
         extra = alert_and_judge(receiver.url, server.url)

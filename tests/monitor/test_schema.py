@@ -6,14 +6,17 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import numpy as np
 import psycopg
 import pytest
 from prometheus_client import CollectorRegistry
 
 from lookout.clock import FakeClock
+from lookout.detectors.arrays import States
 from lookout.errors import StoreError
 from lookout.monitor.config import Settings
 from lookout.monitor.metrics.prom import IngestMetrics
+from lookout.monitor.storage.references import ReferenceInfo, References
 from lookout.monitor.storage.schema import (
     POSTGRES_MIGRATIONS,
     SQLITE_MIGRATIONS,
@@ -140,7 +143,8 @@ async def test_postgres_migrates_once_applies_only_what_is_missing_and_refuses_n
             with pytest.raises(psycopg.errors.DuplicateTable):
                 await migrate_postgres(conn, (*POSTGRES_MIGRATIONS, later, failing))
             cur = await conn.execute("SELECT version FROM schema_migrations ORDER BY version")
-            assert [row[0] for row in await cur.fetchall()] == [*range(1, n + 2)]
+            released = [m.version for m in POSTGRES_MIGRATIONS]
+            assert [row[0] for row in await cur.fetchall()] == [*released, n + 1]
             newer = f"schema version {n + 1}, newer than this release's {n}"
             with pytest.raises(StoreError, match=newer):
                 await migrate_postgres(conn)
@@ -165,3 +169,49 @@ async def test_a_postgres_database_of_the_previous_release_gains_the_alerting_ta
             for table in ("alert_states", "silences", "message_threads"):
                 cur = await conn.execute(f"SELECT COUNT(*) FROM {table}")
                 assert await cur.fetchone() == (0,)
+
+
+async def save_reference(refs: References, source: str) -> ReferenceInfo:
+    states: States = {"x": np.zeros((2, 3), np.float32)}
+    return await refs.save(
+        app="shop",
+        field="prompt",
+        source=source,
+        embedder="static",
+        size=2,
+        states=states,
+        texts=["a", "b"],
+        now=T0,
+        drift_threshold=0.1,
+        ood_threshold=0.2,
+    )
+
+
+async def test_a_postgres_database_of_the_release_before_the_detectors_tables_upgrades() -> None:
+    """A cluster's database made before the detectors' references moved to PostgreSQL
+    (migrations up to 3): its rows stay, and references and drift samples can be written."""
+    earlier = tuple(m for m in POSTGRES_MIGRATIONS if m.version <= 3)
+    with pg_database() as url:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            assert await migrate_postgres(conn, earlier) == 3
+            await conn.execute(
+                "INSERT INTO records (id, ts, received_at, app, model, status)"
+                " VALUES ('req-0', 1, 1, 'shop', 'gpt', 'ok')"
+            )
+            await conn.execute("INSERT INTO nodes VALUES ('a', 1, 2, '0.1', 5)")
+            assert await migrate_postgres(conn) == POSTGRES_LATEST
+            cur = await conn.execute("SELECT app FROM records UNION ALL SELECT node FROM nodes")
+            assert sorted(r[0] for r in await cur.fetchall()) == ["a", "shop"]
+        from lookout.monitor.storage.drift_samples import DriftSample
+        from lookout.monitor.storage.pg_references import PgReferenceStore
+
+        async with PgReferenceStore(url, node="a") as refs:
+            info, again = [await save_reference(refs, source) for source in ("file", "auto")]
+            assert (info.version, again.version) == (1, 2)
+            assert await refs.active_ids() == {("shop", "prompt"): again.id}
+            await refs.activate(info.id)
+            assert await refs.active_ids() == {("shop", "prompt"): info.id}
+            x = np.ones((3, 4), np.float16)
+            await refs.samples.put([DriftSample("a", "shop", "prompt", info.id, T0, 1, x)])
+            [sample] = await refs.samples.latest(10)
+            assert (sample.node, sample.n, sample.flagged) == ("a", 3, 1)
