@@ -5,6 +5,13 @@ only marks a run due. One worker task owned here runs the runs one at a time, so
 overlaps another: a fire while one is due or running is counted and dropped. `lookout judge
 run-now` writes a request in the judge store, taken within one poll interval.
 
+In a cluster (docs/scale-out.md) every node keeps the schedule, but only the holder of the
+judge role (`gate`) acts on a fire or takes requests; a scheduled run is keyed by its tick (the
+trigger's fire time, the same on every node), so two nodes that both believe they hold the role
+still make one run per tick: the second finds the key taken and skips (counted,
+`reason="tick_taken"`). The other nodes read the runs it finishes into their series
+(judge/peers.py). A node alone holds the role for good.
+
 A run itself is judge/runs.py's.
 """
 
@@ -12,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -25,11 +31,12 @@ from lookout.monitor.judge.eval_series import EvalLedger, GradedPair, ScoredRefe
 from lookout.monitor.judge.evaluations import Evaluations
 from lookout.monitor.judge.metrics import JudgeMetrics
 from lookout.monitor.judge.pairwise import PairJudge
+from lookout.monitor.judge.peers import PeerRuns
 from lookout.monitor.judge.reference_scores import ReferenceScorer
 from lookout.monitor.judge.runs import JudgeRunner
-from lookout.monitor.judge.schedule import DAY_S, build_trigger, period_s
+from lookout.monitor.judge.schedule import DAY_S, build_trigger, period_s, tick_at
 from lookout.monitor.judge.series import Agreement, JudgedRecord, JudgeLedger
-from lookout.monitor.judge.store import RunInfo, StoredVerdict
+from lookout.monitor.judge.store import STORE_ERRORS, RunInfo, StoredVerdict
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -38,6 +45,7 @@ if TYPE_CHECKING:
 
     from lookout.clock import Clock
     from lookout.detectors.embedders import Embedder
+    from lookout.monitor.cluster.leadership import RoleGate
     from lookout.monitor.config import JudgeConfig
     from lookout.monitor.judge.anchors import Anchor
     from lookout.monitor.judge.client import JudgeClient
@@ -64,6 +72,7 @@ class _Request:
     trigger: str
     app: str | None
     request_id: int | None
+    tick: float | None = None  # a scheduled run's fire time
 
 
 class JudgeService:
@@ -82,8 +91,11 @@ class JudgeService:
         schedule: bool = True,
         eval_store: EvalStore | None = None,
         embedder: Embedder | None = None,
+        gate: RoleGate | None = None,
     ) -> None:
+        """`gate`: the judge role in a cluster; None: this node holds it for good."""
         self._cfg = cfg
+        self._gate = gate
         self._store = store
         self._clock = clock
         self._retention_s = retention_s
@@ -108,9 +120,11 @@ class JudgeService:
             retention_s=retention_s,
             evaluations=self.evaluations,
         )
+        self._peers = PeerRuns(store, self.ledger, self.evaluations)
+        self._runner.started = self._peers.ran
         self._lock = asyncio.Lock()
         self._requests: deque[_Request] = deque()
-        self._due = False
+        self._due: float | None = None  # the tick of the scheduled run due
         self._wake = asyncio.Event()
         self._scheduler: Any = None
         self._stack = contextlib.AsyncExitStack()
@@ -142,7 +156,8 @@ class JudgeService:
         interrupted = await self._store.interrupt_unfinished(now)
         if interrupted:
             log.warning("judge_runs_interrupted", runs=interrupted)
-        for judged in _judged_records(await self._store.verdicts_since(now - self._retention_s)):
+        verdicts = await self._store.verdicts_since(now - self._retention_s)
+        for judged in _judged_records(verdicts):
             self.ledger.add(judged)
         for at, value, count in await self._store.agreements_since(now - self._retention_s):
             self.ledger.add_agreement(Agreement(at, value, count))
@@ -154,6 +169,7 @@ class JudgeService:
                 self.evaluations.ledger.add_pair(GradedPair.of(pair))
         runs = await self._store.runs(limit=1)
         self.last_run = runs[0] if runs else None
+        await self._peers.restored(verdicts)
         self._m.tokens_today.set(await self._store.tokens_since(now - now % DAY_S))
 
     @contextlib.asynccontextmanager
@@ -163,6 +179,8 @@ class JudgeService:
                 tg.create_task(self._work(), name="judge-worker"),
                 tg.create_task(self._poll_requests(), name="judge-requests"),
             ]
+            if self._schedule and self._gate is not None:
+                tasks.append(tg.create_task(self._follow_role(), name="judge-role"))
             try:
                 yield
             finally:
@@ -178,7 +196,7 @@ class JudgeService:
 
         self._scheduler = AsyncIOScheduler(event_loop=asyncio.get_running_loop())
         self._scheduler.add_job(
-            self._fire,
+            self.fire,
             self._trigger,
             id="judge",
             coalesce=True,
@@ -187,25 +205,52 @@ class JudgeService:
         )
         self._scheduler.start()
         self._stack.callback(self._scheduler.shutdown, wait=False)
-        # Fires missed while the daemon was down are coalesced into one run now.
+        await self._catch_up(now)
+
+    async def _catch_up(self, now: float) -> None:
+        """Fires missed while no node of ours held the schedule (the daemon was down, or the
+        role was between holders) are coalesced into one run now."""
+        if not self.holds_role:
+            return
         last = await self._store.runs(limit=1, trigger="schedule")
         if last:
             started = datetime.fromtimestamp(last[0].started_at, UTC)
             missed = self._trigger.get_next_fire_time(started, started)
             if missed is not None and missed.timestamp() < now:
                 log.info("judge_missed_run", last_run_at=last[0].started_at)
-                self._mark_due()
+                self._mark_due(tick_at(self._trigger, now))
 
-    async def _fire(self) -> None:
-        """The scheduler's job: mark a run due; never a second one while one waits or runs."""
-        self._mark_due()
+    async def _follow_role(self) -> None:
+        """A node that takes the judge role over runs a tick missed meanwhile."""
+        assert self._gate is not None
+        while True:
+            await self._gate.wait_change()
+            if self._gate.held:
+                try:
+                    await self._catch_up(self._clock.now())
+                except STORE_ERRORS as exc:  # the next tick runs as usual
+                    log.warning("judge_catch_up_failed", error=str(exc))
 
-    def _mark_due(self) -> None:
-        if self._due or self.running == "schedule":
+    @property
+    def holds_role(self) -> bool:
+        """Whether this node runs the schedule and the requests (the judge role)."""
+        return self._gate is None or self._gate.held
+
+    async def fire(self) -> None:
+        """The scheduler's job (tests call it after moving a fake clock): mark a run due for
+        the tick just passed; never a second one while one waits or runs."""
+        if not self.holds_role:
+            self._m.runs_skipped.labels("standby").inc()
+            log.debug("judge_run_skipped", reason="standby")
+            return
+        self._mark_due(tick_at(self._trigger, self._clock.now()))
+
+    def _mark_due(self, tick: float) -> None:
+        if self._due is not None or self.running == "schedule":
             self._m.runs_skipped.labels("still_running").inc()
             log.warning("judge_run_skipped", reason="still_running")
             return
-        self._due = True
+        self._due = tick
         self._wake.set()
 
     def request(self, app: str | None = None, request_id: int | None = None) -> None:
@@ -217,26 +262,38 @@ class JudgeService:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self._requests or self._due:
+            while self._requests or self._due is not None:
                 if self._requests:
                     req = self._requests.popleft()
                 else:
-                    req, self._due = _Request("schedule", None, None), False
+                    req, self._due = _Request("schedule", None, None, self._due), None
                 try:
-                    await self.run_once(req.trigger, app=req.app, request_id=req.request_id)
-                except* (sqlite3.Error, OSError) as errors:  # the store, not the judge: next run
+                    await self._run(req)
+                except* STORE_ERRORS as errors:  # the store, not the judge: next run
                     self._m.runs.labels("failed").inc()
                     log.error(
                         "judge_run_failed", trigger=req.trigger, error=str(errors.exceptions[0])
                     )
 
+    async def _run(self, req: _Request) -> None:
+        if req.tick is None:
+            await self.run_once(req.trigger, app=req.app, request_id=req.request_id)
+            return
+        if await self._run_keyed(req.trigger, f"schedule:{req.tick:.3f}") is None:
+            self._m.runs_skipped.labels("tick_taken").inc()
+            log.info("judge_run_skipped", reason="tick_taken", tick=req.tick)
+
     async def _poll_requests(self) -> None:
+        """Requests (the role's holder takes them) and the runs other nodes finished."""
         while True:
+            taken: list[tuple[int, str | None]] = []
             try:
-                taken = await self._store.take_requests(self._clock.now())
-            except sqlite3.Error as exc:  # e.g. locked for longer than busy_timeout: next poll
+                if self.holds_role:
+                    taken = await self._store.take_requests(self._clock.now())
+                if await self._peers.read():
+                    self.last_run = (await self._store.runs(limit=1))[0]
+            except STORE_ERRORS as exc:  # e.g. locked for longer than busy_timeout: next poll
                 log.warning("judge_requests_unreadable", error=str(exc))
-                taken = []
             for request_id, app in taken:
                 log.info("judge_run_requested", app=app, request_id=request_id)
                 self.request(app, request_id)
@@ -246,12 +303,27 @@ class JudgeService:
         self, trigger: str = "manual", *, app: str | None = None, request_id: int | None = None
     ) -> RunInfo:
         """One run, after any run under way; returns how it ended."""
+        info = await self._run_keyed(trigger, None, app=app, request_id=request_id)
+        assert info is not None  # a run without a key always starts
+        return info
+
+    async def _run_keyed(
+        self,
+        trigger: str,
+        run_key: str | None,
+        *,
+        app: str | None = None,
+        request_id: int | None = None,
+    ) -> RunInfo | None:
+        """A run, unless `run_key` is taken (None then)."""
         async with self._lock:
             self.running = trigger
             try:
-                run_id = await self._runner.run(trigger, app, request_id)
+                run_id = await self._runner.run(trigger, app, request_id, run_key)
             finally:
                 self.running = None
+        if run_id is None:
+            return None
         info = await self._store.run(run_id)
         assert info is not None
         self.last_run = info

@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 from lookout.monitor.cli.main import app
 from lookout.monitor.config import load_settings
 from lookout.monitor.daemon import Daemon
-from lookout.monitor.judge.store import JudgeStore
 from lookout.monitor.storage import sqlite_path
+from lookout.monitor.storage.sqlite_judge import SqliteJudgeStore as JudgeStore
 from tests.alerts.test_engine import post
 from tests.conftest import Receiver, running, sample_value
 from tests.monitor.test_judge_client import OpenAIServer, server, tool_reply

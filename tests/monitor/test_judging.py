@@ -24,10 +24,11 @@ from lookout.monitor.ingest.records import Record
 from lookout.monitor.judge.anchors import Anchor, load_anchors
 from lookout.monitor.judge.client import JudgeClient, chat_model
 from lookout.monitor.judge.service import JudgeService
-from lookout.monitor.judge.store import JudgeStore, RunTotals, SampleQuery, StoredVerdict
+from lookout.monitor.judge.store import RunTotals, SampleQuery, StoredVerdict
 from lookout.monitor.metrics.prices import Price, PriceTable
 from lookout.monitor.metrics.prom import IngestMetrics
 from lookout.monitor.storage.sqlite import SqliteStore
+from lookout.monitor.storage.sqlite_judge import SqliteJudgeStore as JudgeStore
 from lookout.redaction import Redactor
 from tests.conftest import eventually
 from tests.monitor.test_judge_client import OpenAIServer, server, tool_reply

@@ -140,7 +140,8 @@ async def test_postgres_migrates_once_applies_only_what_is_missing_and_refuses_n
             with pytest.raises(psycopg.errors.DuplicateTable):
                 await migrate_postgres(conn, (*POSTGRES_MIGRATIONS, later, failing))
             cur = await conn.execute("SELECT version FROM schema_migrations ORDER BY version")
-            assert [row[0] for row in await cur.fetchall()] == [*range(1, n + 2)]
+            applied = [row[0] for row in await cur.fetchall()]
+            assert applied == [*(m.version for m in POSTGRES_MIGRATIONS), n + 1]
             newer = f"schema version {n + 1}, newer than this release's {n}"
             with pytest.raises(StoreError, match=newer):
                 await migrate_postgres(conn)
