@@ -49,9 +49,12 @@ _UPSERT_VERDICT = (
     " passed = EXCLUDED.passed, score = EXCLUDED.score, reasoning = EXCLUDED.reasoning,"
     " judge_model = EXCLUDED.judge_model"
 )
+# A run's records are written concurrently on the pool's connections, so the totals of one may
+# commit after those of a later one: they only ever grow, so the larger stays.
 _TOTALS = (
-    "UPDATE judge_runs SET judged=%s, failed=%s, skipped=%s, input_tokens=%s, output_tokens=%s,"
-    " cost=%s WHERE id=%s"
+    "UPDATE judge_runs SET judged = GREATEST(judged, %s), failed = GREATEST(failed, %s),"
+    " skipped = GREATEST(skipped, %s), input_tokens = GREATEST(input_tokens, %s),"
+    " output_tokens = GREATEST(output_tokens, %s), cost = GREATEST(cost, %s) WHERE id = %s"
 )
 
 
