@@ -179,7 +179,7 @@ class JudgeService:
                 tg.create_task(self._work(), name="judge-worker"),
                 tg.create_task(self._poll_requests(), name="judge-requests"),
             ]
-            if self._schedule and self._gate is not None:
+            if self._gate is not None:
                 tasks.append(tg.create_task(self._follow_role(), name="judge-role"))
             try:
                 yield
@@ -205,7 +205,8 @@ class JudgeService:
         )
         self._scheduler.start()
         self._stack.callback(self._scheduler.shutdown, wait=False)
-        await self._catch_up(now)
+        if self._gate is None:
+            await self._catch_up(now)  # in a cluster: when this node takes the role
 
     async def _catch_up(self, now: float) -> None:
         """Fires missed while no node of ours held the schedule (the daemon was down, or the
@@ -221,15 +222,25 @@ class JudgeService:
                 self._mark_due(tick_at(self._trigger, now))
 
     async def _follow_role(self) -> None:
-        """A node that takes the judge role over runs a tick missed meanwhile."""
+        """Each time this node takes the judge role: runs its predecessor left `running` are
+        over (the other nodes' series read past them), and a tick missed meanwhile runs."""
         assert self._gate is not None
+        held = False
         while True:
+            if self._gate.held and not held:
+                await self._took_role(self._clock.now())
+            held = self._gate.held
             await self._gate.wait_change()
-            if self._gate.held:
-                try:
-                    await self._catch_up(self._clock.now())
-                except STORE_ERRORS as exc:  # the next tick runs as usual
-                    log.warning("judge_catch_up_failed", error=str(exc))
+
+    async def _took_role(self, now: float) -> None:
+        try:
+            ended = await self._store.interrupt_unfinished(now, others=True)
+            if ended:
+                log.warning("judge_runs_interrupted", runs=ended, reason="previous_holder")
+            if self._schedule:
+                await self._catch_up(now)
+        except STORE_ERRORS as exc:  # the next tick runs as usual
+            log.warning("judge_take_over_failed", error=str(exc))
 
     @property
     def holds_role(self) -> bool:

@@ -143,8 +143,9 @@ class JudgeStore(Protocol):
         anchors: int = 0,
     ) -> None: ...
 
-    async def interrupt_unfinished(self, now: float) -> int:
-        """This node's runs a crash or stop left `running`: they are over."""
+    async def interrupt_unfinished(self, now: float, *, others: bool = False) -> int:
+        """This node's runs a crash or stop left `running`: they are over. `others`: instead
+        the other nodes' (a node that takes the judge role over ends its predecessor's)."""
         ...
 
     async def tokens_since(self, since: float) -> int: ...

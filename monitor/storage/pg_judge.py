@@ -156,11 +156,12 @@ class PgJudgeStore:
             (now, outcome, detail, agreement, anchors, run_id),
         )
 
-    async def interrupt_unfinished(self, now: float) -> int:
-        """Only this node's: another node's run under way is its own."""
+    async def interrupt_unfinished(self, now: float, *, others: bool = False) -> int:
+        """Only this node's (another node's run under way is its own), or only the others'.
+        A predecessor still alive that finishes its run later overwrites the outcome."""
         return await self._count(
             "UPDATE judge_runs SET outcome='interrupted', finished_at=%s"
-            " WHERE outcome='running' AND node=%s",
+            f" WHERE outcome='running' AND node {'!=' if others else '='} %s",
             (now, self._node),
         )
 

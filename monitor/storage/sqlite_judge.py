@@ -131,6 +131,7 @@ class SqliteJudgeStore(SqliteBacked):
         self, now: float, trigger: str, app: str | None, run_key: str | None = None
     ) -> int:
         """Always starts: a node alone has no peer to take its tick."""
+
         def work() -> int:
             cur = self._sql.conn().execute(
                 "INSERT INTO judge_runs (started_at, trigger, app) VALUES (?, ?, ?)",
@@ -202,8 +203,10 @@ class SqliteJudgeStore(SqliteBacked):
         args = (now, outcome, detail, agreement, anchors, run_id)
         await self._sql.run(lambda: self._sql.conn().execute(sql, args) and None)
 
-    async def interrupt_unfinished(self, now: float) -> int:
-        """Runs a crash or stop left `running`: they are over."""
+    async def interrupt_unfinished(self, now: float, *, others: bool = False) -> int:
+        """Runs a crash or stop left `running`: they are over (a node alone has no others)."""
+        if others:
+            return 0
         sql = "UPDATE judge_runs SET outcome='interrupted', finished_at=? WHERE outcome='running'"
         return await self._sql.run(lambda: self._sql.conn().execute(sql, (now,)).rowcount)
 

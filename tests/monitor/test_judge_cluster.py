@@ -184,7 +184,7 @@ async def test_a_run_on_postgres_judges_shared_records_and_every_node_sees_it(
             verdicts = await PgJudgeStore(sb.connection, node="b").verdicts_for("bot-m1-2")
             assert [(v.criterion, v.passed) for v in verdicts] == [("helpfulness", True)]
 
-            def pass_rate(service: JudgeService) -> tuple[float, int] | None:
+            def pass_rate(service: JudgeService) -> tuple[float | None, int] | None:
                 points = [p for p in service.series(60, NOW) if p.metric == "judge_pass_rate"]
                 return (points[0].value, points[0].count) if points else None
 
@@ -255,6 +255,12 @@ async def test_the_judge_role_holder_schedules_and_its_loss_hands_the_schedule_o
                 await asyncio.gather(a.fire(), b.fire())
                 await asyncio.wait_for(a.run_finished.wait(), TIMEOUT_S)
                 assert sample(reg_b, "lookout_judge_runs_skipped_total", reason="standby") == 1
+                # A run of a's that a crash left `running` (a node killed mid-run).
+                book = PgJudgeStore(sb.connection, node="b")
+                dead = await PgJudgeStore(sa.connection, node="a").start_run(
+                    NOW + 1, "run-now", None
+                )
+                assert dead is not None
                 # Node a's lock session dies: b takes the role and the schedule with it.
                 with psycopg.connect(db_url, autocommit=True) as conn:
                     conn.execute(
@@ -264,12 +270,19 @@ async def test_the_judge_role_holder_schedules_and_its_loss_hands_the_schedule_o
                     )
                 await asyncio.wait_for(lead_b.gate(Role.JUDGE).wait_held(), TIMEOUT_S)
                 await eventually(lambda: not gate_a.held)
+
+                async def interrupted() -> bool:
+                    run = await book.run(dead)
+                    return run is not None and run.outcome == "interrupted"
+
+                await eventually(interrupted)  # ended by the new holder, so nobody waits on it
                 clock.set(NOW + 20.25)
                 await asyncio.gather(a.fire(), b.fire())
                 await asyncio.wait_for(b.run_finished.wait(), TIMEOUT_S)
                 assert sample(reg_a, "lookout_judge_runs_skipped_total", reason="standby") == 1
     assert [(key, node) for key, node, *_ in runs_in(db_url)] == [
         (f"schedule:{NOW:.3f}", "a"),
+        (None, "a"),
         (f"schedule:{NOW + 20:.3f}", "b"),
     ]
 
