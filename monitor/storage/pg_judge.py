@@ -18,20 +18,20 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import astuple
 from typing import Any
 
 from psycopg import AsyncConnection
 
 from lookout.monitor.judge.store import (
-    RUN_COLUMNS,
     VERDICT_COLUMNS,
     Candidate,
-    RunInfo,
     RunTotals,
     SampleQuery,
     StoredVerdict,
 )
 from lookout.monitor.storage.feedback import NEGATIVE_FEEDBACK_SQL
+from lookout.monitor.storage.judge_reads import JudgeReads
 
 # A pooled connection (autocommit), its driver's errors raised as StoreError.
 Connect = Callable[[], AbstractAsyncContextManager[AsyncConnection[Any]]]
@@ -82,14 +82,16 @@ def _candidate_sql(q: SampleQuery) -> tuple[str, dict[str, Any]]:
     return sql, args
 
 
-class PgJudgeStore:
+class PgJudgeStore(JudgeReads):
     """`node`: this node's id, on the runs it starts and the requests it takes."""
+
+    _param = "%s"
 
     def __init__(self, connect: Connect, *, node: str) -> None:
         self._connect = connect
         self._node = node
 
-    async def _rows(self, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
+    async def _fetch(self, sql: str, args: Any) -> list[tuple[Any, ...]]:
         async with self._connect() as conn:
             cur = await conn.execute(sql, args)
             return await cur.fetchall() if cur.description is not None else []
@@ -101,12 +103,12 @@ class PgJudgeStore:
 
     async def candidates(self, query: SampleQuery) -> list[Candidate]:
         sql, args = _candidate_sql(query)
-        return [Candidate.of_row(row) for row in await self._rows(sql, args)]
+        return [Candidate.of_row(row) for row in await self._fetch(sql, args)]
 
     async def start_run(
         self, now: float, trigger: str, app: str | None, run_key: str | None = None
     ) -> int | None:
-        rows = await self._rows(
+        rows = await self._fetch(
             "INSERT INTO judge_runs (run_key, node, started_at, trigger, app)"
             " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (run_key) DO NOTHING RETURNING id",
             (run_key, self._node, now, trigger, app),
@@ -116,21 +118,7 @@ class PgJudgeStore:
     async def record(
         self, run_id: int, verdicts: Sequence[StoredVerdict], totals: RunTotals
     ) -> None:
-        rows = [
-            (
-                v.record_id,
-                v.criterion,
-                v.app,
-                v.model,
-                v.run_id,
-                v.judged_at,
-                bool(v.passed),
-                v.score,
-                v.reasoning,
-                v.judge_model,
-            )
-            for v in verdicts
-        ]
+        rows = [astuple(v) for v in verdicts]
         t = totals
         async with self._connect() as conn, conn.transaction(), conn.cursor() as cur:
             if rows:
@@ -139,22 +127,6 @@ class PgJudgeStore:
                 _TOTALS,
                 (t.judged, t.failed, t.skipped, t.input_tokens, t.output_tokens, t.cost, run_id),
             )
-
-    async def finish_run(
-        self,
-        run_id: int,
-        now: float,
-        outcome: str,
-        *,
-        detail: str = "",
-        agreement: float | None = None,
-        anchors: int = 0,
-    ) -> None:
-        await self._count(
-            "UPDATE judge_runs SET finished_at=%s, outcome=%s, detail=%s, agreement=%s,"
-            " anchors=%s WHERE id=%s",
-            (now, outcome, detail, agreement, anchors, run_id),
-        )
 
     async def interrupt_unfinished(self, now: float, *, others: bool = False) -> int:
         """Only this node's (another node's run under way is its own), or only the others'.
@@ -165,97 +137,21 @@ class PgJudgeStore:
             (now, self._node),
         )
 
-    async def tokens_since(self, since: float) -> int:
-        rows = await self._rows(
-            "SELECT COALESCE(SUM(input_tokens + output_tokens), 0) FROM judge_runs"
-            " WHERE started_at >= %s",
-            (since,),
-        )
-        return int(rows[0][0])
-
-    async def runs(self, limit: int = 20, trigger: str | None = None) -> list[RunInfo]:
-        sql = f"SELECT {RUN_COLUMNS} FROM judge_runs"
-        args: list[Any] = []
-        if trigger is not None:
-            sql += " WHERE trigger = %s"
-            args.append(trigger)
-        rows = await self._rows(sql + " ORDER BY id DESC LIMIT %s", [*args, limit])
-        return [RunInfo(*row) for row in rows]
-
-    async def run(self, run_id: int) -> RunInfo | None:
-        rows = await self._rows(f"SELECT {RUN_COLUMNS} FROM judge_runs WHERE id = %s", (run_id,))
-        return RunInfo(*rows[0]) if rows else None
-
-    async def _verdicts(self, where: str, arg: float | str | int) -> list[StoredVerdict]:
-        rows = await self._rows(
-            f"SELECT {VERDICT_COLUMNS} FROM judge_verdicts WHERE {where}", (arg,)
-        )
-        return [StoredVerdict(*row) for row in rows]
-
-    async def verdicts_since(self, since: float) -> list[StoredVerdict]:
-        return await self._verdicts("judged_at >= %s ORDER BY judged_at", since)
-
-    async def verdicts_of_run(self, run_id: int) -> list[StoredVerdict]:
-        return await self._verdicts("run_id = %s ORDER BY judged_at", run_id)
-
-    async def verdicts_for(self, record_id: str) -> list[StoredVerdict]:
-        return await self._verdicts("record_id = %s ORDER BY criterion", record_id)
-
-    async def failures(self, limit: int = 20) -> list[dict[str, Any]]:
-        columns = (
-            "record_id",
-            "app",
-            "model",
-            "criterion",
-            "score",
-            "reasoning",
-            "judged_at",
-            "prompt",
-            "response",
-        )
-        rows = await self._rows(
-            "SELECT v.record_id, v.app, v.model, v.criterion, v.score, v.reasoning, v.judged_at,"
-            " r.prompt, r.response FROM judge_verdicts v"
-            " LEFT JOIN records r ON r.app = v.app AND r.id = v.record_id"
-            " WHERE NOT v.passed ORDER BY v.judged_at DESC LIMIT %s",
-            (limit,),
-        )
-        return [dict(zip(columns, row, strict=True)) for row in rows]
-
-    async def agreements_since(self, since: float) -> list[tuple[float, float, int]]:
-        rows = await self._rows(
-            "SELECT finished_at, agreement, anchors FROM judge_runs WHERE agreement IS NOT NULL"
-            " AND finished_at >= %s ORDER BY finished_at",
-            (since,),
-        )
-        return [(float(r[0]), float(r[1]), int(r[2])) for r in rows]
-
     async def request_run(self, now: float, app: str | None) -> int:
-        rows = await self._rows(
+        rows = await self._fetch(
             "INSERT INTO judge_requests (requested_at, app) VALUES (%s, %s) RETURNING id",
             (now, app),
         )
         return int(rows[0][0])
 
     async def take_requests(self, now: float) -> list[tuple[int, str | None]]:
-        rows = await self._rows(
+        rows = await self._fetch(
             "UPDATE judge_requests SET taken_at = %s, taken_by = %s WHERE id IN ("
             " SELECT id FROM judge_requests WHERE taken_at IS NULL ORDER BY id"
             " FOR UPDATE SKIP LOCKED) RETURNING id, app",
             (now, self._node),
         )
         return sorted((int(r[0]), r[1]) for r in rows)
-
-    async def link_request(self, request_id: int, run_id: int) -> None:
-        await self._count(
-            "UPDATE judge_requests SET run_id = %s WHERE id = %s", (run_id, request_id)
-        )
-
-    async def request_state(self, request_id: int) -> tuple[float | None, int | None]:
-        rows = await self._rows(
-            "SELECT taken_at, run_id FROM judge_requests WHERE id = %s", (request_id,)
-        )
-        return (rows[0][0], rows[0][1]) if rows else (None, None)
 
     async def prune(self, before: float) -> None:
         async with self._connect() as conn, conn.transaction():

@@ -9,22 +9,21 @@ race for a schedule tick, so a run's key is not stored here.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import astuple
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lookout.detectors.judge import sample_key
 from lookout.monitor.judge.store import (
-    RUN_COLUMNS,
-    VERDICT_COLUMNS,
     Candidate,
-    RunInfo,
     RunTotals,
     SampleQuery,
     StoredVerdict,
 )
 from lookout.monitor.storage.feedback import NEGATIVE_FEEDBACK_SQL
+from lookout.monitor.storage.judge_reads import JudgeReads
 from lookout.monitor.storage.schema import SQLITE_FEEDBACK
-from lookout.sqlite_thread import SqliteBacked, SqliteThread, dict_rows
+from lookout.sqlite_thread import SqliteBacked, SqliteThread
 
 if TYPE_CHECKING:
     import sqlite3
@@ -97,7 +96,7 @@ def _candidates(db: sqlite3.Connection, q: SampleQuery) -> list[Candidate]:
     return [Candidate.of_row(row) for row in db.execute(sql, args)]
 
 
-class SqliteJudgeStore(SqliteBacked):
+class SqliteJudgeStore(SqliteBacked, JudgeReads):
     def __init__(self, path: Path) -> None:
         self._sql = SqliteThread(
             path,
@@ -120,6 +119,9 @@ class SqliteJudgeStore(SqliteBacked):
 
         await self._sql.run(register)
         return self
+
+    async def _fetch(self, sql: str, args: Any) -> list[tuple[Any, ...]]:
+        return await self._sql.run(lambda: self._sql.conn().execute(sql, args).fetchall())
 
     async def candidates(self, query: SampleQuery) -> list[Candidate]:
         """Up to `per_app` records per app: unjudged first (those with negative feedback, then
@@ -146,21 +148,7 @@ class SqliteJudgeStore(SqliteBacked):
     ) -> None:
         """One judged (or failed, or skipped) record's verdicts and the run's totals so far, in
         one transaction: a crash mid-run keeps what was judged and what it cost."""
-        rows = [
-            (
-                v.record_id,
-                v.criterion,
-                v.app,
-                v.model,
-                v.run_id,
-                v.judged_at,
-                int(v.passed),
-                v.score,
-                v.reasoning,
-                v.judge_model,
-            )
-            for v in verdicts
-        ]
+        rows = [astuple(v) for v in verdicts]  # `passed` a bool: 1 or 0 in SQLite
 
         def work() -> None:
             db = self._sql.conn()
@@ -186,85 +174,12 @@ class SqliteJudgeStore(SqliteBacked):
 
         await self._sql.run(work)
 
-    async def finish_run(
-        self,
-        run_id: int,
-        now: float,
-        outcome: str,
-        *,
-        detail: str = "",
-        agreement: float | None = None,
-        anchors: int = 0,
-    ) -> None:
-        sql = (
-            "UPDATE judge_runs SET finished_at=?, outcome=?, detail=?, agreement=?, anchors=?"
-            " WHERE id=?"
-        )
-        args = (now, outcome, detail, agreement, anchors, run_id)
-        await self._sql.run(lambda: self._sql.conn().execute(sql, args) and None)
-
     async def interrupt_unfinished(self, now: float, *, others: bool = False) -> int:
         """Runs a crash or stop left `running`: they are over (a node alone has no others)."""
         if others:
             return 0
         sql = "UPDATE judge_runs SET outcome='interrupted', finished_at=? WHERE outcome='running'"
         return await self._sql.run(lambda: self._sql.conn().execute(sql, (now,)).rowcount)
-
-    async def tokens_since(self, since: float) -> int:
-        sql = (
-            "SELECT COALESCE(SUM(input_tokens + output_tokens), 0) FROM judge_runs"
-            " WHERE started_at >= ?"
-        )
-        row = await self._sql.run(lambda: self._sql.conn().execute(sql, (since,)).fetchone())
-        return int(row[0])
-
-    async def runs(self, limit: int = 20, trigger: str | None = None) -> list[RunInfo]:
-        sql = f"SELECT {RUN_COLUMNS} FROM judge_runs"
-        args: list[Any] = []
-        if trigger is not None:
-            sql += " WHERE trigger = ?"
-            args.append(trigger)
-        sql += " ORDER BY id DESC LIMIT ?"
-        args.append(limit)
-        rows = await self._sql.run(lambda: self._sql.conn().execute(sql, args).fetchall())
-        return [RunInfo(*row) for row in rows]
-
-    async def run(self, run_id: int) -> RunInfo | None:
-        sql = f"SELECT {RUN_COLUMNS} FROM judge_runs WHERE id = ?"
-        row = await self._sql.run(lambda: self._sql.conn().execute(sql, (run_id,)).fetchone())
-        return None if row is None else RunInfo(*row)
-
-    async def _verdicts(self, where: str, arg: float | str | int) -> list[StoredVerdict]:
-        sql = f"SELECT {VERDICT_COLUMNS} FROM judge_verdicts WHERE {where}"
-        rows = await self._sql.run(lambda: self._sql.conn().execute(sql, (arg,)).fetchall())
-        return [StoredVerdict(*row) for row in rows]
-
-    async def verdicts_since(self, since: float) -> list[StoredVerdict]:
-        return await self._verdicts("judged_at >= ? ORDER BY judged_at", since)
-
-    async def verdicts_of_run(self, run_id: int) -> list[StoredVerdict]:
-        return await self._verdicts("run_id = ? ORDER BY judged_at", run_id)
-
-    async def verdicts_for(self, record_id: str) -> list[StoredVerdict]:
-        return await self._verdicts("record_id = ? ORDER BY criterion", record_id)
-
-    async def failures(self, limit: int = 20) -> list[dict[str, Any]]:
-        """The newest failing verdicts with their records' texts, newest first."""
-        sql = (
-            "SELECT v.record_id, v.app, v.model, v.criterion, v.score, v.reasoning, v.judged_at,"
-            " r.prompt, r.response FROM judge_verdicts v LEFT JOIN records r ON r.id = v.record_id"
-            " WHERE v.passed = 0 ORDER BY v.judged_at DESC LIMIT ?"
-        )
-        return await self._sql.run(lambda: dict_rows(self._sql.conn().execute(sql, (limit,))))
-
-    async def agreements_since(self, since: float) -> list[tuple[float, float, int]]:
-        """(finished_at, agreement, anchor verdicts) of runs that judged anchors."""
-        sql = (
-            "SELECT finished_at, agreement, anchors FROM judge_runs WHERE agreement IS NOT NULL"
-            " AND finished_at >= ? ORDER BY finished_at"
-        )
-        rows = await self._sql.run(lambda: self._sql.conn().execute(sql, (since,)).fetchall())
-        return [(float(r[0]), float(r[1]), int(r[2])) for r in rows]
 
     async def request_run(self, now: float, app: str | None) -> int:
         """A run request for the daemon (from `lookout judge run-now`)."""
@@ -289,16 +204,6 @@ class SqliteJudgeStore(SqliteBacked):
             return [(int(r[0]), r[1]) for r in rows]
 
         return await self._sql.run(work)
-
-    async def link_request(self, request_id: int, run_id: int) -> None:
-        sql = "UPDATE judge_requests SET run_id = ? WHERE id = ?"
-        await self._sql.run(lambda: self._sql.conn().execute(sql, (run_id, request_id)) and None)
-
-    async def request_state(self, request_id: int) -> tuple[float | None, int | None]:
-        """(taken_at, run_id) of a request."""
-        sql = "SELECT taken_at, run_id FROM judge_requests WHERE id = ?"
-        row = await self._sql.run(lambda: self._sql.conn().execute(sql, (request_id,)).fetchone())
-        return (None, None) if row is None else (row[0], row[1])
 
     async def prune(self, before: float) -> None:
         def work() -> None:

@@ -1,6 +1,7 @@
 """The judge on PostgreSQL, as a cluster runs it: records written through the shared store are
-sampled and judged, two nodes on one database make one run per schedule tick, the judge role's
-loss hands the schedule to another node, and a run-now request is run once."""
+sampled (as on SQLite: the sampling test runs on both backends) and judged, two nodes on one
+database make one run per schedule tick, the judge role's loss hands the schedule to another
+node, and a run-now request is run once."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -22,18 +24,21 @@ from lookout.monitor.ingest.records import Record
 from lookout.monitor.judge.backends import command_store
 from lookout.monitor.judge.client import JudgeClient
 from lookout.monitor.judge.service import JudgeService
-from lookout.monitor.judge.store import RunTotals, SampleQuery, StoredVerdict
+from lookout.monitor.judge.store import JudgeStore, RunTotals, SampleQuery, StoredVerdict
 from lookout.monitor.metrics.prices import Price, PriceTable
 from lookout.monitor.metrics.prom import IngestMetrics
+from lookout.monitor.storage import Store
 from lookout.monitor.storage.pg_evals import PgEvalStore
 from lookout.monitor.storage.pg_judge import PgJudgeStore
 from lookout.monitor.storage.pg_leases import PgRoleLock
 from lookout.monitor.storage.postgres import PostgresStore
 from lookout.monitor.storage.schema import POSTGRES_MIGRATIONS, migrate_postgres
+from lookout.monitor.storage.sqlite import SqliteStore
+from lookout.monitor.storage.sqlite_judge import SqliteJudgeStore
 from lookout.redaction import Redactor
 from tests.conftest import eventually
 from tests.monitor.test_judging import record, yes_no
-from tests.stores import pg_database
+from tests.stores import BACKENDS, pg_database
 
 NOW = 1_800_000_000.0  # a multiple of 20 s: the schedule's ticks fall on it
 TIMEOUT_S = 15.0
@@ -55,7 +60,7 @@ async def pg_store(url: str, clock: FakeClock, node: str) -> AsyncIterator[Postg
 
 
 async def put_records(
-    store: PostgresStore,
+    store: Store,
     records: list[Record],
     flagged: tuple[str, ...] = (),
     disliked: tuple[str, ...] = (),
@@ -117,21 +122,38 @@ def runs_in(url: str) -> list[tuple[Any, ...]]:
         ).fetchall()
 
 
-async def test_records_written_through_the_postgres_store_are_sampled_like_on_sqlite(
-    db_url: str,
-) -> None:
+@contextlib.asynccontextmanager
+async def sampled_store(backend: str, folder: Path) -> AsyncIterator[tuple[Store, JudgeStore]]:
+    """The store records are written through, and the judge's store that samples them."""
     clock = FakeClock(NOW)
+    if backend == "sqlite":
+        path = folder / "lookout.db"
+        cfg = StoreConfig(url=f"sqlite:///{path}")
+        async with (
+            SqliteStore(cfg, IngestMetrics(CollectorRegistry()), clock) as store,
+            SqliteJudgeStore(path) as book,
+        ):
+            yield store, book
+        return
+    with pg_database() as url:
+        async with pg_store(url, clock, "a") as pg:
+            yield pg, PgJudgeStore(pg.connection, node="a")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_sampling_is_deterministic_prefers_unjudged_and_filters(
+    backend: str, tmp_path: Path
+) -> None:
     records = [
         record(i, app, model)
         for i in range(40)
         for app, model in (("bot", "m1"), ("bot", "m2"), ("help", "m1"))
     ]
     records += [record(100 + i, "bot", "m1", "error") for i in range(5)]
-    async with pg_store(db_url, clock, "a") as store:
+    async with sampled_store(backend, tmp_path) as (store, book):
         await put_records(
             store, records, flagged=("bot-m1-7", "help-m1-33"), disliked=("bot-m2-5",)
         )
-        book = PgJudgeStore(store.connection, node="a")
         q = SampleQuery(since=NOW - 3600, per_app=5, seed="s1")
         first = await book.candidates(q)
         assert [c.id for c in first] == [c.id for c in await book.candidates(q)]

@@ -170,7 +170,7 @@ async def test_on_postgresql_the_judge_samples_the_shared_records_and_takes_run_
     with pg_database() as url:
         path = config(tmp_path, server, receiver, store_url=url)
         async with running(Daemon(load_settings(path)), wait_bus=False) as d:
-            records = [
+            records: list[dict[str, object]] = [
                 {"id": f"r-{i}", "app": "bot", "prompt": "Reset?", "response": "Settings."}
                 for i in range(3)
             ]
