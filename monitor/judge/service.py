@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from lookout.monitor.judge.eval_series import EvalLedger, GradedPair, ScoredReference
+from lookout.monitor.judge.eval_series import EvalLedger
 from lookout.monitor.judge.evaluations import Evaluations
 from lookout.monitor.judge.metrics import JudgeMetrics
 from lookout.monitor.judge.pairwise import PairJudge
@@ -35,8 +35,8 @@ from lookout.monitor.judge.peers import PeerRuns
 from lookout.monitor.judge.reference_scores import ReferenceScorer
 from lookout.monitor.judge.runs import JudgeRunner
 from lookout.monitor.judge.schedule import DAY_S, build_trigger, period_s, tick_at
-from lookout.monitor.judge.series import Agreement, JudgedRecord, JudgeLedger
-from lookout.monitor.judge.store import STORE_ERRORS, RunInfo, StoredVerdict
+from lookout.monitor.judge.series import JudgeLedger
+from lookout.monitor.judge.store import STORE_ERRORS, RunInfo
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -156,20 +156,9 @@ class JudgeService:
         interrupted = await self._store.interrupt_unfinished(now)
         if interrupted:
             log.warning("judge_runs_interrupted", runs=interrupted)
-        verdicts = await self._store.verdicts_since(now - self._retention_s)
-        for judged in _judged_records(verdicts):
-            self.ledger.add(judged)
-        for at, value, count in await self._store.agreements_since(now - self._retention_s):
-            self.ledger.add_agreement(Agreement(at, value, count))
-        if self.evaluations is not None:
-            since = now - self._retention_s
-            for score in await self.evaluations.store.references_since(since):
-                self.evaluations.ledger.add_reference(ScoredReference.of(score))
-            for pair in await self.evaluations.store.pairs_since(since):
-                self.evaluations.ledger.add_pair(GradedPair.of(pair))
+        await self._peers.restore(now - self._retention_s)
         runs = await self._store.runs(limit=1)
         self.last_run = runs[0] if runs else None
-        await self._peers.restored(verdicts)
         self._m.tokens_today.set(await self._store.tokens_since(now - now % DAY_S))
 
     @contextlib.asynccontextmanager
@@ -387,12 +376,3 @@ def _evaluations(
         ),
         pairs=PairJudge(client),
     )
-
-
-def _judged_records(verdicts: list[StoredVerdict]) -> list[JudgedRecord]:
-    """Stored verdicts (one per record and criterion) as judged records, oldest first."""
-    grouped: dict[str, tuple[str, float, list[StoredVerdict]]] = {}
-    for v in verdicts:
-        grouped.setdefault(v.record_id, (v.app, v.judged_at, []))[2].append(v)
-    oldest_first = sorted(grouped.items(), key=lambda g: g[1][1])
-    return [JudgedRecord.of(at, app, vs, rid) for rid, (app, at, vs) in oldest_first]

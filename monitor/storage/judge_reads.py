@@ -60,6 +60,10 @@ class JudgeReads:
         rows = await self._fetch(self._stmt(sql + " ORDER BY id DESC LIMIT ?"), (*args, limit))
         return [RunInfo(*row) for row in rows]
 
+    async def runs_after(self, run_id: int, limit: int) -> list[RunInfo]:
+        sql = f"SELECT {RUN_COLUMNS} FROM judge_runs WHERE id > ? ORDER BY id LIMIT ?"
+        return [RunInfo(*row) for row in await self._fetch(self._stmt(sql), (run_id, limit))]
+
     async def run(self, run_id: int) -> RunInfo | None:
         sql = f"SELECT {RUN_COLUMNS} FROM judge_runs WHERE id = ?"
         rows = await self._fetch(self._stmt(sql), (run_id,))

@@ -14,6 +14,8 @@ from typing import Any
 
 import psycopg
 import pytest
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
 from prometheus_client import CollectorRegistry
 
 from lookout.clock import FakeClock
@@ -37,7 +39,7 @@ from lookout.monitor.storage.sqlite import SqliteStore
 from lookout.monitor.storage.sqlite_judge import SqliteJudgeStore
 from lookout.redaction import Redactor
 from tests.conftest import eventually
-from tests.monitor.test_judging import record, yes_no
+from tests.monitor.test_judging import Gated, record, yes_no
 from tests.stores import BACKENDS, pg_database
 
 NOW = 1_800_000_000.0  # a multiple of 20 s: the schedule's ticks fall on it
@@ -83,6 +85,7 @@ async def judge_node(
     registry: CollectorRegistry,
     *,
     gate: RoleGate | None = None,
+    model: Any = None,
     **cfg: Any,
 ) -> AsyncIterator[JudgeService]:
     config = JudgeConfig.model_validate(
@@ -94,7 +97,7 @@ async def judge_node(
             **cfg,
         }
     )
-    client = JudgeClient(yes_no("Y"), Redactor(), max_concurrency=2, timeout_s=5.0)
+    client = JudgeClient(model or yes_no("Y"), Redactor(), max_concurrency=2, timeout_s=5.0)
     service = JudgeService(
         config,
         store=PgJudgeStore(store.connection, node=node),
@@ -206,10 +209,6 @@ async def test_a_run_on_postgres_judges_shared_records_and_every_node_sees_it(
             verdicts = await PgJudgeStore(sb.connection, node="b").verdicts_for("bot-m1-2")
             assert [(v.criterion, v.passed) for v in verdicts] == [("helpfulness", True)]
 
-            def pass_rate(service: JudgeService) -> tuple[float | None, int] | None:
-                points = [p for p in service.series(60, NOW) if p.metric == "judge_pass_rate"]
-                return (points[0].value, points[0].count) if points else None
-
             assert pass_rate(a) == (1.0, 4)
             # b read a's run from the store: its series, and its status' last run.
             await eventually(lambda: pass_rate(b) == (1.0, 4) and b.last_run is not None)
@@ -219,6 +218,47 @@ async def test_a_run_on_postgres_judges_shared_records_and_every_node_sees_it(
         # A restart restores the series from the shared tables, not from a local file.
         async with judge_node(sb, "b", clock, CollectorRegistry()) as b:
             assert pass_rate(b) == (1.0, 4)
+
+
+class GatedAfter(Gated):
+    """Answers `free` calls at once, then waits on the gate."""
+
+    free: int = 0
+
+    async def _agenerate(
+        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kwargs: Any
+    ) -> ChatResult:
+        if self.calls < self.free:
+            self.calls += 1
+            return ChatResult(generations=[ChatGeneration(message=AIMessage("Short.\nY"))])
+        return await super()._agenerate(messages, stop, run_manager, **kwargs)
+
+
+def pass_rate(service: JudgeService) -> tuple[float | None, int] | None:
+    points = [p for p in service.series(60, NOW) if p.metric == "judge_pass_rate"]
+    return (points[0].value, points[0].count) if points else None
+
+
+async def test_a_node_started_mid_run_counts_each_verdict_of_it_once(db_url: str) -> None:
+    clock = FakeClock(NOW)
+    gate, entered = asyncio.Event(), asyncio.Event()
+    model = GatedAfter(gate=gate, entered=entered, free=2)
+    async with pg_store(db_url, clock, "a") as sa, pg_store(db_url, clock, "b") as sb:
+        await put_records(sa, [record(i) for i in range(4)])
+        async with judge_node(sa, "a", clock, CollectorRegistry(), model=model) as a:
+            task = asyncio.create_task(a.run_once())
+            book = PgJudgeStore(sa.connection, node="a")
+
+            async def two_stored() -> bool:
+                return len(await book.verdicts_since(0)) == 2  # two judged, the others wait
+
+            await eventually(two_stored)
+            async with judge_node(sb, "b", clock, CollectorRegistry()) as b:
+                assert pass_rate(b) == (1.0, 2)  # restored: what the run had stored so far
+                gate.set()
+                assert (await asyncio.wait_for(task, TIMEOUT_S)).judged == 4
+                await eventually(lambda: b.last_run is not None and b.last_run.judged == 4)
+                assert pass_rate(b) == (1.0, 4)  # the rest read once the run ended, none twice
 
 
 async def test_two_nodes_on_one_database_make_one_run_per_schedule_tick(db_url: str) -> None:
