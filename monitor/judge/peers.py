@@ -1,6 +1,7 @@
-"""The judge's series from the store: restored at start, then the runs another node made: in a cluster one node holds the judge role
-and runs the runs, but any node may evaluate the rules (the alerts role) or answer the API, so
-every node reads the runs others finished from the shared store (docs/scale-out.md).
+"""The judge's series from the store: restored at start, then the runs other nodes made. In a
+cluster one node holds the judge role and runs the runs, but any node may evaluate the rules
+(the alerts role) or answer the API, so every node reads the runs others finished from the
+shared store (docs/scale-out.md).
 
 A run is read once it is over, in id order, with its verdicts, its anchor agreement, its shadow
 pairs and the reference scores it made (stored at its start time). A node alone, whose runs are
