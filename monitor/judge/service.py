@@ -290,13 +290,16 @@ class JudgeService:
             try:
                 if self.holds_role:
                     taken = await self._store.take_requests(self._clock.now())
-                if await self._peers.read():
-                    self.last_run = (await self._store.runs(limit=1))[0]
             except STORE_ERRORS as exc:  # e.g. locked for longer than busy_timeout: next poll
                 log.warning("judge_requests_unreadable", error=str(exc))
             for request_id, app in taken:
                 log.info("judge_run_requested", app=app, request_id=request_id)
                 self.request(app, request_id)
+            try:
+                if await self._peers.read():
+                    self.last_run = (await self._store.runs(limit=1))[0]
+            except STORE_ERRORS as exc:  # the next poll reads on from where this one stopped
+                log.warning("judge_runs_unreadable", error=str(exc))
             await asyncio.sleep(self._poll_interval_s)
 
     async def run_once(
