@@ -34,6 +34,7 @@ from lookout.monitor.builders import (
     merged_series,
     price_table,
 )
+from lookout.monitor.cluster.leadership import Role
 from lookout.monitor.cluster.node import NodeCluster
 from lookout.monitor.config import Settings, mask_url
 from lookout.monitor.config.node import mqtt_client_id
@@ -46,6 +47,7 @@ from lookout.monitor.ingest.mqtt import MqttSource
 from lookout.monitor.ingest.otlp_receiver import OtlpReceiver
 from lookout.monitor.ingest.queue import IngestQueue
 from lookout.monitor.judge.anchors import load_anchors
+from lookout.monitor.judge.backends import judge_stores
 from lookout.monitor.judge.client import JudgeClient, JudgeModelFactory, judge_model_from_config
 from lookout.monitor.judge.eval_series import EvalCollector
 from lookout.monitor.judge.eval_store import EvalStore
@@ -340,8 +342,8 @@ class Daemon:
         model = await asyncio.to_thread(self._judge_model_factory, j)
         criteria = {c.name for c in criteria_from(j.criteria, j.custom_criteria)}
         anchors = load_anchors(j.anchors, criteria) if j.anchors else []
-        self.judge_store = await stack.enter_async_context(JudgeStore(s.store.local_path()))
-        self.eval_store = await stack.enter_async_context(EvalStore(s.store.local_path()))
+        stores = await stack.enter_async_context(judge_stores(s, self.store))
+        self.judge_store, self.eval_store = stores
         # The detectors' embedder (a packaged one is loaded once per process and shared).
         embedder = None
         if j.reference_scores_per_run:
@@ -366,6 +368,7 @@ class Daemon:
             poll_interval_s=s.eval_interval,
             eval_store=self.eval_store,
             embedder=embedder,
+            gate=self.cluster.leadership.gate(Role.JUDGE),
         )
         window_s, now = s.metrics.default_window, self.clock.now
         assert service.evaluations is not None

@@ -1,7 +1,8 @@
 """`lookout judge run-now|runs`: LLM-judge spot checks outside the schedule, and their record.
 
 `run-now` leaves a request in the judge store; a running daemon with the same config takes it
-within one eval_interval and runs it after any run under way.
+within one eval_interval and runs it after any run under way (in a cluster: the node that holds
+the judge role, through the shared PostgreSQL store).
 """
 
 from __future__ import annotations
@@ -22,16 +23,18 @@ from lookout.monitor.cli.common import (
 )
 
 if TYPE_CHECKING:
+    from contextlib import AbstractAsyncContextManager
+
     from lookout.monitor.config import Settings
     from lookout.monitor.judge.store import JudgeStore, RunInfo
 
 judge_app = typer.Typer(help="LLM-judge spot checks.")
 
 
-def _open_store(settings: Settings) -> JudgeStore:
-    from lookout.monitor.judge.store import JudgeStore
+def _open_store(settings: Settings) -> AbstractAsyncContextManager[JudgeStore]:
+    from lookout.monitor.judge.backends import command_store
 
-    return JudgeStore(settings.store.local_path())
+    return command_store(settings)
 
 
 def _table(runs: list[RunInfo]) -> Table:

@@ -1,40 +1,27 @@
-"""The judge's reference scores and pairwise verdicts, in SQLite beside the judge store.
+"""The judge's reference scores and pairwise verdicts, as the service sees them.
 
 Reference scores: one row per record that carries a reference answer (string and embedding
 similarity). Pairs: one row per shadow record graded against the production record it names
 (`metadata.shadow_of`), with both orders' verdicts and the outcome. Both tables feed the series
-at start and keep a record from being scored or graded twice.
+at start and keep a record from being scored or graded twice. `EvalStore` has a SQLite backend
+beside a node's store (monitor/storage/sqlite_evals.py) and a PostgreSQL one shared by a
+cluster's nodes (monitor/storage/pg_evals.py).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import astuple, dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-from lookout.monitor.judge.store import RECORDS_SCHEMA
-from lookout.sqlite_thread import SqliteBacked, SqliteThread
-
-if TYPE_CHECKING:
-    import sqlite3
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS judge_reference_scores (
-    record_id TEXT PRIMARY KEY, app TEXT NOT NULL, model TEXT NOT NULL, scored_at REAL NOT NULL,
-    string_similarity REAL NOT NULL, embedding_similarity REAL, embedder TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS judge_reference_scores_at ON judge_reference_scores (scored_at);
-CREATE TABLE IF NOT EXISTS judge_pairs (
-    shadow_id TEXT PRIMARY KEY, production_id TEXT NOT NULL, app TEXT NOT NULL,
-    model TEXT NOT NULL, shadow_model TEXT NOT NULL, run_id INTEGER NOT NULL,
-    judged_at REAL NOT NULL, outcome TEXT NOT NULL, production_first TEXT NOT NULL,
-    shadow_first TEXT NOT NULL, reasoning TEXT NOT NULL, judge_model TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS judge_pairs_at ON judge_pairs (judged_at);
-CREATE INDEX IF NOT EXISTS judge_pairs_production ON judge_pairs (production_id);
-"""
+REFERENCE_COLUMNS = (
+    "record_id, app, model, scored_at, string_similarity, embedding_similarity, embedder"
+)
+PAIR_COLUMNS = (
+    "shadow_id, production_id, app, model, shadow_model, run_id, judged_at, outcome,"
+    " production_first, shadow_first, reasoning, judge_model"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +58,13 @@ class PairCandidate:
     shadow: str
     reference: str | None
 
+    @classmethod
+    def of_row(cls, row: Sequence[Any]) -> PairCandidate:
+        """From (app, production id, model, shadow id, shadow model, prompt, production
+        response, shadow response, reference): a reference that is no text is none."""
+        ref = row[8] if isinstance(row[8], str) and row[8] else None
+        return cls(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], ref)
+
 
 @dataclass(frozen=True, slots=True)
 class StoredPair:
@@ -88,40 +82,6 @@ class StoredPair:
     judge_model: str
 
 
-def _path(key: str) -> str:
-    """A JSON path naming one top-level key, quoted (keys may hold dots)."""
-    return '$."' + key.replace('"', '\\"') + '"'
-
-
-def _meta(alias: str, key: str, args: list[Any]) -> str:
-    args.append(_path(key))
-    return f"CASE WHEN json_valid({alias}.metadata) THEN json_extract({alias}.metadata, ?) END"
-
-
-def _apps(alias: str, apps: Sequence[str], args: list[Any]) -> str:
-    args.extend(apps)
-    return f" AND {alias}.app IN ({', '.join('?' * len(apps))})" if apps else ""
-
-
-def _reference_candidates(
-    db: sqlite3.Connection, since: float, key: str, limit: int, apps: Sequence[str]
-) -> list[ReferenceCandidate]:
-    args: list[Any] = []
-    ref = _meta("r", key, args)
-    # The key's name in the text first: most records' metadata is never parsed as JSON.
-    args += [since, f'"{key}"']
-    only = _apps("r", apps, args)
-    sql = (
-        f"SELECT id, app, model, response, ref FROM (SELECT r.id, r.app, r.model, r.response,"
-        f" r.received_at, {ref} AS ref FROM records r WHERE r.received_at >= ?"
-        f" AND instr(r.metadata, ?) > 0{only} AND r.response IS NOT NULL AND r.response != ''"
-        " AND r.id NOT IN (SELECT record_id FROM judge_reference_scores))"
-        " WHERE typeof(ref) = 'text' AND ref != '' ORDER BY received_at, id LIMIT ?"
-    )
-    rows = db.execute(sql, [*args, limit]).fetchall()
-    return [ReferenceCandidate(*row) for row in rows]
-
-
 @dataclass(frozen=True, slots=True)
 class PairQuery:
     since: float  # shadow records received at or after
@@ -131,119 +91,34 @@ class PairQuery:
     apps: Sequence[str] = ()  # empty: every app
 
 
-def _pair_candidates(db: sqlite3.Connection, q: PairQuery) -> list[PairCandidate]:
-    args: list[Any] = []
-    ref = _meta("p", q.reference_key, args)
-    names = _meta("s", q.shadow_key, args)
-    args += [q.since, f'"{q.shadow_key}"']
-    only = _apps("s", q.apps, args)
-    sql = (
-        "SELECT app, pid, pmodel, sid, smodel, prompt, presp, sresp, ref FROM ("
-        " SELECT p.app, p.id AS pid, p.model AS pmodel, s.id AS sid, s.model AS smodel,"
-        f"  COALESCE(p.prompt, s.prompt, '') AS prompt, p.response AS presp,"
-        f"  s.response AS sresp, {ref} AS ref, ROW_NUMBER() OVER ("
-        "   PARTITION BY p.app ORDER BY s.received_at DESC, s.id) AS rank"
-        f" FROM records s JOIN records p ON p.id = {names} AND p.app = s.app"
-        f" WHERE s.received_at >= ? AND instr(s.metadata, ?) > 0{only}"
-        "  AND s.response IS NOT NULL AND s.response != ''"
-        "  AND p.response IS NOT NULL AND p.response != '' AND p.id != s.id"
-        "  AND s.id NOT IN (SELECT shadow_id FROM judge_pairs)"
-        ") WHERE rank <= ? ORDER BY app, rank"
-    )
-    rows = db.execute(sql, [*args, q.per_app]).fetchall()
-    return [
-        PairCandidate(
-            app=row[0],
-            production_id=row[1],
-            model=row[2],
-            shadow_id=row[3],
-            shadow_model=row[4],
-            prompt=row[5],
-            production=row[6],
-            shadow=row[7],
-            reference=row[8] if isinstance(row[8], str) and row[8] else None,
-        )
-        for row in rows
-    ]
-
-
-class EvalStore(SqliteBacked):
-    def __init__(self, path: Path) -> None:
-        self._sql = SqliteThread(
-            path, schema=RECORDS_SCHEMA + _SCHEMA, synchronous="NORMAL", name="lookout-judge-eval"
-        )
+class EvalStore(Protocol):
+    """Reference scores and shadow pairs on one backend."""
 
     async def reference_candidates(
         self, since: float, key: str, limit: int, apps: Sequence[str] = ()
     ) -> list[ReferenceCandidate]:
         """Records received since `since` with a response and a text `metadata[key]`, not yet
         scored, oldest first."""
-        return await self._sql.run(
-            lambda: _reference_candidates(self._sql.conn(), since, key, limit, apps)
-        )
+        ...
 
     async def pair_candidates(self, query: PairQuery) -> list[PairCandidate]:
         """Up to `per_app` ungraded shadow records per app whose production record (named by
         `metadata[shadow_key]`, same app) is stored with a response, newest first."""
-        return await self._sql.run(lambda: _pair_candidates(self._sql.conn(), query))
+        ...
 
-    async def put_reference_scores(self, scores: Sequence[ReferenceScore]) -> None:
-        rows = [astuple(s) for s in scores]
+    async def put_reference_scores(self, scores: Sequence[ReferenceScore]) -> None: ...
 
-        def work() -> None:
-            db = self._sql.conn()
-            with db:
-                db.execute("BEGIN")
-                db.executemany(
-                    "INSERT OR REPLACE INTO judge_reference_scores VALUES (?,?,?,?,?,?,?)", rows
-                )
+    async def put_pair(self, pair: StoredPair) -> None: ...
 
-        await self._sql.run(work)
+    async def references_since(self, since: float) -> list[ReferenceScore]: ...
 
-    async def put_pair(self, pair: StoredPair) -> None:
-        sql = "INSERT OR REPLACE INTO judge_pairs VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
-        row = astuple(pair)
-        await self._sql.run(lambda: self._sql.conn().execute(sql, row) and None)
-
-    async def references_since(self, since: float) -> list[ReferenceScore]:
-        sql = "SELECT * FROM judge_reference_scores WHERE scored_at >= ? ORDER BY scored_at"
-        rows = await self._sql.run(lambda: self._sql.conn().execute(sql, (since,)).fetchall())
-        return [ReferenceScore(*row) for row in rows]
-
-    async def pairs_since(self, since: float) -> list[StoredPair]:
-        sql = "SELECT * FROM judge_pairs WHERE judged_at >= ? ORDER BY judged_at"
-        rows = await self._sql.run(lambda: self._sql.conn().execute(sql, (since,)).fetchall())
-        return [StoredPair(*row) for row in rows]
+    async def pairs_since(self, since: float) -> list[StoredPair]: ...
 
     async def evaluations_for(self, record_id: str) -> dict[str, Any]:
         """A record's reference score and the pairs it is in (as production or shadow)."""
+        ...
 
-        def work() -> dict[str, Any]:
-            db = self._sql.conn()
-            score = db.execute(
-                "SELECT * FROM judge_reference_scores WHERE record_id = ?", (record_id,)
-            ).fetchone()
-            pairs = db.execute(
-                "SELECT * FROM judge_pairs WHERE shadow_id = ? OR production_id = ?"
-                " ORDER BY judged_at",
-                (record_id, record_id),
-            ).fetchall()
-            return {
-                "reference": None if score is None else ReferenceScore(*score),
-                "pairs": [StoredPair(*row) for row in pairs],
-            }
-
-        return await self._sql.run(work)
-
-    async def prune(self, before: float) -> None:
-        def work() -> None:
-            db = self._sql.conn()
-            with db:
-                db.execute("BEGIN")
-                db.execute("DELETE FROM judge_reference_scores WHERE scored_at < ?", (before,))
-                db.execute("DELETE FROM judge_pairs WHERE judged_at < ?", (before,))
-
-        await self._sql.run(work)
+    async def prune(self, before: float) -> None: ...
 
 
 def reasoning_json(production_first: str, shadow_first: str) -> str:

@@ -19,7 +19,7 @@ class JudgeMetrics:
         self.runs = counter("lookout_judge_runs_total", "Judge runs by outcome", ("outcome",))
         self.runs_skipped = counter(
             "lookout_judge_runs_skipped_total",
-            "Judge runs not made, by reason (token_cap, still_running)",
+            "Judge runs not made, by reason (token_cap, still_running, standby, tick_taken)",
             ("reason",),
         )
         self.records = counter(

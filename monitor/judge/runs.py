@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -21,9 +20,17 @@ from lookout.monitor.judge.eval_series import GradedPair
 from lookout.monitor.judge.eval_store import PairCandidate, PairQuery
 from lookout.monitor.judge.schedule import DAY_S
 from lookout.monitor.judge.series import Agreement, JudgedRecord, JudgeLedger
-from lookout.monitor.judge.store import Candidate, RunTotals, SampleQuery, stored
+from lookout.monitor.judge.store import (
+    STORE_ERRORS,
+    Candidate,
+    RunTotals,
+    SampleQuery,
+    stored,
+)
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from lookout.clock import Clock
     from lookout.monitor.config import JudgeConfig
     from lookout.monitor.judge.client import GradeResult, JudgeClient
@@ -64,20 +71,27 @@ class JudgeRunner:
         self.criteria = [c.name for c in self._criteria]
         self._model_name = (cfg.model or "").split(":", 1)[-1]
         self._slots = asyncio.Semaphore(cfg.max_concurrency)
+        self.started: Callable[[int], None] = lambda run_id: None  # told each run's id
 
-    async def run(self, trigger: str, app: str | None, request_id: int | None) -> int:
-        """A run from start to end; its id."""
+    async def run(
+        self, trigger: str, app: str | None, request_id: int | None, run_key: str | None = None
+    ) -> int | None:
+        """A run from start to end; its id. None when `run_key` was taken: another node of the
+        cluster has started (or made) this run."""
         now = self._clock.now()
         used = await self._store.tokens_since(now - now % DAY_S)
-        run_id = await self._store.start_run(now, trigger, app)
+        run_id = await self._store.start_run(now, trigger, app, run_key)
+        if run_id is None:
+            return None
+        self.started(run_id)
         try:
             if request_id is not None:
                 await self._store.link_request(request_id, run_id)
             await self._judge_run(run_id, now, used, trigger, app)
-        except* (sqlite3.Error, OSError) as errors:  # the records' tasks raise them in a group
+        except* STORE_ERRORS as errors:  # the records' tasks raise them in a group
             # Ended, not left `running` (a `run-now --wait` is waiting for its outcome).
             detail = f"store error: {errors.exceptions[0]}"
-            with contextlib.suppress(sqlite3.Error, OSError):
+            with contextlib.suppress(*STORE_ERRORS):
                 await self._store.finish_run(run_id, self._clock.now(), "failed", detail=detail)
             raise
         return run_id

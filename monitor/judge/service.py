@@ -5,6 +5,13 @@ only marks a run due. One worker task owned here runs the runs one at a time, so
 overlaps another: a fire while one is due or running is counted and dropped. `lookout judge
 run-now` writes a request in the judge store, taken within one poll interval.
 
+In a cluster (docs/scale-out.md) every node keeps the schedule, but only the holder of the
+judge role (`gate`) acts on a fire or takes requests; a scheduled run is keyed by its tick (the
+trigger's fire time, the same on every node), so two nodes that both believe they hold the role
+still make one run per tick: the second finds the key taken and skips (counted,
+`reason="tick_taken"`). The other nodes read the runs it finishes into their series
+(judge/peers.py). A node alone holds the role for good.
+
 A run itself is judge/runs.py's.
 """
 
@@ -12,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -21,15 +27,16 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from lookout.monitor.judge.eval_series import EvalLedger, GradedPair, ScoredReference
+from lookout.monitor.judge.eval_series import EvalLedger
 from lookout.monitor.judge.evaluations import Evaluations
 from lookout.monitor.judge.metrics import JudgeMetrics
 from lookout.monitor.judge.pairwise import PairJudge
+from lookout.monitor.judge.peers import PeerRuns
 from lookout.monitor.judge.reference_scores import ReferenceScorer
 from lookout.monitor.judge.runs import JudgeRunner
-from lookout.monitor.judge.schedule import DAY_S, build_trigger, period_s
-from lookout.monitor.judge.series import Agreement, JudgedRecord, JudgeLedger
-from lookout.monitor.judge.store import RunInfo, StoredVerdict
+from lookout.monitor.judge.schedule import DAY_S, build_trigger, period_s, tick_at
+from lookout.monitor.judge.series import JudgeLedger
+from lookout.monitor.judge.store import STORE_ERRORS, RunInfo
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -38,6 +45,7 @@ if TYPE_CHECKING:
 
     from lookout.clock import Clock
     from lookout.detectors.embedders import Embedder
+    from lookout.monitor.cluster.leadership import RoleGate
     from lookout.monitor.config import JudgeConfig
     from lookout.monitor.judge.anchors import Anchor
     from lookout.monitor.judge.client import JudgeClient
@@ -64,6 +72,7 @@ class _Request:
     trigger: str
     app: str | None
     request_id: int | None
+    tick: float | None = None  # a scheduled run's fire time
 
 
 class JudgeService:
@@ -82,8 +91,11 @@ class JudgeService:
         schedule: bool = True,
         eval_store: EvalStore | None = None,
         embedder: Embedder | None = None,
+        gate: RoleGate | None = None,
     ) -> None:
+        """`gate`: the judge role in a cluster; None: this node holds it for good."""
         self._cfg = cfg
+        self._gate = gate
         self._store = store
         self._clock = clock
         self._retention_s = retention_s
@@ -108,9 +120,11 @@ class JudgeService:
             retention_s=retention_s,
             evaluations=self.evaluations,
         )
+        self._peers = PeerRuns(store, self.ledger, self.evaluations)
+        self._runner.started = self._peers.ran
         self._lock = asyncio.Lock()
         self._requests: deque[_Request] = deque()
-        self._due = False
+        self._due: float | None = None  # the tick of the scheduled run due
         self._wake = asyncio.Event()
         self._scheduler: Any = None
         self._stack = contextlib.AsyncExitStack()
@@ -142,16 +156,7 @@ class JudgeService:
         interrupted = await self._store.interrupt_unfinished(now)
         if interrupted:
             log.warning("judge_runs_interrupted", runs=interrupted)
-        for judged in _judged_records(await self._store.verdicts_since(now - self._retention_s)):
-            self.ledger.add(judged)
-        for at, value, count in await self._store.agreements_since(now - self._retention_s):
-            self.ledger.add_agreement(Agreement(at, value, count))
-        if self.evaluations is not None:
-            since = now - self._retention_s
-            for score in await self.evaluations.store.references_since(since):
-                self.evaluations.ledger.add_reference(ScoredReference.of(score))
-            for pair in await self.evaluations.store.pairs_since(since):
-                self.evaluations.ledger.add_pair(GradedPair.of(pair))
+        await self._peers.restore(now - self._retention_s)
         runs = await self._store.runs(limit=1)
         self.last_run = runs[0] if runs else None
         self._m.tokens_today.set(await self._store.tokens_since(now - now % DAY_S))
@@ -163,6 +168,8 @@ class JudgeService:
                 tg.create_task(self._work(), name="judge-worker"),
                 tg.create_task(self._poll_requests(), name="judge-requests"),
             ]
+            if self._gate is not None:
+                tasks.append(tg.create_task(self._follow_role(), name="judge-role"))
             try:
                 yield
             finally:
@@ -178,7 +185,7 @@ class JudgeService:
 
         self._scheduler = AsyncIOScheduler(event_loop=asyncio.get_running_loop())
         self._scheduler.add_job(
-            self._fire,
+            self.fire,
             self._trigger,
             id="judge",
             coalesce=True,
@@ -187,25 +194,63 @@ class JudgeService:
         )
         self._scheduler.start()
         self._stack.callback(self._scheduler.shutdown, wait=False)
-        # Fires missed while the daemon was down are coalesced into one run now.
+        if self._gate is None:
+            await self._catch_up(now)  # in a cluster: when this node takes the role
+
+    async def _catch_up(self, now: float) -> None:
+        """Fires missed while no node of ours held the schedule (the daemon was down, or the
+        role was between holders) are coalesced into one run now."""
+        if not self.holds_role:
+            return
         last = await self._store.runs(limit=1, trigger="schedule")
         if last:
             started = datetime.fromtimestamp(last[0].started_at, UTC)
             missed = self._trigger.get_next_fire_time(started, started)
             if missed is not None and missed.timestamp() < now:
                 log.info("judge_missed_run", last_run_at=last[0].started_at)
-                self._mark_due()
+                self._mark_due(tick_at(self._trigger, now))
 
-    async def _fire(self) -> None:
-        """The scheduler's job: mark a run due; never a second one while one waits or runs."""
-        self._mark_due()
+    async def _follow_role(self) -> None:
+        """Each time this node takes the judge role: runs its predecessor left `running` are
+        over (the other nodes' series read past them), and a tick missed meanwhile runs."""
+        assert self._gate is not None
+        held = False
+        while True:
+            if self._gate.held and not held:
+                await self._took_role(self._clock.now())
+            held = self._gate.held
+            await self._gate.wait_change()
 
-    def _mark_due(self) -> None:
-        if self._due or self.running == "schedule":
+    async def _took_role(self, now: float) -> None:
+        try:
+            ended = await self._store.interrupt_unfinished(now, others=True)
+            if ended:
+                log.warning("judge_runs_interrupted", runs=ended, reason="previous_holder")
+            if self._schedule:
+                await self._catch_up(now)
+        except STORE_ERRORS as exc:  # the next tick runs as usual
+            log.warning("judge_take_over_failed", error=str(exc))
+
+    @property
+    def holds_role(self) -> bool:
+        """Whether this node runs the schedule and the requests (the judge role)."""
+        return self._gate is None or self._gate.held
+
+    async def fire(self) -> None:
+        """The scheduler's job (tests call it after moving a fake clock): mark a run due for
+        the tick just passed; never a second one while one waits or runs."""
+        if not self.holds_role:
+            self._m.runs_skipped.labels("standby").inc()
+            log.debug("judge_run_skipped", reason="standby")
+            return
+        self._mark_due(tick_at(self._trigger, self._clock.now()))
+
+    def _mark_due(self, tick: float) -> None:
+        if self._due is not None or self.running == "schedule":
             self._m.runs_skipped.labels("still_running").inc()
             log.warning("judge_run_skipped", reason="still_running")
             return
-        self._due = True
+        self._due = tick
         self._wake.set()
 
     def request(self, app: str | None = None, request_id: int | None = None) -> None:
@@ -217,41 +262,71 @@ class JudgeService:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self._requests or self._due:
+            while self._requests or self._due is not None:
                 if self._requests:
                     req = self._requests.popleft()
                 else:
-                    req, self._due = _Request("schedule", None, None), False
+                    req, self._due = _Request("schedule", None, None, self._due), None
                 try:
-                    await self.run_once(req.trigger, app=req.app, request_id=req.request_id)
-                except* (sqlite3.Error, OSError) as errors:  # the store, not the judge: next run
+                    await self._run(req)
+                except* STORE_ERRORS as errors:  # the store, not the judge: next run
                     self._m.runs.labels("failed").inc()
                     log.error(
                         "judge_run_failed", trigger=req.trigger, error=str(errors.exceptions[0])
                     )
 
+    async def _run(self, req: _Request) -> None:
+        if req.tick is None:
+            await self.run_once(req.trigger, app=req.app, request_id=req.request_id)
+            return
+        if await self._run_keyed(req.trigger, f"schedule:{req.tick:.3f}") is None:
+            self._m.runs_skipped.labels("tick_taken").inc()
+            log.info("judge_run_skipped", reason="tick_taken", tick=req.tick)
+
     async def _poll_requests(self) -> None:
+        """Requests (the role's holder takes them) and the runs other nodes finished."""
         while True:
+            taken: list[tuple[int, str | None]] = []
             try:
-                taken = await self._store.take_requests(self._clock.now())
-            except sqlite3.Error as exc:  # e.g. locked for longer than busy_timeout: next poll
+                if self.holds_role:
+                    taken = await self._store.take_requests(self._clock.now())
+            except STORE_ERRORS as exc:  # e.g. locked for longer than busy_timeout: next poll
                 log.warning("judge_requests_unreadable", error=str(exc))
-                taken = []
             for request_id, app in taken:
                 log.info("judge_run_requested", app=app, request_id=request_id)
                 self.request(app, request_id)
+            try:
+                if await self._peers.read():
+                    self.last_run = (await self._store.runs(limit=1))[0]
+            except STORE_ERRORS as exc:  # the next poll reads on from where this one stopped
+                log.warning("judge_runs_unreadable", error=str(exc))
             await asyncio.sleep(self._poll_interval_s)
 
     async def run_once(
         self, trigger: str = "manual", *, app: str | None = None, request_id: int | None = None
     ) -> RunInfo:
         """One run, after any run under way; returns how it ended."""
+        info = await self._run_keyed(trigger, None, app=app, request_id=request_id)
+        assert info is not None  # a run without a key always starts
+        return info
+
+    async def _run_keyed(
+        self,
+        trigger: str,
+        run_key: str | None,
+        *,
+        app: str | None = None,
+        request_id: int | None = None,
+    ) -> RunInfo | None:
+        """A run, unless `run_key` is taken (None then)."""
         async with self._lock:
             self.running = trigger
             try:
-                run_id = await self._runner.run(trigger, app, request_id)
+                run_id = await self._runner.run(trigger, app, request_id, run_key)
             finally:
                 self.running = None
+        if run_id is None:
+            return None
         info = await self._store.run(run_id)
         assert info is not None
         self.last_run = info
@@ -304,12 +379,3 @@ def _evaluations(
         ),
         pairs=PairJudge(client),
     )
-
-
-def _judged_records(verdicts: list[StoredVerdict]) -> list[JudgedRecord]:
-    """Stored verdicts (one per record and criterion) as judged records, oldest first."""
-    grouped: dict[str, tuple[str, float, list[StoredVerdict]]] = {}
-    for v in verdicts:
-        grouped.setdefault(v.record_id, (v.app, v.judged_at, []))[2].append(v)
-    oldest_first = sorted(grouped.items(), key=lambda g: g[1][1])
-    return [JudgedRecord.of(at, app, vs, rid) for rid, (app, at, vs) in oldest_first]

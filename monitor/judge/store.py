@@ -1,67 +1,33 @@
-"""The judge's durable state, in SQLite beside the store: verdicts per record and criterion,
-one row per run (tokens, cost, outcome, anchor agreement), and run requests from
-`lookout judge run-now`, which a running daemon takes within one poll interval.
+"""The judge's durable state as the service sees it: verdicts per record and criterion, one row
+per run (tokens, cost, outcome, anchor agreement), run requests from `lookout judge run-now`,
+and the sample of stored records a run grades.
 
-Sampling reads the store's `records` table on this store's own connection (WAL lets it read
-while the store writes); the sample key is a SQLite function, so a run's candidates are ranked
-in the database and only the picked records are read into memory.
+Two backends implement `JudgeStore` in the storage layer: SQLite beside a node's own store
+(monitor/storage/sqlite_judge.py) and PostgreSQL, shared by a cluster's nodes
+(monitor/storage/pg_judge.py), where a scheduled run's key lets one node per tick in.
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from lookout.detectors.judge import sample_key
-from lookout.monitor.storage.feedback import NEGATIVE_FEEDBACK_SQL
-from lookout.monitor.storage.schema import SQLITE_FEEDBACK
-from lookout.sqlite_thread import SqliteBacked, SqliteThread, dict_rows
+from lookout.errors import StoreError
 
 if TYPE_CHECKING:
-    import sqlite3
-
     from lookout.detectors.judge import Verdict
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS judge_verdicts (
-    record_id TEXT NOT NULL, criterion TEXT NOT NULL, app TEXT NOT NULL, model TEXT NOT NULL,
-    run_id INTEGER NOT NULL, judged_at REAL NOT NULL, passed INTEGER NOT NULL,
-    score REAL NOT NULL, reasoning TEXT NOT NULL, judge_model TEXT NOT NULL,
-    PRIMARY KEY (record_id, criterion)
-);
-CREATE INDEX IF NOT EXISTS judge_verdicts_at ON judge_verdicts (judged_at);
-CREATE TABLE IF NOT EXISTS judge_runs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, started_at REAL NOT NULL, finished_at REAL,
-    trigger TEXT NOT NULL, app TEXT, outcome TEXT NOT NULL DEFAULT 'running',
-    detail TEXT NOT NULL DEFAULT '', judged INTEGER NOT NULL DEFAULT 0,
-    failed INTEGER NOT NULL DEFAULT 0, skipped INTEGER NOT NULL DEFAULT 0,
-    input_tokens INTEGER NOT NULL DEFAULT 0, output_tokens INTEGER NOT NULL DEFAULT 0,
-    cost REAL NOT NULL DEFAULT 0, agreement REAL, anchors INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS judge_runs_started ON judge_runs (started_at);
-CREATE TABLE IF NOT EXISTS judge_requests (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, requested_at REAL NOT NULL, app TEXT,
-    taken_at REAL, run_id INTEGER
-);
-"""
-# The store's table, for a judge store opened before any store has run on this database.
-RECORDS_SCHEMA = """
-CREATE TABLE IF NOT EXISTS records (
-    id TEXT PRIMARY KEY, ts REAL NOT NULL, received_at REAL NOT NULL, app TEXT NOT NULL,
-    model TEXT NOT NULL, provider TEXT, status TEXT NOT NULL, latency_ms REAL, ttft_ms REAL,
-    input_tokens INTEGER, output_tokens INTEGER, cost REAL, prompt TEXT, response TEXT,
-    error TEXT, user_id TEXT, session_id TEXT, metadata TEXT, ood_score REAL, flags TEXT
-);
-"""
-# The store's feedback table, likewise: on PostgreSQL this file holds neither records nor
-# feedback, and sampling finds nothing to judge (docs/judge.md).
-FEEDBACK_SCHEMA = "".join(f"{statement};\n" for statement in SQLITE_FEEDBACK)
-_RUN_COLUMNS = (
+# What a store's failure raises, on either backend: a run ends `failed`, the service goes on.
+STORE_ERRORS = (sqlite3.Error, OSError, StoreError)
+RUN_COLUMNS = (
     "id, started_at, finished_at, trigger, app, outcome, detail, judged, failed, skipped,"
     " input_tokens, output_tokens, cost, agreement, anchors"
+)
+VERDICT_COLUMNS = (
+    "record_id, criterion, app, model, run_id, judged_at, passed, score, reasoning, judge_model"
 )
 
 
@@ -77,6 +43,16 @@ class Candidate:
     metadata: dict[str, Any] | None
     ood_flagged: bool
     disliked: bool = False  # a user gave it negative feedback
+
+    @classmethod
+    def of_row(cls, row: Sequence[Any]) -> Candidate:
+        """From (id, app, model, prompt, response, metadata JSON, flagged, disliked)."""
+        try:
+            meta = json.loads(row[5]) if row[5] else None
+        except ValueError:
+            meta = None
+        data = meta if isinstance(meta, dict) else None
+        return cls(row[0], row[1], row[2], row[3], row[4], data, bool(row[6]), bool(row[7]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,141 +110,27 @@ class RunTotals:
     cost: float = 0.0
 
 
-def _in(column: str, values: Sequence[str], args: list[Any]) -> str:
-    args.extend(values)
-    return f" AND {column} IN ({', '.join('?' * len(values))})"
-
-
-def _candidates(db: sqlite3.Connection, q: SampleQuery) -> list[Candidate]:
-    args: list[Any] = [q.seed, q.since]
-    where = "r.received_at >= ? AND r.response IS NOT NULL AND r.response != ''"
-    for column, values in (("r.app", q.apps), ("r.model", q.models), ("r.status", q.statuses)):
-        if values:
-            where += _in(column, values, args)
-    ood = (
-        "EXISTS (SELECT 1 FROM json_each(r.flags, '$.ood') f"
-        " WHERE json_extract(f.value, '$.flagged'))"
-    )
-    order = "judged"
-    order += ", disliked DESC" if q.feedback_first else ""
-    order += ", flagged DESC" if q.ood_first else ""
-    sql = (
-        "SELECT id, app, model, prompt, response, metadata, flagged, disliked FROM ("
-        f" SELECT *, ROW_NUMBER() OVER (PARTITION BY app ORDER BY {order}, judge_key(id, ?))"
-        " AS rank FROM ("
-        f"  SELECT r.id, r.app, r.model, r.prompt, r.response, r.metadata, {ood} AS flagged,"
-        f"   {NEGATIVE_FEEDBACK_SQL} AS disliked,"
-        "   r.id IN (SELECT record_id FROM judge_verdicts) AS judged"
-        f"  FROM records r WHERE {where}"
-        " )) WHERE rank <= ? ORDER BY app, rank"
-    )
-    # Placeholders bind in the order they appear: the seed's comes before the WHERE clause's.
-    args.append(q.per_app)
-    out = []
-    for row in db.execute(sql, args):
-        try:
-            meta = json.loads(row[5]) if row[5] else None
-        except ValueError:
-            meta = None
-        out.append(
-            Candidate(
-                row[0],
-                row[1],
-                row[2],
-                row[3],
-                row[4],
-                meta if isinstance(meta, dict) else None,
-                bool(row[6]),
-                bool(row[7]),
-            )
-        )
-    return out
-
-
-class JudgeStore(SqliteBacked):
-    def __init__(self, path: Path) -> None:
-        self._sql = SqliteThread(
-            path,
-            schema=RECORDS_SCHEMA + FEEDBACK_SCHEMA + _SCHEMA,
-            synchronous="NORMAL",
-            name="lookout-judge",
-        )
-
-    async def __aenter__(self) -> JudgeStore:
-        await super().__aenter__()
-
-        def register() -> None:
-            # Shifted into SQLite's signed 64-bit integers; the order is unchanged.
-            self._sql.conn().create_function(
-                "judge_key",
-                2,
-                lambda rid, seed: sample_key(str(rid), str(seed)) >> 1,
-                deterministic=True,
-            )
-
-        await self._sql.run(register)
-        return self
+class JudgeStore(Protocol):
+    """The judge's state on one backend. Every method may raise one of `STORE_ERRORS`."""
 
     async def candidates(self, query: SampleQuery) -> list[Candidate]:
         """Up to `per_app` records per app: unjudged first (those with negative feedback, then
         OOD-flagged ones, first if asked), each group in the order of the seeded sample key,
         so the same state picks the same ids."""
-        return await self._sql.run(lambda: _candidates(self._sql.conn(), query))
+        ...
 
-    async def start_run(self, now: float, trigger: str, app: str | None) -> int:
-        def work() -> int:
-            cur = self._sql.conn().execute(
-                "INSERT INTO judge_runs (started_at, trigger, app) VALUES (?, ?, ?)",
-                (now, trigger, app),
-            )
-            return int(cur.lastrowid or 0)
-
-        return await self._sql.run(work)
+    async def start_run(
+        self, now: float, trigger: str, app: str | None, run_key: str | None = None
+    ) -> int | None:
+        """A new run's id; None when `run_key` is already taken (another node's run)."""
+        ...
 
     async def record(
         self, run_id: int, verdicts: Sequence[StoredVerdict], totals: RunTotals
     ) -> None:
         """One judged (or failed, or skipped) record's verdicts and the run's totals so far, in
         one transaction: a crash mid-run keeps what was judged and what it cost."""
-        rows = [
-            (
-                v.record_id,
-                v.criterion,
-                v.app,
-                v.model,
-                v.run_id,
-                v.judged_at,
-                int(v.passed),
-                v.score,
-                v.reasoning,
-                v.judge_model,
-            )
-            for v in verdicts
-        ]
-
-        def work() -> None:
-            db = self._sql.conn()
-            with db:
-                db.execute("BEGIN")
-                if rows:
-                    db.executemany(
-                        "INSERT OR REPLACE INTO judge_verdicts VALUES (?,?,?,?,?,?,?,?,?,?)", rows
-                    )
-                db.execute(
-                    "UPDATE judge_runs SET judged=?, failed=?, skipped=?, input_tokens=?,"
-                    " output_tokens=?, cost=? WHERE id=?",
-                    (
-                        totals.judged,
-                        totals.failed,
-                        totals.skipped,
-                        totals.input_tokens,
-                        totals.output_tokens,
-                        totals.cost,
-                        run_id,
-                    ),
-                )
-
-        await self._sql.run(work)
+        ...
 
     async def finish_run(
         self,
@@ -279,116 +141,54 @@ class JudgeStore(SqliteBacked):
         detail: str = "",
         agreement: float | None = None,
         anchors: int = 0,
-    ) -> None:
-        sql = (
-            "UPDATE judge_runs SET finished_at=?, outcome=?, detail=?, agreement=?, anchors=?"
-            " WHERE id=?"
-        )
-        args = (now, outcome, detail, agreement, anchors, run_id)
-        await self._sql.run(lambda: self._sql.conn().execute(sql, args) and None)
+    ) -> None: ...
 
-    async def interrupt_unfinished(self, now: float) -> int:
-        """Runs a crash or stop left `running`: they are over."""
-        sql = "UPDATE judge_runs SET outcome='interrupted', finished_at=? WHERE outcome='running'"
-        return await self._sql.run(lambda: self._sql.conn().execute(sql, (now,)).rowcount)
+    async def interrupt_unfinished(self, now: float, *, others: bool = False) -> int:
+        """This node's runs a crash or stop left `running`: they are over. `others`: instead
+        the other nodes' (a node that takes the judge role over ends its predecessor's)."""
+        ...
 
-    async def tokens_since(self, since: float) -> int:
-        sql = (
-            "SELECT COALESCE(SUM(input_tokens + output_tokens), 0) FROM judge_runs"
-            " WHERE started_at >= ?"
-        )
-        row = await self._sql.run(lambda: self._sql.conn().execute(sql, (since,)).fetchone())
-        return int(row[0])
+    async def tokens_since(self, since: float) -> int: ...
 
     async def runs(self, limit: int = 20, trigger: str | None = None) -> list[RunInfo]:
-        sql = f"SELECT {_RUN_COLUMNS} FROM judge_runs"
-        args: list[Any] = []
-        if trigger is not None:
-            sql += " WHERE trigger = ?"
-            args.append(trigger)
-        sql += " ORDER BY id DESC LIMIT ?"
-        args.append(limit)
-        rows = await self._sql.run(lambda: self._sql.conn().execute(sql, args).fetchall())
-        return [RunInfo(*row) for row in rows]
+        """Newest first."""
+        ...
 
-    async def run(self, run_id: int) -> RunInfo | None:
-        sql = f"SELECT {_RUN_COLUMNS} FROM judge_runs WHERE id = ?"
-        row = await self._sql.run(lambda: self._sql.conn().execute(sql, (run_id,)).fetchone())
-        return None if row is None else RunInfo(*row)
+    async def runs_after(self, run_id: int, limit: int) -> list[RunInfo]:
+        """The first `limit` runs with a larger id, oldest first."""
+        ...
 
-    async def _verdicts(self, where: str, arg: float | str) -> list[StoredVerdict]:
-        sql = f"SELECT * FROM judge_verdicts WHERE {where}"
-        rows = await self._sql.run(lambda: self._sql.conn().execute(sql, (arg,)).fetchall())
-        return [StoredVerdict(*row) for row in rows]
+    async def run(self, run_id: int) -> RunInfo | None: ...
 
-    async def verdicts_since(self, since: float) -> list[StoredVerdict]:
-        return await self._verdicts("judged_at >= ? ORDER BY judged_at", since)
+    async def verdicts_since(self, since: float) -> list[StoredVerdict]: ...
 
-    async def verdicts_for(self, record_id: str) -> list[StoredVerdict]:
-        return await self._verdicts("record_id = ? ORDER BY criterion", record_id)
+    async def verdicts_of_run(self, run_id: int) -> list[StoredVerdict]: ...
+
+    async def verdicts_for(self, record_id: str) -> list[StoredVerdict]: ...
 
     async def failures(self, limit: int = 20) -> list[dict[str, Any]]:
         """The newest failing verdicts with their records' texts, newest first."""
-        sql = (
-            "SELECT v.record_id, v.app, v.model, v.criterion, v.score, v.reasoning, v.judged_at,"
-            " r.prompt, r.response FROM judge_verdicts v LEFT JOIN records r ON r.id = v.record_id"
-            " WHERE v.passed = 0 ORDER BY v.judged_at DESC LIMIT ?"
-        )
-        return await self._sql.run(lambda: dict_rows(self._sql.conn().execute(sql, (limit,))))
+        ...
 
     async def agreements_since(self, since: float) -> list[tuple[float, float, int]]:
         """(finished_at, agreement, anchor verdicts) of runs that judged anchors."""
-        sql = (
-            "SELECT finished_at, agreement, anchors FROM judge_runs WHERE agreement IS NOT NULL"
-            " AND finished_at >= ? ORDER BY finished_at"
-        )
-        rows = await self._sql.run(lambda: self._sql.conn().execute(sql, (since,)).fetchall())
-        return [(float(r[0]), float(r[1]), int(r[2])) for r in rows]
+        ...
 
     async def request_run(self, now: float, app: str | None) -> int:
         """A run request for the daemon (from `lookout judge run-now`)."""
-
-        def work() -> int:
-            cur = self._sql.conn().execute(
-                "INSERT INTO judge_requests (requested_at, app) VALUES (?, ?)", (now, app)
-            )
-            return int(cur.lastrowid or 0)
-
-        return await self._sql.run(work)
+        ...
 
     async def take_requests(self, now: float) -> list[tuple[int, str | None]]:
-        def work() -> list[tuple[int, str | None]]:
-            db = self._sql.conn()
-            with db:
-                db.execute("BEGIN IMMEDIATE")
-                rows = db.execute(
-                    "SELECT id, app FROM judge_requests WHERE taken_at IS NULL ORDER BY id"
-                ).fetchall()
-                db.execute("UPDATE judge_requests SET taken_at = ? WHERE taken_at IS NULL", (now,))
-            return [(int(r[0]), r[1]) for r in rows]
+        """The requests nobody took yet, each taken once (across nodes), oldest first."""
+        ...
 
-        return await self._sql.run(work)
-
-    async def link_request(self, request_id: int, run_id: int) -> None:
-        sql = "UPDATE judge_requests SET run_id = ? WHERE id = ?"
-        await self._sql.run(lambda: self._sql.conn().execute(sql, (run_id, request_id)) and None)
+    async def link_request(self, request_id: int, run_id: int) -> None: ...
 
     async def request_state(self, request_id: int) -> tuple[float | None, int | None]:
         """(taken_at, run_id) of a request."""
-        sql = "SELECT taken_at, run_id FROM judge_requests WHERE id = ?"
-        row = await self._sql.run(lambda: self._sql.conn().execute(sql, (request_id,)).fetchone())
-        return (None, None) if row is None else (row[0], row[1])
+        ...
 
-    async def prune(self, before: float) -> None:
-        def work() -> None:
-            db = self._sql.conn()
-            with db:
-                db.execute("BEGIN")
-                db.execute("DELETE FROM judge_verdicts WHERE judged_at < ?", (before,))
-                db.execute("DELETE FROM judge_runs WHERE started_at < ?", (before,))
-                db.execute("DELETE FROM judge_requests WHERE requested_at < ?", (before,))
-
-        await self._sql.run(work)
+    async def prune(self, before: float) -> None: ...
 
 
 def stored(

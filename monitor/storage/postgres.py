@@ -9,6 +9,7 @@ noticed in seconds and the group retried on a new connection, not waited on for 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
@@ -26,7 +27,7 @@ from lookout.monitor.storage.pg_outbox import Fenced, PgOutbox
 from lookout.monitor.storage.schema import migrate_postgres
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Mapping
+    from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
     from psycopg import AsyncConnection
 
@@ -115,13 +116,20 @@ class PostgresStore(GroupCommitStore):
                 return await pg_groups.write_group_row_by_row(conn, group, self._node, at, keep)
         return 0
 
-    async def _use(self, work: Callable[[AsyncConnection[Any]], Awaitable[T]]) -> T:
-        """`work` on a pooled connection; the driver's errors as StoreError."""
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[AsyncConnection[Any]]:
+        """A pooled connection (autocommit) for the storage layer's other tables (the judge's);
+        the driver's errors as StoreError."""
         try:
             async with self._pool.connection() as conn:
-                return await work(conn)
+                yield conn
         except psycopg.Error as exc:
             raise StoreError(f"PostgreSQL store at {self._where}: {exc}") from exc
+
+    async def _use(self, work: Callable[[AsyncConnection[Any]], Awaitable[T]]) -> T:
+        """`work` on a pooled connection; the driver's errors as StoreError."""
+        async with self.connection() as conn:
+            return await work(conn)
 
     async def _fetch(self, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
         async def work(conn: AsyncConnection[Any]) -> list[tuple[Any, ...]]:

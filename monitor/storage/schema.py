@@ -149,6 +149,44 @@ _POSTGRES_ALERTING = (
     created_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (channel, alert_key))""",
 )
 
+# The judge's state, shared by the cluster's nodes (monitor/storage/pg_judge.py). A run the
+# schedule started has `run_key` "schedule:<tick>": the unique key lets one node per tick in.
+# `node` is who ran it, so a node's restart ends its own unfinished runs, not another's.
+_POSTGRES_JUDGE = (
+    """CREATE TABLE judge_verdicts (
+    record_id TEXT NOT NULL, criterion TEXT NOT NULL, app TEXT NOT NULL, model TEXT NOT NULL,
+    run_id BIGINT NOT NULL, judged_at DOUBLE PRECISION NOT NULL, passed BOOLEAN NOT NULL,
+    score DOUBLE PRECISION NOT NULL, reasoning TEXT NOT NULL, judge_model TEXT NOT NULL,
+    PRIMARY KEY (record_id, criterion))""",
+    "CREATE INDEX judge_verdicts_at ON judge_verdicts (judged_at)",
+    "CREATE INDEX judge_verdicts_run ON judge_verdicts (run_id)",
+    """CREATE TABLE judge_runs (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, run_key TEXT UNIQUE,
+    node TEXT NOT NULL DEFAULT '', started_at DOUBLE PRECISION NOT NULL,
+    finished_at DOUBLE PRECISION, trigger TEXT NOT NULL, app TEXT,
+    outcome TEXT NOT NULL DEFAULT 'running', detail TEXT NOT NULL DEFAULT '',
+    judged BIGINT NOT NULL DEFAULT 0, failed BIGINT NOT NULL DEFAULT 0,
+    skipped BIGINT NOT NULL DEFAULT 0, input_tokens BIGINT NOT NULL DEFAULT 0,
+    output_tokens BIGINT NOT NULL DEFAULT 0, cost DOUBLE PRECISION NOT NULL DEFAULT 0,
+    agreement DOUBLE PRECISION, anchors BIGINT NOT NULL DEFAULT 0)""",
+    "CREATE INDEX judge_runs_started ON judge_runs (started_at)",
+    """CREATE TABLE judge_requests (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, requested_at DOUBLE PRECISION NOT NULL,
+    app TEXT, taken_at DOUBLE PRECISION, taken_by TEXT, run_id BIGINT)""",
+    """CREATE TABLE judge_reference_scores (
+    record_id TEXT PRIMARY KEY, app TEXT NOT NULL, model TEXT NOT NULL,
+    scored_at DOUBLE PRECISION NOT NULL, string_similarity DOUBLE PRECISION NOT NULL,
+    embedding_similarity DOUBLE PRECISION, embedder TEXT NOT NULL)""",
+    "CREATE INDEX judge_reference_scores_at ON judge_reference_scores (scored_at)",
+    """CREATE TABLE judge_pairs (
+    shadow_id TEXT PRIMARY KEY, production_id TEXT NOT NULL, app TEXT NOT NULL,
+    model TEXT NOT NULL, shadow_model TEXT NOT NULL, run_id BIGINT NOT NULL,
+    judged_at DOUBLE PRECISION NOT NULL, outcome TEXT NOT NULL, production_first TEXT NOT NULL,
+    shadow_first TEXT NOT NULL, reasoning TEXT NOT NULL, judge_model TEXT NOT NULL)""",
+    "CREATE INDEX judge_pairs_at ON judge_pairs (judged_at)",
+    "CREATE INDEX judge_pairs_production ON judge_pairs (production_id)",
+)
+
 # The detectors' references, their windows' checkpoints and the embeddings each node shares
 # for cluster-wide drift (pg_references.py, docs/scale-out.md "Drift and OOD across nodes").
 _POSTGRES_DETECTORS = (
@@ -176,6 +214,7 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "feedback events", _POSTGRES_FEEDBACK),
     Migration(3, "nodes and their heartbeats", _POSTGRES_NODES),
     Migration(4, "outbox, alert states, silences, message threads", _POSTGRES_ALERTING),
+    Migration(5, "judge runs, verdicts, requests, reference scores, pairs", _POSTGRES_JUDGE),
     Migration(
         6, "detector references, window checkpoints, shared drift samples", _POSTGRES_DETECTORS
     ),

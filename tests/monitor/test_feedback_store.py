@@ -129,12 +129,12 @@ async def test_a_store_of_the_release_before_feedback_upgrades_to_it(store_db: S
             db.execute(insert)
         finally:
             db.close()
-        released = [m.version for m in SQLITE_MIGRATIONS]
+        versions_defined = [m.version for m in SQLITE_MIGRATIONS]
     else:
         async with await psycopg.AsyncConnection.connect(store_db.url, autocommit=True) as conn:
             assert await migrate_postgres(conn, POSTGRES_MIGRATIONS[:1]) == 1
             await conn.execute(insert)
-        released = [m.version for m in POSTGRES_MIGRATIONS]
+        versions_defined = [m.version for m in POSTGRES_MIGRATIONS]
     assert store_db.count("SELECT COUNT(*) FROM schema_migrations") == 1
     async with store_of(store_db, CollectorRegistry()) as store:
         assert await store.get_record("r1") is not None
@@ -142,4 +142,4 @@ async def test_a_store_of_the_release_before_feedback_upgrades_to_it(store_db: S
         await store.flush()
         assert len(await store.feedback.for_record("shop", "r1")) == 1
     versions = store_db.query("SELECT version FROM schema_migrations ORDER BY version")
-    assert [v for (v,) in versions] == released
+    assert [v for (v,) in versions] == versions_defined

@@ -5,7 +5,9 @@ record, and a judge_pass_rate rule firing through the alerting pipeline when ver
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import sqlite3
 import subprocess
 import sys
 import uuid
@@ -13,17 +15,19 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import yaml
 from typer.testing import CliRunner
 
 from lookout.monitor.cli.main import app
 from lookout.monitor.config import load_settings
 from lookout.monitor.daemon import Daemon
-from lookout.monitor.judge.store import JudgeStore
 from lookout.monitor.storage import sqlite_path
+from lookout.monitor.storage.sqlite_judge import SqliteJudgeStore as JudgeStore
 from tests.alerts.test_engine import post
 from tests.conftest import Receiver, running, sample_value
 from tests.monitor.test_judge_client import OpenAIServer, server, tool_reply
+from tests.stores import pg_database
 
 __all__ = ["server"]
 
@@ -41,13 +45,19 @@ def grades(helpful: bool) -> Any:
     )
 
 
-def config(tmp_path: Path, server: OpenAIServer, receiver: Receiver) -> Path:
+def config(
+    tmp_path: Path, server: OpenAIServer, receiver: Receiver, store_url: str | None = None
+) -> Path:
     body = {
         "bus": {
             "topics": [f"llm/records/{uuid.uuid4().hex[:10]}/#"],
             "client_id": f"lookout-test-{uuid.uuid4().hex[:8]}",
         },
-        "store": {"url": f"sqlite:///{tmp_path}/lookout.db", "record_sample_rate": 1.0},
+        "store": {
+            "url": store_url or f"sqlite:///{tmp_path}/lookout.db",
+            "local_url": f"sqlite:///{tmp_path}/local.db",
+            "record_sample_rate": 1.0,
+        },
         "api": {"bind": "127.0.0.1:0"},
         "eval_interval": "100ms",
         "detectors": {"enabled": False},
@@ -151,6 +161,40 @@ async def test_run_now_verdicts_and_a_pass_rate_rule_firing(
         runs = await book.runs()
     assert [(r.trigger, r.judged) for r in runs] == [("run-now", 8), ("run-now", 4)]
     assert "sk-judge-secret" not in json.dumps(sent)
+
+
+async def test_on_postgresql_the_judge_samples_the_shared_records_and_takes_run_now(
+    tmp_path: Path, server: OpenAIServer, receiver: Receiver, monkeypatch: Any
+) -> None:
+    monkeypatch.setenv("JUDGE_KEY", "sk-judge-secret")
+    with pg_database() as url:
+        path = config(tmp_path, server, receiver, store_url=url)
+        async with running(Daemon(load_settings(path)), wait_bus=False) as d:
+            records: list[dict[str, object]] = [
+                {"id": f"r-{i}", "app": "bot", "prompt": "Reset?", "response": "Settings."}
+                for i in range(3)
+            ]
+            await post(d, records)
+            await d.store.flush()
+            server.answers = [grades(True)] * 3
+            output = await run_now(path)  # the request goes through PostgreSQL
+            assert "run-now" in output and "done" in output
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{d.api.port}") as http:  # type: ignore[union-attr]
+                stored = (await http.get("/api/v1/records/r-1")).json()
+                status = (await http.get("/api/v1/status")).json()
+        assert [v["criterion"] for v in stored["verdicts"]] == ["helpfulness"]
+        assert status["judge"]["last_run"]["judged"] == 3
+        with psycopg.connect(url, autocommit=True) as conn:
+            rows = conn.execute("SELECT trigger, outcome, judged FROM judge_runs").fetchall()
+        assert rows == [("run-now", "done", 3)]
+    assert not (tmp_path / "local.db").exists() or "judge_runs" not in _tables(
+        tmp_path / "local.db"
+    )
+
+
+def _tables(path: Path) -> set[str]:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
 
 def test_a_judge_that_cannot_be_built_stops_the_start_with_one_clear_line(

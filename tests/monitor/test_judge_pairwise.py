@@ -21,10 +21,10 @@ from lookout.detectors.similarity import embedding_similarity
 from lookout.monitor.config import JudgeConfig
 from lookout.monitor.ingest.records import Record
 from lookout.monitor.judge.client import JudgeClient, chat_model
-from lookout.monitor.judge.eval_store import EvalStore
 from lookout.monitor.judge.service import JudgeService
-from lookout.monitor.judge.store import JudgeStore
 from lookout.monitor.metrics.prices import Price, PriceTable
+from lookout.monitor.storage.sqlite_evals import SqliteEvalStore as EvalStore
+from lookout.monitor.storage.sqlite_judge import SqliteJudgeStore as JudgeStore
 from lookout.redaction import Redactor
 from tests.monitor.test_judge_client import Answer, OpenAIServer, completion, server, tool_reply
 from tests.monitor.test_judging import NOW, store_records

@@ -24,10 +24,11 @@ from lookout.monitor.ingest.records import Record
 from lookout.monitor.judge.anchors import Anchor, load_anchors
 from lookout.monitor.judge.client import JudgeClient, chat_model
 from lookout.monitor.judge.service import JudgeService
-from lookout.monitor.judge.store import JudgeStore, RunTotals, SampleQuery, StoredVerdict
+from lookout.monitor.judge.store import RunTotals
 from lookout.monitor.metrics.prices import Price, PriceTable
 from lookout.monitor.metrics.prom import IngestMetrics
 from lookout.monitor.storage.sqlite import SqliteStore
+from lookout.monitor.storage.sqlite_judge import SqliteJudgeStore as JudgeStore
 from lookout.redaction import Redactor
 from tests.conftest import eventually
 from tests.monitor.test_judge_client import OpenAIServer, server, tool_reply
@@ -101,50 +102,6 @@ async def judging(
         )
         async with service:
             yield service
-
-
-async def test_sampling_is_deterministic_prefers_unjudged_and_filters(tmp_path: Path) -> None:
-    path = tmp_path / "lookout.db"
-    records = [
-        record(i, app, model)
-        for i in range(40)
-        for app, model in (("bot", "m1"), ("bot", "m2"), ("help", "m1"))
-    ]
-    records += [record(100 + i, "bot", "m1", "error") for i in range(5)]
-    await store_records(path, records, flagged=("bot-m1-7", "help-m1-33"))
-    async with JudgeStore(path) as book:
-        q = SampleQuery(since=NOW - 3600, per_app=5, seed="s1")
-        first = await book.candidates(q)
-        assert [c.id for c in first] == [c.id for c in await book.candidates(q)]
-        assert [c.app for c in first] == ["bot"] * 5 + ["help"] * 5
-        other_seed = await book.candidates(SampleQuery(since=NOW - 3600, per_app=5, seed="s2"))
-        assert {c.id for c in other_seed} != {c.id for c in first}
-        # Filters: app, model, status (error records have no response: never sampled).
-        only = await book.candidates(
-            SampleQuery(since=NOW - 3600, per_app=50, seed="s1", apps=["bot"], models=["m2"])
-        )
-        assert len(only) == 40 and {c.model for c in only} == {"m2"}
-        errors = await book.candidates(
-            SampleQuery(since=NOW - 3600, per_app=50, seed="s1", statuses=["error"])
-        )
-        assert errors == []
-        assert await book.candidates(SampleQuery(since=NOW, per_app=5, seed="s1")) == []
-        # Judged records go to the back of the line.
-        run_id = await book.start_run(NOW, "manual", None)
-        await book.record(
-            run_id,
-            [
-                StoredVerdict(c.id, "helpfulness", c.app, c.model, run_id, NOW, True, 1.0, "", "j")
-                for c in first
-            ],
-            RunTotals(),
-        )
-        second = await book.candidates(q)
-        assert not {c.id for c in second} & {c.id for c in first}
-        ood = await book.candidates(
-            SampleQuery(since=NOW - 3600, per_app=1, seed="s1", ood_first=True)
-        )
-        assert [(c.id, c.ood_flagged) for c in ood] == [("bot-m1-7", True), ("help-m1-33", True)]
 
 
 async def test_a_run_stores_verdicts_and_feeds_the_series(tmp_path: Path) -> None:
