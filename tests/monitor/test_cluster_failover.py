@@ -156,7 +156,7 @@ def alert_and_judge(hook_url: str, judge_url: str) -> dict[str, Any]:
                 "where": {"app": "shop"},
                 "window": "5m",
                 "op": ">",
-                "threshold": 0.8,
+                "threshold": 0.3,  # p95 of the first 300 records: ~0.38 s
                 "for": "30s",
                 "min_samples": 1,
                 "channels": ["hook"],
@@ -219,7 +219,7 @@ async def test_a_rule_and_the_judge_through_a_leaders_kill_9(
         async with cluster(tmp_path, private_broker, topic_root, url, **extra) as nodes:
             await every_role_held_by(nodes, nodes, timeout_s=15)
             started = time.time()
-            await publish(private_broker, topic_root, 0, 300)  # shop: p95 ~1 s and above
+            await publish(private_broker, topic_root, 0, 300)  # shop: p95 ~0.38 s
             await eventually(lambda: stored(db) >= 300, timeout_s=60)
             # Pending on the leader; kill it before `for: 30s` has passed.
             holders = await role_holders(nodes)
