@@ -167,6 +167,23 @@ def _pair_candidates(db: sqlite3.Connection, q: PairQuery) -> list[PairCandidate
     ]
 
 
+def _unpaired_shadows(db: sqlite3.Connection, q: PairQuery) -> int:
+    """Shadow records the query would look at whose production record is not stored (never
+    sent, in another app, or not kept: the store samples both halves alike, so mostly the
+    former two), not graded yet."""
+    args: list[Any] = [q.since, f'"{q.shadow_key}"']
+    only = _apps("s", q.apps, args)
+    names = _meta("s", q.shadow_key, args)
+    other = _meta("s", q.shadow_key, args)
+    sql = (
+        f"SELECT COUNT(*) FROM records s WHERE s.received_at >= ? AND instr(s.metadata, ?) > 0"
+        f"{only} AND typeof({names}) = 'text' AND NOT EXISTS (SELECT 1 FROM records p"
+        f" WHERE p.id = {other} AND p.app = s.app)"
+        " AND s.id NOT IN (SELECT shadow_id FROM judge_pairs)"
+    )
+    return int(db.execute(sql, args).fetchone()[0])
+
+
 class EvalStore(SqliteBacked):
     def __init__(self, path: Path) -> None:
         self._sql = SqliteThread(
@@ -199,6 +216,10 @@ class EvalStore(SqliteBacked):
                 )
 
         await self._sql.run(work)
+
+    async def unpaired_shadows(self, query: PairQuery) -> int:
+        """How many shadow records in the query's reach name no stored production record."""
+        return await self._sql.run(lambda: _unpaired_shadows(self._sql.conn(), query))
 
     async def put_pair(self, pair: StoredPair) -> None:
         sql = "INSERT OR REPLACE INTO judge_pairs VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
