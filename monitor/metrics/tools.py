@@ -155,8 +155,8 @@ class ToolWindows:
     def observe_many(self, app: str, records: Sequence[Uses], now: float) -> None:
         """`observe` for each record, all of `app` at `now` (a message's records): the same
         counts, and the same latencies in the same order per (app, tool label), gathered per
-        label and added once per label. About 0.2 us a record with one tool call and a
-        retrieval, in batches of 50 (docs/benchmarks.md)."""
+        label and added once per label. About 5k instructions a record with one tool call and a
+        retrieval in batches of 50, half the per-record path's (docs/benchmarks.md)."""
         if len(records) < _MANY:
             for record in records:
                 self.observe(app, record.tools, record.retrieval, now)
