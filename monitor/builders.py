@@ -67,6 +67,7 @@ def build_pipeline(
         decode_limits(settings),
         sample_rate=settings.store.record_sample_rate,
         dedupe_ids=settings.metrics.dedupe_ids,
+        shadow_key=settings.judge.shadow_key,
     )
 
 
@@ -189,10 +190,10 @@ def build_usage(  # noqa: PLR0917 - the pipeline it feeds from and where its par
     pipeline.route = feedback.route
     engagement = build_engagement(settings, registry, now)
     if engagement is not None:
-        pipeline.engagement = engagement.observe
+        pipeline.engagement = engagement.observe_many
     tool_use = build_tool_use(settings, windows, registry, now)
     if tool_use is not None:
-        pipeline.tool_use = tool_use.observe
+        pipeline.tool_use = tool_use.observe_many
     return Usage(feedback, engagement, tool_use)
 
 

@@ -14,12 +14,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from lookout.monitor.ingest.records import DecodeLimits, Record, Rejection, decode_payload
-from lookout.monitor.ingest.tool_use import Retrieval, ToolCall
+from lookout.monitor.ingest.sampling import RecordSampler
 from lookout.monitor.metrics.partials import partial_rows
 from lookout.monitor.metrics.prices import PriceTable
 from lookout.monitor.metrics.prom import IngestMetrics
 from lookout.monitor.metrics.windows import WindowedMetrics
 from lookout.monitor.storage import Store
+
+# (folded app, records of that app, their time): records counted one after another.
+UsageHook = Callable[[str, list[Record], float], None]
 
 
 class RecentIds:
@@ -87,29 +90,27 @@ class Pipeline:
         sample_rate: float,
         dedupe_ids: int,
         rng: random.Random | None = None,
+        shadow_key: str = "shadow_of",
     ) -> None:
         self.windows = windows
         self._prices = prices
         self._prom = prom
         self._store = store
         self._limits = limits
-        self._sample_rate = sample_rate
+        self._sampler = RecordSampler(sample_rate, shadow_key, (rng or random.Random()).random)
         self._recent = RecentIds(dedupe_ids)
         self._recent_capacity = dedupe_ids
         store.on_group_close(self._close_group)
         self._totals = prom.totals
         windows.on_release.append(prom.totals.forget_apps)
-        self._random = (rng or random.Random()).random
         # Set by the daemon when detectors run: sees every counted record (it samples itself),
         # with the id it was stored under, if it was.
         self.detector: Callable[[Record, float, str | None, float], None] | None = None
-        # Set by the daemon: sees the (folded app, user_id, session_id) of each counted record
-        # that has either (engagement); records without them never reach it.
-        self.engagement: Callable[[str, str | None, str | None, float], None] | None = None
-        # Set by the daemon: sees the tools and retrieval of each counted record that has them.
-        self.tool_use: (
-            Callable[[str, list[ToolCall] | None, Retrieval | None, float], None] | None
-        ) = None
+        # Set by the daemon: engagement and tool use. Each sees the counted records that carry
+        # any of user_id, session_id, tools or retrieval, a message's run of one (folded) app
+        # and time at once (a call per record cost more than their windows' own work).
+        self.engagement: UsageHook | None = None
+        self.tool_use: UsageHook | None = None
         # Set by the daemon: takes the messages of other kinds by topic (feedback), None else.
         self.route: Callable[[bytes, str, str, float], IngestResult | None] | None = None
 
@@ -164,16 +165,42 @@ class Pipeline:
         messages[source] = messages.get(source, 0) + 1
         decoded = decode_payload(payload, topic, now, self._limits)
         rejected = [self._count_rejection(r, source, now) for r in decoded.rejections]
-        accepted = duplicates = 0
-        for record in decoded.records:
-            if self.process_record(record, record.ts if event_time else now):
-                accepted += 1
-            else:
-                duplicates += 1
+        accepted, duplicates = self._count_all(decoded.records, now if not event_time else None)
         if not (event_time and decoded.records):
             return IngestResult(accepted, duplicates, rejected)
         stamps = [r.ts for r in decoded.records]
         return IngestResult(accepted, duplicates, rejected, min(stamps), max(stamps))
+
+    def _count_all(self, records: list[Record], now: float | None) -> tuple[int, int]:
+        """Count a message's records at `now` (None: each at its own ts); (accepted, duplicates).
+        Those with usage fields go to engagement and tool use in runs of one app and time."""
+        accepted = duplicates = 0
+        usage = self.engagement is not None or self.tool_use is not None
+        run: list[Record] = []
+        run_app, run_at = "", 0.0
+        for record in records:
+            at = record.ts if now is None else now
+            app = self.process_record(record, at)
+            if app is None:
+                duplicates += 1
+                continue
+            accepted += 1
+            if usage and (record.user_id or record.session_id or record.tools or record.retrieval):
+                if app == run_app and at == run_at:
+                    run.append(record)
+                else:
+                    if run:
+                        self._observe_usage(run_app, run, run_at)
+                    run, run_app, run_at = [record], app, at
+        if run:
+            self._observe_usage(run_app, run, run_at)
+        return accepted, duplicates
+
+    def _observe_usage(self, app: str, records: list[Record], now: float) -> None:
+        if self.engagement is not None:
+            self.engagement(app, records, now)
+        if self.tool_use is not None:
+            self.tool_use(app, records, now)
 
     def reject(self, rejection: Rejection, source: str, now: float) -> IngestResult:
         """Count a message refused before decoding (an HTTP body over the size limit)."""
@@ -186,11 +213,12 @@ class Pipeline:
         self._store.put_rejected(rejection, source, now)
         return rejection.reason.value, rejection.detail
 
-    def process_record(self, record: Record, now: float) -> bool:
-        """Count one record; False when it is a redelivery of one already counted."""
+    def process_record(self, record: Record, now: float) -> str | None:
+        """Count one record, under the app label it returns; None when it is a redelivery of
+        one already counted."""
         if record.id is not None and self._recent.seen(record.app, record.id):
             self._prom.duplicates.inc()
-            return False
+            return None
         key = self.windows.labels_for(record.app, record.model)
         error = record.status == "error"
         latency_ms = record.latency_ms
@@ -215,12 +243,8 @@ class Pipeline:
             totals.output_tokens += output_tokens
         totals.cost += cost
         stored_id = None
-        if error or self._random() < self._sample_rate:
+        if error or self._sampler.keep(record.id, record.metadata):
             stored_id = self._store.put_record(record, cost)
         if self.detector is not None:
             self.detector(record, now, stored_id, cost)
-        if self.engagement is not None and (record.user_id or record.session_id):
-            self.engagement(key[0], record.user_id, record.session_id, now)
-        if self.tool_use is not None and (record.tools or record.retrieval):
-            self.tool_use(key[0], record.tools, record.retrieval, now)
-        return True
+        return key[0]

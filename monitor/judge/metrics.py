@@ -42,6 +42,12 @@ class JudgeMetrics:
             "Shadow pairs by outcome (shadow, production, tie, inconsistent, failed, skipped)",
             ("outcome",),
         )
+        self.incomplete_pairs = Gauge(
+            "lookout_judge_incomplete_pairs",
+            "Shadow records within judge.lookback, not graded, whose production record is not"
+            " stored (skipped), as of the last run",
+            registry=registry,
+        )
         self.reference_scores = counter(
             "lookout_judge_reference_scores_total", "Records scored against a reference answer"
         )

@@ -265,6 +265,10 @@ class JudgeRunner:
             per_app=cfg.pairs_per_run,
             apps=[app] if app else cfg.apps,
         )
+        incomplete = await self._evals.store.unpaired_shadows(query)
+        self._m.incomplete_pairs.set(incomplete)
+        if incomplete:
+            log.info("judge_pairs_incomplete", shadows=incomplete, apps=list(query.apps))
         return await self._evals.store.pair_candidates(query)
 
     async def _judge_pair(self, run: _RunState, pair: PairCandidate, budget: TokenBudget) -> None:

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from typing import NamedTuple, Protocol
 
 import datasketches
 from fastdigest import TDigest
@@ -28,6 +29,20 @@ from lookout.series import SeriesPoint
 _HLL = datasketches.tgt_hll_type.HLL_8
 _CENTROIDS = 100
 _SEEN_USERS = 1024
+
+
+class Ids(Protocol):
+    """What engagement reads of a record."""
+
+    @property
+    def user_id(self) -> str | None: ...
+    @property
+    def session_id(self) -> str | None: ...
+
+
+class _Request(NamedTuple):
+    user_id: str | None
+    session_id: str | None
 
 
 class _Bucket:
@@ -85,37 +100,55 @@ class EngagementWindows:
         self.evicted = 0
 
     def observe(self, app: str, user_id: str | None, session_id: str | None, now: float) -> None:
-        """One request of `app` (folded label) at `now` by a user, in a session (either None).
-        On the ingest path: about 0.3 us of CPU with both ids (docs/benchmarks.md)."""
+        """One request of `app` (folded label) at `now` by a user, in a session (either None)."""
+        self.observe_many(app, [_Request(user_id, session_id)], now)
+
+    def observe_many(self, app: str, records: Sequence[Ids], now: float) -> None:
+        """`observe` for each record in turn, all of `app` at `now` (a message's records):
+        the same updates in the same order, with the bucket and the app's sessions looked up
+        once. About 2.5k instructions a record with both ids in batches of 50, half the
+        per-record path's (docs/benchmarks.md)."""
         bucket = self._current.get(app)
         if bucket is None or not bucket.start <= now < bucket.end:
             bucket = self._bucket(app, now)
-        if user_id is not None:
-            seen = bucket.seen_users
-            if seen is None or user_id not in seen:
-                if seen is not None and len(seen) < _SEEN_USERS:
-                    seen.add(user_id)
-                users = bucket.users
-                if users is None:
-                    users = bucket.users = datasketches.hll_sketch(self.lg_k, _HLL)
-                users.update(user_id)
-        if session_id is None:
-            return
+        # Neither changes below: a session ending (in `_start`) lands in a bucket at or
+        # before `now`'s, so this app's current bucket stays the same one.
+        seen = bucket.seen_users
         open_of_app = self._open.get(app)
         if open_of_app is None:
             open_of_app = self._open[app] = {}
-        session = open_of_app.get(session_id)
-        if session is None or now - session[1] > self.idle_gap_s:
-            self._start(app, session_id, session, now)
-        elif now >= session[1]:
-            if session[1] >= bucket.start:  # already in this bucket's sketch
+        start, gap = bucket.start, self.idle_gap_s
+        for record in records:
+            user_id = record.user_id
+            if user_id is not None and (seen is None or user_id not in seen):
+                self._new_user(bucket, user_id)
+            session_id = record.session_id
+            if session_id is None:
+                continue
+            session = open_of_app.get(session_id)
+            if session is None or now - session[1] > gap:
+                self._start(app, session_id, session, now)
+            elif now >= session[1]:
+                if session[1] >= start:  # already in this bucket's sketch
+                    session[1] = now
+                    session[2] += 1
+                    continue
                 session[1] = now
                 session[2] += 1
-                return
-            session[1] = now
-            session[2] += 1
-        else:
-            session[2] += 1  # out of order (a replay): counted, its length unchanged
+            else:
+                session[2] += 1  # out of order (a replay): counted, its length unchanged
+            self._new_session(bucket, session_id)
+
+    def _new_user(self, bucket: _Bucket, user_id: str) -> None:
+        seen = bucket.seen_users
+        if seen is not None and len(seen) < _SEEN_USERS:
+            seen.add(user_id)
+        users = bucket.users
+        if users is None:
+            users = bucket.users = datasketches.hll_sketch(self.lg_k, _HLL)
+        users.update(user_id)
+
+    def _new_session(self, bucket: _Bucket, session_id: str) -> None:
         sessions = bucket.sessions
         if sessions is None:
             sessions = bucket.sessions = datasketches.hll_sketch(self.lg_k, _HLL)

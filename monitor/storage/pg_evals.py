@@ -101,6 +101,24 @@ class PgEvalStore:
         )
         return [PairCandidate.of_row(row) for row in await self._rows(sql, args)]
 
+    async def unpaired_shadows(self, query: PairQuery) -> int:
+        q = query
+        args: dict[str, Any] = {
+            "shadow_key": q.shadow_key,
+            "quoted": f'"{q.shadow_key}"',
+            "since": q.since,
+        }
+        only = _apps("s", q.apps, args)
+        name = _text("s", "shadow_key")
+        sql = (
+            "SELECT COUNT(*) FROM records s WHERE s.received_at >= %(since)s"
+            f" AND strpos(s.metadata, %(quoted)s) > 0{only} AND {name} IS NOT NULL"
+            f" AND NOT EXISTS (SELECT 1 FROM records p WHERE p.id = {name} AND p.app = s.app)"
+            " AND NOT EXISTS (SELECT 1 FROM judge_pairs j WHERE j.shadow_id = s.id)"
+        )
+        (row,) = await self._rows(sql, args)
+        return int(row[0])
+
     async def put_reference_scores(self, scores: Sequence[ReferenceScore]) -> None:
         if not scores:
             return

@@ -97,6 +97,23 @@ def _pair_candidates(db: sqlite3.Connection, q: PairQuery) -> list[PairCandidate
     return [PairCandidate.of_row(row) for row in rows]
 
 
+def _unpaired_shadows(db: sqlite3.Connection, q: PairQuery) -> int:
+    """Shadow records the query would look at whose production record is not stored, not
+    graded yet (the store samples both halves of a pair alike: mostly never sent, or in
+    another app)."""
+    args: list[Any] = [q.since, f'"{q.shadow_key}"']
+    only = _apps("s", q.apps, args)
+    names = _meta("s", q.shadow_key, args)
+    other = _meta("s", q.shadow_key, args)
+    sql = (
+        f"SELECT COUNT(*) FROM records s WHERE s.received_at >= ? AND instr(s.metadata, ?) > 0"
+        f"{only} AND typeof({names}) = 'text' AND NOT EXISTS (SELECT 1 FROM records p"
+        f" WHERE p.id = {other} AND p.app = s.app)"
+        " AND s.id NOT IN (SELECT shadow_id FROM judge_pairs)"
+    )
+    return int(db.execute(sql, args).fetchone()[0])
+
+
 class SqliteEvalStore(SqliteBacked):
     def __init__(self, path: Path) -> None:
         self._sql = SqliteThread(
@@ -116,6 +133,9 @@ class SqliteEvalStore(SqliteBacked):
         """Up to `per_app` ungraded shadow records per app whose production record (named by
         `metadata[shadow_key]`, same app) is stored with a response, newest first."""
         return await self._sql.run(lambda: _pair_candidates(self._sql.conn(), query))
+
+    async def unpaired_shadows(self, query: PairQuery) -> int:
+        return await self._sql.run(lambda: _unpaired_shadows(self._sql.conn(), query))
 
     async def put_reference_scores(self, scores: Sequence[ReferenceScore]) -> None:
         rows = [astuple(s) for s in scores]

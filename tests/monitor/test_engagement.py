@@ -4,8 +4,9 @@ the idle gap, over HTTP into a running daemon."""
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import datasketches
 import httpx
@@ -99,3 +100,29 @@ async def test_engagement_series_over_http_in_status_and_metrics(
         assert sample_value(d, "lookout_active_users", {"app": "web"}) == 3.0
         assert sample_value(d, "lookout_requests_per_session", {"app": "web"}) == 4 / 3
         assert sample_value(d, "lookout_sessions_evicted_total") == 0.0
+
+
+def test_a_message_of_records_at_once_counts_as_the_records_one_by_one() -> None:
+    """The ingest path hands a message's records over together: sessions that end, start again
+    after the gap, arrive out of order or are evicted come out the same as one at a time."""
+    rng = random.Random(5)
+    one, many = (
+        EngagementWindows(bucket_s=60, idle_gap_s=300, max_open_sessions=60) for _ in range(2)
+    )
+    at = T0
+    for _ in range(400):
+        at += rng.choice([0.0, 2.0, 45.0, 400.0, -30.0])  # -30: a replayed, older message
+        records = [
+            Ids(rng.choice([None, f"u{rng.randint(0, 3000)}"]), rng.choice([None, f"s{i}"]))
+            for i in (rng.randint(0, 300) for _ in range(rng.randint(1, 40)))
+        ]
+        for r in records:
+            one.observe("shop", r.user_id, r.session_id, at)
+        many.observe_many("shop", records, at)
+    assert many.points(3600, at) == one.points(3600, at)
+    assert many.evicted == one.evicted > 0
+
+
+class Ids(NamedTuple):
+    user_id: str | None
+    session_id: str | None

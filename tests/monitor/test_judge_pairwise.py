@@ -162,6 +162,8 @@ async def test_pairs_are_graded_in_both_orders_into_the_preference(
         ("bot-p-1", "shadow", "B", "A")
     ]
     assert registry.get_sample_value("lookout_judge_pairs_total", {"outcome": "shadow"}) == 3
+    # The two shadows whose production record is not stored were skipped, and counted.
+    assert registry.get_sample_value("lookout_judge_incomplete_pairs") == 2
     # Graded pairs are not graded again; the series come back from the store at start.
     async with judging(path, server, FakeClock(NOW + 1)) as service:
         assert points(service, "judge_preference") == {PREFERENCE: (1.0, 3)}

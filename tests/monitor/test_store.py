@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import random
+import json
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -35,7 +35,6 @@ def store_of(db: StoreDb, registry: CollectorRegistry, clock: FakeClock, **cfg: 
 async def test_sample_rate_keeps_a_share_of_ok_records_and_every_error(store_db: StoreDb) -> None:
     clock = FakeClock(T0)
     daemon = Daemon(settings(store_db, record_sample_rate=0.2), clock=clock)
-    daemon.pipeline._random = random.Random(3).random
     async with daemon.store:
         for i in range(1000):
             error = ', "error": "boom"' if i % 10 == 0 else ""
@@ -46,6 +45,35 @@ async def test_sample_rate_keeps_a_share_of_ok_records_and_every_error(store_db:
         oks = store_db.count("SELECT COUNT(*) FROM records WHERE status='ok'")
     assert errors == 100
     assert 140 <= oks <= 220  # 20% of 900
+
+
+async def test_a_shadow_record_is_stored_exactly_when_its_production_record_is(
+    store_db: StoreDb,
+) -> None:
+    """At any sample rate the judge finds both halves of a shadow pair, or neither."""
+    clock = FakeClock(T0)
+    daemon = Daemon(settings(store_db, record_sample_rate=0.3), clock=clock)
+    async with daemon.store:
+        for i in range(1000):
+            production = {"id": f"req-{i}", "model": "gpt-4o-mini", "response": "Settings."}
+            shadow = {
+                "id": f"shadow-{i}",
+                "model": "claude-haiku",
+                "response": "Open Settings > Reset.",
+                "metadata": {"tenant": "acme", "shadow_of": f"req-{i}"},
+            }
+            # Either half may come first, alone or in a batch with the other.
+            pair = [production, shadow] if i % 3 else [shadow, production]
+            bodies = [pair] if i % 2 else pair
+            for body in bodies:
+                payload = json.dumps(body).encode()
+                daemon.pipeline.process_payload(payload, "llm/records/bot", "mqtt", clock.now())
+        await daemon.store.flush()
+        stored = {row[0] for row in store_db.query("SELECT id FROM records WHERE app = 'bot'")}
+    shadows = {s for s in stored if s.startswith("shadow-")}
+    productions = stored - shadows
+    assert {f"req-{s.removeprefix('shadow-')}" for s in shadows} == productions
+    assert 250 <= len(productions) <= 350  # 30% of 1,000
 
 
 async def test_every_completed_minute_is_rolled_up(store_db: StoreDb) -> None:

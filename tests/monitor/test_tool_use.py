@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from langchain_core.documents import Document
@@ -120,3 +121,37 @@ async def test_a_langchain_agent_run_fills_tools_and_retrieval_into_the_series(
     assert series[("tool_error_rate", "order_status")]["value"] == 0.0
     assert series[("tool_latency_p95", "order_status")]["value"] >= 0.0
     assert series[("retrieval_latency_p95", None)]["app"] == topic_root
+
+
+def test_a_message_of_records_at_once_counts_as_the_records_one_by_one() -> None:
+    """The ingest path hands a message's records over together; every series (tool labels past
+    the cap, latencies past a digest batch, a tool named like the retrieval cell) is the same
+    as one record at a time."""
+    rng = random.Random(7)
+    names = [f"tool-{i}" for i in range(8)] + ["retrieval"]
+    one, many = (ToolWindows(lambda w, now: {"bot": 500}, max_tools=4) for _ in range(2))
+    for message in range(300):
+        at = T0 + message * rng.choice([0.0, 0.4, 7.0])
+        records = [
+            Use(
+                [
+                    ToolCall(rng.choice(names[: 8 + message % 2]), rng.choice([None, 30.0, 90.0]))
+                    for _ in range(rng.randint(0, 3))
+                ]
+                or None,
+                Retrieval(rng.choice([None, 12.0]), rng.choice([None, 0, 3]))
+                if rng.random() < 0.7
+                else None,
+            )
+            for _ in range(rng.randint(1, 60))
+        ]
+        for r in records:
+            one.observe("bot", r.tools, r.retrieval, at)
+        many.observe_many("bot", records, at)
+    now = T0 + 300 * 7.0
+    assert many.points(3600, now) == one.points(3600, now) and many.folded == one.folded > 0
+
+
+class Use(NamedTuple):
+    tools: list[ToolCall] | None
+    retrieval: Retrieval | None
