@@ -22,7 +22,8 @@ from lookout.series import SeriesPoint
 ROLLUP_S = 60
 # Past the minute's end before rolling it up, so records stamped at its end are in.
 SETTLE_S = 2.0
-SeriesFn = Callable[[float, float], list[SeriesPoint]]  # (window_s, now) -> points
+SeriesFn = Callable[[float, float], list[SeriesPoint]]
+_JUST_BEFORE_S = 1e-3  # (window_s, now) -> points
 Sleep = Callable[[float], Awaitable[None]]
 
 
@@ -121,8 +122,11 @@ class RollupService:
             minute += ROLLUP_S
         if self._written_until < complete:
             # The detector and judge series have no history to replay: their value now stands
-            # for the minute just completed.
-            points = self.extra_points(complete - ROLLUP_S, now)
+            # for the minute just completed. Read as of that minute's end: series kept in
+            # minute buckets (engagement, tools, feedback) count the buckets that start within
+            # the window, and at `now` a minute's window would hold the new minute's first
+            # seconds instead of the completed one.
+            points = self.extra_points(complete - ROLLUP_S, min(now, complete - _JUST_BEFORE_S))
             self._store.put_rollups(points)
             written += len(points)
         self._written_until = max(minute, complete)

@@ -9,6 +9,7 @@ from pathlib import Path
 from lookout.clock import FakeClock
 from lookout.monitor.config import Settings
 from lookout.monitor.daemon import Daemon
+from lookout.monitor.metrics.engagement import EngagementWindows
 from lookout.monitor.metrics.rollups import SETTLE_S, RollupService
 from lookout.monitor.storage import RollupPoint, Store
 from lookout.series import SeriesPoint
@@ -140,3 +141,31 @@ def test_a_series_per_model_also_gets_a_row_over_all_models_for_the_charts(
         ("a", "judge_preference:next", 1.0),
         ("b", "judge_preference:next", -1.0),
     ]
+
+
+class Rows:
+    def __init__(self) -> None:
+        self.points: list[RollupPoint] = []
+
+    def put_rollups(self, points: list[RollupPoint]) -> None:
+        self.points += points
+
+    async def flush(self) -> None:
+        pass
+
+
+def test_a_completed_minutes_engagement_row_counts_that_minute_not_the_next_ones_start(
+    tmp_path: Path,
+) -> None:
+    """Rolled up a few seconds after the minute ends, the row holds the minute's 30 users,
+    not the 1 user of the new minute's first seconds."""
+    engagement = EngagementWindows(bucket_s=60.0, max_window_s=3600.0)
+    for i in range(30):
+        engagement.observe("bot", f"user-{i}", None, T0 + i)
+    engagement.observe("bot", "early-bird", None, T0 + 61)
+    settings = Settings.model_validate({"store": {"url": f"sqlite:///{tmp_path}/r.db"}})
+    d = Daemon(settings, clock=FakeClock(T0 + 30))  # the service starts in the minute
+    rows = Rows()
+    RollupService(d.windows, rows, d.clock, extra_series=engagement.points).write(T0 + 62)
+    users = [(p.minute, p.value) for p in rows.points if p.series == "active_users"]
+    assert users == [(T0, 30.0)]
