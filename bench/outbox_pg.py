@@ -21,7 +21,7 @@ import psycopg
 from prometheus_client import CollectorRegistry, Counter
 
 from lookout.alerts.delivery import ChannelDelivery
-from lookout.alerts.outbox import Outbox, OutboxEntry, SqliteOutbox
+from lookout.alerts.outbox import Outbox, OutboxEntry
 from lookout.alerts.payload import Outcome
 from lookout.clock import SystemClock
 from lookout.monitor.cluster.leadership import Role
@@ -29,6 +29,7 @@ from lookout.monitor.config import Settings
 from lookout.monitor.metrics.prom import IngestMetrics
 from lookout.monitor.storage.pg_leases import PgRoleLock
 from lookout.monitor.storage.postgres import PostgresStore
+from lookout.monitor.storage.sqlite_outbox import SqliteOutbox
 
 ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 

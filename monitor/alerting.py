@@ -15,13 +15,14 @@ from prometheus_client import CollectorRegistry
 
 from lookout.alerts.engine import AlertEngine, ChannelNotifier
 from lookout.alerts.notifiers import build_notifier
-from lookout.alerts.outbox import Outbox, SqliteOutbox
+from lookout.alerts.outbox import Outbox
 from lookout.clock import SystemClock
 from lookout.monitor.anomaly import AnomalyBook
 from lookout.monitor.cluster.leadership import Role
 from lookout.monitor.cluster.node import cluster_enabled
 from lookout.monitor.metrics.prom import IngestMetrics
 from lookout.monitor.storage import Store, open_store
+from lookout.monitor.storage.sqlite_outbox import SqliteOutbox
 
 if TYPE_CHECKING:
     from lookout.alerts.rules import SeriesSource

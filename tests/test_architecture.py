@@ -279,6 +279,33 @@ def test_no_merge_conflict_markers_are_left() -> None:
     assert not left, "merge conflict markers at:\n  " + "\n  ".join(sorted(left))
 
 
+# SQL statements in string constants: only the storage layer writes (and reads) tables.
+_SQL_STATEMENT = re.compile(
+    r"^\s*(INSERT\s+(OR\s+\w+\s+)?INTO|CREATE\s+(UNIQUE\s+)?(TABLE|INDEX)|DELETE\s+FROM|"
+    r"UPDATE\s+\w+\s+SET|ALTER\s+TABLE|DROP\s+TABLE|SELECT\s.+\sFROM\s)",
+    re.IGNORECASE | re.DOTALL,
+)
+_STORAGE = "lookout.monitor.storage"
+# Not SQL the module runs: text that only looks like it.
+_SQL_LOOKALIKES = {
+    "lookout.monitor.demo.traffic",  # an out-of-distribution prompt of the demo's traffic
+    "lookout.sqlite_thread",  # the SQLite thread: settings and its callers' added columns
+}
+
+
+def test_no_module_outside_the_storage_layer_writes_sql() -> None:
+    found = [
+        f"{module.relative}:{node.lineno}"
+        for name, module in modules().items()
+        if not _inside(name, _STORAGE) and name not in _SQL_LOOKALIKES
+        for node in ast.walk(ast.parse(module.path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and _SQL_STATEMENT.match(node.value)
+    ]
+    assert not found, "SQL outside monitor/storage:\n  " + "\n  ".join(sorted(found))
+
+
 @pytest.mark.parametrize(
     ("importer", "source", "expected"),
     [

@@ -9,7 +9,6 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from lookout.alerts.outbox import SqliteOutbox
 from lookout.clock import FakeClock
 from lookout.monitor.cluster.leadership import Role
 from lookout.monitor.config import Settings
@@ -17,6 +16,7 @@ from lookout.monitor.metrics.prom import IngestMetrics
 from lookout.monitor.storage.pg_leases import PgRoleLock
 from lookout.monitor.storage.pg_outbox import PgOutbox
 from lookout.monitor.storage.postgres import PostgresStore
+from lookout.monitor.storage.sqlite_outbox import SqliteOutbox
 
 
 def pg_store(url: str, node: str = "a") -> PostgresStore:

@@ -18,12 +18,12 @@ from lookout.alerts import notes
 from lookout.alerts.anomaly import usual_text
 from lookout.alerts.config import RuleConfig
 from lookout.alerts.engine import AlertEngine
-from lookout.alerts.outbox import SqliteOutbox
 from lookout.alerts.state import AlertState, NotificationKind
 from lookout.clock import FakeClock
 from lookout.detectors.anomaly import AnomalyDetector, AnomalyScore, Baseline
 from lookout.monitor.anomaly import AnomalyBook, anomaly_rules
 from lookout.monitor.storage import RollupPoint
+from lookout.monitor.storage.sqlite_outbox import SqliteOutbox
 from lookout.series import SeriesPoint
 
 DAY = 86_400.0

@@ -11,12 +11,12 @@ from prometheus_client import CollectorRegistry
 
 from lookout.alerts.config import RuleConfig
 from lookout.alerts.engine import AlertEngine
-from lookout.alerts.outbox import SqliteOutbox
 from lookout.alerts.state import Alert, NotificationKind, Timing, step
 from lookout.clock import FakeClock
 from lookout.monitor.config import Settings
 from lookout.monitor.daemon import Daemon
 from lookout.monitor.metrics.windows import WindowedMetrics
+from lookout.monitor.storage.sqlite_outbox import SqliteOutbox
 from tests.alerts.test_engine import post
 from tests.conftest import Receiver, eventually, running
 

@@ -7,8 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lookout.alerts.outbox import OutboxStatus, SqliteOutbox
+from lookout.alerts.outbox import OutboxStatus
 from lookout.backoff import backoff_s
+from lookout.monitor.storage.sqlite_outbox import SqliteOutbox
 from tests.alerts.outboxes import opened
 
 T0 = 1_700_000_000.0
@@ -89,7 +90,7 @@ def test_an_enqueue_survives_kill_9(tmp_path: Path) -> None:
     script = f"""
 import asyncio, os, signal
 from pathlib import Path
-from lookout.alerts.outbox import SqliteOutbox
+from lookout.monitor.storage.sqlite_outbox import SqliteOutbox
 async def main():
     outbox = SqliteOutbox(Path({str(db)!r}))
     await outbox.__aenter__()

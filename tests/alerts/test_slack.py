@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from lookout.alerts.outbox import SqliteOutbox
 from lookout.alerts.payload import NotifiedAlert, alertmanager_payload, merge_payloads
 from lookout.alerts.slack import (
     MAX_BLOCKS,
@@ -21,6 +20,7 @@ from lookout.alerts.slack import (
 )
 from lookout.alerts.state import Alert, Notification, Timing, step
 from lookout.clock import FakeClock
+from lookout.monitor.storage.sqlite_outbox import SqliteOutbox
 from tests.conftest import Receiver
 
 T0 = 1_700_000_000.0
