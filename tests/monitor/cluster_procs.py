@@ -7,17 +7,16 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import paho.mqtt.client as paho
 import yaml
-from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.alerts.test_crash import ready, start
 from tests.conftest import eventually, free_port
+from tests.monitor.test_durability import publish_paced
 
 ROLES = {"alerts", "judge", "retention", "references"}
 APPS = ("shop", "search", "support")
@@ -104,24 +103,14 @@ def node_config(
 
 def publish_records(port: int, topic_root: str, first: int, count: int) -> None:
     """Sequence-numbered records of three apps, one per message, at QoS 1, paced."""
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}")
-    client.max_inflight_messages_set(200)
-    client.max_queued_messages_set(0)
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    try:
-        infos = []
+
+    def messages() -> Iterator[tuple[str, str]]:
         for i in range(first, first + count):
             app = APPS[i % len(APPS)]
             body = {"id": f"seq-{i}", "app": app, "latency_ms": 100 + i % 900, "output_tokens": 5}
-            infos.append(client.publish(f"llm/records/{topic_root}/{app}", json.dumps(body), qos=1))
-            if i % 200 == 199:
-                infos[-1].wait_for_publish(60)
-        for info in infos:
-            info.wait_for_publish(60)
-    finally:
-        client.disconnect()
-        client.loop_stop()
+            yield f"llm/records/{topic_root}/{app}", json.dumps(body)
+
+    publish_paced(port, messages(), wait_s=60)
 
 
 async def role_holders(nodes: list[Node]) -> dict[str, str]:

@@ -9,6 +9,7 @@ import json
 import random
 import signal
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,13 @@ async def kill_9(proc: asyncio.subprocess.Process) -> None:
 
 def publish_all(port: int, topic: str, n: int) -> None:
     """n sequence-numbered records, one per message, at QoS 1, in a steady stream."""
+    bodies = ({"id": f"seq-{i}", "latency_ms": 100 + i % 500, "output_tokens": 5} for i in range(n))
+    publish_paced(port, ((topic, json.dumps(body)) for body in bodies))
+
+
+def publish_paced(port: int, messages: Iterable[tuple[str, str]], wait_s: float = 30) -> None:
+    """(topic, payload) messages at QoS 1, waiting for the broker every 200 (paced, so that a
+    daemon killed meanwhile is killed mid-stream), then for all of them."""
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}")
     client.max_inflight_messages_set(200)
     client.max_queued_messages_set(0)
@@ -62,13 +70,12 @@ def publish_all(port: int, topic: str, n: int) -> None:
     client.loop_start()
     try:
         infos = []
-        for i in range(n):
-            body = {"id": f"seq-{i}", "latency_ms": 100 + i % 500, "output_tokens": 5}
-            infos.append(client.publish(topic, json.dumps(body), qos=1))
+        for i, (topic, payload) in enumerate(messages):
+            infos.append(client.publish(topic, payload, qos=1))
             if i % 200 == 199:
-                infos[-1].wait_for_publish(30)  # paced: the daemon is killed mid-stream
+                infos[-1].wait_for_publish(wait_s)
         for info in infos:
-            info.wait_for_publish(30)
+            info.wait_for_publish(wait_s)
     finally:
         client.disconnect()
         client.loop_stop()
