@@ -158,6 +158,11 @@ class IngestMetrics:
         self.store_errors = Counter(
             "lookout_store_errors", "Store write batches that failed", registry=registry
         )
+        self.store_commits = Counter(
+            "lookout_store_commits",
+            "Groups committed to the store, one transaction each",
+            registry=registry,
+        )
 
 
 class WindowCollector(Collector):

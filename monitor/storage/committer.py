@@ -257,6 +257,7 @@ class GroupCommitStore(ABC):
                     self._room.set()
             for callback in group.callbacks:
                 callback()
+            self._metrics.store_commits.inc()
             m = self._metrics.store_writes
             m.labels("records").inc(len(group.records))
             m.labels("rejected").inc(len(group.rejected))

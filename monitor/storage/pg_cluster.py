@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from lookout.monitor.storage.nodes import NodeRow
-from lookout.monitor.storage.pg_groups import merged_by_minute
+from lookout.monitor.storage.pg_partials import merged_by_minute
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection

@@ -19,7 +19,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from lookout.errors import StoreError
 from lookout.monitor.config.masking import mask_url
-from lookout.monitor.storage import pg_cluster, pg_groups, pg_leases
+from lookout.monitor.storage import pg_cluster, pg_groups, pg_leases, pg_partials
 from lookout.monitor.storage.base import PartialRow, RejectedSample, RollupPoint, rollups_query
 from lookout.monitor.storage.committer import GroupCommitStore
 from lookout.monitor.storage.feedback import StoreFeedback
@@ -84,6 +84,10 @@ class PostgresStore(GroupCommitStore):
         )
         self.feedback = StoreFeedback(self.put_feedback, self._fetch, "%s")
         self._retention: FencedRole | None = None
+        self._totals = pg_partials.WriterPartials()
+        self._writer: AsyncConnection[Any] | None = None
+        # The group being committed and its partials' totals, kept for its retries.
+        self._prepared: tuple[CommitGroup, list[pg_partials.WriterRow]] | None = None
 
     def use_retention_role(self, role: FencedRole) -> None:
         self._retention = role
@@ -102,19 +106,44 @@ class PostgresStore(GroupCommitStore):
         log.info("store_opened", url=self._where, schema_version=version)
 
     async def _close_backend(self) -> None:
+        if self._writer is not None:
+            conn, self._writer = self._writer, None
+            await self._pool.putconn(conn)
         await self._pool.close()
 
     async def _write(self, group: CommitGroup) -> int:
         at, keep = self._clock.now(), self._cfg.rejected_sample_bytes
-        async with self._pool.connection() as conn:
+        if self._prepared is None or self._prepared[0] is not group:
+            self._prepared = (group, self._totals.advance(group.partials))
+        totals = self._prepared[1]
+        refused = 0
+        async with self._writer_connection() as conn:
             try:
-                await pg_groups.write_group(conn, group, self._node, at)
+                await pg_groups.write_group(conn, group, self._node, at, totals)
             except psycopg.Error as exc:
                 if pg_groups.transient(exc):
                     raise
                 log.warning("store_group_refused", error=str(exc), rows=group.rows)
-                return await pg_groups.write_group_row_by_row(conn, group, self._node, at, keep)
-        return 0
+                refused = await pg_groups.write_group_row_by_row(
+                    conn, group, self._node, at, totals, keep
+                )
+        self._totals.settle(totals)
+        self._prepared = None
+        return refused
+
+    @contextlib.asynccontextmanager
+    async def _writer_connection(self) -> AsyncIterator[AsyncConnection[Any]]:
+        """The committer's connection, kept from one group to the next: no check (a round
+        trip) per group. A write that fails on it gives it back to the pool, which drops it if
+        it is broken; the retry takes a checked one."""
+        if self._writer is None:
+            self._writer = await self._pool.getconn()
+        try:
+            yield self._writer
+        except BaseException:
+            conn, self._writer = self._writer, None
+            await self._pool.putconn(conn)
+            raise
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[AsyncConnection[Any]]:
@@ -218,7 +247,7 @@ class PostgresStore(GroupCommitStore):
             sql += " AND node = %s"
             args.append(node)
         rows = await self._fetch(sql + " ORDER BY minute, app, model, node", args)
-        return pg_groups.merged_by_minute(rows)
+        return pg_partials.merged_by_minute(rows)
 
     async def peer_partials(self, since: float) -> list[PartialRow]:
         """The other nodes' minutes from `since`, merged (the cluster's windows read them)."""

@@ -209,6 +209,14 @@ _POSTGRES_DETECTORS = (
     "CREATE INDEX drift_samples_node ON drift_samples (node, id)",
 )
 
+# Each process writes its own partial rows, as running totals (monitor/storage/pg_partials.py);
+# the rows written before keep the empty writer.
+_POSTGRES_PARTIAL_WRITERS = (
+    "ALTER TABLE partials ADD COLUMN writer TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE partials DROP CONSTRAINT partials_pkey",
+    "ALTER TABLE partials ADD PRIMARY KEY (minute, app, model, node, writer)",
+)
+
 POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "records, rollups, partials per node, seen ids, rejected samples", _POSTGRES_V1),
     Migration(2, "feedback events", _POSTGRES_FEEDBACK),
@@ -218,6 +226,7 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         6, "detector references, window checkpoints, shared drift samples", _POSTGRES_DETECTORS
     ),
+    Migration(7, "partials per writing process", _POSTGRES_PARTIAL_WRITERS),
 )
 
 _VERSION_TABLE = (

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import psycopg
 import pytest
+from fastdigest import TDigest
 from prometheus_client import CollectorRegistry
 
 from lookout.clock import FakeClock
@@ -16,6 +17,8 @@ from lookout.detectors.arrays import States
 from lookout.errors import StoreError
 from lookout.monitor.config import Settings
 from lookout.monitor.metrics.prom import IngestMetrics
+from lookout.monitor.storage.base import PartialRow
+from lookout.monitor.storage.postgres import PostgresStore
 from lookout.monitor.storage.references import ReferenceInfo, References
 from lookout.monitor.storage.schema import (
     POSTGRES_MIGRATIONS,
@@ -215,3 +218,31 @@ async def test_a_postgres_database_of_the_release_before_the_detectors_tables_up
             await refs.samples.put([DriftSample("a", "shop", "prompt", info.id, T0, 1, x)])
             [sample] = await refs.samples.latest(10)
             assert (sample.node, sample.n, sample.flagged) == ("a", 3, 1)
+
+
+async def test_a_postgres_database_of_the_previous_release_keeps_its_partials() -> None:
+    """Partials written before each process wrote its own rows (migration 7) stay and are
+    merged with the ones a node writes after the upgrade, under the same node id."""
+    earlier = tuple(m for m in POSTGRES_MIGRATIONS if m.version <= 6)
+    old = bytes(TDigest.from_values([0.1, 0.2]).to_bytes())
+    with pg_database() as url:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            assert await migrate_postgres(conn, earlier) == 6
+            await conn.execute(
+                "INSERT INTO partials (minute, app, model, node, count, errors, output_tokens,"
+                " tokens, token_records, cost, latency_s) VALUES (%s, 'shop', 'gpt', 'n1', 2,"
+                " 1, 0, 0, 0, 0.5, %s)",
+                (int(T0), old),
+            )
+        cfg = Settings.model_validate({"store": {"url": url}}).store
+        store = PostgresStore(cfg, IngestMetrics(CollectorRegistry()), FakeClock(T0), node="n1")
+        async with store:
+            new = bytes(TDigest.from_values([3.0]).to_bytes())
+            store.put_partials(
+                [PartialRow(int(T0), "shop", "gpt", 1, 0, 0, 0, 0, 0.0, new, None, None)]
+            )
+            await store.flush()
+            (minute,) = await store.partials(T0)
+    assert (minute.count, minute.errors, minute.cost) == (3, 1, 0.5)
+    assert minute.latency_s is not None
+    assert TDigest.from_bytes(minute.latency_s).quantile(1.0) == 3.0

@@ -24,6 +24,7 @@ from lookout.monitor.metrics.prom import IngestMetrics
 from lookout.monitor.storage import PartialRow, RollupPoint, open_store
 from lookout.monitor.storage.groups import CommitGroup
 from lookout.monitor.storage.pg_groups import write_group
+from lookout.monitor.storage.pg_partials import WriterPartials
 from lookout.monitor.storage.postgres import PostgresStore
 from tests.conftest import Receiver, eventually, free_port, running
 from tests.stores import StoreDb, pg_database
@@ -107,19 +108,63 @@ async def test_a_group_written_again_after_an_unknown_commit_outcome_counts_once
         group = CommitGroup()
         group.partials = [PartialRow(int(T0), "a", "m", 3, 0, 0, 0, 0, 0.0, None, None, None)]
         group.ids = [("a", "r1")]
+        totals = WriterPartials().advance(group.partials)
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-            await write_group(conn, group, "", T0)
-            await write_group(conn, group, "", T0)  # the retry: COMMIT's answer was lost
+            await write_group(conn, group, "", T0, totals)
+            await write_group(conn, group, "", T0, totals)  # the retry: COMMIT's answer was lost
             cur = await conn.execute(
                 "SELECT SUM(count), (SELECT COUNT(*) FROM seen_ids) FROM partials"
             )
             assert await cur.fetchone() == (3, 1)
 
 
+def lat_row(minute: int, count: int, *latencies: float) -> PartialRow:
+    return PartialRow(minute, "a", "m", count, 0, 0, 0, 0, 0.0, digest(*latencies), None, None)
+
+
+async def test_two_processes_with_one_node_id_add_up_rather_than_overwrite() -> None:
+    with pg_database() as url:
+        cfg = settings(url).store
+        stores = [
+            PostgresStore(cfg, IngestMetrics(CollectorRegistry()), FakeClock(T0), node="n1")
+            for _ in range(2)
+        ]
+        async with stores[0] as first, stores[1] as second:
+            for i in range(3):  # interleaved groups of the same minute
+                first.put_partials([lat_row(int(T0), 1, 0.1 * (i + 1))])
+                await first.flush()
+                second.put_partials([lat_row(int(T0), 2, 1.0, 2.0 + i)])
+                await second.flush()
+            (minute,) = await first.partials(T0)
+    assert minute.count == 9
+    assert minute.latency_s is not None
+    assert TDigest.from_bytes(minute.latency_s).quantile(1.0) == pytest.approx(4.0)
+
+
+async def test_a_late_record_for_a_minute_the_process_forgot_is_still_counted() -> None:
+    with pg_database() as url:
+        store = PostgresStore(
+            settings(url).store, IngestMetrics(CollectorRegistry()), FakeClock(T0)
+        )
+        async with store:
+            store.put_partials([lat_row(int(T0), 5, 0.1)])
+            await store.flush()
+            later = int(T0) + 3600  # an hour on: the first minute's running total is dropped
+            store.put_partials([lat_row(later, 1, 0.2)])
+            await store.flush()
+            store.put_partials([lat_row(int(T0), 2, 0.3)])  # late, for the first minute
+            await store.flush()
+            first, last = await store.partials(T0)
+    assert (first.minute, first.count, last.count) == (int(T0), 7, 1)
+    assert first.latency_s is not None
+    assert TDigest.from_bytes(first.latency_s).quantile(1.0) == pytest.approx(0.3)
+
+
 async def committing_pid(admin: psycopg.AsyncConnection[Any]) -> int | None:
     cur = await admin.execute(
         "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-        " AND state = 'active' AND query LIKE 'INSERT INTO commit_groups%%'"
+        " AND state = 'active' AND query LIKE '%%INSERT INTO commit_groups%%'"
+        " AND pid <> pg_backend_pid()"
     )
     row = await cur.fetchone()
     return int(row[0]) if row else None
