@@ -121,6 +121,7 @@ class MqttSource:
             self._queue,
             cfg.host,
             cfg.port,
+            inflight_window=self.inflight_window(),
             username=cfg.username,
             password=cfg.password.get_secret_value() if cfg.password else None,
             identifier=self.client_id,

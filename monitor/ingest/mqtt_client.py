@@ -22,13 +22,29 @@ the queue; anything else (QoS 2, properties, a topic alias, a malformed packet) 
 paho's own handler, unchanged. That needs two paho internals, the packet being read
 (`_in_packet`) and the `_handle_publish` it dispatches PUBLISH to; they are checked the same
 way and paho-mqtt is pinned to the minor release they were checked on.
+
+paho reads a packet in three or more `recv` calls (its first byte, each byte of its length,
+then the rest), one system call each: with its per-wake-up reads that was the largest part of
+the kernel's share of a message's cost. `_sock_recv` (paho's one reading method, also
+checked) is replaced by one that takes up to 64 KB a call and serves paho's small reads from
+that buffer; the socket reader keeps reading while whole packets wait in the buffer, since the
+socket will not wake it for bytes it has already given up.
+
+Acks go out the same way, in bulk: paho's `ack` queues each PUBACK as a packet of its own, logs
+it, registers the socket for writing and later sends it in a `send` of its own: four bytes a
+system call. A committed group's acks are collected instead and handed to paho's
+`_packet_queue` (checked likewise) as one buffer of PUBACKs, in the order the messages came,
+at the end of the loop iteration that committed them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
+import struct
 from collections.abc import Callable
+from types import TracebackType
 from typing import Any
 
 import aiomqtt
@@ -39,7 +55,14 @@ from lookout.errors import LookoutError
 from lookout.monitor.ingest.queue import Inbound, IngestQueue
 
 _READ_BURST = 256  # packets read per wake-up of the socket reader
+_RECV_BYTES = 65536  # bytes asked of the socket per read
+# After a burst of fewer packets than this the reader rests before it reads again, so that a
+# node not kept busy wakes up once per few ms for many messages, not once for each (each
+# wake-up costs the event loop, the ingest task and the socket a round of their own).
+_SMALL_BURST = 64
+_REST_S = 0.02
 _SOCKET_OPEN_PARAMS = ["self", "client", "userdata", "sock"]
+_PUBACK = struct.Struct("!BBH")  # fixed header (PUBACK, remaining length 2) and packet id
 _QOS_MASK = 0x06
 
 
@@ -64,8 +87,9 @@ def check_aiomqtt_internals(client: aiomqtt.Client) -> None:
             raise AiomqttContractError(
                 f"aiomqtt.Client no longer registers self.{method} as paho's {callback}"
             )
-    if not callable(getattr(paho_client, "_handle_publish", None)):
-        raise AiomqttContractError("paho.Client._handle_publish is gone")
+    for method in ("_handle_publish", "_sock_recv", "_packet_queue"):
+        if not callable(getattr(paho_client, method, None)):
+            raise AiomqttContractError(f"paho.Client.{method} is gone")
     if not isinstance(getattr(paho_client, "_in_packet", None), dict):
         raise AiomqttContractError("paho.Client._in_packet is no longer a dict")
     base_socket_open = getattr(aiomqtt.Client, "_on_socket_open", None)
@@ -79,7 +103,10 @@ def check_aiomqtt_internals(client: aiomqtt.Client) -> None:
 class ManualAckClient(aiomqtt.Client):
     """aiomqtt client whose messages go to an IngestQueue, acked after processing."""
 
-    def __init__(self, queue: IngestQueue, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self, queue: IngestQueue, *args: Any, inflight_window: int = 20, **kwargs: Any
+    ) -> None:
+        """`inflight_window`: unacknowledged QoS 1 messages the broker sends before it waits."""
         super().__init__(*args, **kwargs)
         check_aiomqtt_internals(self)
         self._ingest = queue
@@ -88,9 +115,21 @@ class ManualAckClient(aiomqtt.Client):
         # An instance attribute: paho's `_packet_handle` calls self._handle_publish().
         self._paho_handle_publish = self._paho._handle_publish
         self._paho._handle_publish = self._handle_publish  # type: ignore[method-assign]
+        self._paho_sock_recv = self._paho._sock_recv
+        self._paho._sock_recv = self._sock_recv  # type: ignore[method-assign]
+        self._acks: list[int] = []  # packet ids of QoS 1 messages to ack, in arrival order
+        self._received = b""  # bytes read from the socket; paho has taken [:_taken]
+        self._taken = 0
+        if not logging.getLogger("mqtt").isEnabledFor(logging.DEBUG):
+            # paho formats a debug line per packet sent (each ack) for aiomqtt's logger.
+            self._paho.disable_logger()
         self.fast_path_messages = 0  # taken by parse_publish, not paho (tests read it)
         self._reader_fd = -1
         self._live = True
+        self._paused = False
+        self._rest: asyncio.TimerHandle | None = None
+        self._window = inflight_window
+        self._unacked = 0  # QoS 1 and 2 messages delivered to the queue, not acked yet
         self._delivered = 0
         # The reason for a disconnect is logged by the source; mark it retrieved here.
         self._disconnected.add_done_callback(_retrieve_exception)
@@ -100,12 +139,40 @@ class ManualAckClient(aiomqtt.Client):
         return bool(self._paho.publish(topic, payload, qos=qos).rc == paho.MQTT_ERR_SUCCESS)
 
     def _ack_after_processing(self, mid: int, qos: int) -> Callable[[], None]:
+        if qos == 1:
+
+            def puback() -> None:
+                self._unacked -= 1
+                # After a reconnect the mid belongs to a new session: the broker redelivers.
+                if self._live:
+                    if not self._acks:
+                        self._loop.call_soon(self._send_acks)
+                    self._acks.append(mid)
+
+            return puback
+
         def ack() -> None:
-            # After a reconnect the mid belongs to a new session: the broker redelivers.
+            self._unacked -= 1
             if self._live:
                 self._paho.ack(mid, qos)
 
         return ack
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._send_acks()  # acks still collected go out before the DISCONNECT
+        await super().__aexit__(exc_type, exc, tb)
+
+    def _send_acks(self) -> None:
+        mids, self._acks = self._acks, []
+        if self._live and mids:
+            pack = _PUBACK.pack
+            acks = b"".join([pack(paho.PUBACK, 2, mid) for mid in mids])
+            self._paho._packet_queue(paho.PUBACK, acks, 0, 0)
 
     def _handle_publish(self) -> MQTTErrorCode:
         packet = self._paho._in_packet
@@ -116,6 +183,7 @@ class ManualAckClient(aiomqtt.Client):
             return self._paho_handle_publish()
         topic, payload, qos, mid = parsed
         ack = self._ack_after_processing(mid, qos) if qos else None
+        self._unacked += qos > 0
         self._delivered += 1
         self.fast_path_messages += 1
         self._ingest.offer(Inbound(topic, payload, ack))
@@ -123,11 +191,27 @@ class ManualAckClient(aiomqtt.Client):
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         ack = self._ack_after_processing(message.mid, message.qos) if message.qos > 0 else None
+        self._unacked += message.qos > 0
         self._delivered += 1
         self._ingest.offer(Inbound(message.topic, bytes(message.payload), ack))
 
+    def _sock_recv(self, bufsize: int) -> bytes:
+        received, taken = self._received, self._taken
+        if taken >= len(received):
+            # paho's own read: its errors (BlockingIOError when nothing waits) are paho's to see
+            received = self._paho_sock_recv(_RECV_BYTES)
+            if not received:
+                return received  # the connection is closed
+            self._received, taken = received, 0
+        self._taken = taken + bufsize
+        return received[taken : taken + bufsize]
+
+    def _buffered(self) -> bool:
+        return self._taken < len(self._received)
+
     def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         super()._on_socket_open(client, userdata, sock)
+        self._received, self._taken = b"", 0  # a new connection: nothing of the old one
         self._reader_fd = sock.fileno()
         # Replace aiomqtt's reader, which takes one packet per loop iteration, with one that
         # takes a burst, so the ingest task processes messages in chunks rather than one by
@@ -136,32 +220,73 @@ class ManualAckClient(aiomqtt.Client):
 
     def _read(self) -> None:
         paho_client = self._paho
+        start = self._delivered
         try:
             for _ in range(_READ_BURST):
                 before = self._delivered
                 rc = paho_client.loop_read()
+                if rc != paho.MQTT_ERR_SUCCESS or self._ingest.paused:
+                    return  # the link is gone, or the queue is full
+                if self._buffered():
+                    continue  # packets wait in our buffer, which the socket cannot signal
                 sock = paho_client.socket()
                 if sock is not None and hasattr(sock, "pending") and sock.pending() > 0:
                     continue  # TLS: decrypted bytes wait in the SSL object, not the socket
-                if rc != paho.MQTT_ERR_SUCCESS or self._delivered == before:
-                    break  # nothing more to read now, or the link is gone
-                if self._ingest.paused:
-                    break
+                if self._delivered == before:
+                    break  # nothing more to read now
+            else:
+                if self._buffered():
+                    self._loop.call_soon(self._read)  # the burst is over, not the buffer
+                return
         except Exception as exc:
             if not self._disconnected.done():
                 self._disconnected.set_exception(exc)
+            return
+        if self._should_rest(self._delivered - start):
+            # Drained after a few messages: let more gather. The rest ends with the reader
+            # registered, so an idle link costs no wake-ups, and what came meanwhile is read
+            # at once (the socket is readable).
+            self._loop.remove_reader(self._reader_fd)
+            self._rest = self._loop.call_later(_REST_S, self._end_rest)
+
+    def _should_rest(self, burst: int) -> bool:
+        # Only while the broker can send a burst's worth more before it waits for acks: with
+        # a small in-flight window (MQTT 3.1.1's 20) a rest would cap the rate at one window
+        # per rest, so the reader never rests there.
+        return (
+            0 < burst < _SMALL_BURST
+            and self._window - self._unacked > _SMALL_BURST
+            and self._live
+            and not self._paused
+        )
+
+    def _end_rest(self) -> None:
+        self._rest = None
+        if self._live and not self._paused:
+            self._loop.add_reader(self._reader_fd, self._read)
+
+    def _cancel_rest(self) -> None:
+        if self._rest is not None:
+            self._rest.cancel()
+            self._rest = None
 
     def pause_reading(self) -> None:
+        self._paused = True
+        self._cancel_rest()
         if self._reader_fd >= 0:
             self._loop.remove_reader(self._reader_fd)
 
     def resume_reading(self) -> None:
-        if self._reader_fd >= 0 and self._live:
+        self._paused = False
+        if self._reader_fd >= 0 and self._live and self._rest is None:
             self._loop.add_reader(self._reader_fd, self._read)
+            if self._buffered():
+                self._loop.call_soon(self._read)
 
     def retire(self) -> None:
         """Stop acking: the session these mids belong to is gone."""
         self._live = False
+        self._cancel_rest()
 
     async def wait_disconnected(self) -> None:
         await asyncio.wait([self._disconnected])

@@ -306,3 +306,35 @@ async def test_a_node_that_restarts_gets_the_records_queued_for_it_while_it_was_
     # Every record stored once, across the two nodes' stores.
     first, second = stored_ids(back), stored_ids(two)
     assert not first & second and len(first | second) == 200
+
+
+async def test_every_record_is_acked_once_committed_big_and_small_alike(
+    tmp_path: Path, topic_root: str
+) -> None:
+    # Reads take up to 64 KB at a time and acks go out in bulk: packets that straddle reads,
+    # and records far bigger than a read, must all be counted once and acked, so that a
+    # restarted node (the same persistent session) gets nothing again.
+    big = "x" * 150_000  # over two reads' worth
+    payloads = [
+        json.dumps(
+            {"id": f"r{i}", "app": "bot", "prompt": big if i % 50 == 7 else "hi" * i}
+        ).encode()
+        for i in range(2000)
+    ]
+    ok = {"app": "bot", "model": "unknown", "status": "ok"}
+    first = Daemon(node_settings(tmp_path, topic_root, "n1"))
+    async with running(first):
+        await publish(payloads, f"llm/records/{topic_root}")
+        await eventually(lambda: sample_value(first, "lookout_records_total", ok) == 2000)
+        assert sample_value(first, "lookout_records_duplicate_total") == 0
+        client = first.source._client
+        assert client is not None
+        assert client.fast_path_messages == 2000
+    again = Daemon(node_settings(tmp_path, topic_root, "n1"))
+    async with running(again):
+        # Queued behind anything the broker would redeliver: once it is counted, all is in.
+        await publish(
+            [json.dumps({"id": "last", "app": "bot"}).encode()], f"llm/records/{topic_root}"
+        )
+        await eventually(lambda: sample_value(again, "lookout_records_total", ok) == 1)
+        assert sample_value(again, "lookout_records_duplicate_total") == 0
