@@ -100,9 +100,13 @@ class ChannelDelivery:
         """Try every due notification once; returns how many were delivered."""
         delivered = 0
         items = await self._outbox.due(self.channel, now)
+        tried = 0
         for batch in batches(items, max(self._notifier.merge_limit, 1)):
             if stopping is not None and stopping.is_set():
+                # Stopping: what this node claimed and will not try goes back at once.
+                await self._outbox.release([item.id for item in items[tried:]])
                 break
+            tried += len(batch)
             payload = merge_payloads([i.payload for i in batch])
             outcome = await self._notifier.send(
                 payload, batch_key([i.idempotency_key for i in batch]), now

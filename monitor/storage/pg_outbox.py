@@ -147,6 +147,14 @@ class PgOutbox(CommitShortcuts):
         rows = sorted(await self._use(work))
         return [OutboxItem(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5]) for r in rows]
 
+    async def release(self, item_ids: Collection[int]) -> None:
+        sql = (
+            "UPDATE outbox SET claimed_by = NULL, lease_until = NULL"
+            " WHERE id = ANY(%s) AND claimed_by = %s AND status = 'pending'"
+        )
+        if item_ids:
+            await self._execute(sql, (list(item_ids), self._node))
+
     async def next_due_at(self, channel: str) -> float | None:
         (row,) = await self._fetch(_NEXT_DUE, {"channel": channel})
         return None if row[0] is None else float(row[0])

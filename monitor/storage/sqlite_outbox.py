@@ -92,6 +92,9 @@ class SqliteOutbox(CommitShortcuts, SqliteBacked):
         rows = await self._run(lambda: self._conn().execute(sql, (channel, now, limit)).fetchall())
         return [OutboxItem(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5]) for r in rows]
 
+    async def release(self, item_ids: Collection[int]) -> None:
+        """Nothing to give back: a node alone claims nothing."""
+
     async def next_due_at(self, channel: str) -> float | None:
         sql = f"SELECT MIN(next_at) FROM outbox WHERE channel = ? AND {_HEAD_OF_LINE}"
         row = await self._run(lambda: self._conn().execute(sql, (channel,)).fetchone())

@@ -142,6 +142,39 @@ async def test_a_node_that_dies_mid_send_leaves_a_lease_another_node_sends_after
             assert rows(url, "SELECT claimed_by FROM outbox") == [("b",)]
 
 
+async def test_a_node_that_stops_gives_back_what_it_claimed_and_did_not_send(
+    receiver: Receiver,
+) -> None:
+    with pg_database() as url:
+        lock = alerts_lock(url, "a")
+        async with pg_store(url, "a") as a, pg_store(url, "b") as b, httpx.AsyncClient() as http:
+            assert await lock.try_acquire()
+            entries = [OutboxEntry("hook", f"k{i}", {"n": i}, f"line{i}") for i in range(3)]
+            assert await a.outbox(fenced=lock.fenced).commit([], entries, T0) == []
+            await lock.release()
+            stopping = asyncio.Event()
+
+            def stop_after_the_first(path: str, body: bytes) -> tuple[int, dict[str, str], str]:
+                stopping.set()  # a SIGTERM while the first notification is being sent
+                return 200, {}, "ok"
+
+            receiver.respond = stop_after_the_first
+            sent = Counter("sent", "sends", ["channel", "outcome"], registry=CollectorRegistry())
+            worker = ChannelDelivery(
+                "hook",
+                WebhookNotifier(http, receiver.url),
+                outbox=a.outbox(send_timeout_s={"hook": 10.0}),
+                clock=FakeClock(T0),
+                counter=sent,
+                after_pass=nothing,
+            )
+            assert await worker.deliver_due(T0, stopping) == 1
+            # b takes the other two at once, not when a's 10 s claims would have run out.
+            left = await b.outbox().due("hook", T0)
+    assert [item.idempotency_key for item in left] == ["k1", "k2"]
+    assert len(receiver.requests) == 1
+
+
 async def test_writes_without_the_alert_role_or_after_its_session_died_commit_nothing() -> None:
     fired, _ = step(Alert("errors", (("app", "bot"),)), True, 1.0, T0, timing=Timing())
     entry = OutboxEntry("hook", "fp:firing", {"status": "firing"})
