@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
@@ -43,19 +43,13 @@ class SqliteThread:
         self,
         path: Path,
         *,
-        schema: str,
         synchronous: Literal["NORMAL", "FULL"],
         name: str,
-        added_columns: Sequence[tuple[str, str, str]] = (),
         migrate: Callable[[sqlite3.Connection], object] | None = None,
     ) -> None:
-        """`added_columns`: (table, column, declaration) that later versions added to a table;
-        a database made by an earlier version gets them before `schema` runs. `migrate`, run
-        last, applies versioned migrations (the main store's)."""
+        """`migrate`: brings the database's tables up to date (versioned migrations) at open."""
         self.path = path
-        self._schema = schema
         self._migrate = migrate
-        self._added_columns = added_columns
         self._synchronous = synchronous
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
         self._db: sqlite3.Connection | None = None
@@ -67,11 +61,6 @@ class SqliteThread:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={self._synchronous}")
             db.execute("PRAGMA busy_timeout=5000")
-            for table, column, declaration in self._added_columns:
-                present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
-                if present and column not in present:
-                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
-            db.executescript(self._schema)
             if self._migrate is not None:
                 self._migrate(db)
         except BaseException:

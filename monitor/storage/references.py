@@ -18,22 +18,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from lookout.detectors.arrays import States
+from lookout.monitor.storage.schema import migrate_sqlite
 from lookout.sqlite_thread import SqliteBacked, SqliteThread
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS detector_refs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, app TEXT NOT NULL, field TEXT NOT NULL,
-    version INTEGER NOT NULL, created_at REAL NOT NULL, source TEXT NOT NULL,
-    embedder TEXT NOT NULL, size INTEGER NOT NULL, active INTEGER NOT NULL DEFAULT 0,
-    drift_threshold REAL, ood_threshold REAL, states BLOB NOT NULL, texts TEXT NOT NULL,
-    UNIQUE (app, field, version)
-);
-CREATE INDEX IF NOT EXISTS detector_refs_active ON detector_refs (app, field, active);
-CREATE TABLE IF NOT EXISTS detector_windows (
-    app TEXT NOT NULL, field TEXT NOT NULL, ref_id INTEGER NOT NULL, saved_at REAL NOT NULL,
-    embeddings BLOB NOT NULL, texts TEXT NOT NULL, PRIMARY KEY (app, field)
-);
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +148,9 @@ def info_of(row: Any) -> ReferenceInfo:
 
 class ReferenceStore(SqliteBacked):
     def __init__(self, path: Path) -> None:
-        self._sql = SqliteThread(path, schema=_SCHEMA, synchronous="NORMAL", name="lookout-refs")
+        self._sql = SqliteThread(
+            path, migrate=migrate_sqlite, synchronous="NORMAL", name="lookout-refs"
+        )
 
     async def save(
         self,

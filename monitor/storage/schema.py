@@ -6,10 +6,13 @@ version rows, so a crash half-way leaves the database as it was; a database whos
 newer than this code's is refused, as an older release must not write a layout it does not
 know. A migration is never edited once released: a change is a new migration at the end.
 
-On SQLite the outbox, alert state and references keep their own tables in the node's local
-file, and the judge its own `CREATE TABLE IF NOT EXISTS` in the store's file. On
-PostgreSQL the alerting tables are here (migration 4), the judge's (5) and the detectors'
-references, window checkpoints and shared drift samples (6).
+Every table is defined here once. On SQLite one sequence covers the whole file: the store's
+tables (1, 2) and the node's own state beside them, the outbox, alert states, silences, Slack
+threads, references, window checkpoints and the judge's tables (3); every module that opens
+the file applies what is missing, so whichever opens it first brings it up to date. With the
+store on PostgreSQL, `store.local_url`'s file goes through the same sequence (its store
+tables stay empty). On PostgreSQL the alerting tables are migration 4, the judge's 5, the
+detectors' references, window checkpoints and shared drift samples 6, partials per writer 7.
 """
 
 from __future__ import annotations
@@ -20,9 +23,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from lookout.errors import StoreError
+from lookout.monitor.storage.local_schema import SQLITE_LOCAL, adopt_first_outbox
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from psycopg import AsyncConnection
 
@@ -32,6 +36,8 @@ class Migration:
     version: int
     name: str
     statements: tuple[str, ...]
+    # SQLite only: brings tables that an unversioned release left to what `statements` expect.
+    adopt: Callable[[sqlite3.Connection], None] | None = None
 
 
 _SQLITE_V1 = (
@@ -73,6 +79,12 @@ SQLITE_FEEDBACK = (
 SQLITE_MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "records, rollups, partials, seen ids, rejected samples", _SQLITE_V1),
     Migration(2, "feedback events", SQLITE_FEEDBACK),
+    Migration(
+        3,
+        "outbox, alert states, silences, threads, references, judge tables",
+        SQLITE_LOCAL,
+        adopt=adopt_first_outbox,
+    ),
 )
 
 # Partials carry a `node` (`node.id`): each node of a cluster adds to its own rows, so a
@@ -278,6 +290,8 @@ def migrate_sqlite(
         if not versioned:
             _adopt_unversioned(db)
         for m in todo:
+            if m.adopt is not None:
+                m.adopt(db)
             for statement in m.statements:
                 db.execute(statement)
             db.execute(

@@ -53,7 +53,6 @@ class SqliteStore(GroupCommitStore):
         super().__init__(cfg, metrics, clock, keep_ids=keep_ids)
         self._sql = SqliteThread(
             sqlite_path(cfg.url),
-            schema="",
             migrate=migrate_sqlite,
             synchronous="NORMAL",
             name="lookout-sqlite",

@@ -17,27 +17,11 @@ from lookout.monitor.judge.eval_store import (
     ReferenceScore,
     StoredPair,
 )
-from lookout.monitor.storage.sqlite_judge import RECORDS_SCHEMA
+from lookout.monitor.storage.schema import migrate_sqlite
 from lookout.sqlite_thread import SqliteBacked, SqliteThread
 
 if TYPE_CHECKING:
     import sqlite3
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS judge_reference_scores (
-    record_id TEXT PRIMARY KEY, app TEXT NOT NULL, model TEXT NOT NULL, scored_at REAL NOT NULL,
-    string_similarity REAL NOT NULL, embedding_similarity REAL, embedder TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS judge_reference_scores_at ON judge_reference_scores (scored_at);
-CREATE TABLE IF NOT EXISTS judge_pairs (
-    shadow_id TEXT PRIMARY KEY, production_id TEXT NOT NULL, app TEXT NOT NULL,
-    model TEXT NOT NULL, shadow_model TEXT NOT NULL, run_id INTEGER NOT NULL,
-    judged_at REAL NOT NULL, outcome TEXT NOT NULL, production_first TEXT NOT NULL,
-    shadow_first TEXT NOT NULL, reasoning TEXT NOT NULL, judge_model TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS judge_pairs_at ON judge_pairs (judged_at);
-CREATE INDEX IF NOT EXISTS judge_pairs_production ON judge_pairs (production_id);
-"""
 
 
 def _path(key: str) -> str:
@@ -117,7 +101,7 @@ def _unpaired_shadows(db: sqlite3.Connection, q: PairQuery) -> int:
 class SqliteEvalStore(SqliteBacked):
     def __init__(self, path: Path) -> None:
         self._sql = SqliteThread(
-            path, schema=RECORDS_SCHEMA + _SCHEMA, synchronous="NORMAL", name="lookout-judge-eval"
+            path, migrate=migrate_sqlite, synchronous="NORMAL", name="lookout-judge-eval"
         )
 
     async def reference_candidates(

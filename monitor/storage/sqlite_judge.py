@@ -22,45 +22,11 @@ from lookout.monitor.judge.store import (
 )
 from lookout.monitor.storage.feedback import NEGATIVE_FEEDBACK_SQL
 from lookout.monitor.storage.judge_reads import JudgeReads
-from lookout.monitor.storage.schema import SQLITE_FEEDBACK
+from lookout.monitor.storage.schema import migrate_sqlite
 from lookout.sqlite_thread import SqliteBacked, SqliteThread
 
 if TYPE_CHECKING:
     import sqlite3
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS judge_verdicts (
-    record_id TEXT NOT NULL, criterion TEXT NOT NULL, app TEXT NOT NULL, model TEXT NOT NULL,
-    run_id INTEGER NOT NULL, judged_at REAL NOT NULL, passed INTEGER NOT NULL,
-    score REAL NOT NULL, reasoning TEXT NOT NULL, judge_model TEXT NOT NULL,
-    PRIMARY KEY (record_id, criterion)
-);
-CREATE INDEX IF NOT EXISTS judge_verdicts_at ON judge_verdicts (judged_at);
-CREATE TABLE IF NOT EXISTS judge_runs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, started_at REAL NOT NULL, finished_at REAL,
-    trigger TEXT NOT NULL, app TEXT, outcome TEXT NOT NULL DEFAULT 'running',
-    detail TEXT NOT NULL DEFAULT '', judged INTEGER NOT NULL DEFAULT 0,
-    failed INTEGER NOT NULL DEFAULT 0, skipped INTEGER NOT NULL DEFAULT 0,
-    input_tokens INTEGER NOT NULL DEFAULT 0, output_tokens INTEGER NOT NULL DEFAULT 0,
-    cost REAL NOT NULL DEFAULT 0, agreement REAL, anchors INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS judge_runs_started ON judge_runs (started_at);
-CREATE TABLE IF NOT EXISTS judge_requests (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, requested_at REAL NOT NULL, app TEXT,
-    taken_at REAL, run_id INTEGER
-);
-"""
-# The store's table, for a judge store opened before any store has run on this database.
-RECORDS_SCHEMA = """
-CREATE TABLE IF NOT EXISTS records (
-    id TEXT PRIMARY KEY, ts REAL NOT NULL, received_at REAL NOT NULL, app TEXT NOT NULL,
-    model TEXT NOT NULL, provider TEXT, status TEXT NOT NULL, latency_ms REAL, ttft_ms REAL,
-    input_tokens INTEGER, output_tokens INTEGER, cost REAL, prompt TEXT, response TEXT,
-    error TEXT, user_id TEXT, session_id TEXT, metadata TEXT, ood_score REAL, flags TEXT
-);
-"""
-# The store's feedback table, likewise.
-FEEDBACK_SCHEMA = "".join(f"{statement};\n" for statement in SQLITE_FEEDBACK)
 
 
 def _in(column: str, values: Sequence[str], args: list[Any]) -> str:
@@ -99,10 +65,7 @@ def _candidates(db: sqlite3.Connection, q: SampleQuery) -> list[Candidate]:
 class SqliteJudgeStore(SqliteBacked, JudgeReads):
     def __init__(self, path: Path) -> None:
         self._sql = SqliteThread(
-            path,
-            schema=RECORDS_SCHEMA + FEEDBACK_SCHEMA + _SCHEMA,
-            synchronous="NORMAL",
-            name="lookout-judge",
+            path, migrate=migrate_sqlite, synchronous="NORMAL", name="lookout-judge"
         )
 
     async def __aenter__(self) -> SqliteJudgeStore:

@@ -12,30 +12,8 @@ from typing import Any
 from lookout.alerts.outbox import CommitShortcuts, OutboxEntry, OutboxItem, OutboxStatus
 from lookout.alerts.silences import Silence, silence_from_row, silence_to_row
 from lookout.alerts.state import Alert, alert_from_json, alert_to_json
+from lookout.monitor.storage.schema import migrate_sqlite
 from lookout.sqlite_thread import SqliteBacked, SqliteThread
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, channel TEXT NOT NULL, idempotency_key TEXT NOT NULL,
-    payload TEXT NOT NULL, created_at REAL NOT NULL, next_at REAL NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0, status TEXT NOT NULL DEFAULT 'pending',
-    last_error TEXT, done_at REAL, ordering_key TEXT NOT NULL DEFAULT '',
-    UNIQUE (channel, idempotency_key)
-);
-CREATE INDEX IF NOT EXISTS outbox_due ON outbox (status, next_at);
-CREATE INDEX IF NOT EXISTS outbox_order ON outbox (channel, ordering_key, status, id);
-CREATE TABLE IF NOT EXISTS silences (
-    id TEXT PRIMARY KEY, rule TEXT, matchers TEXT NOT NULL, starts_at REAL NOT NULL,
-    ends_at REAL NOT NULL, comment TEXT NOT NULL DEFAULT ''
-);
-CREATE TABLE IF NOT EXISTS alert_states (
-    fingerprint TEXT PRIMARY KEY, rule TEXT NOT NULL, state TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS message_threads (
-    channel TEXT NOT NULL, alert_key TEXT NOT NULL, message_id TEXT NOT NULL,
-    created_at REAL NOT NULL, PRIMARY KEY (channel, alert_key)
-);
-"""
 
 # Pending rows that are the oldest pending of their (channel, ordering key): a resolved
 # notification never overtakes the firing one it follows, even while that one waits to retry.
@@ -49,11 +27,7 @@ class SqliteOutbox(CommitShortcuts, SqliteBacked):
     def __init__(self, path: Path) -> None:
         # synchronous=FULL: an enqueue that returned survives a crash or a power cut.
         self._sql = SqliteThread(
-            path,
-            schema=_SCHEMA,
-            synchronous="FULL",
-            name="lookout-outbox",
-            added_columns=[("outbox", "ordering_key", "TEXT NOT NULL DEFAULT ''")],
+            path, migrate=migrate_sqlite, synchronous="FULL", name="lookout-outbox"
         )
         self._run = self._sql.run
         self._conn = self._sql.conn

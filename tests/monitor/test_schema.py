@@ -3,8 +3,11 @@ their rows intact, and a database newer than the code is refused."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psycopg
@@ -19,7 +22,7 @@ from lookout.monitor.config import Settings
 from lookout.monitor.metrics.prom import IngestMetrics
 from lookout.monitor.storage.base import PartialRow
 from lookout.monitor.storage.postgres import PostgresStore
-from lookout.monitor.storage.references import ReferenceInfo, References
+from lookout.monitor.storage.references import ReferenceInfo, References, ReferenceStore
 from lookout.monitor.storage.schema import (
     POSTGRES_MIGRATIONS,
     SQLITE_MIGRATIONS,
@@ -28,6 +31,8 @@ from lookout.monitor.storage.schema import (
     migrate_sqlite,
 )
 from lookout.monitor.storage.sqlite import SqliteStore
+from lookout.monitor.storage.sqlite_judge import SqliteJudgeStore
+from lookout.monitor.storage.sqlite_outbox import SqliteOutbox
 from tests.stores import pg_database
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "data" / "store_schemas"
@@ -246,3 +251,72 @@ async def test_a_postgres_database_of_the_previous_release_keeps_its_partials() 
     assert (minute.count, minute.errors, minute.cost) == (3, 1, 0.5)
     assert minute.latency_s is not None
     assert TDigest.from_bytes(minute.latency_s).quantile(1.0) == 3.0
+
+
+async def test_the_local_tables_of_the_previous_release_are_adopted_with_their_rows(
+    tmp_path: Path,
+) -> None:
+    """Before migration 3 the outbox, references and judge created their own tables; the first
+    of them to open such a file brings it to the newest version, rows intact."""
+    db_path = tmp_path / "prev.db"
+    with sqlite3.connect(db_path) as db:
+        db.executescript((SCHEMAS / "sqlite_v2_local_tables.sql").read_text())
+    async with SqliteOutbox(db_path) as outbox:
+        (item,) = await outbox.due("hook", T0)
+        assert (item.idempotency_key, item.payload) == ("k1", {"status": "firing"})
+        (silence,) = await outbox.silences()
+        assert (silence.id, silence.comment) == ("s1", "deploy")
+        assert await outbox.message_ids("slack", ["errors:shop"]) == {
+            "errors:shop": "1700000000.000100"
+        }
+    assert versions(db_path) == [m.version for m in SQLITE_MIGRATIONS]
+    async with ReferenceStore(db_path) as refs:
+        assert await refs.active_ids() == {("shop", "prompt"): 1}
+    async with SqliteJudgeStore(db_path) as judge:
+        (run,) = await judge.runs()
+        assert (run.app, run.outcome, run.judged) == ("shop", "ok", 1)
+        (verdict,) = await judge.verdicts_of_run(run.id)
+        assert (verdict.record_id, verdict.score) == ("req-0", 0.9)
+    async with open_store(db_path) as store:
+        assert await store.count_records() == 0
+
+
+async def test_the_first_outbox_layout_gains_its_ordering_key(tmp_path: Path) -> None:
+    db_path = tmp_path / "first.db"
+    with sqlite3.connect(db_path) as db:
+        db.execute(
+            "CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, channel TEXT NOT NULL,"
+            " idempotency_key TEXT NOT NULL, payload TEXT NOT NULL, created_at REAL NOT NULL,"
+            " next_at REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,"
+            " status TEXT NOT NULL DEFAULT 'pending', last_error TEXT, done_at REAL,"
+            " UNIQUE (channel, idempotency_key))"
+        )
+        db.execute(
+            "INSERT INTO outbox VALUES (1, 'hook', 'k1', '{}', 1, 1, 0, 'pending', NULL, NULL)"
+        )
+    async with SqliteOutbox(db_path) as outbox:
+        (item,) = await outbox.due("hook", T0)
+        assert item.idempotency_key == "k1"
+        assert await outbox.enqueue("hook", "k2", {}, T0, ordering_key="a")
+
+
+@pytest.mark.parametrize("first", ["outbox", "references", "judge", "store"])
+async def test_whichever_module_opens_a_new_file_first_makes_every_table(
+    tmp_path: Path, first: str
+) -> None:
+    db_path = tmp_path / "new.db"
+    openers: dict[str, Callable[[], contextlib.AbstractAsyncContextManager[Any]]] = {
+        "outbox": lambda: SqliteOutbox(db_path),
+        "references": lambda: ReferenceStore(db_path),
+        "judge": lambda: SqliteJudgeStore(db_path),
+        "store": lambda: open_store(db_path),
+    }
+    async with openers[first]():
+        pass
+    assert versions(db_path) == [m.version for m in SQLITE_MIGRATIONS]
+    with sqlite3.connect(db_path) as db:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        # The store's records as its migrations define them, whoever came first.
+        keyed = [row[1] for row in db.execute("PRAGMA table_info(records)") if row[5]]
+    assert {"records", "outbox", "detector_refs", "judge_runs", "judge_pairs"} <= tables
+    assert keyed == ["id", "app"]
