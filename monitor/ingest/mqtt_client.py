@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import logging
 import struct
 from collections.abc import Callable
 from types import TracebackType
@@ -81,7 +80,12 @@ def check_aiomqtt_internals(client: aiomqtt.Client) -> None:
         if not isinstance(getattr(client, name, None), kind):
             raise AiomqttContractError(f"aiomqtt.Client.{name} is no longer a {kind.__name__}")
     paho_client: paho.Client = client._client
-    for callback, method in (("on_message", "_on_message"), ("on_socket_open", "_on_socket_open")):
+    callbacks = (
+        ("on_message", "_on_message"),
+        ("on_socket_open", "_on_socket_open"),
+        ("on_socket_close", "_on_socket_close"),
+    )
+    for callback, method in callbacks:
         registered = getattr(getattr(paho_client, callback, None), "__func__", None)
         if registered is None or registered is not getattr(type(client), method, None):
             raise AiomqttContractError(
@@ -120,9 +124,6 @@ class ManualAckClient(aiomqtt.Client):
         self._acks: list[int] = []  # packet ids of QoS 1 messages to ack, in arrival order
         self._received = b""  # bytes read from the socket; paho has taken [:_taken]
         self._taken = 0
-        if not logging.getLogger("mqtt").isEnabledFor(logging.DEBUG):
-            # paho formats a debug line per packet sent (each ack) for aiomqtt's logger.
-            self._paho.disable_logger()
         self.fast_path_messages = 0  # taken by parse_publish, not paho (tests read it)
         self._reader_fd = -1
         self._live = True
@@ -195,6 +196,12 @@ class ManualAckClient(aiomqtt.Client):
         self._delivered += 1
         self._ingest.offer(Inbound(message.topic, bytes(message.payload), ack))
 
+    def _on_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        # No rest may end by registering a reader on a closed (or reused) descriptor.
+        self._cancel_rest()
+        self._reader_fd = -1
+        super()._on_socket_close(client, userdata, sock)
+
     def _sock_recv(self, bufsize: int) -> bytes:
         received, taken = self._received, self._taken
         if taken >= len(received):
@@ -262,7 +269,7 @@ class ManualAckClient(aiomqtt.Client):
 
     def _end_rest(self) -> None:
         self._rest = None
-        if self._live and not self._paused:
+        if self._live and not self._paused and self._reader_fd >= 0:
             self._loop.add_reader(self._reader_fd, self._read)
 
     def _cancel_rest(self) -> None:

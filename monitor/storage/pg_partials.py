@@ -15,6 +15,7 @@ new writer id, so it is counted, in a row of its own.
 
 from __future__ import annotations
 
+import math
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -53,6 +54,13 @@ class WriterRow:
     row: PartialRow
 
 
+def _float8(x: float) -> float | str:
+    # JSON has no NaN or infinity (msgspec writes null); PostgreSQL's float8 reads these.
+    if math.isfinite(x):
+        return x
+    return "NaN" if math.isnan(x) else ("Infinity" if x > 0 else "-Infinity")
+
+
 def rows_json(rows: Iterable[WriterRow]) -> str:
     """`rows` as `UPSERT_PARTIALS` takes them."""
     return _encode(
@@ -67,7 +75,7 @@ def rows_json(rows: Iterable[WriterRow]) -> str:
                 r.output_tokens,
                 r.tokens,
                 r.token_records,
-                r.cost,
+                _float8(r.cost),
                 r.latency_s,
                 r.ttft_s,
                 r.gen_tps,
@@ -110,6 +118,13 @@ class WriterPartials:
             horizon = newest - _KEEP_MINUTES * 60
             for key in [k for k in self._totals if k[0] < horizon]:
                 del self._totals[key]
+
+    def forget(self, rows: list[WriterRow]) -> None:
+        """Drop the totals of `rows`' minutes: a group that may or may not have been written
+        left them unknown. Later groups start new writer rows for them, so whichever it was,
+        every committed row is counted once."""
+        for w in rows:
+            self._totals.pop((w.row.minute, w.row.app, w.row.model), None)
 
     def __len__(self) -> int:
         return len(self._totals)

@@ -51,6 +51,7 @@ _CONNECTION = {
     "tcp_user_timeout": 30_000,
 }
 _COMMIT_KEYS_KEEP_S = 3600.0
+_WRITER_IDLE_S = 30.0  # the committer's connection unused this long is checked before use
 
 
 class PostgresStore(GroupCommitStore):
@@ -86,6 +87,7 @@ class PostgresStore(GroupCommitStore):
         self._retention: FencedRole | None = None
         self._totals = pg_partials.WriterPartials()
         self._writer: AsyncConnection[Any] | None = None
+        self._writer_used_at = 0.0
         # The group being committed and its partials' totals, kept for its retries.
         self._prepared: tuple[CommitGroup, list[pg_partials.WriterRow]] | None = None
 
@@ -114,6 +116,10 @@ class PostgresStore(GroupCommitStore):
     async def _write(self, group: CommitGroup) -> int:
         at, keep = self._clock.now(), self._cfg.rejected_sample_bytes
         if self._prepared is None or self._prepared[0] is not group:
+            if self._prepared is not None:
+                # A group given up (cancelled, or abandoned while closing) may have committed:
+                # its minutes' totals are unknown, so they go on under new writer ids.
+                self._totals.forget(self._prepared[1])
             self._prepared = (group, self._totals.advance(group.partials))
         totals = self._prepared[1]
         refused = 0
@@ -134,10 +140,16 @@ class PostgresStore(GroupCommitStore):
     @contextlib.asynccontextmanager
     async def _writer_connection(self) -> AsyncIterator[AsyncConnection[Any]]:
         """The committer's connection, kept from one group to the next: no check (a round
-        trip) per group. A write that fails on it gives it back to the pool, which drops it if
-        it is broken; the retry takes a checked one."""
+        trip) per group, only after a quiet spell (when a server or a firewall may have closed
+        it). A write that fails on it gives it back to the pool, which drops it if it is
+        broken; the retry takes a checked one."""
+        now = self._clock.now()
+        if self._writer is not None and now - self._writer_used_at > _WRITER_IDLE_S:
+            conn, self._writer = self._writer, None
+            await self._pool.putconn(conn)
         if self._writer is None:
             self._writer = await self._pool.getconn()
+        self._writer_used_at = now
         try:
             yield self._writer
         except BaseException:

@@ -21,7 +21,7 @@ from lookout.errors import StoreError
 from lookout.monitor.config import Settings
 from lookout.monitor.daemon import Daemon
 from lookout.monitor.metrics.prom import IngestMetrics
-from lookout.monitor.storage import PartialRow, RollupPoint, open_store
+from lookout.monitor.storage import PartialRow, RollupPoint, open_store, pg_groups
 from lookout.monitor.storage.groups import CommitGroup
 from lookout.monitor.storage.pg_groups import write_group
 from lookout.monitor.storage.pg_partials import WriterPartials
@@ -158,6 +158,48 @@ async def test_a_late_record_for_a_minute_the_process_forgot_is_still_counted() 
     assert (first.minute, first.count, last.count) == (int(T0), 7, 1)
     assert first.latency_s is not None
     assert TDigest.from_bytes(first.latency_s).quantile(1.0) == pytest.approx(0.3)
+
+
+async def test_a_group_given_up_after_its_write_may_have_committed_is_counted_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with pg_database() as url:
+        store = PostgresStore(
+            settings(url).store, IngestMetrics(CollectorRegistry()), FakeClock(T0)
+        )
+        async with store:
+            store.put_partials([lat_row(int(T0), 1, 0.1)])
+            await store.flush()
+            written = pg_groups.write_group
+
+            async def committed_but_unanswered(*args: Any) -> None:
+                await written(*args)
+                raise asyncio.CancelledError  # a stop's drain timeout, before the answer came
+
+            monkeypatch.setattr(pg_groups, "write_group", committed_but_unanswered)
+            store.put_partials([lat_row(int(T0), 10, 0.2)])
+            with pytest.raises(asyncio.CancelledError):
+                await store.flush()
+            monkeypatch.setattr(pg_groups, "write_group", written)
+            store.put_partials([lat_row(int(T0), 100, 0.3)])
+            await store.flush()
+            (minute,) = await store.partials(T0)
+    assert minute.count == 111
+
+
+async def test_an_infinite_cost_is_stored_rather_than_stalling_the_commits() -> None:
+    # A price of .inf in the config makes costs infinite (or NaN): PostgreSQL's float8 takes
+    # them, as it always did; JSON cannot carry them as numbers.
+    with pg_database() as url:
+        store = PostgresStore(
+            settings(url).store, IngestMetrics(CollectorRegistry()), FakeClock(T0)
+        )
+        async with store:
+            row = PartialRow(int(T0), "a", "m", 1, 0, 0, 0, 0, float("inf"), None, None, None)
+            store.put_partials([row])
+            await asyncio.wait_for(store.flush(), 10)
+            (minute,) = await store.partials(T0)
+    assert (minute.count, minute.cost) == (1, float("inf"))
 
 
 async def committing_pid(admin: psycopg.AsyncConnection[Any]) -> int | None:
