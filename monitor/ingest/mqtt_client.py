@@ -265,6 +265,7 @@ class ManualAckClient(aiomqtt.Client):
             and self._window - self._unacked > _SMALL_BURST
             and self._live
             and not self._paused
+            and self._reader_fd >= 0
         )
 
     def _end_rest(self) -> None:
