@@ -263,14 +263,16 @@ class ManualAckClient(aiomqtt.Client):
         return (
             0 < burst < _SMALL_BURST
             and self._window - self._unacked > _SMALL_BURST
-            and self._live
-            and not self._paused
-            and self._reader_fd >= 0
+            and self._reading()
         )
+
+    def _reading(self) -> bool:
+        """Whether the socket reader should be registered: a live, open link, not paused."""
+        return self._live and not self._paused and self._reader_fd >= 0
 
     def _end_rest(self) -> None:
         self._rest = None
-        if self._live and not self._paused and self._reader_fd >= 0:
+        if self._reading():
             self._loop.add_reader(self._reader_fd, self._read)
 
     def _cancel_rest(self) -> None:
@@ -286,7 +288,7 @@ class ManualAckClient(aiomqtt.Client):
 
     def resume_reading(self) -> None:
         self._paused = False
-        if self._reader_fd >= 0 and self._live and self._rest is None:
+        if self._reading() and self._rest is None:
             self._loop.add_reader(self._reader_fd, self._read)
             if self._buffered():
                 self._loop.call_soon(self._read)

@@ -63,27 +63,12 @@ def _float8(x: float) -> float | str:
 
 def rows_json(rows: Iterable[WriterRow]) -> str:
     """`rows` as `UPSERT_PARTIALS` takes them."""
-    return _encode(
-        [
-            (
-                w.writer,
-                r.minute,
-                r.app,
-                r.model,
-                r.count,
-                r.errors,
-                r.output_tokens,
-                r.tokens,
-                r.token_records,
-                _float8(r.cost),
-                r.latency_s,
-                r.ttft_s,
-                r.gen_tps,
-            )
-            for w in rows
-            for r in (w.row,)
-        ]
-    ).decode()
+    return _encode([_values(w.writer, w.row) for w in rows]).decode()
+
+
+def _values(writer: str, r: PartialRow) -> tuple[Any, ...]:
+    counts = (r.count, r.errors, r.output_tokens, r.tokens, r.token_records, _float8(r.cost))
+    return (writer, r.minute, r.app, r.model, *counts, r.latency_s, r.ttft_s, r.gen_tps)
 
 
 class WriterPartials:

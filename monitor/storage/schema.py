@@ -74,10 +74,30 @@ SQLITE_FEEDBACK = (
     "CREATE INDEX IF NOT EXISTS feedback_received ON feedback (received_at)",
 )
 
+
+def _adopt_unversioned(db: sqlite3.Connection) -> None:
+    """A database made before versioning keyed records by id alone (ids are unique per app
+    only): rebuild that table keyed by (app, id), rows kept, before migration 1 runs."""
+    pk = {row[1]: row[5] for row in db.execute("PRAGMA table_info(records)")}
+    if not pk or pk.get("app"):
+        return  # no records table yet, or already keyed by (app, id)
+    db.execute("ALTER TABLE records RENAME TO records_unversioned")
+    for index in ("records_id", "records_app_ts", "records_received"):
+        db.execute(f"DROP INDEX IF EXISTS {index}")
+    db.execute(_SQLITE_V1[0])
+    db.execute("INSERT OR IGNORE INTO records SELECT * FROM records_unversioned")
+    db.execute("DROP TABLE records_unversioned")
+
+
 # `IF NOT EXISTS` throughout: a database made before versioning (which has no
 # schema_migrations table) already holds some of these tables; see `_adopt_unversioned`.
 SQLITE_MIGRATIONS: tuple[Migration, ...] = (
-    Migration(1, "records, rollups, partials, seen ids, rejected samples", _SQLITE_V1),
+    Migration(
+        1,
+        "records, rollups, partials, seen ids, rejected samples",
+        _SQLITE_V1,
+        adopt=_adopt_unversioned,
+    ),
     Migration(2, "feedback events", SQLITE_FEEDBACK),
     Migration(
         3,
@@ -260,20 +280,6 @@ def pending(current: int, migrations: Sequence[Migration], where: str) -> list[M
     return [m for m in migrations if m.version > current]
 
 
-def _adopt_unversioned(db: sqlite3.Connection) -> None:
-    """A database made before versioning keyed records by id alone (ids are unique per app
-    only): rebuild that table keyed by (app, id), rows kept, before migration 1 runs."""
-    pk = {row[1]: row[5] for row in db.execute("PRAGMA table_info(records)")}
-    if not pk or pk.get("app"):
-        return  # no records table yet, or already keyed by (app, id)
-    db.execute("ALTER TABLE records RENAME TO records_unversioned")
-    for index in ("records_id", "records_app_ts", "records_received"):
-        db.execute(f"DROP INDEX IF EXISTS {index}")
-    db.execute(_SQLITE_V1[0])
-    db.execute("INSERT OR IGNORE INTO records SELECT * FROM records_unversioned")
-    db.execute("DROP TABLE records_unversioned")
-
-
 def migrate_sqlite(
     db: sqlite3.Connection, migrations: Sequence[Migration] = SQLITE_MIGRATIONS
 ) -> int:
@@ -281,14 +287,9 @@ def migrate_sqlite(
     two processes opening it at once do not both migrate. Returns the version."""
     db.execute("BEGIN IMMEDIATE")
     try:
-        versioned = db.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
-        ).fetchone()
         db.execute(_VERSION_TABLE)
         (current,) = db.execute(_CURRENT_VERSION).fetchone()
         todo = pending(current, migrations, "the SQLite store")
-        if not versioned:
-            _adopt_unversioned(db)
         for m in todo:
             if m.adopt is not None:
                 m.adopt(db)
