@@ -60,8 +60,10 @@ class RuleConfig(BaseModel):
     sensitivity: float | None = Field(default=None, gt=0)
     false_alarms_per_week: float | None = Field(default=None, gt=0)
     seasonality: Literal["auto", "none", "daily", "weekly"] = "auto"
-    # The shape score beside the robust z (docs/detectors.md): +2-3 NAB points, ~2.6x the CPU.
-    shape: bool = False
+    # The shape score beside the robust z (docs/detectors.md): +2-3 NAB points for ~2.2x the
+    # detector's CPU per learned minute (tens of microseconds); false: the robust z alone.
+    # None (unset): on for an anomaly rule, meaningless for the others.
+    shape: bool | None = None
     # 0 (or absent): no pending state, a breach fires at the first evaluation, as in Prometheus.
     for_s: DurationOrZeroS | None = Field(default=None, alias="for")
     keep_firing_for: DurationOrZeroS | None = None
@@ -99,6 +101,11 @@ class RuleConfig(BaseModel):
         elif self.shape:
             raise ValueError(f"rule {self.name!r}: `shape` is for op anomaly")
         return self
+
+    @property
+    def uses_shape(self) -> bool:
+        """Whether an anomaly rule scores the shape too (on unless it says `shape: false`)."""
+        return self.op == "anomaly" and self.shape is not False
 
     @property
     def anomaly_z(self) -> float:

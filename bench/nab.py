@@ -24,7 +24,7 @@ iteration; figures for docs/benchmarks.md are over all 58.
     .venv/bin/python bench/nab.py [--false-alarms-per-week 1] [--episode-points 1000]
         [--keep-firing-s 3600] [--tail-delay-s 3600] [--gaussian] [--engine-sweep]
         [--shape-points 0] [--shape-neighbours 3] [--shape-memory 1000] [--shape-weight 0.5]
-        [--series SUBSTRING ...]
+        [--series SUBSTRING ...] [--per-series]
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ from nab_scoring import (
 )
 
 from lookout.detectors.anomaly import (
+    SHAPE_POINTS,
     WEEK_S,
     AnomalyConfig,
     AnomalyDetector,
@@ -223,6 +224,31 @@ def evaluate(
     return out
 
 
+def per_series(corpus: list[Series], zs: dict[str, list[float]]) -> None:
+    """Each series' raw standard score at the corpus' swept threshold, with the windows it
+    caught and its false positives (points above the threshold outside every window): to set
+    beside a published detector's per-file scores (NAB's results/<detector>/*_scores.csv)."""
+    costs = Costs(1.0, 0.11, 1.0)  # NAB's standard profile
+    points = {
+        s.name: sweep_points(
+            s.name, s.timestamps, [to_unit(z) for z in zs[s.name]], s.windows, costs
+        )
+        for s in corpus
+    }
+    threshold, _ = max(
+        score_by_threshold([p for ps in points.values() for p in ps], costs), key=lambda r: r[1]
+    )
+    print(f"per series, standard profile at z > {threshold / (1.0 - threshold):.2f}:")
+    for s in corpus:
+        scored = [p for p in points[s.name] if p.window != "probationary"]
+        caught = {p.window for p in scored if p.window is not None and p.score >= threshold}
+        false_positives = sum(1 for p in scored if p.window is None and p.score >= threshold)
+        print(
+            f"  {s.name:58s} {score_at(points[s.name], costs, threshold):6.2f}"
+            f"  windows {len(caught)}/{len(s.windows)}  false positives {false_positives}"
+        )
+
+
 def false_alarms_per_week(corpus: list[Series], zs: dict[str, list[float]], z: float) -> float:
     """Alarm episodes (runs of points above z) per week on the series without anomalies."""
     episodes, seconds = 0, 0.0
@@ -244,12 +270,16 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--gaussian", action="store_true", help="no threshold from the tail")
     parser.add_argument("--engine-sweep", action="store_true", help="also sweep a fixed z")
     parser.add_argument("--series", nargs="*", default=[], help="substrings of series names")
+    parser.add_argument(
+        "--per-series", action="store_true", help="each series' standard score at the sweep's z"
+    )
     parser.add_argument("--trailing-points", type=int, default=AnomalyConfig().trailing_points)
     parser.add_argument("--min-points", type=int, default=AnomalyConfig().min_points)
     parser.add_argument("--seasonality", default="auto", choices=[s.value for s in Seasonality])
     parser.add_argument("--direction", default="both", choices=[d.value for d in Direction])
     default = AnomalyConfig()
-    parser.add_argument("--shape-points", type=int, default=default.shape_points, help="0: off")
+    # As a rule runs it: with the shape score unless the rule says `shape: false`.
+    parser.add_argument("--shape-points", type=int, default=SHAPE_POINTS, help="0: off")
     parser.add_argument("--shape-neighbours", type=int, default=default.shape_neighbours)
     parser.add_argument("--shape-memory", type=int, default=default.shape_memory)
     parser.add_argument("--shape-weight", type=float, default=default.shape_weight)
@@ -305,6 +335,8 @@ def main() -> None:
     print(f"config: {vars(args)}")
     for profile, (swept, z, at_own) in evaluate(corpus, zs, own_z).items():
         print(f"{profile:13s} swept {swept:5.1f} (z > {z:.2f}) at z {own_z:.2f}: {at_own:5.1f}")
+    if args.per_series:
+        per_series(corpus, zs)
     fa = false_alarms_per_week(corpus, zs, own_z)
     print(f"false alarms/week on the anomaly-free series at z > {own_z:.2f}: {fa:.2f}")
     # The alert engine as a rule runs it: every point's reading at the detector's own

@@ -20,7 +20,7 @@ from lookout.alerts.config import RuleConfig
 from lookout.alerts.engine import AlertEngine
 from lookout.alerts.state import AlertState, NotificationKind
 from lookout.clock import FakeClock
-from lookout.detectors.anomaly import AnomalyDetector, AnomalyScore, Baseline
+from lookout.detectors.anomaly import SHAPE_POINTS, AnomalyDetector, AnomalyScore, Baseline
 from lookout.monitor.anomaly import AnomalyBook, anomaly_rules
 from lookout.monitor.storage import RollupPoint
 from lookout.monitor.storage.sqlite_outbox import SqliteOutbox
@@ -216,12 +216,16 @@ def test_a_notification_says_when_the_pattern_not_the_level_made_the_value_anoma
     assert "pattern" not in usual_text("latency_p95", by_level)
 
 
-def test_the_shape_score_is_the_rules_choice_and_only_for_anomaly_rules() -> None:
+def test_the_shape_score_is_on_unless_the_rule_turns_it_off_and_only_for_anomaly_rules() -> None:
     base = {"name": "odd", "metric": "latency_p95", "op": "anomaly"}
-    plain, shaped = (RuleConfig.model_validate(base | {"shape": s}) for s in (False, True))
-    [plain_rule] = anomaly_rules([plain])
-    [shaped_rule] = anomaly_rules([shaped])
-    assert plain_rule.config.shape_points == 0  # the default costs what it did before (docs)
-    assert shaped_rule.config.shape_points > 0
+    default, plain = (
+        RuleConfig.model_validate(base),
+        RuleConfig.model_validate(base | {"shape": False}),
+    )
+    [default_rule, plain_rule] = anomaly_rules([default, plain])
+    assert default_rule.config.shape_points == SHAPE_POINTS
+    assert plain_rule.config.shape_points == 0  # the robust z alone, at its lower CPU (docs)
     with pytest.raises(ValidationError, match="`shape` is for op anomaly"):
         RuleConfig.model_validate(base | {"op": ">", "threshold": 1.0, "shape": True})
+    # A threshold rule that says nothing of it is valid: the default is only for anomaly rules.
+    assert RuleConfig.model_validate(base | {"op": ">", "threshold": 1.0}).op == ">"
