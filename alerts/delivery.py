@@ -93,7 +93,8 @@ class ChannelDelivery:
                 next_at = None
             wait_s = 1.0 if next_at is None else min(max(next_at - self._clock.now(), 0.01), 1.0)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), wait_s)
+                async with asyncio.timeout(wait_s):
+                    await self.wake.wait()
             self.wake.clear()
 
     async def deliver_due(self, now: float, stopping: asyncio.Event | None = None) -> int:

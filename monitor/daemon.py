@@ -181,7 +181,8 @@ class Daemon:
         s = self.settings
         if self.detection is not None:  # its embedder timed first (a second at most, usually)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.detection.warmed_up.wait(), _WARM_UP_WAIT_S)
+                async with asyncio.timeout(_WARM_UP_WAIT_S):
+                    await self.detection.warmed_up.wait()
         async with self.source.running():
             self.ready.set()
             self.notifier.ready()

@@ -79,7 +79,8 @@ class ReferenceManager:
         """Kill a fit under way, then save every window as of now (within the drain time)."""
         await asyncio.to_thread(self._fitter.close)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.save_windows(), drain_timeout_s)
+            async with asyncio.timeout(drain_timeout_s):
+                await self.save_windows()
 
     # -- references ----------------------------------------------------------------------------
 

@@ -185,7 +185,8 @@ class DetectionService:
             await self._references.close(self._drain_timeout_s)
             if self._shared is not None:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._shared.flush(), self._drain_timeout_s)
+                    async with asyncio.timeout(self._drain_timeout_s):
+                        await self._shared.flush()
             await self._thread.stop(self._drain_timeout_s)
 
     # -- the worker (a loop task dispatching batches to the detection thread) -----------------

@@ -216,7 +216,8 @@ class SharedDrift:
                 except Exception:
                     log.exception("drift_samples_read_failed")
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(gate.wait_change(), self._cfg.read_interval_s)
+                    async with asyncio.timeout(self._cfg.read_interval_s):
+                        await gate.wait_change()
 
     async def _take_over(self) -> None:
         """The previous holder's OOD counts (its checkpoint), then each drift window made

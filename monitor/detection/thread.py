@@ -28,4 +28,5 @@ class DetectionThread:
         on without it (off the loop: the wait blocks)."""
         shutdown = functools.partial(self._executor.shutdown, wait=True, cancel_futures=True)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.to_thread(shutdown), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await asyncio.to_thread(shutdown)

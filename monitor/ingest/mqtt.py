@@ -206,7 +206,8 @@ class MqttSource:
                 )
                 attempt += 1
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+                    async with asyncio.timeout(delay):
+                        await self._stopping.wait()
             finally:
                 client.retire()
                 self._client = None

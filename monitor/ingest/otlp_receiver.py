@@ -162,7 +162,8 @@ class OtlpReceiver:
             body = await self._body(request)
             spans = spans_from_protobuf(body) if kind == PROTOBUF else spans_from_json(body)
             rejected = await self._ingest(spans)
-            await asyncio.wait_for(asyncio.shield(self._pipeline.committed()), COMMIT_WAIT_S)
+            async with asyncio.timeout(COMMIT_WAIT_S):
+                await asyncio.shield(self._pipeline.committed())
         except BodyError as exc:
             return self._failed("traces", exc.status, str(exc), kind)
         except MalformedOtlp as exc:

@@ -143,8 +143,8 @@ class JudgeClient:
     async def _call(self, runnable: Any, messages: list[Any]) -> Any:
         for attempt in range(self._attempts):
             try:
-                async with self._slots:
-                    return await asyncio.wait_for(runnable.ainvoke(messages), self._timeout_s)
+                async with self._slots, asyncio.timeout(self._timeout_s):
+                    return await runnable.ainvoke(messages)
             except Exception as exc:
                 retry, after = _transient(exc)
                 if not retry:

@@ -129,7 +129,8 @@ class GroupCommitStore(ABC):
     async def _flusher(self) -> None:
         while not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self._cfg.flush_interval_s)
+                async with asyncio.timeout(self._cfg.flush_interval_s):
+                    await self._wake.wait()
             self._wake.clear()
             await self.flush()
             now = self._clock.now()

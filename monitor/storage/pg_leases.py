@@ -112,7 +112,8 @@ class PgRoleLock:
             if not self.held or self._conn is None:
                 return False
             try:
-                await asyncio.wait_for(self._conn.execute("SELECT 1"), _CHECK_TIMEOUT_S)
+                async with asyncio.timeout(_CHECK_TIMEOUT_S):
+                    await self._conn.execute("SELECT 1")
             except (psycopg.Error, TimeoutError):
                 await self._drop()
                 return False

@@ -304,7 +304,8 @@ class PostgresStore(GroupCommitStore):
 
     async def writable(self) -> bool:
         try:
-            (row,) = await asyncio.wait_for(self._fetch("SHOW transaction_read_only"), 2.0)
+            async with asyncio.timeout(2.0):
+                (row,) = await self._fetch("SHOW transaction_read_only")
         except (StoreError, TimeoutError):
             return False
         return bool(row[0] == "off")

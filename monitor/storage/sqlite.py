@@ -178,6 +178,7 @@ class SqliteStore(GroupCommitStore):
             return True
 
         try:
-            return await asyncio.wait_for(self._run(probe), timeout=2.0)
+            async with asyncio.timeout(2.0):
+                return await self._run(probe)
         except (sqlite3.Error, StoreError, TimeoutError):
             return False

@@ -124,7 +124,8 @@ class ApiRoutes:
         else:
             result = process(payload, now)
         try:
-            await asyncio.wait_for(asyncio.shield(pipeline.committed()), COMMIT_WAIT_S)
+            async with asyncio.timeout(COMMIT_WAIT_S):
+                await asyncio.shield(pipeline.committed())
         except TimeoutError:
             return _busy("not committed yet; retry (what carries an id is counted once)")
         body = {
