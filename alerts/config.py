@@ -6,7 +6,7 @@ rule names a configured channel.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
@@ -60,9 +60,9 @@ class RuleConfig(BaseModel):
     sensitivity: float | None = Field(default=None, gt=0)
     false_alarms_per_week: float | None = Field(default=None, gt=0)
     seasonality: Literal["auto", "none", "daily", "weekly"] = "auto"
-    # The shape score beside the robust z (docs/detectors.md): +2-3 NAB points for ~2.2x the
+    # The shape score beside the robust z (docs/detectors.md): +2-3 NAB points for ~2.3x the
     # detector's CPU per learned minute (tens of microseconds); false: the robust z alone.
-    # None (unset): on for an anomaly rule, meaningless for the others.
+    # Unset: true for an anomaly rule, None (meaningless) for the others.
     shape: bool | None = None
     # 0 (or absent): no pending state, a breach fires at the first evaluation, as in Prometheus.
     for_s: DurationOrZeroS | None = Field(default=None, alias="for")
@@ -78,6 +78,15 @@ class RuleConfig(BaseModel):
     # threshold), e.g. "p95 latency {value:.1f}s, back {back} {threshold:g}s ({app})".
     resolved_summary: str = ""
     description: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shape_on_for_anomaly(cls, data: Any) -> Any:
+        # Written out rather than implied, so the effective config (`lookout check-config`)
+        # shows that an anomaly rule scores the shape.
+        if isinstance(data, dict) and data.get("op") == "anomaly" and data.get("shape") is None:
+            return {**data, "shape": True}
+        return data
 
     @model_validator(mode="after")
     def _known_names(self) -> RuleConfig:
@@ -105,7 +114,7 @@ class RuleConfig(BaseModel):
     @property
     def uses_shape(self) -> bool:
         """Whether an anomaly rule scores the shape too (on unless it says `shape: false`)."""
-        return self.op == "anomaly" and self.shape is not False
+        return self.op == "anomaly" and bool(self.shape)
 
     @property
     def anomaly_z(self) -> float:

@@ -67,7 +67,7 @@ class Baseline(enum.StrEnum):
 
 
 # The shape score's window for an anomaly rule (`shape: true`, the rule's default): +2.4 NAB
-# standard points at ~2.2x the detector's CPU per point, 34 us against 15 (docs/benchmarks.md).
+# standard points at ~2.3x the detector's CPU per point, 34 us against 15 (docs/benchmarks.md).
 # The detector's own default stays off: `AnomalyConfig()` alone is the robust z.
 SHAPE_POINTS = 6
 

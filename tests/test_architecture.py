@@ -315,11 +315,18 @@ def test_no_module_waits_with_asyncio_wait_for() -> None:
     found = [
         f"{module.relative}:{node.lineno}"
         for module in modules().values()
-        for node in ast.walk(ast.parse(module.path.read_text(encoding="utf-8")))
-        if isinstance(node, ast.Attribute)
-        and node.attr == "wait_for"
-        and isinstance(node.value, ast.Name)
-        and node.value.id == "asyncio"
+        for node in ast.walk(tree(module))
+        if (
+            isinstance(node, ast.Attribute)
+            and node.attr == "wait_for"
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "asyncio"
+        )
+        or (
+            isinstance(node, ast.ImportFrom)
+            and node.module == "asyncio"
+            and any(alias.name == "wait_for" for alias in node.names)
+        )
     ]
     assert not found, "asyncio.wait_for at (use asyncio.timeout):\n  " + "\n  ".join(sorted(found))
 

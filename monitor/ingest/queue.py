@@ -85,7 +85,7 @@ class IngestQueue:
         """Until the next chunk of messages has been processed.
 
         Not a coroutine function on purpose: the event is taken when this is called, so a
-        chunk finished before the caller gets to await (say, inside wait_for) still counts.
+        chunk finished before the caller gets to await (say, under a timeout) still counts.
         """
         return self._progress.wait()
 

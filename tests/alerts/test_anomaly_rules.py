@@ -227,5 +227,9 @@ def test_the_shape_score_is_on_unless_the_rule_turns_it_off_and_only_for_anomaly
     assert plain_rule.config.shape_points == 0  # the robust z alone, at its lower CPU (docs)
     with pytest.raises(ValidationError, match="`shape` is for op anomaly"):
         RuleConfig.model_validate(base | {"op": ">", "threshold": 1.0, "shape": True})
-    # A threshold rule that says nothing of it is valid: the default is only for anomaly rules.
-    assert RuleConfig.model_validate(base | {"op": ">", "threshold": 1.0}).op == ">"
+    # Written out, so the effective config shows it; a threshold rule that says nothing of it
+    # is valid, and both survive a dump and a reload.
+    threshold_rule = RuleConfig.model_validate(base | {"op": ">", "threshold": 1.0})
+    assert default.shape is True and threshold_rule.shape is None
+    for rule in (default, plain, threshold_rule):
+        assert RuleConfig.model_validate(rule.model_dump(by_alias=True)) == rule
