@@ -112,11 +112,6 @@ class RuleConfig(BaseModel):
         return self
 
     @property
-    def uses_shape(self) -> bool:
-        """Whether an anomaly rule scores the shape too (on unless it says `shape: false`)."""
-        return self.op == "anomaly" and bool(self.shape)
-
-    @property
     def anomaly_z(self) -> float:
         """The robust z beyond which an anomaly rule's value is anomalous: `sensitivity`, or
         the z for `false_alarms_per_week` over one decision per window (at least a minute)."""

@@ -19,19 +19,10 @@ import argparse
 import statistics
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from ingest import BATCH, PUBLISHERS, Broker, record, run_one
 from ingest_payloads import Payload, write_payload
-
-USAGE_FIELDS = ("user_id", "session_id", "tools", "retrieval")
-
-
-def record_without_usage(i: int) -> dict[str, Any]:
-    out = record(i)
-    for field in USAGE_FIELDS:
-        del out[field]
-    return out
+from pipeline import record_without_usage
 
 
 def payloads(work: Path, name: str, messages: int, per_message: int) -> tuple[Payload, Payload]:

@@ -146,16 +146,23 @@ def engine_notifications(raw: list[float], z: float, keep_points: int) -> list[b
     return out
 
 
+def profile_costs() -> dict[str, Costs]:
+    """Each profile's weights (true positive, false positive, false negative), by short name."""
+    profiles = json.loads((DATA / "config" / "profiles.json").read_text())
+    out = {}
+    for short, name in PROFILES.items():
+        m = profiles[name]["CostMatrix"]
+        out[short] = Costs(m["tpWeight"], m["fpWeight"], m["fnWeight"])
+    return out
+
+
 Scorable = dict[str, tuple[Costs, dict[str, list[Point]]]]  # profile -> (costs, file -> points)
 
 
 def scorable(corpus: list[Series]) -> Scorable:
     """Per profile, each file's points as NAB's scorer weighs them (detections aside)."""
-    profiles = json.loads((DATA / "config" / "profiles.json").read_text())
     out = {}
-    for short, name in PROFILES.items():
-        m = profiles[name]["CostMatrix"]
-        costs = Costs(m["tpWeight"], m["fpWeight"], m["fnWeight"])
+    for short, costs in profile_costs().items():
         out[short] = (
             costs,
             {
@@ -201,12 +208,9 @@ def evaluate(
     corpus: list[Series], zs: dict[str, list[float]], own_z: float
 ) -> dict[str, tuple[float, float, float]]:
     """Per profile: (normalised score at the swept threshold, its z, at lookout's own z)."""
-    profiles = json.loads((DATA / "config" / "profiles.json").read_text())
     windows = sum(len(s.windows) for s in corpus)
     out = {}
-    for short, name in PROFILES.items():
-        m = profiles[name]["CostMatrix"]
-        costs = Costs(m["tpWeight"], m["fpWeight"], m["fnWeight"])
+    for short, costs in profile_costs().items():
         points, null_points = [], []
         for s in corpus:
             unit = [to_unit(z) for z in zs[s.name]]
@@ -228,7 +232,7 @@ def per_series(corpus: list[Series], zs: dict[str, list[float]]) -> None:
     """Each series' raw standard score at the corpus' swept threshold, with the windows it
     caught and its false positives (points above the threshold outside every window): to set
     beside a published detector's per-file scores (NAB's results/<detector>/*_scores.csv)."""
-    costs = Costs(1.0, 0.11, 1.0)  # NAB's standard profile
+    costs = profile_costs()["standard"]
     points = {
         s.name: sweep_points(
             s.name, s.timestamps, [to_unit(z) for z in zs[s.name]], s.windows, costs

@@ -35,15 +35,19 @@ from lookout.monitor.storage.sqlite import SqliteStore
 USAGE_FIELDS = ("user_id", "session_id", "tools", "retrieval")
 
 
+def record_without_usage(i: int) -> dict[str, object]:
+    """bench/ingest.py's record `i` as records were before issue 18's usage fields."""
+    out = record(i)
+    for field in USAGE_FIELDS:
+        del out[field]
+    return out
+
+
 def payloads(records: int, batch: int, *, usage: bool = True) -> list[bytes]:
     """`usage`: with the engagement and tool-use fields (issue 18), else without them."""
 
     def one(i: int) -> dict[str, object]:
-        out = record(i) | {"id": f"r{i}"}
-        if not usage:
-            for field in USAGE_FIELDS:
-                del out[field]
-        return out
+        return (record(i) if usage else record_without_usage(i)) | {"id": f"r{i}"}
 
     if batch == 1:
         return [json.dumps(one(i)).encode() for i in range(records)]

@@ -90,7 +90,7 @@ def anomaly_rules(rules: list[RuleConfig]) -> list[_Rule]:
                 seasonality=Seasonality(r.seasonality),
                 threshold_z=r.anomaly_z,
                 tail_rate=tail_rate(r),
-                shape_points=SHAPE_POINTS if r.uses_shape else 0,
+                shape_points=SHAPE_POINTS if r.shape else 0,
             ),
         )
         for r in rules

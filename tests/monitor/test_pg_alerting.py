@@ -90,6 +90,24 @@ async def received_keys(receiver: Receiver, n: int) -> list[str]:
     return [h["Idempotency-Key"] for h, _ in receiver.requests]
 
 
+def sends_counter() -> Counter:
+    return Counter("sent", "sends", ["channel", "outcome"], registry=CollectorRegistry())
+
+
+def webhook_worker(
+    http: httpx.AsyncClient, receiver: Receiver, outbox: Outbox, clock: Clock, sent: Counter
+) -> ChannelDelivery:
+    """The "hook" channel's delivery to the test's receiver, from `outbox`."""
+    return ChannelDelivery(
+        "hook",
+        WebhookNotifier(http, receiver.url),
+        outbox=outbox,
+        clock=clock,
+        counter=sent,
+        after_pass=nothing,
+    )
+
+
 async def test_two_nodes_deliver_every_notification_once_and_in_order(
     receiver: Receiver,
 ) -> None:
@@ -99,16 +117,9 @@ async def test_two_nodes_deliver_every_notification_once_and_in_order(
             assert await lock.try_acquire()
             entries = [OutboxEntry("hook", f"k{i}", {"n": i}, f"line{i % 5}") for i in range(60)]
             assert await a.outbox(fenced=lock.fenced).commit([], entries, time.time()) == []
-            sent = Counter("sent", "sends", ["channel", "outcome"], registry=CollectorRegistry())
+            sent = sends_counter()
             workers = [
-                ChannelDelivery(
-                    "hook",
-                    WebhookNotifier(http, receiver.url),
-                    outbox=store.outbox(),
-                    clock=SystemClock(),
-                    counter=sent,
-                    after_pass=nothing,
-                )
+                webhook_worker(http, receiver, store.outbox(), SystemClock(), sent)
                 for store in (a, b)
             ]
             stopping = asyncio.Event()
@@ -159,15 +170,8 @@ async def test_a_node_that_stops_gives_back_what_it_claimed_and_did_not_send(
                 return 200, {}, "ok"
 
             receiver.respond = stop_after_the_first
-            sent = Counter("sent", "sends", ["channel", "outcome"], registry=CollectorRegistry())
-            worker = ChannelDelivery(
-                "hook",
-                WebhookNotifier(http, receiver.url),
-                outbox=a.outbox(send_timeout_s={"hook": 10.0}),
-                clock=FakeClock(T0),
-                counter=sent,
-                after_pass=nothing,
-            )
+            outbox = a.outbox(send_timeout_s={"hook": 10.0})
+            worker = webhook_worker(http, receiver, outbox, FakeClock(T0), sends_counter())
             assert await worker.deliver_due(T0, stopping) == 1
             # b takes the other two at once, not when a's 10 s claims would have run out.
             left = await b.outbox().due("hook", T0)

@@ -281,25 +281,6 @@ async def test_the_local_tables_of_the_previous_release_are_adopted_with_their_r
         assert await store.count_records() == 0
 
 
-async def test_the_first_outbox_layout_gains_its_ordering_key(tmp_path: Path) -> None:
-    db_path = tmp_path / "first.db"
-    with sqlite3.connect(db_path) as db:
-        db.execute(
-            "CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, channel TEXT NOT NULL,"
-            " idempotency_key TEXT NOT NULL, payload TEXT NOT NULL, created_at REAL NOT NULL,"
-            " next_at REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,"
-            " status TEXT NOT NULL DEFAULT 'pending', last_error TEXT, done_at REAL,"
-            " UNIQUE (channel, idempotency_key))"
-        )
-        db.execute(
-            "INSERT INTO outbox VALUES (1, 'hook', 'k1', '{}', 1, 1, 0, 'pending', NULL, NULL)"
-        )
-    async with SqliteOutbox(db_path) as outbox:
-        (item,) = await outbox.due("hook", T0)
-        assert item.idempotency_key == "k1"
-        assert await outbox.enqueue("hook", "k2", {}, T0, ordering_key="a")
-
-
 @pytest.mark.parametrize("first", ["outbox", "references", "judge", "store"])
 async def test_whichever_module_opens_a_new_file_first_makes_every_table(
     tmp_path: Path, first: str
